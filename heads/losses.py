@@ -1,0 +1,81 @@
+"""The combined loss L = sum_i w_i s_i L_i (paper eq. 2), masked per sample, and the task-weight rules."""
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["combined_loss", "task_losses", "auto_task_weights", "inverse_frequency_weights"]
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of `values` over masked rows; exactly 0 (value and gradient) when no row is labelled."""
+    weights = mask.to(values.dtype) if sample_weights is None else mask.to(values.dtype) * sample_weights
+    return (values * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def task_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                masks: Mapping[str, torch.Tensor], class_weights: Optional[torch.Tensor] = None) -> dict:
+    """Unweighted, unscaled per-task losses L_i over the labelled rows of the batch.
+
+    artist: softmax cross-entropy (targets int64, -1 = none; `class_weights` (A,) weights each row by its
+    class, normalised like torch's weighted mean); type/material: sigmoid BCE averaged over classes
+    (targets multi-hot); year: mean absolute error in years (targets float, nan = none).
+    """
+    losses = {}
+    for task, output in outputs.items():
+        mask = masks[task]
+        # Unlabelled rows get a harmless target so their (zero-weighted) loss stays finite: 0 * nan = nan.
+        if task == "artist":
+            target = torch.where(mask, targets[task], torch.zeros_like(targets[task]))
+            per_row = F.cross_entropy(output.float(), target, reduction="none")
+            row_weights = class_weights[target] if class_weights is not None else None
+            losses[task] = _masked_mean(per_row, mask, row_weights)
+        elif task == "year":
+            target = torch.where(mask, targets[task], output.detach().float())
+            losses[task] = _masked_mean((output.float() - target).abs(), mask)
+        else:
+            per_row = F.binary_cross_entropy_with_logits(output.float(), targets[task].float(), reduction="none").mean(1)
+            losses[task] = _masked_mean(per_row, mask)
+    return losses
+
+
+def combined_loss(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                  masks: Mapping[str, torch.Tensor], weights: Optional[Mapping[str, float]] = None,
+                  year_scale: float = 0.1, log_vars: Optional[Mapping[str, torch.Tensor]] = None,
+                  class_weights: Optional[torch.Tensor] = None):
+    """(total, per_task) with total = sum_i w_i s_i L_i over the tasks in `outputs`.
+
+    s_i is `year_scale` for the year and 1 otherwise (the paper's regression scale-down); w_i comes from
+    `weights` (default 1). With `log_vars` (task -> learned scalar log-variance, Kendall et al. 2018) each
+    term becomes exp(-log_var_i) w_i s_i L_i + log_var_i. A task with no labelled row in the batch adds
+    exactly zero to the total and to every gradient. `per_task` holds the unweighted L_i.
+    """
+    per_task = task_losses(outputs, targets, masks, class_weights)
+    total = None
+    for task, loss in per_task.items():
+        term = (1.0 if weights is None else float(weights.get(task, 1.0))) * (year_scale if task == "year" else 1.0) * loss
+        if log_vars is not None:
+            present = masks[task].any().to(loss.dtype)  # keep absent tasks at exactly zero
+            term = present * (torch.exp(-log_vars[task]) * term + log_vars[task])
+        total = term if total is None else total + term
+    return total, per_task
+
+
+def auto_task_weights(val_losses: Mapping[str, float], year_scale: float = 0.1, floor: float = 1e-4) -> dict:
+    """The `auto` rule: w_i = n * (1/l_i) / sum_j (1/l_j) with l_i = max(s_i * L_i on validation, floor).
+
+    Each task then contributes equally to the validation total (the paper sets w_i "using their ratio in
+    the combined loss on the validation set"); the weights sum to the number of tasks n. Training applies
+    it after every epoch, the first epoch running with w_i = 1.
+    """
+    scaled = {task: max((year_scale if task == "year" else 1.0) * float(loss), floor) for task, loss in val_losses.items()}
+    inverse_sum = sum(1.0 / value for value in scaled.values())
+    return {task: len(scaled) / (value * inverse_sum) for task, value in scaled.items()}
+
+
+def inverse_frequency_weights(artist: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class weights N / (A * count) over labelled training rows (mean 1 over rows; unseen classes 0)."""
+    labelled = artist[artist >= 0]
+    counts = torch.bincount(labelled, minlength=num_classes).float()
+    weights = torch.where(counts > 0, labelled.numel() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    return weights
