@@ -1,0 +1,174 @@
+"""ShardWriter: buffers keyed feature rows and publishes full shards atomically (temp name + os.replace)."""
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cache.format import (FORMAT_VERSION, SHARD_NAME, CacheError, decode_attrs, describe, differing,
+                          encode_attrs, list_shards, open_shard, read_keys, shard_header)
+
+__all__ = ["ShardWriter", "write_features"]
+
+# Rows per HDF5 chunk: whole-chunk reads go straight into the caller's array (see benchmarks/bench_cache.py).
+CHUNK_ROWS = 1024
+STORAGE_DTYPES = ("float16", "float32")
+WORKER_TAG = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class ShardWriter:
+    """Appends keyed feature rows to cache_dir as features-<worker_tag>-<seq>.h5 shards of shard_rows rows.
+
+    Refuses attrs that disagree with shards already in cache_dir, and keys the cache already holds, so a
+    rerun can only append rows that keep the cache valid. Use as a context manager; close() publishes the
+    last, partial shard.
+    """
+
+    def __init__(self, cache_dir, worker_tag, attrs, feature_dim, dtype="float16", shard_rows=4096,
+                 with_flip=True):
+        self.cache_dir = Path(cache_dir)
+        self.worker_tag = str(worker_tag)
+        if not WORKER_TAG.fullmatch(self.worker_tag):
+            raise CacheError(f"worker tag {self.worker_tag!r} must be letters, digits, '_', '.' or '-' "
+                             "(it becomes part of shard file names)")
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            self.dtype = None
+        if self.dtype is None or self.dtype.name not in STORAGE_DTYPES:
+            raise CacheError(f"cache dtype must be one of {', '.join(STORAGE_DTYPES)}, not {dtype!r}")
+        if int(shard_rows) < 1 or int(feature_dim) < 1:
+            raise CacheError(f"shard_rows and feature_dim must be >= 1, got {shard_rows} and {feature_dim}")
+        self.shard_rows, self.feature_dim, self.with_flip = int(shard_rows), int(feature_dim), bool(with_flip)
+        self.attrs = _shard_attrs(attrs, self.feature_dim)
+        self.paths = []
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.cache_dir.glob(f".features-{self.worker_tag}-*.tmp"):
+            stale.unlink(missing_ok=True)
+        self._seen = self._check_existing()
+        self._seq = 1 + max((int(match["seq"]) for match in map(SHARD_NAME.match, os.listdir(self.cache_dir))
+                             if match and match["tag"] == self.worker_tag), default=-1)
+        self._keys = []
+        self._features = np.empty((self.shard_rows, self.feature_dim), self.dtype)
+        self._flip = np.empty_like(self._features) if self.with_flip else None
+        self._closed = False
+
+    def _check_existing(self) -> set:
+        keys = set()
+        for path in list_shards(self.cache_dir):
+            with open_shard(path) as shard:
+                existing = shard_header(shard, path).attrs
+                for name in differing(existing, self.attrs):
+                    raise CacheError(
+                        f"cannot add to the cache {self.cache_dir}: its shard {path.name} has {name} "
+                        f"{describe(existing.get(name))} but these features have {describe(self.attrs[name])}; "
+                        "use another --out directory, or options matching the existing cache")
+                keys.update(read_keys(shard))
+        return keys
+
+    def add(self, keys, features, features_flip=None):
+        """Buffer rows (numpy float arrays, one row per key); every full shard is published at once."""
+        if self._closed:
+            raise CacheError(f"this ShardWriter for {self.cache_dir} is closed; open a new one to add rows")
+        keys = [str(key) for key in keys]
+        features = self._check_rows("features", features, len(keys))
+        if self.with_flip != (features_flip is not None):
+            raise CacheError("this writer was opened with with_flip=True: pass features_flip too" if self.with_flip
+                             else "this writer was opened with with_flip=False: open it with with_flip=True "
+                                  "to store features_flip")
+        if features_flip is not None:
+            features_flip = self._check_rows("features_flip", features_flip, len(keys))
+        clashes = [key for key in keys if key in self._seen or not key]
+        if clashes or len(set(keys)) != len(keys):
+            clashes = clashes or [key for key, count in Counter(keys).items() if count > 1]
+            raise CacheError(f"keys must be unique, non-empty and new to the cache {self.cache_dir}; these are "
+                             f"not: {', '.join(map(repr, clashes[:5]))}; skip keys in cache.cached_keys(dir)")
+        self._seen.update(keys)
+        done = 0
+        while done < len(keys):
+            filled = len(self._keys)
+            take = min(self.shard_rows - filled, len(keys) - done)
+            self._keys.extend(keys[done:done + take])
+            self._features[filled:filled + take] = features[done:done + take]
+            if self.with_flip:
+                self._flip[filled:filled + take] = features_flip[done:done + take]
+            done += take
+            if len(self._keys) == self.shard_rows:
+                self._publish()
+
+    def _check_rows(self, name, array, rows) -> np.ndarray:
+        array = np.asarray(array)
+        if array.shape != (rows, self.feature_dim) or array.dtype.kind not in "fiu":
+            raise CacheError(f"{name} must be a numeric array of shape ({rows}, {self.feature_dim}) (one row "
+                             f"per key), got {array.dtype} {array.shape}")
+        return array
+
+    def _publish(self):
+        rows = len(self._keys)
+        if rows == 0:
+            return
+        while (self.cache_dir / _shard_name(self.worker_tag, self._seq)).exists():
+            self._seq += 1
+        final = self.cache_dir / _shard_name(self.worker_tag, self._seq)
+        temp = self.cache_dir / f".{final.name}.{os.getpid()}.tmp"
+        try:
+            with h5py.File(temp, "w") as shard:
+                shard.attrs.update(encode_attrs(self.attrs))
+                shard.create_dataset("keys", data=np.array(self._keys, dtype=object),
+                                     dtype=h5py.string_dtype("utf-8"))
+                chunks = (min(rows, CHUNK_ROWS), self.feature_dim)
+                shard.create_dataset("features", data=self._features[:rows], chunks=chunks)
+                if self.with_flip:
+                    shard.create_dataset("features_flip", data=self._flip[:rows], chunks=chunks)
+            with open(temp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        self.paths.append(final)
+        self._seq += 1
+        self._keys = []
+
+    def close(self):
+        """Publish the buffered rows as a last, partial shard."""
+        if not self._closed:
+            self._publish()
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        # Rows added before an error are complete: publish them so a rerun need not recompute them.
+        self.close()
+
+
+def _shard_name(worker_tag, seq) -> str:
+    return f"features-{worker_tag}-{seq:05d}.h5"
+
+
+def _shard_attrs(attrs, feature_dim) -> dict:
+    """The root attrs a shard stores, as readers will decode them (so comparisons are like for like)."""
+    if not isinstance(attrs, dict) or not isinstance(attrs.get("backbone"), str) \
+            or not isinstance(attrs.get("weights"), str) or not isinstance(attrs.get("preprocessing"), dict):
+        raise CacheError("cache attrs must be a dict with backbone (str), weights (str) and preprocessing "
+                         f"(dict), got {attrs!r}")
+    if attrs.get("feature_dim", feature_dim) != feature_dim:
+        raise CacheError(f"attrs say feature_dim {attrs['feature_dim']} but the features have {feature_dim}")
+    full = dict(attrs, format_version=FORMAT_VERSION, feature_dim=feature_dim)
+    return decode_attrs(encode_attrs(full))
+
+
+def write_features(cache_dir, keys, features, attrs, features_flip=None, dtype="float16", shard_rows=4096,
+                   worker_tag="main") -> list:
+    """Write keyed features (and optionally their flips) to cache_dir in one call; returns the shard paths."""
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise CacheError(f"features must be a 2-D (rows, feature_dim) array, got shape {features.shape}")
+    with ShardWriter(cache_dir, worker_tag, attrs, features.shape[1], dtype=dtype, shard_rows=shard_rows,
+                     with_flip=features_flip is not None) as writer:
+        writer.add(keys, features, features_flip)
+    return writer.paths
