@@ -1,0 +1,60 @@
+"""Shared-layer activations of a trained run (paper 3.3) written as a new feature cache."""
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cache.errors import OmniError
+
+__all__ = ["embed", "embedding_attrs"]
+
+
+def embedding_attrs(run_dir, source_attrs: dict) -> dict:
+    """Cache attrs of an embedding: backbone 'omniart-shared:<run>', the model's hash, and the source cache's attrs."""
+    from heads.predict import file_sha256
+
+    run_dir = Path(run_dir)
+    source = {name: value for name, value in source_attrs.items() if name not in ("format_version", "dtype")}
+    return {"backbone": f"omniart-shared:{run_dir.resolve().name}",
+            "weights": f"sha256:{file_sha256(run_dir / 'model.pt')}",
+            "preprocessing": source_attrs.get("preprocessing", {}),
+            "embed_run": str(run_dir.resolve()), "source_cache": source}
+
+
+def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16", device: Optional[str] = None,
+          rows: int = 65536) -> dict:
+    """Write model.shared(features) for every row of cache_dir into out_dir (same keys, order and format).
+
+    Flipped features are embedded too when the source has them and `flip`. Returns rows, feature_dim, out.
+    """
+    import torch
+
+    from cache import FeatureStore, ShardWriter, cached_keys
+    from extract.environment import resolve_device
+    from heads import load_run
+    from heads.predict import check_cache_matches
+
+    run = load_run(run_dir)
+    store = FeatureStore(cache_dir)
+    check_cache_matches(run.cache_attrs, store.attrs, store.path)
+    if cached_keys(out_dir):
+        raise OmniError(f"{out_dir} already holds feature shards; pass a new --out folder for the embeddings.")
+    device = resolve_device(device)
+    model = run.model.to(device).eval()
+    with_flip = flip and store.has_flip
+    hidden = model.shared_size
+    attrs = embedding_attrs(run_dir, store.attrs)
+
+    def shared(block: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.shared(torch.as_tensor(block, dtype=torch.float32, device=device)).float().cpu().numpy()
+
+    batches = store.iter_batches(rows=rows)
+    flipped = store.iter_batches(rows=rows, flip=True) if with_flip else None
+    written = 0
+    with ShardWriter(out_dir, "embed", attrs, hidden, dtype=dtype, with_flip=with_flip) as writer:
+        for keys, block in batches:
+            flip_block = shared(next(flipped)[1]) if with_flip else None
+            writer.add(keys, shared(block), flip_block)
+            written += len(keys)
+    return {"rows": written, "feature_dim": hidden, "out": str(out_dir), "flip": with_flip}

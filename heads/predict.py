@@ -1,0 +1,123 @@
+"""Predictions of a trained run for a cache or an image folder, as one CSV row per key."""
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cache.errors import OmniError
+
+__all__ = ["PredictConfig", "predict", "predictions_table", "check_cache_matches", "file_sha256"]
+
+# Attributes that decide what a feature vector means: a run only understands features made exactly so.
+MATCHED_ATTRS = ("backbone", "weights", "feature_dim", "preprocessing")
+
+
+@dataclass
+class PredictConfig:
+    """Options of `omni-heads predict`; exactly one of `cache` and `images` is given."""
+
+    run: str
+    out: str  # CSV path
+    cache: Optional[str] = None
+    images: Optional[str] = None  # folder or table, extracted first with the run's backbone
+    threshold: float = 0.5  # types/materials with probability >= threshold are listed
+    top_k: int = 3  # artists listed per row
+    weights: Optional[str] = None  # backbone weights file when the run's cache came from one (sha256 checked)
+    work_cache: Optional[str] = None  # where --images features go (default: a temporary folder)
+    device: Optional[str] = None
+    batch_size: int = 32  # images per extraction batch
+    rows: int = 65536  # cache rows predicted at a time (bounds memory)
+
+
+def predict(cfg: PredictConfig):
+    """Write cfg.out and return it as a pandas DataFrame (key, artist_1, artist_1_prob, ..., type, material, year)."""
+    from cache import FeatureStore
+    from heads import load_run
+
+    if (cfg.cache is None) == (cfg.images is None):
+        raise OmniError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "
+                        "(features extracted now with the run's backbone).")
+    run = load_run(cfg.run)
+    if cfg.images is not None:
+        with tempfile.TemporaryDirectory(prefix="omniart-predict-") as scratch:
+            cache_dir = cfg.work_cache or scratch
+            _extract_like_run(run, cfg, cache_dir)
+            return _predict_store(run, FeatureStore(cache_dir), cfg)
+    return _predict_store(run, FeatureStore(cfg.cache), cfg)
+
+
+def _predict_store(run, store, cfg: PredictConfig):
+    import pandas as pd
+
+    check_cache_matches(run.cache_attrs, store.attrs, store.path)
+    tables = [predictions_table(run, keys, features, cfg.threshold, cfg.top_k)
+              for keys, features in store.iter_batches(rows=cfg.rows)]
+    table = pd.concat(tables, ignore_index=True)
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(cfg.out, index=False)
+    return table
+
+
+def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, top_k: int = 3):
+    """DataFrame of run.predict(features) decoded to vocabulary names, one row per key."""
+    import pandas as pd
+
+    outputs = run.predict(np.asarray(features, dtype=np.float32))
+    labels = run.labels
+    columns = {"key": list(keys)}
+    if "artist" in outputs:
+        probs = outputs["artist"]
+        k = min(top_k, probs.shape[1])
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        names = np.asarray(labels.artist_names, dtype=object)
+        for rank in range(k):
+            columns[f"artist_{rank + 1}"] = names[top[:, rank]]
+            columns[f"artist_{rank + 1}_prob"] = np.take_along_axis(probs, top[:, rank:rank + 1], 1)[:, 0]
+    for task, vocabulary in (("type", labels.type_names), ("material", labels.material_names)):
+        if task in outputs:
+            chosen = outputs[task] >= threshold
+            names = np.asarray(vocabulary, dtype=object)
+            columns[task] = [";".join(names[row]) for row in chosen]
+    if "year" in outputs:
+        columns["year"] = np.asarray(outputs["year"], dtype=np.float64)
+    return pd.DataFrame(columns)
+
+
+def check_cache_matches(run_attrs: dict, cache_attrs: dict, where="the cache") -> None:
+    """Refuse features made another way than the run's training features, naming both values."""
+    for name in MATCHED_ATTRS:
+        if run_attrs.get(name) != cache_attrs.get(name):
+            raise OmniError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
+                            f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
+                            f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights), or pass "
+                            "--images to let predict do it.")
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _extract_like_run(run, cfg: PredictConfig, cache_dir) -> None:
+    """Phase one on cfg.images with the backbone and weights recorded in the run's cache attrs."""
+    from extract import ExtractConfig, run_extract
+
+    attrs = run.cache_attrs
+    weights = attrs.get("weights")
+    if isinstance(weights, str) and weights.startswith("sha256:"):
+        if cfg.weights is None:
+            raise OmniError(f"the run's features came from a weights file with {weights}; pass that file with "
+                            "--weights FILE so the images are extracted the same way.")
+        found = file_sha256(cfg.weights)
+        if f"sha256:{found}" != weights:
+            raise OmniError(f"--weights {cfg.weights} has sha256:{found} but the run's features were made with "
+                            f"{weights}; pass the weights file the run's cache was extracted with.")
+        weights = cfg.weights
+    run_extract(ExtractConfig(images=cfg.images, out=cache_dir, backbone=attrs.get("backbone"), weights=weights,
+                              flip=False, batch_size=cfg.batch_size, device=cfg.device, progress=False))
