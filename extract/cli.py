@@ -1,7 +1,60 @@
 """`omni-extract`: thin click front end of phase one."""
+from dataclasses import fields
+
 import click
 
+from cache.errors import cli_errors
+from extract.backbones import BACKBONES
+from extract.config import DTYPES, ExtractConfig
 
-@click.command()
-def main():
-    """Extract backbone features of every image into an HDF5 feature cache."""
+DEFAULTS = {field.name: field.default for field in fields(ExtractConfig)}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", type=click.Path(path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Feature cache directory (created; an existing cache is resumed).")
+@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=DEFAULTS["backbone"], show_default=True,
+              help="Frozen feature extractor.")
+@click.option("--weights", default=None,
+              help="Torchvision weights name (resnet50 default IMAGENET1K_V2), a local state-dict file, or 'random'.")
+@click.option("--flip/--no-flip", default=DEFAULTS["flip"], show_default=True,
+              help="Also store features of the horizontally mirrored image.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS["batch_size"], show_default=True,
+              help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=DEFAULTS["workers"], show_default=True,
+              help="Decode processes (0 = decode in the main process).")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: LOCAL_RANK's GPU if any, else cpu).")
+@click.option("--dtype", type=click.Choice(DTYPES), default=DEFAULTS["dtype"], show_default=True,
+              help="Storage dtype of the cached features.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULTS["shard_size"], show_default=True,
+              help="Rows per shard file (a killed run loses at most one unpublished shard).")
+@click.option("--num-shards", type=click.IntRange(min=1), default=None,
+              help="Split the images into this many disjoint parts (default: from torchrun/Slurm, else 1).")
+@click.option("--shard-index", type=click.IntRange(min=0), default=None,
+              help="Which part this process extracts (0-based; with --num-shards).")
+@click.option("--retry-failed", is_flag=True, help="Re-attempt images listed in the cache's failures-*.csv.")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any image failed.")
+@click.option("--path-column", default=None, help="Table input: column with image paths (default 'path').")
+@click.option("--key-column", default=None, help="Table input: column with keys (default: the path).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@cli_errors
+def main(images, out, backbone, weights, flip, batch_size, workers, device, dtype, shard_size, num_shards,
+         shard_index, retry_failed, strict, path_column, key_column, quiet):
+    """Extract pooled backbone features of every image in IMAGES (a folder or a CSV/parquet table) into the
+    HDF5 feature cache OUT. Reruns resume; bad images are listed in OUT/failures-*.csv."""
+    from extract.runner import run_extract
+
+    config = ExtractConfig(images=images, out=out, backbone=backbone, weights=weights, flip=flip,
+                           batch_size=batch_size, workers=workers, device=device, dtype=dtype,
+                           shard_size=shard_size, num_shards=num_shards, shard_index=shard_index,
+                           retry_failed=retry_failed, strict=strict, path_column=path_column,
+                           key_column=key_column, progress=not quiet)
+    summary = run_extract(config)
+    click.echo(f"{summary.extracted} extracted, {summary.failed} failed, {summary.skipped} skipped "
+               f"in {summary.seconds:.1f} s -> {summary.cache_dir}")
+    if summary.failures_log:
+        click.echo(f"failed images are listed in {summary.failures_log}")
+    if strict and summary.failed:
+        raise click.ClickException(f"{summary.failed} image(s) failed and --strict is set; "
+                                   f"see {summary.failures_log}.")

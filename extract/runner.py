@@ -1,0 +1,83 @@
+"""`run_extract`: list -> skip what the cache has -> decode (workers) -> encode (device) -> write shards + failures."""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from extract.config import ExtractConfig, ExtractError
+
+__all__ = ["ExtractSummary", "run_extract"]
+
+
+@dataclass
+class ExtractSummary:
+    """Counts of one run over this worker's part of the images."""
+
+    extracted: int
+    failed: int
+    skipped: int  # already in the cache, or failed before (without retry_failed)
+    cache_dir: str
+    seconds: float
+    failures_log: Optional[str] = None  # this worker's failures-*.csv when anything failed in this run
+
+
+def run_extract(config: ExtractConfig) -> ExtractSummary:
+    """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file."""
+    from cache import FailureLog, ShardWriter, cached_keys, read_failures
+    from extract.backbones import BACKBONES, build_backbone
+    from extract.environment import resolve_device, resolve_shard
+    from extract.reader import list_images, make_loader, select_shard
+
+    start = time.perf_counter()
+    if config.backbone not in BACKBONES:
+        raise ExtractError(f"unknown backbone {config.backbone!r}: choose one of {', '.join(BACKBONES)}.")
+    shard = resolve_shard(config.num_shards, config.shard_index)
+    mine = select_shard(list_images(config.images, config.path_column, config.key_column), shard.index, shard.count)
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
+    done = cached_keys(out) if out.is_dir() else set()
+    if not config.retry_failed:
+        done |= set(read_failures(out))
+    todo = [item for item in mine if item.key not in done]
+    skipped = len(mine) - len(todo)
+    if not todo:
+        return ExtractSummary(0, 0, skipped, str(out), time.perf_counter() - start)
+
+    import torch
+    from tqdm import tqdm
+
+    from extract.encoder import Encoder
+
+    device = resolve_device(config.device, shard.local_rank)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    backbone = build_backbone(config.backbone, config.weights)
+    attrs = {"backbone": backbone.name, "weights": backbone.weights, "feature_dim": backbone.feature_dim,
+             "preprocessing": backbone.preprocessing, "extract_config": config.to_dict()}
+    encoder = Encoder(backbone, device, config.flip)
+    loader = make_loader(todo, backbone.preprocessing, config.batch_size, config.workers, config.max_image_pixels,
+                         pin_memory=device.startswith("cuda"), timeout=config.timeout)
+    failures = FailureLog(out, shard.tag)
+    extracted = failed = 0
+    with ShardWriter(out, shard.tag, attrs, backbone.feature_dim, dtype=config.dtype, shard_rows=config.shard_size,
+                     with_flip=config.flip) as writer, \
+            tqdm(total=len(todo), unit="img", desc=f"extract {shard.tag} on {device}", disable=not config.progress,
+                 smoothing=0.1) as bar:
+        try:
+            for batch in loader:
+                for key, error in batch.failures:
+                    failures.record(key, error)
+                failed += len(batch.failures)
+                if batch.keys:
+                    features, flipped = encoder(batch.images)
+                    writer.add(batch.keys, features, flipped)
+                    extracted += len(batch.keys)
+                bar.update(len(batch.keys) + len(batch.failures))
+        except RuntimeError as error:
+            if "timed out" in str(error):  # a DataLoader worker stalled on one batch for config.timeout seconds
+                raise ExtractError(f"image decoding stalled for {config.timeout:.0f} s ({error}); rows so far are "
+                                   "saved and a rerun resumes; check the input storage or raise the timeout.") from error
+            raise
+    return ExtractSummary(extracted, failed, skipped, str(out), time.perf_counter() - start,
+                          str(failures.path) if failed else None)
