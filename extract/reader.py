@@ -1,5 +1,6 @@
 """Reading side of phase one: list keyed images, pick this worker's part, decode them robustly in DataLoader workers."""
 import os
+import re
 import warnings
 import zlib
 from collections import Counter
@@ -147,8 +148,9 @@ def decode_image(path: str, resize: int, crop: int, interpolation: str = "biline
         try:
             image = Image.open(path)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-            raise UnusableImage(f"too many pixels, refused as a possible decompression bomb ({error}); raise "
-                                f"max_image_pixels if the image is genuine") from None
+            size = re.search(r"\((\d+) pixels\)", str(error))
+            raise UnusableImage(f"{size[1] if size else 'too many'} pixels is over the limit of {max_pixels} "
+                                "(decompression bomb guard); raise max_image_pixels if the image is genuine") from None
         with image:
             if image.format == "JPEG":
                 image.draft("RGB", (resize, resize))  # DCT-domain downscale, still >= resize on both sides

