@@ -18,7 +18,8 @@ class OmniArtHeads(nn.Module):
         self.feature_dim, self.shared_size, self.dropout = int(feature_dim), int(shared_size), float(dropout)
         self.task_sizes = {task: int(size) for task, size in task_sizes.items()}
         self.trunk = nn.Sequential(nn.Linear(self.feature_dim, self.shared_size), nn.ReLU(), nn.Dropout(self.dropout))
-        self.heads = nn.ModuleDict({task: nn.Linear(self.shared_size, size) for task, size in self.task_sizes.items()})
+        # ModuleDict keys may not shadow Module attributes ("type" does), hence the suffix.
+        self.heads = nn.ModuleDict({f"{task}_head": nn.Linear(self.shared_size, size) for task, size in self.task_sizes.items()})
         self.register_buffer("year_mean", torch.zeros(()))
         self.register_buffer("year_std", torch.ones(()))
 
@@ -28,8 +29,8 @@ class OmniArtHeads(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict:
         """Task name -> logits (artist (N,A), type (N,K), material (N,M)) or year in years (N,)."""
-        hidden = self.shared(x)
-        outputs = {task: head(hidden) for task, head in self.heads.items()}
+        hidden = self.shared(x.to(self.trunk[0].weight.dtype))
+        outputs = {task: self.heads[f"{task}_head"](hidden) for task in self.task_sizes}
         if "year" in outputs:
             outputs["year"] = outputs["year"].squeeze(-1).float() * self.year_std + self.year_mean
         return outputs
@@ -38,3 +39,28 @@ class OmniArtHeads(nn.Module):
         """Constructor arguments, saved with the weights so a run can rebuild the model."""
         return {"feature_dim": self.feature_dim, "shared_size": self.shared_size,
                 "task_sizes": dict(self.task_sizes), "dropout": self.dropout}
+
+    @torch.no_grad()
+    def forward_batched(self, x: torch.Tensor, batch_size: int = 8192) -> dict:
+        """forward() over `x` in eval mode and large batches (bf16 autocast on GPU); float32 outputs."""
+        was_training = self.training
+        self.eval()
+        parts = {task: [] for task in self.task_sizes}
+        for start in range(0, len(x), batch_size):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+                outputs = self(x[start:start + batch_size])
+            for task, value in outputs.items():
+                parts[task].append(value.float())
+        self.train(was_training)
+        return {task: torch.cat(values) if values else torch.empty(0, device=x.device) for task, values in parts.items()}
+
+    def predict(self, x: torch.Tensor, batch_size: int = 8192) -> dict:
+        """Task -> numpy array: artist softmax (N,A), type/material sigmoid (N,K), year in years (N,)."""
+        return {task: probabilities(task, value).cpu().numpy() for task, value in self.forward_batched(x, batch_size).items()}
+
+
+def probabilities(task: str, output: torch.Tensor) -> torch.Tensor:
+    """Raw head output -> what users read: softmax for the artist, sigmoid for multi-label, years as is."""
+    if task == "artist":
+        return output.softmax(-1)
+    return output if task == "year" else output.sigmoid()

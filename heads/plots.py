@@ -1,0 +1,107 @@
+"""Run plots (PNG, matplotlib Agg): learning curves, artist confusion with/without diagonal, confused pairs."""
+import csv
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["write_plots", "learning_curves", "confusion_figure", "confusion_matrix", "confused_pairs"]
+
+_MAX_ARTISTS = 20
+
+
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Counts [i, j] of rows of true class classes[i] predicted as classes[j] (other rows ignored)."""
+    position = {int(c): i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for t, p in zip(true, predicted):
+        if int(t) in position and int(p) in position:
+            matrix[position[int(t)], position[int(p)]] += 1
+    return matrix
+
+
+def confused_pairs(true: np.ndarray, predicted: np.ndarray, names, top: int = 50) -> list:
+    """Artist pairs most often mistaken for each other (both directions summed), most confused first."""
+    wrong = true != predicted
+    counts = {}
+    for t, p in zip(true[wrong], predicted[wrong]):
+        counts[(int(t), int(p))] = counts.get((int(t), int(p)), 0) + 1
+    pairs = {}
+    for (t, p), n in counts.items():
+        a, b = min(t, p), max(t, p)
+        entry = pairs.setdefault((a, b), {"artist_a": names[a], "artist_b": names[b], "a_as_b": 0, "b_as_a": 0})
+        entry["a_as_b" if t == a else "b_as_a"] += n
+    rows = [dict(entry, total=entry["a_as_b"] + entry["b_as_a"]) for entry in pairs.values()]
+    rows.sort(key=lambda row: (-row["total"], row["artist_a"], row["artist_b"]))
+    return rows[:top]
+
+
+def learning_curves(history: list, path: Path) -> None:
+    """Per-task training (solid) and validation (dashed) losses, and validation metrics, per epoch."""
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (losses, scores) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in history[0] if history else []:
+        values = [row.get(name) for row in history]
+        if name.startswith("train_") and name.endswith("_loss") and name != "train_loss":
+            line, = losses.plot(epochs, values, label=name[6:-5])
+            validation = [row.get("val" + name[5:]) for row in history]
+            if any(v is not None for v in validation):
+                losses.plot(epochs, validation, linestyle="--", color=line.get_color())
+        elif name.startswith("val_") and not name.endswith("_loss") and name != "val_score" and any(v is not None for v in values):
+            scores.plot(epochs, values, label=name[4:])
+    losses.set(title="losses (solid: train, dashed: validation)", xlabel="epoch", yscale="log")
+    scores.set(title="validation metrics", xlabel="epoch")
+    for axis in (losses, scores):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def confusion_figure(matrix: np.ndarray, names: list, path: Path) -> None:
+    """Paper Figures 3/5: the confusion matrix (left) and the same with its main diagonal removed (right)."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(15, 7))
+    off_diagonal = matrix.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    for axis, values, title in ((axes[0], matrix, "confusion"), (axes[1], off_diagonal, "without main diagonal")):
+        image = axis.imshow(values, cmap="viridis")
+        axis.set(title=title, xlabel="predicted", ylabel="true", xticks=range(len(names)), yticks=range(len(names)))
+        axis.set_xticklabels([n[:18] for n in names], rotation=90, fontsize=6)
+        axis.set_yticklabels([n[:18] for n in names], fontsize=6)
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_plots(out: Path, history: list, labels, artist_targets: Optional[np.ndarray],
+                artist_probs: Optional[np.ndarray], rows: Optional[np.ndarray]) -> list:
+    """learning_curves.png, and with artist predictions confusion_artists.png + confused_pairs.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    written = []
+    if history:
+        learning_curves(history, out / "learning_curves.png")
+        written.append(out / "learning_curves.png")
+    if artist_probs is None or rows is None or artist_targets is None:
+        return written
+    true = np.asarray(artist_targets)[rows]
+    labelled = true >= 0
+    true, predicted = true[labelled], artist_probs[labelled].argmax(axis=1)
+    if not true.size:
+        return written
+    classes, counts = np.unique(true, return_counts=True)
+    frequent = classes[np.argsort(-counts, kind="stable")[:_MAX_ARTISTS]]
+    names = [labels.artist_names[c] for c in frequent]
+    confusion_figure(confusion_matrix(true, predicted, frequent), names, out / "confusion_artists.png")
+    with open(out / "confused_pairs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["artist_a", "artist_b", "a_as_b", "b_as_a", "total"])
+        writer.writeheader()
+        writer.writerows(confused_pairs(true, predicted, labels.artist_names))
+    return written + [out / "confusion_artists.png", out / "confused_pairs.csv"]

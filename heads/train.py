@@ -1,0 +1,443 @@
+"""`fit`: train the shared layer and task heads on a feature cache held in one device tensor; `evaluate` a run."""
+import dataclasses
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from heads import HeadsError
+from heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights, task_losses
+from heads.metrics import METRIC_NAMES, markdown_table, task_metrics
+from heads.model import OmniArtHeads, probabilities
+
+__all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "TASKS"]
+
+TASKS = ("artist", "type", "material", "year")
+_SCORE_METRIC = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
+
+
+@dataclass
+class FitConfig:
+    """Everything `omni-heads fit` needs; saved as config.json["fit"] in the run directory."""
+
+    cache: str = ""
+    metadata: str = ""
+    format: str = "rijks14"  # label format: rijks14 | met | csv (pipeline.labels)
+    out: str = "run"
+    tasks: tuple = TASKS
+    shared_size: int = 6144  # the paper's best shared-layer width
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.0
+    warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up before the cosine decay
+    patience: int = 5  # epochs without a better validation score before stopping
+    year_scale: float = 0.1  # s_period: the paper scales the year MAE down tenfold
+    task_weights: str = "auto"  # auto | uncertainty | equal | "artist=1,type=0.5,..."
+    class_weights: bool = False  # inverse-frequency artist class weights (paper 4.3.1, unbalanced splits)
+    flip: bool = True  # use features_flip (random per sample and epoch) when the cache has it
+    min_artist_samples: Optional[int] = None  # None: LabelConfig's default
+    min_class_samples: Optional[int] = None
+    keep_all_samples: Optional[bool] = None
+    label_options: dict = field(default_factory=dict)  # any other LabelConfig field (csv columns, separator...)
+    seed: int = 0
+    device: Optional[str] = None  # None/auto: the GPU when present, else CPU with a warning
+    eval_batch_size: int = 8192
+    single_task_baselines: bool = False
+    progress: bool = True
+
+    def label_config(self):
+        """The LabelConfig this fit builds its labels with."""
+        from pipeline.labels import LabelConfig
+
+        options = {"format": self.format, **self.label_options}
+        for name in ("min_artist_samples", "min_class_samples", "keep_all_samples"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        options.setdefault("seed", self.seed)
+        try:
+            return LabelConfig(**options)
+        except TypeError as error:
+            valid = ", ".join(f.name for f in dataclasses.fields(LabelConfig))
+            raise HeadsError(f"bad label option ({error}); LabelConfig fields are: {valid}.") from error
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the run directory, its metrics.json content and the per-epoch history."""
+
+    run_dir: Path
+    metrics: dict
+    history: list
+
+
+def parse_task_weights(spec, tasks) -> object:
+    """'auto' | 'uncertainty' | 'equal' | 'artist=1,type=0.5' (unlisted tasks weigh 1) -> str or dict."""
+    if isinstance(spec, dict):
+        spec = ",".join(f"{task}={value}" for task, value in spec.items())
+    spec = str(spec).strip()
+    if spec in ("auto", "uncertainty"):
+        return spec
+    weights = {task: 1.0 for task in tasks}
+    if spec in ("equal", ""):
+        return weights
+    for part in spec.split(","):
+        task, sep, value = part.partition("=")
+        task = task.strip()
+        if not sep or task not in tasks:
+            raise HeadsError(f"bad --task-weights entry {part!r}: use auto, uncertainty, equal or TASK=NUMBER pairs "
+                             f"separated by commas, TASK one of the trained tasks {', '.join(tasks)} "
+                             "(e.g. artist=1,type=0.5).")
+        try:
+            weights[task] = float(value)
+        except ValueError as error:
+            raise HeadsError(f"bad --task-weights weight {value!r} for {task}: it must be a number (e.g. {task}=0.5).") from error
+        if not math.isfinite(weights[task]) or weights[task] < 0:
+            raise HeadsError(f"bad --task-weights weight {value!r} for {task}: it must be a finite number >= 0.")
+    return weights
+
+
+def _check(config: FitConfig) -> tuple:
+    tasks = tuple(config.tasks.split(",")) if isinstance(config.tasks, str) else tuple(config.tasks)
+    tasks = tuple(task.strip() for task in tasks if task.strip())
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise HeadsError(f"unknown task {', '.join(unknown) or '(none given)'}: --tasks takes a comma-separated subset "
+                         f"of {','.join(TASKS)}.")
+    if len(set(tasks)) != len(tasks):
+        raise HeadsError(f"--tasks lists a task twice ({','.join(tasks)}); name each once.")
+    for name in ("shared_size", "epochs", "batch_size", "eval_batch_size"):
+        if int(getattr(config, name)) < 1:
+            raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}.")
+    if not config.lr > 0 or config.weight_decay < 0 or not 0 <= config.dropout < 1 or config.year_scale <= 0:
+        raise HeadsError("need --lr > 0, --weight-decay >= 0, 0 <= --dropout < 1 and --year-scale > 0 "
+                         f"(got {config.lr}, {config.weight_decay}, {config.dropout}, {config.year_scale}).")
+    parse_task_weights(config.task_weights, tasks)
+    return tasks
+
+
+@dataclass
+class _Data:
+    """Features and labels on the device; rows are label rows, `split_rows` index into them."""
+
+    x: torch.Tensor
+    x_flip: Optional[torch.Tensor]
+    targets: dict  # task -> device tensor (artist int64, type/material uint8, year float32)
+    masks: dict  # task -> device bool tensor
+    sizes: dict  # task -> head width
+    split_rows: dict  # split -> device int64 tensor of rows
+    numpy_targets: dict  # task -> numpy targets (for metrics)
+
+
+def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarray], tasks, device: str) -> _Data:
+    numpy_targets = {"artist": labels.artist.astype(np.int64), "type": labels.types, "material": labels.materials,
+                     "year": labels.year.astype(np.float32)}
+    sizes = {"artist": len(labels.artist_names), "type": len(labels.type_names),
+             "material": len(labels.material_names), "year": 1}
+    splits = np.asarray(labels.split)
+    for task in tasks:
+        if sizes[task] == 0:
+            raise HeadsError(f"task {task} has no classes after the label filters; drop it from --tasks or lower "
+                             "--min-class-samples / --min-artist-samples.")
+        if not np.asarray(labels.masks[task])[splits == "train"].any():
+            raise HeadsError(f"task {task} has no labelled training sample; drop it from --tasks or check the metadata.")
+    return _Data(
+        x=torch.from_numpy(features).to(device),
+        x_flip=None if features_flip is None else torch.from_numpy(features_flip).to(device),
+        targets={task: torch.from_numpy(np.ascontiguousarray(numpy_targets[task])).to(device) for task in tasks},
+        masks={task: torch.from_numpy(np.asarray(labels.masks[task], dtype=bool)).to(device) for task in tasks},
+        sizes={task: sizes[task] for task in tasks},
+        split_rows={split: torch.from_numpy(np.flatnonzero(splits == split)).to(device) for split in ("train", "val", "test")},
+        numpy_targets={task: numpy_targets[task] for task in tasks},
+    )
+
+
+def _split_metrics(model: OmniArtHeads, data: _Data, split: str, batch_size: int):
+    """(metrics task -> dict, raw losses task -> float, probabilities task -> numpy) of one split."""
+    rows = data.split_rows[split]
+    raw = model.forward_batched(data.x[rows], batch_size)
+    losses = task_losses(raw, {t: data.targets[t][rows] for t in raw}, {t: data.masks[t][rows] for t in raw})
+    numpy_rows = rows.cpu().numpy()
+    probs = {task: probabilities(task, value).cpu().numpy() for task, value in raw.items()}
+    metrics = {task: task_metrics(task, probs[task], data.numpy_targets[task][numpy_rows]) for task in raw}
+    return metrics, {task: float(value) for task, value in losses.items()}, probs
+
+
+def _score(metrics: dict, year_baseline: Optional[float]) -> Optional[float]:
+    """Early-stopping score: mean over tasks of artist accuracy, type/material MAP and 1 - MAE/MAE(median)."""
+    parts = []
+    for task, values in metrics.items():
+        value = values[_SCORE_METRIC[task]]
+        if value is None:
+            continue
+        if task == "year":
+            value = 1.0 - value / year_baseline if year_baseline else None
+        if value is not None:
+            parts.append(value)
+    return float(np.mean(parts)) if parts else None
+
+
+def _year_baseline(data: _Data, split: str) -> Optional[float]:
+    """MAE of predicting the training median year on `split` (normalises the year score)."""
+    years = data.numpy_targets.get("year")
+    if years is None:
+        return None
+    train = years[data.split_rows["train"].cpu().numpy()]
+    held = years[data.split_rows[split].cpu().numpy()]
+    train, held = train[np.isfinite(train)], held[np.isfinite(held)]
+    if not train.size or not held.size:
+        return None
+    return float(np.mean(np.abs(held - np.median(train)))) or None
+
+
+@dataclass
+class _Trained:
+    model: OmniArtHeads
+    history: list
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    weights: dict
+    log_vars: Optional[dict]
+
+
+def _train(data: _Data, tasks: tuple, config: FitConfig, device: str, label: str = "") -> _Trained:
+    """Mini-batch AdamW with warm-up + cosine LR, per-epoch validation, early stopping, best epoch kept."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    cuda = torch.device(device).type == "cuda"
+    model = OmniArtHeads(data.x.shape[1], config.shared_size, {t: data.sizes[t] for t in tasks}, config.dropout).to(device)
+    train_rows = data.split_rows["train"]
+    if "year" in tasks:
+        years = data.targets["year"][train_rows][data.masks["year"][train_rows]]
+        model.year_mean.fill_(float(years.mean()))
+        model.year_std.fill_(max(float(years.std(unbiased=False)) if years.numel() > 1 else 1.0, 1.0))
+    mode = parse_task_weights(config.task_weights, tasks)
+    weights = dict(mode) if isinstance(mode, dict) else {task: 1.0 for task in tasks}
+    log_vars = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.zeros((), device=device)) for t in tasks}) \
+        if mode == "uncertainty" else None
+    class_weights = inverse_frequency_weights(data.targets["artist"][train_rows], data.sizes["artist"]) \
+        if config.class_weights and "artist" in tasks else None
+    parameters = list(model.parameters()) + (list(log_vars.parameters()) if log_vars is not None else [])
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **({"fused": True} if cuda else {}))
+    n_train, batch = len(train_rows), int(config.batch_size)
+    steps_per_epoch = math.ceil(n_train / batch)
+    total_steps, warmup = steps_per_epoch * config.epochs, max(1, int(config.warmup * steps_per_epoch * config.epochs))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / warmup if step < warmup else
+                                                 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
+    flip = data.x_flip is not None and config.flip
+    has_val = len(data.split_rows["val"]) > 0
+    if not has_val:
+        warnings.warn("the validation split is empty: no early stopping, the last epoch is kept.", RuntimeWarning, stacklevel=3)
+    year_baseline = _year_baseline(data, "val") if has_val else None
+    history, best_score, best_state, best_epoch, stale = [], -math.inf, None, 0, 0
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = train_rows[torch.randperm(n_train, generator=generator, device=device)]
+        if flip:  # the paper's horizontal-flip augmentation: flipped or original vector per sample and epoch
+            use_flip = torch.rand(len(data.x), generator=generator, device=device) < 0.5
+        sums = torch.zeros(len(tasks) + 1, device=device)  # summed on device: no sync per step
+        for start in range(0, n_train, batch):
+            rows = order[start:start + batch]
+            x = data.x[rows]
+            if flip:
+                x = torch.where(use_flip[rows, None], data.x_flip[rows], x)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                outputs = model(x)
+            total, per_task = combined_loss(outputs, {t: data.targets[t][rows] for t in tasks},
+                                            {t: data.masks[t][rows] for t in tasks}, weights, config.year_scale,
+                                            log_vars, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            schedule.step()
+            sums += torch.stack([total.detach()] + [per_task[t].detach() for t in tasks])
+        train_losses = (sums / steps_per_epoch).tolist()
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_losses[0]}
+        row.update({f"train_{t}_loss": value for t, value in zip(tasks, train_losses[1:])})
+        row.update({f"weight_{t}": weights[t] * (math.exp(-float(log_vars[t])) if log_vars is not None else 1.0) for t in tasks})
+        score = None
+        if has_val:
+            metrics, val_losses, _ = _split_metrics(model, data, "val", config.eval_batch_size)
+            row.update({f"val_{t}_loss": val_losses[t] for t in tasks})
+            row.update({f"val_{t}_{name}": value for t in tasks for name, value in metrics[t].items()})
+            score = _score(metrics, year_baseline)
+            if mode == "auto":  # next epoch's weights from this epoch's validation losses (tasks with val labels)
+                present = {t: val_losses[t] for t in tasks if metrics[t][_SCORE_METRIC[t]] is not None}
+                weights.update(auto_task_weights(present, config.year_scale) if present else {})
+        row["val_score"] = score
+        row["seconds"] = time.perf_counter() - epoch_start
+        history.append(row)
+        improved = score is None or score > best_score
+        if improved:
+            best_score, best_epoch, stale = (score if score is not None else best_score), epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if config.progress:
+            losses = " ".join(f"{t} {v:.4f}" for t, v in zip(tasks, train_losses[1:]))
+            shown = "-" if score is None else f"{score:.4f}"
+            print(f"{label}epoch {epoch}/{config.epochs}  loss {train_losses[0]:.4f} ({losses})  val score {shown}"
+                  f"{' *' if improved else ''}  {row['seconds']:.2f}s", file=sys.stderr, flush=True)
+        if has_val and stale >= config.patience:
+            break
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    model.load_state_dict(best_state)
+    model.eval()
+    final_weights = {t: history[-1][f"weight_{t}"] for t in tasks}
+    return _Trained(model, history, best_epoch, len(history), seconds, final_weights,
+                    {t: float(v) for t, v in log_vars.items()} if log_vars is not None else None)
+
+
+def _evaluate_splits(model: OmniArtHeads, data: _Data, batch_size: int, splits=("val", "test")) -> tuple:
+    metrics, probs = {}, {}
+    for split in splits:
+        if len(data.split_rows[split]):
+            metrics[split], _, probs[split] = _split_metrics(model, data, split, batch_size)
+        else:
+            metrics[split] = {task: {name: None for name in METRIC_NAMES[task]} for task in model.task_sizes}
+    return metrics, probs
+
+
+def _load(config: FitConfig, tasks: tuple):
+    """(store, labels, join report, features, flipped features or None, device) for a fit."""
+    from cache import FeatureStore
+    from extract.environment import resolve_device
+    from pipeline.labels import build_labels
+
+    if not Path(config.cache).is_dir():
+        raise HeadsError(f"cache directory {config.cache!r} does not exist; pass the --out directory of omni-extract.")
+    if not Path(config.metadata).exists():
+        raise HeadsError(f"metadata file {config.metadata!r} does not exist; pass it with --metadata.")
+    device = resolve_device(config.device)
+    store = FeatureStore(config.cache)
+    labels, report = build_labels(config.metadata, config.label_config(), cache_keys=store.keys)
+    if len(labels.keys) == 0:
+        raise HeadsError(f"no cache key matched a metadata record ({config.cache} vs {config.metadata}); check --format "
+                         "and the key/file-name rules of the label format.")
+    keys = [str(key) for key in labels.keys]
+    dtype = np.float16 if torch.device(device).type == "cuda" else np.float32  # GPU: half the memory, autocast reads it
+    features = store.load(keys, dtype=dtype)
+    flipped = store.load(keys, flip=True, dtype=dtype) if store.has_flip and config.flip else None
+    return store, labels, report, features, flipped, device
+
+
+def fit(config: FitConfig) -> FitResult:
+    """Train on `config.cache` with labels from `config.metadata`; write and return the run directory."""
+    from heads.plots import write_plots
+
+    tasks = _check(config)
+    store, labels, report, features, flipped, device = _load(config, tasks)
+    data = _device_data(labels, features, flipped, tasks, device)
+    del features, flipped
+    trained = _train(data, tasks, config, device)
+    metrics, probs = _evaluate_splits(trained.model, data, config.eval_batch_size)
+    metrics.update({"epochs": trained.epochs_run, "best_epoch": trained.best_epoch, "train_seconds": trained.seconds,
+                    "seconds_per_epoch": trained.seconds / trained.epochs_run, "device": device,
+                    "samples": {split: int(len(rows)) for split, rows in data.split_rows.items()},
+                    "task_weights": trained.weights, "flip": data.x_flip is not None,
+                    "year_baseline_mae": {"val": _year_baseline(data, "val"), "test": _year_baseline(data, "test")}})
+    if trained.log_vars is not None:
+        metrics["log_vars"] = trained.log_vars
+    if config.single_task_baselines:
+        metrics["single_task"] = _single_task_baselines(data, tasks, config, device)
+        single_seconds = sum(entry["train_seconds"] for entry in metrics["single_task"].values())
+        metrics["single_task_seconds"] = single_seconds
+        metrics["speedup"] = single_seconds / trained.seconds
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels.save(out)
+    torch.save({"state_dict": {k: v.cpu() for k, v in trained.model.state_dict().items()}, **trained.model.sizes()},
+               out / "model.pt")
+    info = {"fit": dataclasses.asdict(config), "tasks": list(tasks), "cache_attrs": store.attrs,
+            "labels": _plain(labels.config), "join": _plain(report), "label_statistics": labels.statistics(),
+            "model": trained.model.sizes()}
+    info["fit"]["tasks"] = list(tasks)
+    (out / "config.json").write_text(json.dumps(info, indent=2, default=str))
+    _write_history(out / "history.csv", trained.history)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    split = "test" if "test" in probs else next(iter(probs), None)
+    write_plots(out, trained.history, labels, data.numpy_targets.get("artist"),
+                probs.get(split, {}).get("artist"), data.split_rows[split].cpu().numpy() if split else None)
+    return FitResult(out, metrics, trained.history)
+
+
+def _single_task_baselines(data: _Data, tasks: tuple, config: FitConfig, device: str) -> dict:
+    """Each task trained alone with the same settings: test metrics and training seconds per task."""
+    results = {}
+    for task in tasks:
+        trained = _train(data, (task,), config, device, label=f"[{task} only] ")
+        metrics, _ = _evaluate_splits(trained.model, data, config.eval_batch_size, ("test",))
+        results[task] = {"test": metrics["test"][task], "train_seconds": trained.seconds, "epochs": trained.epochs_run}
+    return results
+
+
+def comparison_table(metrics: dict) -> str:
+    """Markdown: multi-task vs single-task test metrics, then the training-time ratio."""
+    single = {task: entry["test"] for task, entry in metrics["single_task"].items()}
+    table = markdown_table({"multi-task": metrics["test"], "single-task": single}, title="test")
+    return (f"{table}\n\ntraining seconds: multi-task {metrics['train_seconds']:.2f}, sum of single-task "
+            f"{metrics['single_task_seconds']:.2f} -> multi-task is {metrics['speedup']:.2f}x faster")
+
+
+def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: Optional[str] = None) -> dict:
+    """Recompute `split` metrics of a run from its cache (or `cache`); update metrics.json and the plots."""
+    from cache import FeatureStore
+    from heads.plots import write_plots
+    from heads.runs import load_run
+
+    if split not in ("train", "val", "test"):
+        raise HeadsError(f"unknown split {split!r}: use train, val or test.")
+    run = load_run(run_dir, device=device or "cpu")
+    cache = cache or run.config.cache
+    if not Path(cache).is_dir():
+        raise HeadsError(f"cache directory {cache!r} of run {run_dir} does not exist; pass the cache with --cache.")
+    labels = run.labels
+    rows = np.flatnonzero(np.asarray(labels.split) == split)
+    features = FeatureStore(cache).load([str(labels.keys[i]) for i in rows])
+    probs = run.predict(features)
+    targets = {"artist": labels.artist, "type": labels.types, "material": labels.materials, "year": labels.year}
+    result = {task: task_metrics(task, probs[task], np.asarray(targets[task])[rows]) for task in probs}
+    path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[split] = result
+    path.write_text(json.dumps(metrics, indent=2))
+    history = _read_history(Path(run_dir) / "history.csv")
+    write_plots(Path(run_dir), history, labels, np.asarray(labels.artist), probs.get("artist"), rows)
+    return result
+
+
+def _plain(value):
+    """A dataclass (LabelConfig, JoinReport) as a JSON-able dict; anything else as is."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _write_history(path: Path, history: list) -> None:
+    import csv
+
+    columns = list(dict.fromkeys(name for row in history for name in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in history)
+
+
+def _read_history(path: Path) -> list:
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(handle)]
