@@ -1,7 +1,62 @@
 """Click commands of the pipeline package (`omni-heads labels`)."""
+import json
+
 import click
+
+from cache.errors import cli_errors
+
+_FORMATS = ("rijks14", "met", "csv")  # pipeline.sources.FORMATS, repeated so --help imports nothing heavy
 
 
 @click.command()
-def labels():
-    """Print label statistics of collection metadata."""
+@click.argument("metadata", type=click.Path(dir_okay=False))
+@click.option("--format", "format_", type=click.Choice(_FORMATS), required=True, help="Metadata format.")
+@click.option("--min-artist-samples", type=int, default=None,
+              help="Keep artists with at least K samples (paper: 100/300/700/1100). [default: 100]")
+@click.option("--min-class-samples", type=int, default=None,
+              help="Keep type/material classes with at least N positives. [default: 10]")
+@click.option("--keep-all-samples", is_flag=True,
+              help="Keep samples of dropped/anonymous artists (artist masked) instead of dropping them.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 70/20/10 split.")
+@click.option("--key-column", default="key", show_default=True, help="csv: key column.")
+@click.option("--artist-column", default=None, help="csv: artist column [default: 'artist' if present].")
+@click.option("--type-column", default=None, help="csv: type column [default: 'type' if present].")
+@click.option("--material-column", default=None, help="csv: material/medium column [default: 'material'].")
+@click.option("--year-column", default=None, help="csv: year or free-text date column [default: 'year'].")
+@click.option("--begin-column", default=None, help="csv: creation interval begin column (with --end-column).")
+@click.option("--end-column", default=None, help="csv: creation interval end column.")
+@click.option("--split-column", default=None, help="csv: official split column (train/val/test or 1/2/3).")
+@click.option("--separator", default="|", show_default=True, help="csv: separator of multi-valued cells.")
+@click.option("--language", type=click.Choice(("english", "dutch")), default="english", show_default=True,
+              help="Stemmer of free-text media and types (met, csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@cli_errors
+def labels(metadata, format_, min_artist_samples, min_class_samples, keep_all_samples, seed, key_column,
+           artist_column, type_column, material_column, year_column, begin_column, end_column, split_column,
+           separator, language, as_json):
+    """Print label statistics of collection METADATA: samples, classes, years, splits, coverage."""
+    from pipeline.labels import LabelConfig, build_labels
+
+    options = dict(
+        format=format_, min_artist_samples=min_artist_samples, min_class_samples=min_class_samples,
+        keep_all_samples=keep_all_samples, seed=seed, key_column=key_column, artist_column=artist_column,
+        type_column=type_column, material_column=material_column, year_column=year_column,
+        begin_column=begin_column, end_column=end_column, split_column=split_column, separator=separator,
+        language=language,
+    )
+    config = LabelConfig(**{k: v for k, v in options.items() if v is not None})
+    stats = build_labels(metadata, config)[0].statistics()
+    if as_json:
+        click.echo(json.dumps(stats))
+        return
+    years = stats["years"]
+    click.echo(f"{stats['samples']:,} samples (of {stats['source_rows']:,} metadata rows), format {stats['format']}")
+    click.echo(f"classes: {stats['artists']} artists (>= {stats['min_artist_samples']} samples), "
+               f"{stats['types']} types, {stats['materials']} materials (>= {stats['min_class_samples']} positives)")
+    if years["labelled"]:
+        click.echo(f"years: {years['min']:g} .. {years['max']:g} (mean {years['mean']:g}), "
+                   f"{years['labelled']:,} labelled, {years['unparsed']:,} unparsed dates")
+    else:
+        click.echo(f"years: none labelled, {years['unparsed']:,} unparsed dates")
+    click.echo("splits: " + ", ".join(f"{name} {count:,}" for name, count in stats["splits"].items()))
+    click.echo("coverage: " + ", ".join(f"{task} {share:.1%}" for task, share in stats["coverage"].items()))

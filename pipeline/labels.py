@@ -1,0 +1,301 @@
+"""Labels, vocabularies, masks and splits of the four OmniArt tasks, built from collection metadata."""
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from pipeline.parsing import LANGUAGES, LabelError
+from pipeline.sources import FORMATS, SPLIT_NAMES, read_records, record_key_of
+
+__all__ = ["TASKS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels"]
+
+TASKS = ("artist", "type", "material", "year")
+SPLIT_FRACTIONS = (0.7, 0.2, 0.1)  # paper section 4.1: train / validation / test, stratified per artist
+LABELS_FILE, VOCAB_FILE = "labels.npz", "vocab.json"
+_EXAMPLES = 5
+
+
+@dataclass
+class LabelConfig:
+    """How metadata becomes labels. Saved with every LabelSet.
+
+    min_artist_samples: artists with fewer samples get no class (paper: 100/300/700/1100); by default the
+    data set is restricted to the kept artists' samples (paper Table 4), keep_all_samples=True keeps every
+    sample with its artist masked instead. min_class_samples: type/material classes need this many
+    positives (10 drops one-off free-text words and typos while keeping every class a head can learn).
+    The *_column options name csv columns (artist/type/material/year/split default to columns of those
+    names when present); separator splits multi-valued csv cells; language picks the stemmer of
+    free-text media and types (met, csv).
+    """
+
+    format: str = "rijks14"
+    min_artist_samples: int = 100
+    min_class_samples: int = 10
+    keep_all_samples: bool = False
+    seed: int = 0
+    key_column: str = "key"
+    artist_column: str = None
+    type_column: str = None
+    material_column: str = None
+    year_column: str = None
+    begin_column: str = None
+    end_column: str = None
+    split_column: str = None
+    separator: str = "|"
+    language: str = "english"
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise LabelError(f"unknown metadata format {self.format!r}; valid formats: {', '.join(FORMATS)}")
+        if self.language not in LANGUAGES:
+            raise LabelError(f"unknown stemming language {self.language!r}; valid: {', '.join(LANGUAGES)}")
+        for name in ("min_artist_samples", "min_class_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LabelError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass
+class JoinReport:
+    """Outcome of joining metadata records to cache keys: counts and a few example keys of each side."""
+
+    n_joined: int
+    only_in_cache: int
+    only_in_metadata: int
+    only_in_cache_examples: list = field(default_factory=list)
+    only_in_metadata_examples: list = field(default_factory=list)
+
+    def __str__(self):
+        return (f"joined {self.n_joined} keys; {self.only_in_cache} only in the cache "
+                f"{self.only_in_cache_examples}, {self.only_in_metadata} only in the metadata "
+                f"{self.only_in_metadata_examples}")
+
+
+@dataclass
+class LabelSet:
+    """Per-sample labels of the four tasks (see CONTRACTS.md): -1 / NaN / all-zero rows mean no label.
+
+    type_names/material_names are class ids (stems for free-text sources); type_display/material_display
+    are the readable names (the most frequent original word per class).
+    """
+
+    keys: np.ndarray
+    artist: np.ndarray
+    artist_names: list
+    types: np.ndarray
+    type_names: list
+    materials: np.ndarray
+    material_names: list
+    year: np.ndarray
+    split: np.ndarray
+    config: LabelConfig
+    type_display: list = None
+    material_display: list = None
+    year_unparsed: int = 0
+    source_rows: int = 0
+
+    def __post_init__(self):
+        self.type_display = list(self.type_display or self.type_names)
+        self.material_display = list(self.material_display or self.material_names)
+
+    def __len__(self):
+        return len(self.keys)
+
+    @property
+    def masks(self):
+        """Task -> bool (N,): the samples that have a label for the task."""
+        return {
+            "artist": self.artist >= 0,
+            "type": self.types.any(axis=1),
+            "material": self.materials.any(axis=1),
+            "year": ~np.isnan(self.year),
+        }
+
+    def statistics(self):
+        """JSON-able summary: samples, classes per task, year range, samples per split, coverage per task."""
+        n = len(self)
+        years = self.year[~np.isnan(self.year)]
+        return {
+            "format": self.config.format,
+            "source_rows": self.source_rows,
+            "samples": n,
+            "artists": len(self.artist_names),
+            "types": len(self.type_names),
+            "materials": len(self.material_names),
+            "years": {
+                "labelled": int(len(years)),
+                "min": float(years.min()) if len(years) else None,
+                "max": float(years.max()) if len(years) else None,
+                "mean": round(float(years.mean()), 1) if len(years) else None,
+                "unparsed": self.year_unparsed,
+            },
+            "splits": {name: int((self.split == name).sum()) for name in SPLIT_NAMES},
+            "coverage": {task: round(float(mask.mean()), 4) if n else 0.0 for task, mask in self.masks.items()},
+            "min_artist_samples": self.config.min_artist_samples,
+            "min_class_samples": self.config.min_class_samples,
+        }
+
+    def save(self, run_dir):
+        """Write labels.npz (per-key labels and split) and vocab.json (vocabularies, config) into run_dir."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            run_dir / LABELS_FILE, keys=self.keys.astype(str), artist=self.artist, types=self.types,
+            materials=self.materials, year=self.year, split=self.split.astype(str),
+        )
+        vocab = {
+            "artist_names": self.artist_names, "type_names": self.type_names, "type_display": self.type_display,
+            "material_names": self.material_names, "material_display": self.material_display,
+            "year_unparsed": self.year_unparsed, "source_rows": self.source_rows, "config": asdict(self.config),
+        }
+        (run_dir / VOCAB_FILE).write_text(json.dumps(vocab, indent=1, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, run_dir):
+        """The LabelSet saved in run_dir; LabelError naming the missing file."""
+        run_dir = Path(run_dir)
+        for name in (LABELS_FILE, VOCAB_FILE):
+            if not (run_dir / name).is_file():
+                raise LabelError(f"{run_dir} has no {name}; expected a directory written by LabelSet.save")
+        vocab = json.loads((run_dir / VOCAB_FILE).read_text(encoding="utf-8"))
+        known = {f.name for f in fields(LabelConfig)}
+        config = LabelConfig(**{k: v for k, v in vocab.pop("config").items() if k in known})
+        with np.load(run_dir / LABELS_FILE, allow_pickle=False) as arrays:
+            data = {name: arrays[name] for name in arrays.files}
+        return cls(config=config, **data, **vocab)
+
+
+def build_labels(metadata_path, config=None, cache_keys=None):
+    """Labels of the four tasks from a metadata file, optionally joined to cache keys first.
+
+    Steps: read the format's records; refuse duplicated record keys; with cache_keys, join each cache key
+    to its record (rijks14: 7-digit file-name number minus one = row; met: file stem = object ID; csv: the
+    key column equals the cache key or its file stem), so keys become cache keys in cache order; keep
+    artists with >= min_artist_samples samples (classes ordered by decreasing count, then name) and, unless
+    keep_all_samples, only their samples; type/material vocabularies keep classes with >= min_class_samples
+    positives among the kept samples; split with the official split when the source has one, else
+    `stratified_split`. Returns (LabelSet, JoinReport or None).
+    """
+    config = config or LabelConfig()
+    records = read_records(metadata_path, config)
+    source_rows = len(records)
+    _refuse_duplicates(records.keys, "metadata key")
+    report = None
+    keys = records.keys
+    if cache_keys is not None:
+        rows, keys, report = _join(config.format, records.keys, cache_keys)
+        records = records.take(rows)
+
+    counts = np.bincount(records.artist[records.artist >= 0], minlength=len(records.artist_names))
+    kept = np.flatnonzero(counts >= config.min_artist_samples)
+    kept = kept[np.lexsort((np.array(records.artist_names, dtype=object)[kept].astype(str), -counts[kept]))]
+    remap = np.full(len(records.artist_names) + 1, -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    artist = remap[records.artist]  # -1 indexes the trailing -1
+    if not config.keep_all_samples:
+        if not len(kept):
+            largest = int(counts.max()) if len(counts) else 0
+            raise LabelError(
+                f"no artist has >= {config.min_artist_samples} samples (the most productive has {largest}); "
+                "lower --min-artist-samples or pass --keep-all-samples"
+            )
+        rows = artist >= 0
+        records, keys, artist = records.take(rows), keys[rows], artist[rows]
+
+    types, type_names, type_display = _vocabulary(
+        records.types, records.type_ids, records.type_display, config.min_class_samples)
+    materials, material_names, material_display = _vocabulary(
+        records.materials, records.material_ids, records.material_display, config.min_class_samples)
+    split = records.split if records.split is not None else stratified_split(keys, artist, config.seed)
+    labels = LabelSet(
+        keys=np.asarray(keys).astype(str), artist=artist.astype(np.int64),
+        artist_names=[records.artist_names[i] for i in kept],
+        types=types, type_names=type_names, type_display=type_display,
+        materials=materials, material_names=material_names, material_display=material_display,
+        year=records.year.astype(np.float32), split=np.asarray(split).astype(str), config=config,
+        year_unparsed=records.year_unparsed, source_rows=source_rows,
+    )
+    return labels, report
+
+
+def stratified_split(keys, groups, seed=0):
+    """70/20/10 train/val/test split per group (artist class; -1, no artist, is one more group).
+
+    Within a group, samples are ordered by a seeded hash of their key (ties by key), so the split depends
+    only on (seed, key, group), never on row order. A group of n >= 3 gets round(0.1 n) test and
+    round(0.2 n) validation samples, each at least 1, the rest train; groups too small to stratify get
+    1 -> train, 2 -> train + val.
+    """
+    import pandas as pd
+
+    keys = np.asarray(keys).astype(str)
+    groups = np.asarray(groups)
+    hash_key = hashlib.sha256(f"omniart-split-{seed}".encode()).hexdigest()[:16]
+    hashes = pd.util.hash_array(keys.astype(object), hash_key=hash_key, categorize=False)
+    order = np.lexsort((keys, hashes, groups))
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank = np.arange(len(order)) - np.repeat(starts, sizes)
+    size = np.repeat(sizes, sizes)
+    n_test = np.where(size >= 3, np.maximum(1, np.floor(SPLIT_FRACTIONS[2] * size + 0.5)), 0)
+    n_val = np.where(size >= 2, np.maximum(1, np.floor(SPLIT_FRACTIONS[1] * size + 0.5)), 0)
+    n_train = size - n_val - n_test
+    names = np.where(rank < n_train, "train", np.where(rank < n_train + n_val, "val", "test"))
+    split = np.empty(len(order), dtype=names.dtype)
+    split[order] = names
+    return split
+
+
+def _vocabulary(matrix, ids, display, min_count):
+    """Dense uint8 multi-hot of the classes with >= min_count positives, ordered by count then id."""
+    counts = np.asarray(matrix.sum(axis=0)).ravel()
+    kept = np.flatnonzero(counts >= min_count)
+    kept = kept[np.lexsort((np.array(ids, dtype=object)[kept].astype(str), -counts[kept]))] if len(kept) else kept
+    dense = matrix[:, kept].toarray().astype(np.uint8)
+    return dense, [ids[i] for i in kept], [display[i] for i in kept]
+
+
+def _refuse_duplicates(keys, what):
+    import pandas as pd
+
+    duplicated = pd.Index(keys).duplicated()
+    if duplicated.any():
+        names = list(dict.fromkeys(np.asarray(keys)[duplicated].tolist()))
+        raise LabelError(f"duplicated {what}(s) {names[:_EXAMPLES]} ({len(names)} in all); every key must be unique")
+
+
+def _join(fmt, record_keys, cache_keys):
+    """Rows of record_keys matched by cache_keys (format rule), the matched cache keys, and a JoinReport."""
+    import pandas as pd
+
+    cache_keys = np.asarray([str(k) for k in cache_keys], dtype=object)
+    _refuse_duplicates(cache_keys, "cache key")
+    index = pd.Index(record_keys)
+    if fmt == "csv":
+        rows = index.get_indexer(cache_keys)
+        stems = np.array([PurePosixPath(k).stem for k in cache_keys], dtype=object)
+        rows = np.where(rows >= 0, rows, index.get_indexer(stems))
+    else:
+        wanted = np.array([record_key_of(fmt, k) or "" for k in cache_keys], dtype=object)
+        rows = index.get_indexer(wanted)
+    matched = rows >= 0
+    joined = rows[matched]
+    taken = pd.Index(joined).duplicated(keep=False)
+    if taken.any():
+        row = joined[taken][0]
+        both = cache_keys[matched][joined == row].tolist()
+        raise LabelError(
+            f"cache keys {both[:_EXAMPLES]} all join metadata record {record_keys[row]!r}; "
+            "a record may join one cache key only (remove the duplicate images)"
+        )
+    unused = np.ones(len(record_keys), bool)
+    unused[joined] = False
+    report = JoinReport(
+        n_joined=int(matched.sum()), only_in_cache=int((~matched).sum()), only_in_metadata=int(unused.sum()),
+        only_in_cache_examples=cache_keys[~matched][:_EXAMPLES].tolist(),
+        only_in_metadata_examples=np.asarray(record_keys)[unused][:_EXAMPLES].tolist(),
+    )
+    return joined, cache_keys[matched].astype(str), report

@@ -1,0 +1,215 @@
+"""Parsers for messy museum metadata: artist names, free-text dates and free-text media."""
+import functools
+import math
+import re
+import unicodedata
+
+from cache.errors import OmniError
+
+__all__ = [
+    "LabelError",
+    "ANONYMOUS",
+    "LANGUAGES",
+    "normalise_artist",
+    "normalise_phrase",
+    "parse_date",
+    "medium_words",
+]
+
+
+
+class LabelError(OmniError):
+    """Bad collection metadata or label options (lives here, the lowest pipeline module, to avoid cycles)."""
+
+
+# Values that mean "nobody known": such a sample gets no artist label but keeps its other labels.
+ANONYMOUS = frozenset(
+    {
+        "", "nan", "none", "null", "n/a", "na", "?", "-",
+        "anoniem", "onbekend", "unknown", "unknown artist", "unknown maker",
+        "anonymous", "anonymous artist", "unidentified", "unidentified artist", "unidentified maker",
+    }
+)
+# Met-style qualified anonymous names: "Anonymous, French, 18th century", "Unidentified Artist, Chinese".
+_ANONYMOUS_PREFIX = re.compile(r"^(anonymous|unidentified|unknown|anoniem|onbekend)\b")
+
+LANGUAGES = ("english", "dutch")
+
+# Words of a medium that name no material: grammar, qualifiers, and object formats ("Handscroll; ink ...").
+_STOP_WORDS = {
+    "english": frozenset(
+        """a an and or on of in with the to at by for from over under into onto upon its it is
+        traces trace touches touched some possibly probably partly partially mounted laid down
+        transferred later remains original other various areas details highlights heightened
+        handscroll handscrolls scroll scrolls hanging album albums leaf leaves folio folios fan page pages
+        sheet sheets set framed frame mount mounting backed lined verso recto cut sliding door doors
+        based mixed opaque transparent light dark pale fine one two three four five six seven eight nine
+        ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty""".split()
+    ),
+    "dutch": frozenset(
+        """de het een en of op van in met aan uit voor over onder bij tot te is en/of
+        sporen enkele later gedeeltelijk deels opgelegd geplakt""".split()
+    ),
+}
+
+_WORD = re.compile(r"[^\W\d_]+")
+_SPACE = re.compile(r"\s+")
+
+
+def _clean(text):
+    """Lower-cased, NFC-normalised, single-spaced text; None and NaN become ''."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ""
+    text = unicodedata.normalize("NFC", str(text))
+    return _SPACE.sub(" ", text).strip().lower()
+
+
+def normalise_artist(name):
+    """Artist class name ('  Rembrandt  van Rijn' -> 'rembrandt van rijn'), or None when anonymous/unknown."""
+    name = _clean(name)
+    if name in ANONYMOUS or _ANONYMOUS_PREFIX.match(name):
+        return None
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _stemmer(language):
+    import snowballstemmer
+
+    if language not in LANGUAGES:
+        raise LabelError(f"unknown stemming language {language!r}; valid: {', '.join(LANGUAGES)}")
+    return snowballstemmer.stemmer(language)
+
+
+def normalise_phrase(text, language="english"):
+    """Class id of a type phrase: its words stemmed ('Paintings' and 'Painting' -> 'paint'), or '' if none."""
+    stem = _stemmer(language).stemWord
+    return " ".join(stem(word) for word in _WORD.findall(_clean(text)))
+
+
+def medium_words(text, language="english"):
+    """Material words of a free-text medium as (stem, word) pairs, stop words dropped, first occurrence order.
+
+    'Oil on canvas' -> [('oil', 'oil'), ('canva', 'canvas')];
+    'Handscroll; ink and color on silk' -> ink, color, silk.
+    """
+    stem = _stemmer(language).stemWord
+    stop = _STOP_WORDS[language]
+    pairs, seen = [], set()
+    for word in _WORD.findall(_clean(text)):
+        if len(word) < 2 or word in stop:
+            continue
+        key = stem(word)
+        if key not in seen:
+            seen.add(key)
+            pairs.append((key, word))
+    return pairs
+
+
+# ---- dates -------------------------------------------------------------------------------------------
+
+_DASHES = str.maketrans({"\u2013": "-", "\u2014": "-", "\u2012": "-", "\u2212": "-", "\u2010": "-"})
+_BC = r"(?:b\.?\s?c\.?(?:\s?e\.?)?|v\.?\s?chr\.?)(?![a-z])"
+_AD = r"(?:a\.?\s?d\.?|c\.?\s?e\.?|n\.?\s?chr\.?)(?![a-z])"
+_FRACTIONS = {
+    "first half": (0, 50), "1st half": (0, 50), "second half": (50, 100), "2nd half": (50, 100),
+    "first quarter": (0, 25), "1st quarter": (0, 25), "second quarter": (25, 50), "2nd quarter": (25, 50),
+    "third quarter": (50, 75), "3rd quarter": (50, 75), "fourth quarter": (75, 100),
+    "4th quarter": (75, 100), "last quarter": (75, 100), "first third": (0, 34), "last third": (67, 100),
+    "early": (0, 34), "beginning": (0, 25), "mid": (34, 67), "middle": (34, 67), "late": (67, 100),
+    "end": (75, 100),
+}
+_ORDINAL = re.compile(
+    r"(?:(?P<frac>" + "|".join(sorted(map(re.escape, _FRACTIONS), key=len, reverse=True)) + r")"
+    r"(?:\s+of)?[\s-]+(?:the\s+)?)?"
+    r"(?<!\d)(?P<n>\d{1,2})(?P<suffix>st|nd|rd|th|de|e)?\s*(?:-\s*\d{1,2}(?:st|nd|rd|th|de|e)?\s*)?"
+    r"(?P<unit>century|centuries|c\.|cent\b\.?|eeuw|millennium|millennia)"
+)
+_TWO_DIGITS = re.compile(r"(?<!\d)\d{1,2}(?!\d)")
+_NUMBER = re.compile(
+    r"(?P<sign>(?:^|(?<=-)|(?<=- )|(?<=to ))-)?(?<!\d)(?P<n>\d{1,4})(?!\d)(?P<decade>'?s(?![a-z]))?"
+    r"(?:\s*(?P<bc>" + _BC + r")|\s*(?P<ad>" + _AD + r"))?"
+)
+_RANGE_SEP = re.compile(r"^\s*(?:-|to|until|tot|/|or|of)\s*$")
+_MAX_YEAR = 2100
+
+
+def _century_interval(n, unit, fraction, bc):
+    """Years of the n-th century/millennium (BC when bc), optionally a fraction of it."""
+    size = 1000 if unit.startswith("millenni") else 100
+    start = -n * size if bc else (n - 1) * size
+    lo, hi = _FRACTIONS.get(fraction, (0, 100)) if fraction else (0, 100)
+    return start + lo * size // 100, start + hi * size // 100 - 1
+
+
+def _centuries(text, bc):
+    """Interval covered by all century/millennium mentions in text, or None."""
+    spans = []
+    for match in _ORDINAL.finditer(text):
+        if match.group("unit").startswith("c") and not match.group("unit").startswith("centur") \
+                and not match.group("suffix"):
+            continue  # "5 c." is no century; "17th c." is
+        numbers = [int(n) for n in _TWO_DIGITS.findall(text, match.start("n"), match.end()) if int(n) >= 1]
+        for index, n in enumerate(numbers):
+            fraction = match.group("frac") if index == 0 else None
+            spans.append(_century_interval(n, match.group("unit"), fraction, bc))
+    if not spans:
+        return None
+    return min(s[0] for s in spans), max(s[1] for s in spans)
+
+
+def _years(text):
+    """Interval covered by the plain years, decades and year ranges in text, or None."""
+    tokens = []  # (start, end, value_lo, value_hi, era) with era in {None, "bc", "ad"}
+    for match in _NUMBER.finditer(text):
+        n = int(match.group("n"))
+        era = "bc" if match.group("bc") else "ad" if match.group("ad") else None
+        if match.group("sign"):
+            n, era = -n, "ad"  # an explicit minus sign is already the signed year
+        lo, hi = (n, n + 9) if match.group("decade") and n % 10 == 0 else (n, n)
+        tokens.append([match.start(), match.end(), lo, hi, era, len(match.group("n"))])
+    if not tokens:
+        return None
+    # Short range ends take the leading digits of the start: "1694-95" -> 1695, "1512-5" -> 1515.
+    for prev, cur in zip(tokens, tokens[1:]):
+        if _RANGE_SEP.match(text[prev[1]:cur[0]]) and cur[5] < prev[5] and prev[2] >= 0 and cur[4] is None:
+            scale = 10 ** cur[5]
+            cur[2] = cur[3] = prev[2] // scale * scale + cur[2]
+            cur[5] = prev[5]
+    # An era written once applies to the numbers before it ("300-200 B.C.").
+    era = None
+    for token in reversed(tokens):
+        era = token[4] or era
+        if era == "bc":
+            token[2], token[3] = -token[3], -token[2]
+    values = [v for t in tokens for v in (t[2], t[3]) if abs(v) <= _MAX_YEAR * 2]
+    # Lone 1-2 digit numbers without an era are day numbers or counts ("May 3, 1650"), not years.
+    if any(t[5] >= 3 or t[4] is not None for t in tokens):
+        values = [v for t in tokens if t[5] >= 3 or t[4] is not None for v in (t[2], t[3])]
+    if not values:
+        return None
+    return min(values), max(values)
+
+
+def parse_date(text):
+    """Creation interval (begin, end), begin <= end, of a free-text date; None when nothing parses.
+
+    Handles '1630-1650', 'ca. 1650', 'c. 1650', '1650s', '17th century', 'first half of the 14th century',
+    'dated 1694-95', '14th-15th century', '300 B.C.', '-300', '100 B.C.-A.D. 100', Dutch 'eeuw' and 'v. Chr.'.
+    Plain numbers (int/float) are single years.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not math.isfinite(text) or abs(text) > _MAX_YEAR * 2:
+            return None
+        return int(round(text)), int(round(text))
+    text = _clean(text).translate(_DASHES)
+    if not text:
+        return None
+    numbers_bc = re.search(_BC, text) is not None and re.search(_AD, text) is None
+    interval = _centuries(text, numbers_bc) if re.search(r"centur|cent\b|c\.|eeuw|millenni", text) else None
+    if interval is None:
+        interval = _years(text)
+    if interval is None:
+        return None
+    begin, end = interval
+    return (begin, end) if begin <= end else (end, begin)
