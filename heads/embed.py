@@ -4,7 +4,7 @@ from typing import Optional
 
 import numpy as np
 
-from cache.errors import OmniError
+from heads import HeadsError
 
 __all__ = ["embed", "embedding_attrs"]
 
@@ -38,7 +38,7 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
     store = FeatureStore(cache_dir)
     check_cache_matches(run.cache_attrs, store.attrs, store.path)
     if cached_keys(out_dir):
-        raise OmniError(f"{out_dir} already holds feature shards; pass a new --out folder for the embeddings.")
+        raise HeadsError(f"{out_dir} already holds feature shards; pass a new --out folder for the embeddings.")
     device = resolve_device(device)
     model = run.model.to(device).eval()
     with_flip = flip and store.has_flip

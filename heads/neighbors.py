@@ -4,7 +4,7 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
-from cache.errors import OmniError
+from heads import HeadsError
 
 __all__ = ["nearest_neighbors", "check_keys"]
 
@@ -21,7 +21,7 @@ def check_keys(store, keys: Sequence[str]) -> None:
     for key in missing[:5]:
         close = difflib.get_close_matches(key, _candidates(store.keys, key), n=3, cutoff=0.5)
         hints.append(f"{key!r} (closest: {', '.join(close)})" if close else repr(key))
-    raise OmniError(f"{len(missing)} key(s) not in the cache ({len(store)} rows): {'; '.join(hints)}. "
+    raise HeadsError(f"{len(missing)} key(s) not in the cache ({len(store)} rows): {'; '.join(hints)}. "
                     f"Keys are image paths relative to the extracted folder, e.g. {store.keys[0]!r}.")
 
 
@@ -36,7 +36,7 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
     single = isinstance(keys, str)
     queries = [keys] if single else list(keys)
     if k < 1:
-        raise OmniError(f"k={k}: the number of neighbours must be at least 1.")
+        raise HeadsError(f"k={k}: the number of neighbours must be at least 1.")
     check_keys(store, queries)
     all_keys = store.keys
     query_vectors = _normalized(store.load(queries, flip=flip))
@@ -48,7 +48,7 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
     offset = 0
     for block_keys, block in store.iter_batches(rows=rows, flip=flip):
         if block_keys[0] != all_keys[offset]:  # rows are located by position: the order must be store.keys'
-            raise OmniError(f"the cache changed while it was read (row {offset} is {block_keys[0]!r}, "
+            raise HeadsError(f"the cache changed while it was read (row {offset} is {block_keys[0]!r}, "
                             f"expected {all_keys[offset]!r}); run again once writers have finished.")
         block = _normalized(block)
         for start in range(0, len(queries), _QUERY_CHUNK):
@@ -67,7 +67,7 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
             best_rows[chunk] = np.take_along_axis(merged_rows, keep, 1)
         offset += len(block)
     if offset != len(all_keys):
-        raise OmniError(f"the cache changed while it was read ({offset} rows streamed, {len(all_keys)} listed); "
+        raise HeadsError(f"the cache changed while it was read ({offset} rows streamed, {len(all_keys)} listed); "
                         "run again once writers have finished.")
     order = np.argsort(-best_scores, axis=1, kind="stable")
     results = []

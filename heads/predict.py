@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from cache.errors import OmniError
+from heads import HeadsError
 
 __all__ = ["PredictConfig", "predict", "predictions_table", "check_cache_matches", "file_sha256"]
 
@@ -38,7 +38,7 @@ def predict(cfg: PredictConfig):
     from heads import load_run
 
     if (cfg.cache is None) == (cfg.images is None):
-        raise OmniError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "
+        raise HeadsError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "
                         "(features extracted now with the run's backbone).")
     run = load_run(cfg.run)
     if cfg.images is not None:
@@ -90,7 +90,7 @@ def check_cache_matches(run_attrs: dict, cache_attrs: dict, where="the cache") -
     """Refuse features made another way than the run's training features, naming both values."""
     for name in MATCHED_ATTRS:
         if run_attrs.get(name) != cache_attrs.get(name):
-            raise OmniError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
+            raise HeadsError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
                             f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
                             f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights), or pass "
                             "--images to let predict do it.")
@@ -112,11 +112,11 @@ def _extract_like_run(run, cfg: PredictConfig, cache_dir) -> None:
     weights = attrs.get("weights")
     if isinstance(weights, str) and weights.startswith("sha256:"):
         if cfg.weights is None:
-            raise OmniError(f"the run's features came from a weights file with {weights}; pass that file with "
+            raise HeadsError(f"the run's features came from a weights file with {weights}; pass that file with "
                             "--weights FILE so the images are extracted the same way.")
         found = file_sha256(cfg.weights)
         if f"sha256:{found}" != weights:
-            raise OmniError(f"--weights {cfg.weights} has sha256:{found} but the run's features were made with "
+            raise HeadsError(f"--weights {cfg.weights} has sha256:{found} but the run's features were made with "
                             f"{weights}; pass the weights file the run's cache was extracted with.")
         weights = cfg.weights
     run_extract(ExtractConfig(images=cfg.images, out=cache_dir, backbone=attrs.get("backbone"), weights=weights,
