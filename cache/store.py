@@ -5,15 +5,11 @@ from pathlib import Path
 import numpy as np
 
 from cache.failures import read_failures
-from cache.format import (CACHE_HELP, CacheError, describe, differing, list_shards, open_shard, read_keys,
-                          shard_header)
+from cache.format import CACHE_HELP, CacheError, describe, differing, list_shards, open_shard, read_keys
+from cache.index import shard_headers
+from cache.rows import ShardRows
 
 __all__ = ["FeatureStore"]
-
-# Rows read per HDF5 call when a shard is read piecewise: bounds the temporary buffer (16 MiB at 2048-d f32).
-BLOCK_ROWS = 2048
-# A key subset covering less than this fraction of a shard is read by HDF5 point selection, not whole blocks.
-SPARSE_FRACTION = 1 / 16
 
 
 class FeatureStore:
@@ -29,17 +25,10 @@ class FeatureStore:
         if not paths:
             raise CacheError(f"{self.path} holds no features-*.h5 shards, so it is not a feature cache "
                              f"(yet); {CACHE_HELP}")
-        self._shards, shard_keys = [], []
-        for shard_path in paths:
-            with open_shard(shard_path) as shard:
-                self._shards.append(shard_header(shard, shard_path))
-                shard_keys.append(read_keys(shard))
+        self._shards, self._layouts = map(list, zip(*shard_headers(self.path, paths)))
         self._check_consistent()
-        self._keys = [key for keys in shard_keys for key in keys]
-        self._index = dict(zip(self._keys, range(len(self._keys))))
-        if len(self._index) != len(self._keys):
-            self._raise_duplicates(shard_keys)
         self._starts = np.cumsum([0] + [shard.rows for shard in self._shards])
+        self._keys = self._index = None
 
     def _check_consistent(self):
         first = self._shards[0]
@@ -50,6 +39,20 @@ class FeatureStore:
                     f"{shard.path.name} has {describe(shard.attrs.get(name))} (in {self.path}); a cache holds "
                     "features of one backbone, weights, preprocessing and feature_dim: move the odd shards to "
                     "another directory, or re-extract them into a separate --out")
+
+    def _key_index(self) -> dict:
+        """key -> row over the whole cache, read once on first use; duplicated keys are refused here."""
+        if self._index is None:
+            shard_keys = []
+            for shard in self._shards:
+                with open_shard(shard.path) as handle:
+                    shard_keys.append(read_keys(handle))
+            keys = [key for keys in shard_keys for key in keys]
+            index = dict(zip(keys, range(len(keys))))
+            if len(index) != len(keys):
+                self._raise_duplicates(shard_keys)
+            self._keys, self._index = keys, index
+        return self._index
 
     def _raise_duplicates(self, shard_keys):
         first_shard, duplicates = {}, []
@@ -66,6 +69,7 @@ class FeatureStore:
     @property
     def keys(self) -> list:
         """All keys in cache order: shard file name order, then rows."""
+        self._key_index()
         return list(self._keys)
 
     @property
@@ -89,10 +93,10 @@ class FeatureStore:
         return [shard.path for shard in self._shards]
 
     def __len__(self):
-        return len(self._keys)
+        return int(self._starts[-1])
 
     def __contains__(self, key):
-        return key in self._index
+        return key in self._key_index()
 
     def __repr__(self):
         return (f"FeatureStore({str(self.path)!r}: {len(self)} keys x {self.feature_dim}, "
@@ -100,7 +104,8 @@ class FeatureStore:
 
     def failures(self) -> dict:
         """key -> error of failures-*.csv (latest record wins), minus keys the cache now holds."""
-        return {key: error for key, error in read_failures(self.path).items() if key not in self._index}
+        index = self._key_index()
+        return {key: error for key, error in read_failures(self.path).items() if key not in index}
 
     def load(self, keys=None, flip=False, dtype=np.float32) -> np.ndarray:
         """Features of `keys` (all keys when None) as a (len(keys), D) array, rows in the order asked."""
@@ -116,9 +121,8 @@ class FeatureStore:
             lo, hi = bounds[number], bounds[number + 1]
             if lo == hi:
                 continue
-            with open_shard(shard.path) as handle:
-                dataset = handle["features_flip" if flip else "features"]
-                _take(dataset, sorted_rows[lo:hi] - self._starts[number], out, order[lo:hi])
+            with self._reader(number, flip) as reader:
+                reader.take(sorted_rows[lo:hi] - self._starts[number], out, order[lo:hi])
         return out
 
     def iter_batches(self, rows=65536, flip=False, dtype=np.float32):
@@ -126,6 +130,7 @@ class FeatureStore:
         if int(rows) < 1:
             raise CacheError(f"rows per batch must be >= 1, got {rows}")
         dtype = self._check_request(flip, dtype)
+        self._key_index()
         for start in range(0, len(self), int(rows)):
             stop = min(start + int(rows), len(self))
             yield self._keys[start:stop], self._load_range(start, stop, flip, dtype)
@@ -145,7 +150,7 @@ class FeatureStore:
         if isinstance(keys, str):
             raise CacheError(f"keys must be a sequence of keys, not the single string {keys!r}: use [{keys!r}]")
         keys = list(keys)
-        index = self._index
+        index = self._key_index()
         rows = np.fromiter((index.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
         if (rows < 0).any():
             missing = [keys[i] for i in np.flatnonzero(rows < 0)]
@@ -161,33 +166,12 @@ class FeatureStore:
             lo, hi = max(start, self._starts[number]), min(stop, self._starts[number + 1])
             if lo >= hi:
                 continue
-            with open_shard(shard.path) as handle:
-                dataset = handle["features_flip" if flip else "features"]
+            with self._reader(number, flip) as reader:
                 local = lo - self._starts[number]
-                _read_block(dataset, local, local + hi - lo, out[lo - start:hi - start])
+                reader.read_into(local, local + hi - lo, out[lo - start:hi - start])
         return out
 
-
-def _read_block(dataset, start, stop, out):
-    """Rows start:stop of dataset into out, straight into its memory when no conversion is needed."""
-    if dataset.dtype == out.dtype:
-        dataset.read_direct(out, source_sel=np.s_[start:stop])
-    else:
-        out[...] = dataset[start:stop]
-
-
-def _take(dataset, rows, out, destinations):
-    """Scatter dataset[rows] (rows sorted ascending, repeats allowed) into out[destinations]."""
-    unique = np.unique(rows)
-    if len(unique) < SPARSE_FRACTION * dataset.shape[0]:
-        out[destinations] = dataset[unique][np.searchsorted(unique, rows)]
-        return
-    buffer = np.empty((BLOCK_ROWS, dataset.shape[1]), dataset.dtype)
-    starts = np.arange(rows[0], rows[-1] + 1, BLOCK_ROWS)
-    for block_start, lo, hi in zip(starts, np.searchsorted(rows, starts), np.searchsorted(rows, starts + BLOCK_ROWS)):
-        if lo == hi:
-            continue
-        block_stop = min(block_start + BLOCK_ROWS, dataset.shape[0])
-        block = buffer[:block_stop - block_start]
-        _read_block(dataset, block_start, block_stop, block)
-        out[destinations[lo:hi]] = block[rows[lo:hi] - block_start]
+    def _reader(self, number, flip) -> ShardRows:
+        name = "features_flip" if flip else "features"
+        shard = self._shards[number]
+        return ShardRows(shard, name, self._layouts[number][name], shard.attrs["dtype"], self.feature_dim)

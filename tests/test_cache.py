@@ -1,0 +1,230 @@
+"""Feature cache: round trip, key order, atomic publish, refusals, failures logs, appends."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import cache.writer
+from cache import (FORMAT_VERSION, CacheError, FailureLog, FeatureStore, OmniError, ShardWriter, cached_keys,
+                   read_failures, write_features)
+
+ATTRS = {"backbone": "resnet50", "weights": "random",
+         "preprocessing": {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406]},
+         "extract_config": {"batch_size": 32, "flip": True}}
+DIM = 16
+
+
+def planted(rows, seed=0, dim=DIM):
+    """Keys and features whose row i is i + 0.25 * column/dim, exactly representable in float16."""
+    keys = [f"sub/{i:05d}_SK-A-{i}.jpg" for i in range(rows)]
+    features = np.arange(rows, dtype=np.float32)[:, None] + 0.25 * (np.arange(dim) // 4)[None, :] + seed
+    return keys, features
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_round_trip_keys_features_flip_and_attrs(tmp_path, dtype):
+    keys, features = planted(10)
+    paths = write_features(tmp_path, keys, features, ATTRS, features_flip=-features, dtype=dtype, shard_rows=4)
+    assert [path.name for path in paths] == ["features-main-00000.h5", "features-main-00001.h5",
+                                             "features-main-00002.h5"]
+    store = FeatureStore(tmp_path)
+    assert store.keys == keys and len(store) == 10 and store.feature_dim == DIM and store.has_flip
+    assert keys[3] in store and "nope.jpg" not in store
+    assert store.attrs == dict(ATTRS, format_version=FORMAT_VERSION, feature_dim=DIM, dtype=dtype)
+    loaded = store.load()
+    assert loaded.dtype == np.float32 and np.array_equal(loaded, features)
+    assert np.array_equal(store.load(flip=True, dtype=np.float64), -features)
+    assert store.load(dtype=dtype).dtype == np.dtype(dtype)
+    with h5py.File(paths[0], "r") as shard:
+        assert shard["features"].dtype == np.dtype(dtype) and shard["features"].chunks == (4, DIM)
+        assert h5py.check_string_dtype(shard["keys"].dtype).encoding == "utf-8"
+        assert shard.attrs["backbone"] == "resnet50" and shard.attrs["feature_dim"] == DIM
+
+
+def test_load_in_asked_order_subsets_repeats_and_batches(tmp_path, monkeypatch):
+    keys, features = planted(300)
+    monkeypatch.setattr(cache.writer, "CHUNK_ROWS", 32)
+    write_features(tmp_path, keys, features, ATTRS, shard_rows=128)
+    store = FeatureStore(tmp_path)
+    assert all(layout["features"].chunk_rows == 32 for layout in store._layouts)  # the raw-read fast path
+    for rows in ([299, 0, 5, 5, 130], list(range(300))[::-1], list(range(40, 260)), [7]):
+        assert np.array_equal(store.load([keys[row] for row in rows]), features[rows])
+    assert store.load([]).shape == (0, DIM)
+    batches = list(store.iter_batches(rows=100))
+    assert [len(batch_keys) for batch_keys, _ in batches] == [100, 100, 100]
+    assert np.array_equal(np.concatenate([array for _, array in batches]), features)
+    assert [key for batch_keys, _ in batches for key in batch_keys] == keys
+
+
+def test_unknown_keys_are_named(tmp_path):
+    keys, features = planted(5)
+    write_features(tmp_path, keys, features, ATTRS)
+    store = FeatureStore(tmp_path)
+    with pytest.raises(CacheError, match=r"2 of 3 keys are not in the cache .*'a\.jpg', 'b\.jpg'") as error:
+        store.load(["a.jpg", keys[0], "b.jpg"])
+    assert "sub/00000_SK-A-0.jpg" in str(error.value) and isinstance(error.value, OmniError)
+    with pytest.raises(CacheError, match="no features_flip"):
+        store.load(flip=True)
+
+
+def test_compressed_shard_from_another_writer_reads_through_h5py(tmp_path):
+    keys, features = planted(50)
+    with h5py.File(tmp_path / "features-other-00000.h5", "w") as shard:
+        shard.attrs.update({"format_version": 1, "backbone": "resnet50", "weights": "random",
+                            "feature_dim": DIM, "preprocessing": '{"resize": 256}'})
+        shard.create_dataset("keys", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        shard.create_dataset("features", data=features.astype(np.float16), chunks=(8, DIM), compression="gzip")
+    store = FeatureStore(tmp_path)
+    assert store.attrs["preprocessing"] == {"resize": 256}
+    assert np.array_equal(store.load([keys[9], keys[2]]), features[[9, 2]])
+    assert np.array_equal(store.load(keys[::-1]), features[::-1])
+
+
+def test_killed_writer_leaves_no_visible_partial_shard(tmp_path, monkeypatch):
+    keys, features = planted(12)
+    write_features(tmp_path, keys[:4], features[:4], ATTRS)
+    (tmp_path / ".features-main-00001.h5.999.tmp").write_bytes(b"half a shard")  # a kill -9 mid-write
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache.writer.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_features(tmp_path, keys[4:], features[4:], ATTRS, worker_tag="w2")
+    monkeypatch.undo()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".features-main-00001.h5.999.tmp",
+                                                                "features-main-00000.h5"]
+    store = FeatureStore(tmp_path)
+    assert store.keys == keys[:4] and np.array_equal(store.load(), features[:4])
+    assert cached_keys(tmp_path) == set(keys[:4])
+    write_features(tmp_path, keys[4:], features[4:], ATTRS)  # the rerun removes its own stale temp
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".omniart-index.json", "features-main-00000.h5",
+                                                                "features-main-00001.h5"]
+    assert np.array_equal(FeatureStore(tmp_path).load(keys), features)
+
+
+def test_index_is_an_optimisation_rebuilt_when_missing_broken_or_stale(tmp_path):
+    keys, features = planted(8)
+    write_features(tmp_path, keys[:4], features[:4], ATTRS, shard_rows=2)
+    assert len(FeatureStore(tmp_path)) == 4
+    index = tmp_path / ".omniart-index.json"
+    assert sorted(json.loads(index.read_text())["shards"]) == ["features-main-00000.h5", "features-main-00001.h5"]
+    index.write_text("{not json")
+    assert np.array_equal(FeatureStore(tmp_path).load(keys[:4]), features[:4])
+    assert json.loads(index.read_text())["shards"]["features-main-00000.h5"]["rows"] == 2
+    (tmp_path / "features-main-00001.h5").unlink()  # a shard replaced under the same name, with other rows
+    write_features(tmp_path / "other", keys[4:], features[4:], ATTRS, shard_rows=4)
+    (tmp_path / "other" / "features-main-00000.h5").rename(tmp_path / "features-main-00001.h5")
+    store = FeatureStore(tmp_path)
+    assert store.keys == keys[:2] + keys[4:] and np.array_equal(store.load(), features[[0, 1, 4, 5, 6, 7]])
+    index.unlink()
+    assert np.array_equal(FeatureStore(tmp_path).load(flip=False), features[[0, 1, 4, 5, 6, 7]])
+
+
+def test_mixed_shards_are_refused_naming_both_and_the_attribute(tmp_path):
+    keys, features = planted(6)
+    write_features(tmp_path, keys[:3], features[:3], ATTRS, worker_tag="a")
+    other = dict(ATTRS, weights="IMAGENET1K_V2")
+    with h5py.File(tmp_path / "features-b-00000.h5", "w") as shard:  # as another tool would have written it
+        shard.attrs.update(cache.writer.encode_attrs(dict(other, format_version=1, feature_dim=DIM)))
+        shard.create_dataset("keys", data=np.array(keys[3:], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        shard.create_dataset("features", data=features[3:])
+    with pytest.raises(CacheError, match=r"shards disagree on weights: features-a-00000\.h5 has 'random', "
+                                         r"features-b-00000\.h5 has 'IMAGENET1K_V2'"):
+        FeatureStore(tmp_path)
+
+
+def test_mixed_preprocessing_and_feature_dim_are_refused(tmp_path):
+    keys, features = planted(4)
+    write_features(tmp_path / "pre", keys[:2], features[:2], ATTRS, worker_tag="a")
+    write_features(tmp_path / "dim", keys[:2], features[:2], ATTRS, worker_tag="a")
+    for name, shard_attrs, dim in [("pre", dict(ATTRS, preprocessing={"resize": 512}), DIM),
+                                   ("dim", ATTRS, 8)]:
+        target = tmp_path / name / "features-b-00000.h5"
+        with h5py.File(target, "w") as shard:
+            shard.attrs.update(cache.writer.encode_attrs(dict(shard_attrs, format_version=1, feature_dim=dim)))
+            shard.create_dataset("keys", data=np.array(keys[2:], dtype=object), dtype=h5py.string_dtype("utf-8"))
+            shard.create_dataset("features", data=features[2:, :dim])
+    with pytest.raises(CacheError, match=r"disagree on preprocessing: features-a-00000\.h5 has .*\"crop\": 224.*"
+                                         r"features-b-00000\.h5 has \{\"resize\": 512\}"):
+        FeatureStore(tmp_path / "pre")
+    with pytest.raises(CacheError, match=r"disagree on feature_dim: features-a-00000\.h5 has 16, "
+                                         r"features-b-00000\.h5 has 8"):
+        FeatureStore(tmp_path / "dim")
+
+
+def test_duplicate_key_across_shards_is_refused(tmp_path):
+    keys, features = planted(4)
+    write_features(tmp_path, keys[:3], features[:3], ATTRS, worker_tag="a")
+    write_features(tmp_path / "elsewhere", keys[2:], features[2:], ATTRS, worker_tag="b")
+    (tmp_path / "elsewhere" / "features-b-00000.h5").rename(tmp_path / "features-b-00000.h5")
+    assert len(FeatureStore(tmp_path)) == 5  # opening reads attrs only; keys are checked on first use
+    with pytest.raises(CacheError, match=r"1 key\(s\) are stored more than once .*'sub/00002_SK-A-2\.jpg' in "
+                                         r"features-a-00000\.h5 and features-b-00000\.h5"):
+        FeatureStore(tmp_path).keys
+
+
+def test_writer_appends_with_next_sequence_and_refuses_known_keys(tmp_path):
+    keys, features = planted(10)
+    write_features(tmp_path, keys[:5], features[:5], ATTRS, shard_rows=3, worker_tag="00000-of-00002")
+    with ShardWriter(tmp_path, "00000-of-00002", ATTRS, DIM, shard_rows=3, with_flip=True) as writer:
+        with pytest.raises(CacheError, match=r"new to the cache .*'sub/00004_SK-A-4\.jpg'"):
+            writer.add(keys[4:6], features[4:6], features[4:6])
+        with pytest.raises(CacheError, match="pass features_flip too"):
+            writer.add(keys[5:7], features[5:7])
+        writer.add(keys[5:9], features[5:9], -features[5:9])
+        assert [path.name for path in writer.paths] == ["features-00000-of-00002-00002.h5"]
+        writer.add(keys[9:], features[9:], -features[9:])
+    assert [path.name for path in writer.paths] == ["features-00000-of-00002-00002.h5",
+                                                    "features-00000-of-00002-00003.h5"]
+    store = FeatureStore(tmp_path)
+    assert sorted(store.keys) == keys and np.array_equal(store.load(keys), features) and not store.has_flip
+    assert np.array_equal(store.load(keys[5:]), features[5:])
+
+
+def test_writer_refuses_incompatible_attrs_naming_shard_and_attribute(tmp_path):
+    keys, features = planted(3)
+    write_features(tmp_path, keys, features, ATTRS)
+    with pytest.raises(CacheError, match=r"features-main-00000\.h5 has backbone 'resnet50' but these features "
+                                         r"have backbone 'efficientnet_lite0'; use another --out"):
+        ShardWriter(tmp_path, "w1", dict(ATTRS, backbone="efficientnet_lite0"), DIM)
+    with pytest.raises(CacheError, match="has feature_dim 16 but these features have feature_dim 1280"):
+        ShardWriter(tmp_path, "w1", ATTRS, 1280)
+    with pytest.raises(CacheError, match="must be a dict with backbone"):
+        ShardWriter(tmp_path / "new", "w1", {"backbone": "resnet50"}, DIM)
+    with pytest.raises(CacheError, match="dtype must be one of float16, float32"):
+        ShardWriter(tmp_path / "new", "w1", ATTRS, DIM, dtype="int8")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["features-main-00000.h5"]
+
+
+def test_failures_round_trip_latest_wins_and_fixed_keys_excluded(tmp_path):
+    keys, features = planted(2)
+    log = FailureLog(tmp_path, "00000-of-00001")
+    log.record("bad, name.jpg", "cannot identify image file 'bad, name.jpg',\nnot an image")
+    log.record("fixed later.jpg", "truncated")
+    log.record("zero.jpg", "zero bytes")
+    log.record("zero.jpg", "zero bytes (retried)")
+    assert (tmp_path / "failures-00000-of-00001.csv").read_text().splitlines()[0] == "key,error"
+    write_features(tmp_path, ["fixed later.jpg"] + keys, np.concatenate([features[:1], features]), ATTRS)
+    assert read_failures(tmp_path) == {"bad, name.jpg": "cannot identify image file 'bad, name.jpg',\nnot an image",
+                                       "fixed later.jpg": "truncated", "zero.jpg": "zero bytes (retried)"}
+    assert FeatureStore(tmp_path).failures() == {
+        "bad, name.jpg": "cannot identify image file 'bad, name.jpg',\nnot an image",
+        "zero.jpg": "zero bytes (retried)"}
+    assert read_failures(tmp_path / "missing") == {}
+
+
+def test_missing_empty_and_shardless_dirs_say_what_a_cache_is(tmp_path):
+    with pytest.raises(CacheError, match=r"does not exist; a feature cache is a directory of features-\*\.h5"):
+        FeatureStore(tmp_path / "missing")
+    with pytest.raises(CacheError, match="holds no features-.*omni-extract IMAGES --out DIR"):
+        FeatureStore(tmp_path)
+    FailureLog(tmp_path, "w").record("a.jpg", "broken")
+    (tmp_path / ".features-w-00000.h5.1.tmp").write_bytes(b"")
+    with pytest.raises(CacheError, match="holds no features-"):
+        FeatureStore(tmp_path)
+    (tmp_path / "features-w-00000.h5").write_bytes(b"not hdf5")
+    with pytest.raises(CacheError, match=r"features-w-00000\.h5 is not a readable HDF5 shard"):
+        FeatureStore(tmp_path)
+    assert cached_keys(tmp_path / "missing") == set()
