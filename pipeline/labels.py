@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.parsing import LANGUAGES, LabelError
 from pipeline.sources import FORMATS, SPLIT_NAMES, read_records, record_key_of
 
-__all__ = ["TASKS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels"]
+__all__ = ["TASKS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels", "stratified_split"]
 
 TASKS = ("artist", "type", "material", "year")
 SPLIT_FRACTIONS = (0.7, 0.2, 0.1)  # paper section 4.1: train / validation / test, stratified per artist
@@ -61,9 +61,9 @@ class LabelConfig:
 class JoinReport:
     """Outcome of joining metadata records to cache keys: counts and a few example keys of each side."""
 
-    n_joined: int
     only_in_cache: int
     only_in_metadata: int
+    n_joined: int
     only_in_cache_examples: list = field(default_factory=list)
     only_in_metadata_examples: list = field(default_factory=list)
 
@@ -186,6 +186,9 @@ def build_labels(metadata_path, config=None, cache_keys=None):
     keys = records.keys
     if cache_keys is not None:
         rows, keys, report = _join(config.format, records.keys, cache_keys)
+        if not report.n_joined:
+            raise LabelError(f"no cache key joins a {config.format} metadata record ({report}); "
+                             "check that the cache was extracted from this collection's images")
         records = records.take(rows)
 
     counts = np.bincount(records.artist[records.artist >= 0], minlength=len(records.artist_names))

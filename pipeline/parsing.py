@@ -47,7 +47,7 @@ _STOP_WORDS = {
         ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty""".split()
     ),
     "dutch": frozenset(
-        """de het een en of op van in met aan uit voor over onder bij tot te is en/of
+        """de het een en of op van in met aan uit voor over onder bij tot te is
         sporen enkele later gedeeltelijk deels opgelegd geplakt""".split()
     ),
 }

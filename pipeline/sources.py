@@ -223,17 +223,24 @@ def _cell(value):
     return str(value).strip() or None
 
 
-def _text(series):
-    """Object array of stripped str with None for missing values (cells of a pandas Series)."""
-    return np.array([_cell(value) for value in series.tolist()] + [None], dtype=object)[:-1]
+def _objects(values):
+    """1-D object array of a list of str/None (np.array alone may build other shapes or dtypes)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def _text(column):
+    """Object array of stripped str with None for missing values (cells of a Series or array)."""
+    return _objects([_cell(value) for value in column.tolist()])
 
 
 def _artist_codes(names):
     """Artist cells (first of '|'-joined names) -> (codes, sorted vocabulary); anonymous -> -1."""
     import pandas as pd
 
-    codes, uniques = pd.factorize(np.array([v.split(MET_SEPARATOR)[0] if v else None for v in _text(names)]
-                                           + [None], dtype=object)[:-1], use_na_sentinel=True)
+    first = _objects([name.split(MET_SEPARATOR)[0] if name else None for name in _text(names)])
+    codes, uniques = pd.factorize(first, use_na_sentinel=True)
     normalised = [normalise_artist(value) for value in uniques]
     vocabulary = sorted({name for name in normalised if name is not None})
     index = {name: i for i, name in enumerate(vocabulary)}
@@ -257,18 +264,14 @@ def _multi_label(cells, split):
         for class_id, word in pairs:
             ids.setdefault(class_id, len(ids))
             displays[class_id, word] += int(count)
+    # One CSR row per distinct cell (+ an empty row for missing cells), then gathered per record.
     per_unique = [sorted({ids[class_id] for class_id, _ in pairs}) for pairs in parsed] + [[]]
-    lengths = np.array([len(cols) for cols in per_unique])
-    rows_unique = np.where(codes >= 0, codes, len(uniques))
-    indptr = np.concatenate([[0], np.cumsum(lengths[rows_unique])])
-    flat = np.array([c for cols in per_unique for c in cols] or [0], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)])[rows_unique]
-    # Gather each row's column list from its unique cell without a Python loop over rows.
-    offsets = np.arange(indptr[-1]) - np.repeat(indptr[:-1], lengths[rows_unique])
-    indices = flat[np.repeat(starts, lengths[rows_unique]) + offsets] if indptr[-1] else np.zeros(0, np.int64)
-    matrix = scipy.sparse.csr_matrix(
-        (np.ones(len(indices), bool), indices, indptr), shape=(len(codes), len(ids))
+    indptr = np.cumsum([0] + [len(cols) for cols in per_unique])
+    indices = np.array([c for cols in per_unique for c in cols], dtype=np.int64)
+    unique_matrix = scipy.sparse.csr_matrix(
+        (np.ones(len(indices), bool), indices, indptr), shape=(len(per_unique), len(ids))
     )
+    matrix = unique_matrix[np.where(codes >= 0, codes, len(uniques))]
     best = {}
     for (class_id, word), count in sorted(displays.items(), key=lambda item: (-item[1], item[0])):
         best.setdefault(class_id, word)
@@ -376,8 +379,8 @@ def _read_met(path, config):
     _require(frame, list(fields.values()), path, "Met Open Access " + (
         "API records" if fields is MET_JSON_FIELDS else "MetObjects.csv columns"))
     col = {task: frame[name] for task, name in fields.items()}
-    types = np.array([f"{name or ''}{MET_SEPARATOR}{kind or ''}" for name, kind in
-                      zip(_text(col["name"]), _text(col["classification"]))], dtype=object)
+    types = _objects([f"{name or ''}{MET_SEPARATOR}{kind or ''}" for name, kind in
+                      zip(_text(col["name"]), _text(col["classification"]))])
     return _table_records(frame, path, col["key"], col["artist"], types, col["medium"],
                           col["begin"], col["end"], col["date"], None, config)
 

@@ -193,6 +193,8 @@ def test_rijks14_join_by_file_name_number(tmp_path):
     assert [labels.artist_names[a] if a >= 0 else None for a in labels.artist] == ["aa, jan", "bb, piet", None]
     assert list(labels.split) == ["train", "train", "test"] and list(labels.year) == [1605, 1611, 1616]
     assert labels.material_names == ["papier"]  # the unnamed material column carries no label
+    with pytest.raises(LabelError, match=r"no cache key joins a rijks14 metadata record .*'a/b.jpg'"):
+        build_labels(mat, LabelConfig(min_artist_samples=1), cache_keys=["a/b.jpg"])
 
 
 def test_duplicate_keys_are_named(tmp_path):
