@@ -1,0 +1,155 @@
+"""Both phases end to end on one collection: extract into a cache, fit and evaluate the heads, predict, report."""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from cache.errors import OmniError
+
+__all__ = ["RunConfig", "RunSummary", "run_pipeline"]
+
+CONFIG_FILE = "run-config.json"
+
+
+@dataclass
+class RunConfig:
+    """The union of the phases' configs (nested, not copied) plus what only the end-to-end run decides.
+
+    Build it with `RunConfig.create(images, metadata, format, out, ...)`, which points the extraction at
+    `<out>/cache` and the fit at that cache and `<out>/run`.
+    """
+
+    out: str
+    extract: "ExtractConfig"  # noqa: F821 - imported lazily (torch) in create()
+    fit: "FitConfig"  # noqa: F821
+    gallery: int = 6  # test paintings shown with their true and predicted labels in the report
+    split: str = "test"  # split whose metrics the report shows
+
+    @classmethod
+    def create(cls, images, metadata, format, out, extract: Optional[dict] = None, fit: Optional[dict] = None,
+               **options) -> "RunConfig":
+        """Nested phase configs with their paths inside `out`; `extract`/`fit` hold the other phase options."""
+        from extract import ExtractConfig
+        from heads import FitConfig
+
+        out = Path(out)
+        cache = out / "cache"
+        return cls(out=str(out),
+                   extract=ExtractConfig(images=str(images), out=str(cache), **(extract or {})),
+                   fit=FitConfig(cache=str(cache), metadata=str(metadata), format=format, out=str(out / "run"),
+                                 **(fit or {})),
+                   **options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self) -> Path:
+        path = Path(self.out) / CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        return path
+
+
+@dataclass
+class RunSummary:
+    """What a run did: per-phase seconds, the extraction counts, the evaluated metrics and where things are."""
+
+    out: Path
+    report: Path
+    extracted: int
+    failed: int
+    skipped: int
+    metrics: dict
+    timings: Dict[str, float] = field(default_factory=dict)
+    gallery: List[dict] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.timings.items())
+        return (f"extract: {self.extracted} extracted, {self.failed} failed, {self.skipped} skipped\n"
+                f"timings: {phases}\nreport: {self.report}")
+
+
+def run_pipeline(config: RunConfig) -> RunSummary:
+    """Extract (resuming an existing cache), fit and evaluate the heads, predict a gallery, write the report."""
+    from cache import FeatureStore
+    from extract import run_extract
+    from heads import fit, load_run
+    from pipeline.report import write_report
+
+    _check_paths(config)
+    config.save()
+    timings = {}
+    started = time.perf_counter()
+    extracted = run_extract(config.extract)
+    timings["extract"] = time.perf_counter() - started
+
+    # fit builds the labels, loads the features once, trains, then evaluates val and test itself:
+    # calling heads.evaluate afterwards would load the features and predict a second time.
+    started = time.perf_counter()
+    fitted = fit(config.fit)
+    timings["fit + evaluate"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    run = load_run(fitted.run_dir)
+    gallery = _predict_gallery(run, FeatureStore(config.extract.out), config)
+    timings["predict"] = time.perf_counter() - started
+
+    summary = RunSummary(out=Path(config.out), report=Path(config.out) / "report.md", extracted=extracted.extracted,
+                         failed=extracted.failed, skipped=extracted.skipped, metrics=fitted.metrics, timings=timings,
+                         gallery=gallery)
+    started = time.perf_counter()
+    write_report(summary, run, config)
+    summary.timings["report"] = time.perf_counter() - started
+    return summary
+
+
+def _check_paths(config: RunConfig) -> None:
+    """The phases must share the cache inside `out`, or the run would fit on features it did not extract."""
+    if Path(config.fit.cache) != Path(config.extract.out):
+        raise OmniError(f"fit.cache {config.fit.cache!r} differs from extract.out {config.extract.out!r}: the fit "
+                        f"must read the cache the run extracts; build the config with RunConfig.create().")
+    if not Path(config.fit.metadata).is_file():
+        raise OmniError(f"metadata file {config.fit.metadata!r} does not exist: pass the collection's metadata "
+                        f"(Met JSON/CSV, Rijks'14 rijksgt.mat or a CSV table) with --metadata.")
+
+
+def _predict_gallery(run, store, config: RunConfig) -> List[dict]:
+    """The first `gallery` paintings of the report's split: image path, true labels and decoded predictions."""
+    from extract.reader import list_images
+    from heads.predict import predictions_table
+
+    labels = run.labels
+    rows = [i for i, split in enumerate(labels.split) if split == config.split][:config.gallery]
+    if not rows:
+        return []
+    keys = [str(labels.keys[i]) for i in rows]
+    predicted = predictions_table(run, keys, store.load(keys), top_k=1)
+    paths = dict(list_images(config.extract.images, config.extract.path_column, config.extract.key_column))
+    type_display = dict(zip(labels.type_names, labels.type_display))
+    material_display = dict(zip(labels.material_names, labels.material_display))
+    gallery = []
+    for row, (_, guess) in zip(rows, predicted.iterrows()):
+        true = {"artist": labels.artist_names[labels.artist[row]] if labels.artist[row] >= 0 else None,
+                "type": _names(labels.types[row].nonzero()[0], labels.type_display),
+                "material": _names(labels.materials[row].nonzero()[0], labels.material_display),
+                "year": None if np.isnan(labels.year[row]) else float(labels.year[row])}
+        guessed = {"artist": guess.get("artist_1"), "artist_prob": guess.get("artist_1_prob"),
+                   "type": _split_names(guess.get("type"), type_display),
+                   "material": _split_names(guess.get("material"), material_display),
+                   "year": guess.get("year")}
+        gallery.append({"key": guess["key"], "path": paths.get(guess["key"]), "true": true, "predicted": guessed})
+    return gallery
+
+
+def _names(indices, vocabulary) -> List[str]:
+    return [vocabulary[i] for i in indices]
+
+
+def _split_names(cell, display: dict) -> Optional[List[str]]:
+    """predictions_table's 'a;b' cell of class ids as readable names (None when the task was not trained)."""
+    if cell is None:
+        return None
+    return [display.get(name, name) for name in cell.split(";") if name]
