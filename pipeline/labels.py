@@ -218,7 +218,7 @@ def build_labels(metadata_path, config=None, cache_keys=None):
         types=types, type_names=type_names, type_display=type_display,
         materials=materials, material_names=material_names, material_display=material_display,
         year=records.year.astype(np.float32), split=np.asarray(split).astype(str), config=config,
-        year_unparsed=records.year_unparsed, source_rows=source_rows,
+        year_unparsed=int(records.year_unparsed.sum()), source_rows=source_rows,
     )
     return labels, report
 

