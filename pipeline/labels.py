@@ -3,6 +3,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
+from typing import Optional
 
 import numpy as np
 
@@ -36,13 +37,13 @@ class LabelConfig:
     keep_all_samples: bool = False
     seed: int = 0
     key_column: str = "key"
-    artist_column: str = None
-    type_column: str = None
-    material_column: str = None
-    year_column: str = None
-    begin_column: str = None
-    end_column: str = None
-    split_column: str = None
+    artist_column: Optional[str] = None
+    type_column: Optional[str] = None
+    material_column: Optional[str] = None
+    year_column: Optional[str] = None
+    begin_column: Optional[str] = None
+    end_column: Optional[str] = None
+    split_column: Optional[str] = None
     separator: str = "|"
     language: str = "english"
 
@@ -91,8 +92,8 @@ class LabelSet:
     year: np.ndarray
     split: np.ndarray
     config: LabelConfig
-    type_display: list = None
-    material_display: list = None
+    type_display: Optional[list] = None
+    material_display: Optional[list] = None
     year_unparsed: int = 0
     source_rows: int = 0
 

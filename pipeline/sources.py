@@ -103,6 +103,8 @@ def _nonzero(matrix):
     MATLAB arrays load column-major; scanning the transposed buffer 8 bytes at a time skips the ~99.9%
     zero words without touching them one by one.
     """
+    if matrix.dtype.itemsize != 1:
+        matrix = matrix != 0
     flat = np.ascontiguousarray(matrix.T).reshape(-1).view(np.uint8)
     whole = len(flat) // 8 * 8
     words = np.flatnonzero(flat[:whole].view(np.uint64))
@@ -145,19 +147,22 @@ def _read_rijks14(path, config):
     code_of = np.array([index.get(name, -1) if name is not None else -1 for name in normalised] + [-1])
     artist = code_of[np.where((creator >= 0) & (creator < len(normalised)), creator, len(normalised))]
 
-    def vocabulary(matrix, cell_names):
+    def vocabulary(field, names_field):
         # Multi-hot counts (values > 1 occur) -> bool CSR; columns with an empty name carry no label.
-        ids = _mat_strings(cell_names)
+        matrix, ids = np.asarray(gt[field]), _mat_strings(gt[names_field])
+        if matrix.ndim != 2 or matrix.shape[1] != len(ids):
+            raise LabelError(f"{path}: field {field} has shape {matrix.shape}; expected ({n}, {len(ids)}), "
+                             f"one column per name in {names_field}")
         keep = np.array([bool(name.strip()) for name in ids])
-        rows, cols = _nonzero(np.asarray(matrix))
+        rows, cols = _nonzero(matrix)
         new_col = np.cumsum(keep) - 1
         rows, cols = rows[keep[cols]], new_col[cols[keep[cols]]]
         ids = [name for name, k in zip(ids, keep) if k]
         csr = scipy.sparse.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, len(ids)))
         return csr, ids
 
-    types, type_ids = vocabulary(gt["T"], gt["Tnames"])
-    materials, material_ids = vocabulary(gt["M"], gt["Mnames"])
+    types, type_ids = vocabulary("T", "Tnames")
+    materials, material_ids = vocabulary("M", "Mnames")
     interval = np.asarray(gt["Y"], dtype=np.float64)
     year = interval.mean(axis=1)
     year[(interval == 0).all(axis=1)] = np.nan  # [0, 0] marks an unknown date in this file
@@ -235,11 +240,11 @@ def _text(column):
     return _objects([_cell(value) for value in column.tolist()])
 
 
-def _artist_codes(names):
-    """Artist cells (first of '|'-joined names) -> (codes, sorted vocabulary); anonymous -> -1."""
+def _artist_codes(names, separator):
+    """Artist cells (the first of several separator-joined names) -> (codes, sorted vocabulary); anonymous -> -1."""
     import pandas as pd
 
-    first = _objects([name.split(MET_SEPARATOR)[0] if name else None for name in _text(names)])
+    first = _objects([name.split(separator)[0] if name and separator else name for name in _text(names)])
     codes, uniques = pd.factorize(first, use_na_sentinel=True)
     normalised = [normalise_artist(value) for value in uniques]
     vocabulary = sorted({name for name in normalised if name is not None})
@@ -338,13 +343,14 @@ def _table_records(frame, path, keys, artist, types, materials, begin, end, date
         first = int(np.flatnonzero([k is None for k in key_array])[0])
         raise LabelError(f"{path}: empty key in data row {first + 1}; every record needs a key")
     empty = (scipy.sparse.csr_matrix((n, 0), dtype=bool), [], [])
-    codes, vocabulary = _artist_codes(artist) if artist is not None else (np.full(n, -1), [])
+    separator = config.separator if config.format == "csv" else MET_SEPARATOR
+    codes, vocabulary = _artist_codes(artist, separator) if artist is not None else (np.full(n, -1), [])
     types, type_ids, type_display = (
-        _multi_label(types, _phrases(config.separator if config.format == "csv" else MET_SEPARATOR,
-                                     config.language)) if types is not None else empty
+        _multi_label(types, _phrases(separator, config.language)) if types is not None else empty
     )
+    # A Met medium is one free-text description; '|' in it is no list separator.
     mats, material_ids, material_display = (
-        _multi_label(materials, _media(config.separator if config.format == "csv" else None, config.language))
+        _multi_label(materials, _media(separator if config.format == "csv" else None, config.language))
         if materials is not None else empty
     )
     if begin is None and dates is None:
