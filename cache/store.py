@@ -23,7 +23,7 @@ class FeatureStore:
             raise CacheError(f"{self.path} is a file, not a feature cache directory; {CACHE_HELP}")
         paths = list_shards(self.path)
         if not paths:
-            raise CacheError(f"{self.path} holds no features-*.h5 shards, so it is not a feature cache "
+            raise CacheError(f"{self.path} holds no *.h5 shard files, so it is not a feature cache "
                              f"(yet); {CACHE_HELP}")
         self._shards, self._layouts = map(list, zip(*shard_headers(self.path, paths)))
         self._check_consistent()
@@ -74,6 +74,7 @@ class FeatureStore:
 
     @property
     def feature_dim(self) -> int:
+        """D, the length of every feature row."""
         return self._shards[0].attrs["feature_dim"]
 
     @property
@@ -87,10 +88,6 @@ class FeatureStore:
     def has_flip(self) -> bool:
         """Whether every shard stores features_flip."""
         return all(shard.has_flip for shard in self._shards)
-
-    @property
-    def shard_paths(self) -> list:
-        return [shard.path for shard in self._shards]
 
     def __len__(self):
         return int(self._starts[-1])

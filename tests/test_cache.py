@@ -15,6 +15,15 @@ ATTRS = {"backbone": "resnet50", "weights": "random",
 DIM = 16
 
 
+def foreign_shard(path, keys, features, attrs, **options):
+    """A shard written with plain h5py, as another tool following the pinned format would write it."""
+    with h5py.File(path, "w") as shard:
+        shard.attrs.update({name: json.dumps(value) if isinstance(value, dict) else value
+                            for name, value in dict(attrs, format_version=1, feature_dim=features.shape[1]).items()})
+        shard.create_dataset("keys", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        shard.create_dataset("features", data=features, **options)
+
+
 def planted(rows, seed=0, dim=DIM):
     """Keys and features whose row i is i + 0.25 * column/dim, exactly representable in float16."""
     keys = [f"sub/{i:05d}_SK-A-{i}.jpg" for i in range(rows)]
@@ -70,11 +79,8 @@ def test_unknown_keys_are_named(tmp_path):
 
 def test_compressed_shard_from_another_writer_reads_through_h5py(tmp_path):
     keys, features = planted(50)
-    with h5py.File(tmp_path / "features-other-00000.h5", "w") as shard:
-        shard.attrs.update({"format_version": 1, "backbone": "resnet50", "weights": "random",
-                            "feature_dim": DIM, "preprocessing": '{"resize": 256}'})
-        shard.create_dataset("keys", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        shard.create_dataset("features", data=features.astype(np.float16), chunks=(8, DIM), compression="gzip")
+    foreign_shard(tmp_path / "features-other-00000.h5", keys, features.astype(np.float16),
+                  dict(ATTRS, preprocessing={"resize": 256}), chunks=(8, DIM), compression="gzip")
     store = FeatureStore(tmp_path)
     assert store.attrs["preprocessing"] == {"resize": 256}
     assert np.array_equal(store.load([keys[9], keys[2]]), features[[9, 2]])
@@ -125,11 +131,7 @@ def test_index_is_an_optimisation_rebuilt_when_missing_broken_or_stale(tmp_path)
 def test_mixed_shards_are_refused_naming_both_and_the_attribute(tmp_path):
     keys, features = planted(6)
     write_features(tmp_path, keys[:3], features[:3], ATTRS, worker_tag="a")
-    other = dict(ATTRS, weights="IMAGENET1K_V2")
-    with h5py.File(tmp_path / "features-b-00000.h5", "w") as shard:  # as another tool would have written it
-        shard.attrs.update(cache.writer.encode_attrs(dict(other, format_version=1, feature_dim=DIM)))
-        shard.create_dataset("keys", data=np.array(keys[3:], dtype=object), dtype=h5py.string_dtype("utf-8"))
-        shard.create_dataset("features", data=features[3:])
+    foreign_shard(tmp_path / "features-b-00000.h5", keys[3:], features[3:], dict(ATTRS, weights="IMAGENET1K_V2"))
     with pytest.raises(CacheError, match=r"shards disagree on weights: features-a-00000\.h5 has 'random', "
                                          r"features-b-00000\.h5 has 'IMAGENET1K_V2'"):
         FeatureStore(tmp_path)
@@ -141,11 +143,7 @@ def test_mixed_preprocessing_and_feature_dim_are_refused(tmp_path):
     write_features(tmp_path / "dim", keys[:2], features[:2], ATTRS, worker_tag="a")
     for name, shard_attrs, dim in [("pre", dict(ATTRS, preprocessing={"resize": 512}), DIM),
                                    ("dim", ATTRS, 8)]:
-        target = tmp_path / name / "features-b-00000.h5"
-        with h5py.File(target, "w") as shard:
-            shard.attrs.update(cache.writer.encode_attrs(dict(shard_attrs, format_version=1, feature_dim=dim)))
-            shard.create_dataset("keys", data=np.array(keys[2:], dtype=object), dtype=h5py.string_dtype("utf-8"))
-            shard.create_dataset("features", data=features[2:, :dim])
+        foreign_shard(tmp_path / name / "features-b-00000.h5", keys[2:], features[2:, :dim], shard_attrs)
     with pytest.raises(CacheError, match=r"disagree on preprocessing: features-a-00000\.h5 has .*\"crop\": 224.*"
                                          r"features-b-00000\.h5 has \{\"resize\": 512\}"):
         FeatureStore(tmp_path / "pre")
@@ -218,11 +216,11 @@ def test_failures_round_trip_latest_wins_and_fixed_keys_excluded(tmp_path):
 def test_missing_empty_and_shardless_dirs_say_what_a_cache_is(tmp_path):
     with pytest.raises(CacheError, match=r"does not exist; a feature cache is a directory of features-\*\.h5"):
         FeatureStore(tmp_path / "missing")
-    with pytest.raises(CacheError, match="holds no features-.*omni-extract IMAGES --out DIR"):
+    with pytest.raises(CacheError, match=r"holds no \*\.h5 shard files.*omni-extract IMAGES --out DIR"):
         FeatureStore(tmp_path)
     FailureLog(tmp_path, "w").record("a.jpg", "broken")
     (tmp_path / ".features-w-00000.h5.1.tmp").write_bytes(b"")
-    with pytest.raises(CacheError, match="holds no features-"):
+    with pytest.raises(CacheError, match=r"holds no \*\.h5 shard files"):
         FeatureStore(tmp_path)
     (tmp_path / "features-w-00000.h5").write_bytes(b"not hdf5")
     with pytest.raises(CacheError, match=r"features-w-00000\.h5 is not a readable HDF5 shard"):
