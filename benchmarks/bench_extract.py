@@ -1,0 +1,91 @@
+"""Benchmark: `omni-extract` end to end (a whole process) vs the bare backbone forward on ready tensors; prints JSON."""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_jpegs(folder: Path, count: int, size=(500, 400)) -> None:
+    """Distinct photo-like JPEGs (smooth colour fields plus grain), like museum reproductions in size."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / max(w, h)
+    for i in range(count):
+        phase = rng.uniform(0, 6, 3)
+        field = np.stack([np.sin(xx * (3 + i % 7) + yy * (2 + c) + phase[c]) for c in range(3)], -1)
+        pixels = (field * 90 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:06d}.jpg", quality=90)
+
+
+def bare_forward(backbone: str, weights: str, batch_size: int, device: str, flip: bool, batches: int) -> float:
+    """Images/s of the Encoder (normalise + forward + copy back) on uint8 tensors already in memory."""
+    import torch
+
+    from extract.backbones import build_backbone
+    from extract.encoder import Encoder
+
+    net = build_backbone(backbone, weights)
+    crop = net.preprocessing["crop"]
+    encoder = Encoder(net, device, flip)
+    images = torch.randint(0, 256, (batch_size, crop, crop, 3), dtype=torch.uint8)
+    if device.startswith("cuda"):
+        images = images.pin_memory()
+    encoder(images)  # warm-up: allocator, kernels, autotuning
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(batches):
+        encoder(images)  # returns numpy: includes the device sync and copy back
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--weights", default="random", help="random keeps the benchmark offline")
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=None, help="omni-extract --workers (default: its own)")
+    parser.add_argument("--flip", action="store_true", help="both sides also compute mirrored features")
+    parser.add_argument("--forward-batches", type=int, default=None,
+                        help="batches timed for the bare forward (default: as many as the extraction runs, max 8)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
+    try:
+        (work / "images").mkdir()
+        make_jpegs(work / "images", args.images)
+        batches = args.forward_batches or min(8, math.ceil(args.images / args.batch_size))
+        forward = bare_forward(args.backbone, args.weights, args.batch_size, args.device, args.flip, batches)
+        command = [str(Path(sys.executable).with_name("omni-extract")), str(work / "images"), "--out",
+                   str(work / "cache"), "--backbone", args.backbone, "--weights", args.weights, "--batch-size",
+                   str(args.batch_size), "--device", args.device, "--flip" if args.flip else "--no-flip", "--quiet"]
+        if args.workers is not None:
+            command += ["--workers", str(args.workers)]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    end_to_end = args.images / seconds
+    print(json.dumps({
+        "backbone": args.backbone, "device": args.device, "images": args.images, "image_size": "500x400 JPEG",
+        "batch_size": args.batch_size, "flip": args.flip, "workers": args.workers, "cpu_count": os.cpu_count(),
+        "end_to_end_images_per_s": round(end_to_end, 2), "end_to_end_seconds": round(seconds, 2),
+        "bare_forward_images_per_s": round(forward, 2), "ratio": round(end_to_end / forward, 3),
+        "goal": "ratio >= 0.9 (CPU, many images); >= 0.75 for 128 images; >= 0.8 on GPU",
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
