@@ -52,12 +52,13 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     device = resolve_device(config.device, shard.local_rank)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
+    # Workers start (fork) and decode the first batches while the model is built and moved to the device.
+    loader = iter(make_loader(todo, BACKBONES[config.backbone].preprocessing, config.batch_size, config.workers,
+                              config.max_image_pixels, pin_memory=device.startswith("cuda"), timeout=config.timeout))
     backbone = build_backbone(config.backbone, config.weights)
     attrs = {"backbone": backbone.name, "weights": backbone.weights, "feature_dim": backbone.feature_dim,
              "preprocessing": backbone.preprocessing, "extract_config": config.to_dict()}
     encoder = Encoder(backbone, device, config.flip)
-    loader = make_loader(todo, backbone.preprocessing, config.batch_size, config.workers, config.max_image_pixels,
-                         pin_memory=device.startswith("cuda"), timeout=config.timeout)
     failures = FailureLog(out, shard.tag)
     extracted = failed = 0
     with ShardWriter(out, shard.tag, attrs, backbone.feature_dim, dtype=config.dtype, shard_rows=config.shard_size,
