@@ -1,4 +1,5 @@
 """Labels, vocabularies, masks and splits of the four OmniArt tasks, built from collection metadata."""
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -74,7 +75,7 @@ class JoinReport:
                 f"{self.only_in_metadata_examples}")
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: compare fields explicitly
 class LabelSet:
     """Per-sample labels of the four tasks (see CONTRACTS.md): -1 / NaN / all-zero rows mean no label.
 
@@ -104,9 +105,9 @@ class LabelSet:
     def __len__(self):
         return len(self.keys)
 
-    @property
+    @functools.cached_property
     def masks(self):
-        """Task -> bool (N,): the samples that have a label for the task."""
+        """Task -> bool (N,): the samples that have a label for the task (computed once)."""
         return {
             "artist": self.artist >= 0,
             "type": self.types.any(axis=1),

@@ -131,7 +131,7 @@ _NUMBER = re.compile(
     r"(?:\s*(?P<bc>" + _BC + r")|\s*(?P<ad>" + _AD + r"))?"
 )
 _RANGE_SEP = re.compile(r"^\s*(?:-|to|until|tot|/|or|of)\s*$")
-_MAX_YEAR = 2100
+_YEARS = range(-10_000, 2101)  # plausible creation years; others are object numbers, sizes, typos
 
 
 def _century_interval(n, unit, fraction, bc):
@@ -182,10 +182,10 @@ def _years(text):
         era = token[4] or era
         if era == "bc":
             token[2], token[3] = -token[3], -token[2]
-    values = [v for t in tokens for v in (t[2], t[3]) if abs(v) <= _MAX_YEAR * 2]
-    # Lone 1-2 digit numbers without an era are day numbers or counts ("May 3, 1650"), not years.
-    if any(t[5] >= 3 or t[4] is not None for t in tokens):
-        values = [v for t in tokens if t[5] >= 3 or t[4] is not None for v in (t[2], t[3])]
+    # Lone 1-2 digit numbers without an era are day numbers or counts ("May 3, 1650"), not years,
+    # unless they are all there is ("year 5"); numbers far in the future are no creation years.
+    yearlike = [t for t in tokens if t[5] >= 3 or t[4] is not None] or tokens
+    values = [v for t in yearlike for v in (t[2], t[3]) if v in _YEARS]
     if not values:
         return None
     return min(values), max(values)
@@ -199,7 +199,7 @@ def parse_date(text):
     Plain numbers (int/float) are single years.
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if not math.isfinite(text) or abs(text) > _MAX_YEAR * 2:
+        if not math.isfinite(text) or round(text) not in _YEARS:
             return None
         return int(round(text)), int(round(text))
     text = _clean(text).translate(_DASHES)
