@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from extract.config import ExtractError
 
@@ -123,16 +123,17 @@ def select_shard(items: Sequence[ImageItem], index: int, count: int) -> List[Ima
 
 @contextmanager
 def _pixel_limit(max_pixels: int):
-    """Pillow's bomb guard at our limit, its warning turned into an error, other decoder chatter silenced."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    """Pillow's bomb guard at our limit (its warning an error), truncation an error, other decoder chatter silenced."""
+    previous = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    # Whatever other code set, a truncated file must raise rather than be padded with grey.
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def decode_image(path: str, resize: int, crop: int, interpolation: str = "bilinear",
@@ -155,7 +156,7 @@ def decode_image(path: str, resize: int, crop: int, interpolation: str = "biline
             if image.format == "JPEG":
                 image.draft("RGB", (resize, resize))  # DCT-domain downscale, still >= resize on both sides
             image.load()  # decodes everything now, so a truncated file raises here instead of going grey
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
             image = _to_rgb(image)
             width, height = image.size
             scale = resize / min(width, height)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageFile
 
 from cache import FeatureStore, read_failures
 from extract import BACKBONES, ExtractConfig, ExtractError, build_backbone, run_extract
@@ -96,7 +96,8 @@ def _bomb(path):
     (_zero_byte, "empty file"), (_truncated, "truncated"), (_not_an_image, "not an image"),
     (_broken_link, "broken symbolic link"), (_bomb, "decompression bomb"),
 ], ids=["zero-byte", "truncated", "non-image", "unreadable", "bomb"])
-def test_bad_input_is_recorded_and_the_run_goes_on(tmp_path, make, expected):
+def test_bad_input_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, make, expected):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # set by some other library: must not matter
     images = make_images(tmp_path / "images", ["good1.jpg", "good2.jpg"])
     make(images / "bad.jpg")
     summary = run_extract(tiny_config(images, tmp_path / "cache", max_image_pixels=5000))
