@@ -80,11 +80,11 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     from pipeline.report import write_report
 
     _check_paths(config)
-    config.save()
     timings = {}
     started = time.perf_counter()
     extracted = run_extract(config.extract)
     timings["extract"] = time.perf_counter() - started
+    config.save()  # after extract has accepted the images, so a wrong path leaves no output folder behind
 
     # fit builds the labels, loads the features once, trains, then evaluates val and test itself:
     # calling heads.evaluate afterwards would load the features and predict a second time.
@@ -117,13 +117,14 @@ def _check_paths(config: RunConfig) -> None:
 
 
 def _predict_gallery(run, store, config: RunConfig) -> List[dict]:
-    """The first `gallery` paintings of the report's split: image path, true labels and decoded predictions."""
+    """`gallery` paintings of the report's split, those with an artist label first: path, true and predicted labels."""
     from extract.reader import list_images
     from heads.predict import predictions_table
 
     labels = run.labels
-    rows = [i for i, split in enumerate(labels.split) if split == config.split][:config.gallery]
-    if not rows:
+    rows = np.flatnonzero(labels.split == config.split)
+    rows = rows[np.argsort(labels.artist[rows] < 0, kind="stable")][:config.gallery]
+    if not len(rows):
         return []
     keys = [str(labels.keys[i]) for i in rows]
     predicted = predictions_table(run, keys, store.load(keys), top_k=1)

