@@ -63,8 +63,9 @@ class ShardWriter:
                 for name in differing(existing, self.attrs):
                     raise CacheError(
                         f"cannot add to the cache {self.cache_dir}: its shard {path.name} has {name} "
-                        f"{describe(existing.get(name))} but these features have {name} {describe(self.attrs[name])}; "
-                        "use another --out directory, or options matching the existing cache")
+                        f"{describe(existing.get(name))} but these features have {name} "
+                        f"{describe(self.attrs[name])}; use another --out directory, or options matching the "
+                        "existing cache")
                 keys.update(read_keys(shard))
         return keys
 
