@@ -123,14 +123,17 @@ class FeatureStore:
         return out
 
     def iter_batches(self, rows=65536, flip=False, dtype=np.float32):
-        """Yield (keys, features) for consecutive runs of at most `rows` rows, in cache order."""
-        if int(rows) < 1:
+        """An iterator of (keys, features) over consecutive runs of at most `rows` rows, in cache order.
+
+        Arguments are checked here, not at the first batch.
+        """
+        step = int(rows)
+        if step < 1:
             raise CacheError(f"rows per batch must be >= 1, got {rows}")
         dtype = self._check_request(flip, dtype)
         self._key_index()
-        for start in range(0, len(self), int(rows)):
-            stop = min(start + int(rows), len(self))
-            yield self._keys[start:stop], self._load_range(start, stop, flip, dtype)
+        return ((self._keys[start:start + step], self._load_range(start, min(start + step, len(self)), flip, dtype))
+                for start in range(0, len(self), step))
 
     def _check_request(self, flip, dtype) -> np.dtype:
         dtype = np.dtype(dtype)

@@ -75,6 +75,9 @@ def test_unknown_keys_are_named(tmp_path):
     assert "sub/00000_SK-A-0.jpg" in str(error.value) and isinstance(error.value, OmniError)
     with pytest.raises(CacheError, match="no features_flip"):
         store.load(flip=True)
+    with pytest.raises(CacheError, match=r"1 shard\(s\) .* have no features_flip .*re-extract with --flip"):
+        store.iter_batches(flip=True)
+    assert np.array_equal(store.load(np.array(keys[::-1])), features[::-1])
 
 
 def test_compressed_shard_from_another_writer_reads_through_h5py(tmp_path):
