@@ -29,18 +29,20 @@ class PredictConfig:
     work_cache: Optional[str] = None  # where --images features go (default: a temporary folder)
     device: Optional[str] = None
     batch_size: int = 32  # images per extraction batch
+    workers: int = 2  # image decoding processes of the extraction (0: in this process)
     rows: int = 65536  # cache rows predicted at a time (bounds memory)
 
 
 def predict(cfg: PredictConfig):
     """Write cfg.out and return it as a pandas DataFrame (key, artist_1, artist_1_prob, ..., type, material, year)."""
     from cache import FeatureStore
+    from extract.environment import resolve_device
     from heads import load_run
 
     if (cfg.cache is None) == (cfg.images is None):
         raise HeadsError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "
                         "(features extracted now with the run's backbone).")
-    run = load_run(cfg.run)
+    run = load_run(cfg.run, device=resolve_device(cfg.device))
     if cfg.images is not None:
         with tempfile.TemporaryDirectory(prefix="omniart-predict-") as scratch:
             cache_dir = cfg.work_cache or scratch
@@ -120,4 +122,5 @@ def _extract_like_run(run, cfg: PredictConfig, cache_dir) -> None:
                             f"{weights}; pass the weights file the run's cache was extracted with.")
         weights = cfg.weights
     run_extract(ExtractConfig(images=cfg.images, out=cache_dir, backbone=attrs.get("backbone"), weights=weights,
-                              flip=False, batch_size=cfg.batch_size, device=cfg.device, progress=False))
+                              flip=False, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
+                              progress=False))

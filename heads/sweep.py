@@ -105,6 +105,9 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     from extract.environment import resolve_device, resolve_shard
     from heads.train import FitConfig, _check
 
+    if not (config.cache and config.metadata and config.format):
+        raise HeadsError("a sweep needs CACHE, --metadata and --format (as for `omni-heads fit`); "
+                         "only --merge works without them.")
     if not config.grid:
         raise HeadsError("an empty grid: give at least one --grid NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
     shard = resolve_shard(config.num_shards, config.shard_index)

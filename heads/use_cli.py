@@ -23,14 +23,16 @@ __all__ = ["predict", "embed", "sweep", "neighbors"]
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU when present).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="With --images: images per extraction batch.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
+              help="With --images: image decoding processes (0: in this process).")
 @cli_errors
-def predict(run, cache_dir, images, out, threshold, top_k, weights, work_cache, device, batch_size):
+def predict(run, cache_dir, images, out, threshold, top_k, weights, work_cache, device, batch_size, workers):
     """Predict artist, type, material and year for every cached key (or image) with a trained RUN."""
     from heads.predict import PredictConfig, predict as run_predict
 
     table = run_predict(PredictConfig(run=run, out=out, cache=cache_dir, images=images, threshold=threshold,
                                       top_k=top_k, weights=weights, work_cache=work_cache, device=device,
-                                      batch_size=batch_size))
+                                      batch_size=batch_size, workers=workers))
     click.echo(f"wrote {len(table)} predictions to {out}")
 
 

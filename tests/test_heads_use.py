@@ -1,15 +1,62 @@
 """Using a trained run: predict, embed, sweep, and cosine neighbours over a cache."""
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from cache import FeatureStore, write_features
+from heads import FitConfig, HeadsError, fit, load_run
 from heads.neighbors import nearest_neighbors
-from heads.use_cli import neighbors
+from heads.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
+from heads.use_cli import embed, neighbors, predict, sweep
 
 ATTRS = {"backbone": "test-backbone", "weights": "random", "preprocessing": {"size": 8}}
+ARTISTS = ["rembrandt", "vermeer", "hals", "steen"]  # the csv reader lower-cases names
+TYPES = ["painting", "print"]
+MATERIALS = ["oil", "canvas", "paper", "ink"]
+TINY_FIT = {"format": "csv", "shared_size": 16, "epochs": 4, "batch_size": 32, "lr": 1e-2, "min_artist_samples": 3,
+            "min_class_samples": 2, "device": "cpu", "progress": False}
+
+
+def planted(folder, rows=240, dim=12, seed=0, attrs=ATTRS, flip=True):
+    """A cache whose labels are a function of the features, and its csv metadata: (cache, metadata)."""
+    rng = np.random.default_rng(seed)
+    artist = rng.integers(0, len(ARTISTS), rows)
+    centres = 2.0 * rng.standard_normal((len(ARTISTS), dim))
+    features = (centres[artist] + 0.5 * rng.standard_normal((rows, dim))).astype(np.float32)
+    keys = [f"art/{i:05d}.jpg" for i in range(rows)]
+    folder = Path(folder)
+    write_features(folder / "cache", keys, features, attrs,
+                   features_flip=features + 0.05 * rng.standard_normal(features.shape) if flip else None)
+    metadata = folder / "metadata.csv"
+    pd.DataFrame({"key": keys, "artist": np.array(ARTISTS)[artist], "type": np.array(TYPES)[artist % 2],
+                  "material": ["|".join(MATERIALS[a % 2::2]) for a in artist],
+                  "year": 1600 + 40 * artist + rng.normal(0, 5, rows).round()}).to_csv(metadata, index=False)
+    return folder / "cache", metadata
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny planted cache, its metadata, and a fitted four-task run on it."""
+    folder = tmp_path_factory.mktemp("trained")
+    cache, metadata = planted(folder)
+    fit(FitConfig(cache=str(cache), metadata=str(metadata), out=str(folder / "run"), **TINY_FIT))
+    return cache, metadata, folder / "run"
 
 
 @pytest.fixture
@@ -73,3 +120,164 @@ def test_neighbors_cli(neighbor_cache):
     assert "Traceback" not in unknown.output
     missing = runner.invoke(neighbors, [str(cache) + "-nope", keys[0]])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_predict_csv_decodes_vocabularies_and_matches_run_predict(trained, tmp_path):
+    cache, _, run_dir = trained
+    out = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(predict, [str(run_dir), "--cache", str(cache), "--out", str(out), "--threshold", "0.4",
+                                          "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["key", "artist_1", "artist_1_prob", "artist_2", "artist_2_prob", "artist_3",
+                                   "artist_3_prob", "type", "material", "year"]
+    store = FeatureStore(cache)
+    assert table["key"].tolist() == store.keys
+    run = load_run(run_dir)
+    expected = run.predict(store.load())
+    names = run.labels.artist_names
+    order = np.argsort(-expected["artist"], axis=1)
+    assert table["artist_1"].tolist() == [names[i] for i in order[:, 0]]
+    assert table["artist_3"].tolist() == [names[i] for i in order[:, 2]]
+    np.testing.assert_allclose(table["artist_1_prob"], expected["artist"].max(axis=1), rtol=1e-5)
+    assert (table["artist_1_prob"] >= table["artist_2_prob"]).all() and set(table["artist_1"]) <= set(ARTISTS)
+    chosen = [";".join(n for n, p in zip(run.labels.type_names, row) if p >= 0.4) for row in expected["type"]]
+    assert table["type"].tolist() == chosen
+    assert all(set(cell.split(";")) <= set(run.labels.material_names) for cell in table["material"] if cell)
+    np.testing.assert_allclose(table["year"], expected["year"], rtol=1e-5)
+    agreement = np.mean(table["artist_1"].to_numpy() == pd.read_csv(trained[1])["artist"].to_numpy())
+    assert agreement > 0.75  # the planted artists are recovered (chance: 0.25)
+
+
+def test_predict_refuses_a_cache_of_another_backbone(trained, tmp_path):
+    _, _, run_dir = trained
+    other, _ = planted(tmp_path, attrs={"backbone": "resnet50", "weights": "random", "preprocessing": {"size": 8}})
+    runner = CliRunner()
+    result = runner.invoke(predict, [str(run_dir), "--cache", str(other), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "backbone='resnet50'" in result.output and "backbone='test-backbone'" in result.output
+    both = runner.invoke(predict, [str(run_dir), "--out", str(tmp_path / "p.csv")])
+    assert both.exit_code == 1 and "exactly one of --cache" in both.output
+    missing = runner.invoke(predict, [str(tmp_path / "no-run"), "--cache", str(other), "--out", str(tmp_path / "p.csv")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def _images(folder, count):
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    for index in range(count):
+        pixels = np.clip(rng.normal(60 + 40 * (index % 4), 30, (40, 48, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:07d}_x.png")
+    return folder
+
+
+def test_predict_from_images_extracts_with_the_runs_backbone(tmp_path):
+    from extract import ExtractConfig, run_extract
+
+    images = _images(tmp_path / "images", 24)
+    cache = tmp_path / "cache"
+    run_extract(ExtractConfig(images=images, out=cache, backbone="tiny", workers=0, batch_size=8, progress=False,
+                              device="cpu"))
+    keys = FeatureStore(cache).keys
+    metadata = tmp_path / "metadata.csv"
+    pd.DataFrame({"key": keys, "artist": [ARTISTS[i % 4] for i in range(24)], "type": [TYPES[i % 2] for i in range(24)],
+                  "material": ["paper"] * 24, "year": [1600 + 40 * (i % 4) for i in range(24)]}).to_csv(metadata, index=False)
+    fit(FitConfig(cache=str(cache), metadata=str(metadata), out=str(tmp_path / "run"), **TINY_FIT))
+    runner = CliRunner()
+    by_cache, by_images = tmp_path / "cache.csv", tmp_path / "images.csv"
+    assert runner.invoke(predict, [str(tmp_path / "run"), "--cache", str(cache), "--out", str(by_cache)]).exit_code == 0
+    result = runner.invoke(predict, [str(tmp_path / "run"), "--images", str(images), "--out", str(by_images),
+                                     "--work-cache", str(tmp_path / "again"), "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(by_images), pd.read_csv(by_cache), rtol=1e-3)
+    assert FeatureStore(tmp_path / "again").attrs["backbone"] == "tiny"
+
+
+def test_embed_writes_the_shared_layer_as_a_cache(trained, tmp_path):
+    import torch
+
+    cache, _, run_dir = trained
+    out = tmp_path / "embedded"
+    result = CliRunner().invoke(embed, [str(run_dir), "--cache", str(cache), "--out", str(out), "--dtype", "float32",
+                                        "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    source, embedded = FeatureStore(cache), FeatureStore(out)
+    run = load_run(run_dir)
+    assert embedded.keys == source.keys and embedded.feature_dim == run.model.shared_size == 16
+    with torch.no_grad():
+        expected = run.model.shared(torch.from_numpy(source.load())).numpy()
+        expected_flip = run.model.shared(torch.from_numpy(source.load(flip=True))).numpy()
+    np.testing.assert_allclose(embedded.load(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedded.load(flip=True), expected_flip, rtol=1e-5, atol=1e-6)
+    attrs = embedded.attrs
+    assert attrs["backbone"] == "omniart-shared:run" and attrs["weights"].startswith("sha256:")
+    assert attrs["source_cache"]["backbone"] == "test-backbone" and attrs["embed_run"] == str(run_dir.resolve())
+    assert nearest_neighbors(embedded, source.keys[0], k=3)  # a valid cache for neighbours
+    again = CliRunner().invoke(embed, [str(run_dir), "--cache", str(cache), "--out", str(out)])
+    assert again.exit_code == 1 and "already holds feature shards" in again.output
+
+
+GRID = {"lr": [3e-2, 3e-3], "weight_decay": [0.0, 0.5]}
+
+
+def test_stacked_sweep_equals_one_by_one_and_is_sorted(trained, tmp_path):
+    cache, metadata, _ = trained
+    fixed = {name: value for name, value in TINY_FIT.items() if name not in ("format", "progress", "lr")}
+    common = {"cache": str(cache), "metadata": str(metadata), "format": "csv", "grid": GRID, "fixed": fixed}
+    stacked = run_sweep(SweepConfig(out=str(tmp_path / "stacked"), **common))
+    single = run_sweep(SweepConfig(out=str(tmp_path / "single"), batched=False, **common))
+    table = pd.read_csv(tmp_path / "stacked" / "results.csv")
+    assert len(table) == 4 and sorted(table["config"]) == [0, 1, 2, 3]
+    assert table["val_score"].is_monotonic_decreasing and set(table["stacked"]) == {4}
+    assert {"lr", "weight_decay", "val_artist_accuracy", "val_year_mae", "seconds", "best_epoch"} <= set(table.columns)
+    assert table.loc[0, "val_score"] == stacked.merged["val_score"].max()
+    by_config = single.merged.set_index("config").sort_index()
+    mine = table.set_index("config").sort_index()
+    metrics = [name for name in mine.columns if name.startswith("val_")]
+    np.testing.assert_allclose(mine[metrics].to_numpy(float), by_config[metrics].to_numpy(float), rtol=1e-3, atol=1e-4)
+    assert (mine["best_epoch"] == by_config["best_epoch"]).all()  # one by one = fit's own training loop
+
+
+def test_sharded_sweep_merges_to_the_unsharded_configurations(trained, tmp_path):
+    cache, metadata, _ = trained
+    runner = CliRunner()
+    args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--grid", "lr=3e-2,3e-3",
+            "--grid", "shared-size=8,16", "--grid", "min-artist-samples=3", "--grid", "min-class-samples=2",
+            "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "sharded")]
+    first = runner.invoke(sweep, args + ["--num-shards", "2", "--shard-index", "0"])
+    assert first.exit_code == 0, first.output
+    assert "results.csv follows" in first.output and not (tmp_path / "sharded" / "results.csv").exists()
+    second = runner.invoke(sweep, args + ["--num-shards", "2", "--shard-index", "1"])
+    assert second.exit_code == 0, second.output
+    merged = pd.read_csv(tmp_path / "sharded" / "results.csv")
+    part = pd.read_csv(tmp_path / "sharded" / "results-00001-of-00002.csv")
+    assert sorted(part["config"]) == [1, 3]  # configuration i goes to shard i % 2
+    whole = runner.invoke(sweep, args[:-1] + [str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    unsharded = pd.read_csv(tmp_path / "whole" / "results.csv")
+    assert sorted(merged["config"]) == sorted(unsharded["config"]) == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(merged.drop(columns=["seconds", "stacked"]),
+                                  unsharded.drop(columns=["seconds", "stacked"]), rtol=1e-3, atol=1e-4)
+    (tmp_path / "sharded" / "results.csv").unlink()
+    again = runner.invoke(sweep, ["--merge", "--out", str(tmp_path / "sharded")])
+    assert again.exit_code == 0 and len(merge_results(tmp_path / "sharded")) == 4
+    (tmp_path / "sharded" / "results-00000-of-00002.csv").unlink()
+    incomplete = runner.invoke(sweep, ["--merge", "--out", str(tmp_path / "sharded")])
+    assert incomplete.exit_code == 1 and "missing [0, 2]" in incomplete.output
+
+
+def test_grid_parsing_and_sweep_errors(trained, tmp_path):
+    assert parse_grid(["shared-size=1024,2048", "lr=1e-3,3e-4", "tasks=artist+year,type", "flip=false"]) == {
+        "shared_size": [1024, 2048], "lr": [1e-3, 3e-4], "tasks": [("artist", "year"), ("type",)], "flip": [False]}
+    assert len(expand_grid({"a": [1, 2], "b": [3, 4, 5]})) == 6
+    for bad, message in ((["sharedsize=3"], "not a fit option"), (["lr"], "NAME=V1,V2"),
+                         (["shared-size=big"], "expected a int"), (["lr=1", "lr=2"], "twice")):
+        with pytest.raises(HeadsError, match=message):
+            parse_grid(bad)
+    cache, metadata, _ = trained
+    runner = CliRunner()
+    result = runner.invoke(sweep, [str(cache), "--metadata", str(metadata), "--format", "csv", "--grid", "cache=x",
+                                   "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "not a fit option" in result.output
+    result = runner.invoke(sweep, ["--merge", "--out", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "no sweep.json" in result.output
