@@ -43,7 +43,7 @@ def _looks_like_file(weights: str) -> bool:
 
 
 def _load_state_file(path: str) -> Tuple[dict, str]:
-    """State dict of a local file (plain, or under 'state_dict'/'model', DDP 'module.' prefixes dropped) and its sha256."""
+    """State dict in a file (plain or under 'state_dict'/'model'; DDP 'module.' prefixes dropped) and its sha256."""
     import torch
 
     if not os.path.isfile(path):

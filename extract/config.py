@@ -5,9 +5,10 @@ from typing import Optional, Union
 
 from cache.errors import OmniError
 
-__all__ = ["ExtractConfig", "ExtractError", "DTYPES"]
+__all__ = ["ExtractConfig", "ExtractError", "DTYPES", "MAX_IMAGE_PIXELS"]
 
 DTYPES = ("float16", "float32")
+MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own error limit (twice its warning limit)
 
 
 class ExtractError(OmniError):
@@ -35,7 +36,7 @@ class ExtractConfig:
     path_column: Optional[str] = None  # table input: column of image paths (default "path" or the only column)
     key_column: Optional[str] = None  # table input: column of keys (default: the path as written)
     progress: bool = True
-    max_image_pixels: int = 178_956_970  # larger images are recorded as decompression bombs (Pillow's error limit)
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are recorded as failures (decompression bombs)
     timeout: float = 600.0  # seconds a DataLoader worker may take for one batch before the run stops
 
     def __post_init__(self):

@@ -12,7 +12,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from extract.config import ExtractError
+from extract.config import MAX_IMAGE_PIXELS, ExtractError
 
 __all__ = ["ImageItem", "Batch", "IMAGE_SUFFIXES", "list_images", "select_shard", "decode_image", "ImageDataset",
            "collate", "make_loader"]
@@ -137,7 +137,7 @@ def _pixel_limit(max_pixels: int):
 
 
 def decode_image(path: str, resize: int, crop: int, interpolation: str = "bilinear",
-                 max_pixels: int = 178_956_970) -> np.ndarray:
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """RGB uint8 (crop, crop, 3): EXIF-upright, shorter side scaled to `resize`, centre `crop`; raises on bad files."""
     if not os.path.exists(path):
         raise UnusableImage("file does not exist" + (" (broken symbolic link)" if os.path.islink(path) else ""))

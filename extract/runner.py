@@ -1,4 +1,5 @@
 """`run_extract`: list -> skip what the cache has -> decode (workers) -> encode (device) -> write shards + failures."""
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     with ShardWriter(out, shard.tag, attrs, backbone.feature_dim, dtype=config.dtype, shard_rows=config.shard_size,
                      with_flip=config.flip) as writer, \
             tqdm(total=len(todo), unit="img", desc=f"extract {shard.tag} on {device}", disable=not config.progress,
-                 smoothing=0.1) as bar:
+                 smoothing=0.1, mininterval=1 if sys.stderr.isatty() else 60) as bar:  # logs: a line a minute
         try:
             for batch in loader:
                 for key, error in batch.failures:
@@ -78,7 +79,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         except RuntimeError as error:
             if "timed out" in str(error):  # a DataLoader worker stalled on one batch for config.timeout seconds
                 raise ExtractError(f"image decoding stalled for {config.timeout:.0f} s ({error}); rows so far are "
-                                   "saved and a rerun resumes; check the input storage or raise the timeout.") from error
+                                   "saved and a rerun resumes; check the input storage or raise the timeout."
+                                   ) from error
             raise
     return ExtractSummary(extracted, failed, skipped, str(out), time.perf_counter() - start,
                           str(failures.path) if failed else None)
