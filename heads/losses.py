@@ -61,16 +61,19 @@ def combined_loss(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, tor
     return total, per_task
 
 
-def auto_task_weights(val_losses: Mapping[str, float], year_scale: float = 0.1, floor: float = 1e-4) -> dict:
-    """The `auto` rule: w_i = n * (1/l_i) / sum_j (1/l_j) with l_i = max(s_i * L_i on validation, floor).
+def auto_task_weights(val_losses: Mapping[str, float], year_scale: float = 0.1, max_ratio: float = 10.0) -> dict:
+    """The `auto` rule: w_i = n * (1/l_i) / sum_j (1/l_j), l_i = max(s_i L_i^val, max_j(s_j L_j^val) / max_ratio).
 
-    Each task then contributes equally to the validation total (the paper sets w_i "using their ratio in
-    the combined loss on the validation set"); the weights sum to the number of tasks n. Training applies
-    it after every epoch, the first epoch running with w_i = 1.
+    With the floor every task contributes equally to the validation total (the paper sets w_i "using their
+    ratio in the combined loss on the validation set"), except that no weight exceeds `max_ratio` times
+    another, so a nearly solved task (validation loss near 0) cannot take all the weight. The weights sum to
+    the number of tasks n. Training applies the rule after every epoch; the first epoch runs with w_i = 1.
     """
-    scaled = {task: max((year_scale if task == "year" else 1.0) * float(loss), floor) for task, loss in val_losses.items()}
-    inverse_sum = sum(1.0 / value for value in scaled.values())
-    return {task: len(scaled) / (value * inverse_sum) for task, value in scaled.items()}
+    scaled = {task: (year_scale if task == "year" else 1.0) * float(loss) for task, loss in val_losses.items()}
+    floor = max(max(scaled.values()) / max_ratio, 1e-12)
+    inverse = {task: 1.0 / max(value, floor) for task, value in scaled.items()}
+    total = sum(inverse.values())
+    return {task: len(inverse) * value / total for task, value in inverse.items()}
 
 
 def inverse_frequency_weights(artist: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -265,7 +265,7 @@ def _train(data: _Data, tasks: tuple, config: FitConfig, device: str, label: str
         train_losses = (sums / steps_per_epoch).tolist()
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_losses[0]}
         row.update({f"train_{t}_loss": value for t, value in zip(tasks, train_losses[1:])})
-        row.update({f"weight_{t}": weights[t] * (math.exp(-float(log_vars[t])) if log_vars is not None else 1.0) for t in tasks})
+        row.update({f"weight_{t}": weights[t] * (math.exp(-float(log_vars[t].detach())) if log_vars is not None else 1.0) for t in tasks})
         score = None
         if has_val:
             metrics, val_losses, _ = _split_metrics(model, data, "val", config.eval_batch_size)
@@ -298,7 +298,7 @@ def _train(data: _Data, tasks: tuple, config: FitConfig, device: str, label: str
     model.eval()
     final_weights = {t: history[-1][f"weight_{t}"] for t in tasks}
     return _Trained(model, history, best_epoch, len(history), seconds, final_weights,
-                    {t: float(v) for t, v in log_vars.items()} if log_vars is not None else None)
+                    {t: float(v.detach()) for t, v in log_vars.items()} if log_vars is not None else None)
 
 
 def _evaluate_splits(model: OmniArtHeads, data: _Data, batch_size: int, splits=("val", "test")) -> tuple:

@@ -1,0 +1,343 @@
+"""Phase two heads: loss/mask math, metrics vs sklearn, planted-signal recovery, run directory, CLI, real features."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cache import write_features
+from heads import HeadsError
+from heads.cli import main
+from heads.losses import auto_task_weights, combined_loss
+from heads.metrics import average_precision, imap_score, map_score, mca, task_metrics, top3_accuracy
+from heads.model import OmniArtHeads
+from heads.plots import confused_pairs
+from heads.runs import load_run
+from heads.train import FitConfig, evaluate, fit, parse_task_weights
+
+D, ARTISTS, TYPES, MATERIALS = 16, 4, 3, 3
+TYPE_NAMES, MATERIAL_NAMES = ("print", "vase", "chair"), ("paper", "silver", "wood")  # stable under stemming
+FAST = ["--shared-size", "64", "--batch-size", "64", "--lr", "1e-2", "--min-artist-samples", "1",
+        "--min-class-samples", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread avoids oversubscribing the 2-core CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def planted(n=1000, seed=0):
+    """Features and labels that are a known function of them (linear artist/type/material/year)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D)).astype(np.float32)
+    artist = (x @ rng.normal(size=(D, ARTISTS))).argmax(1)
+    types = (x @ rng.normal(size=(D, TYPES)) > 0.3).astype(np.uint8)
+    materials = (x @ rng.normal(size=(D, MATERIALS)) > 0.0).astype(np.uint8)
+    year = 1650 + 40 * (x @ rng.normal(size=D) / np.sqrt(D)) + rng.normal(scale=5, size=n)
+    split = np.array(["train"] * int(0.7 * n) + ["val"] * int(0.15 * n) + ["test"] * (n - int(0.7 * n) - int(0.15 * n)))
+    return {"x": x, "artist": artist, "type": types, "material": materials, "year": year.astype(np.float32), "split": split,
+            "keys": [f"img/{i:05d}.jpg" for i in range(n)]}
+
+
+def write_planted(tmp_path, data, flip=None):
+    """A feature cache (cache.write_features) and a labels CSV (format csv) for planted data."""
+    cache = tmp_path / "cache"
+    write_features(cache, data["keys"], data["x"], {"backbone": "planted", "weights": "random", "preprocessing": {}},
+                   features_flip=flip, dtype="float32")
+    metadata = tmp_path / "labels.csv"
+    with open(metadata, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", "artist", "type", "material", "year", "split"])
+        for i, key in enumerate(data["keys"]):
+            writer.writerow([key, f"artist {data['artist'][i]}",
+                             "|".join(TYPE_NAMES[k] for k in np.flatnonzero(data["type"][i])),
+                             "|".join(MATERIAL_NAMES[k] for k in np.flatnonzero(data["material"][i])),
+                             f"{data['year'][i]:.1f}", data["split"][i]])
+    return cache, metadata
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    """One multi-task fit through the CLI on a planted cache; (run dir, data, cache, metadata, stdout)."""
+    tmp_path = tmp_path_factory.mktemp("planted")
+    data = planted()
+    cache, metadata = write_planted(tmp_path, data)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv",
+                                       "--out", str(run), "--epochs", "40", "--patience", "40", *FAST])
+    assert result.exit_code == 0, result.output
+    return run, data, cache, metadata, result.output
+
+
+# ---- loss and masks ---------------------------------------------------------------------------------
+
+
+def test_combined_loss_weights_and_year_scale_on_hand_made_tensors():
+    outputs = {"artist": torch.tensor([[2.0, 0.0], [0.0, 0.0]]), "type": torch.tensor([[0.0, 0.0]]).repeat(2, 1),
+               "year": torch.tensor([1600.0, 1700.0])}
+    targets = {"artist": torch.tensor([0, 1]), "type": torch.tensor([[1, 0], [0, 1]], dtype=torch.uint8),
+               "year": torch.tensor([1650.0, 1690.0])}
+    masks = {task: torch.tensor([True, True]) for task in outputs}
+    total, per_task = combined_loss(outputs, targets, masks, {"artist": 2.0, "type": 1.0, "year": 0.5}, year_scale=0.1)
+    artist = (np.log1p(np.exp(-2.0)) + np.log(2.0)) / 2
+    assert per_task["artist"].item() == pytest.approx(artist, rel=1e-5)
+    assert per_task["type"].item() == pytest.approx(np.log(2.0), rel=1e-5)
+    assert per_task["year"].item() == pytest.approx(30.0)  # mean(|1600-1650|, |1700-1690|) in years
+    assert total.item() == pytest.approx(2.0 * artist + np.log(2.0) + 0.5 * 0.1 * 30.0, rel=1e-5)
+
+
+def test_task_without_labels_in_batch_adds_exactly_zero_loss_and_gradient():
+    torch.manual_seed(0)
+    model = OmniArtHeads(8, 16, {"artist": 3, "type": 2, "material": 2, "year": 1})
+    x = torch.randn(4, 8)
+    targets = {"artist": torch.tensor([-1, -1, -1, -1]), "type": torch.tensor([[1, 0]] * 4, dtype=torch.uint8),
+               "material": torch.zeros(4, 2, dtype=torch.uint8), "year": torch.full((4,), float("nan"))}
+    masks = {"artist": targets["artist"] >= 0, "type": torch.ones(4, dtype=torch.bool),
+             "material": torch.zeros(4, dtype=torch.bool), "year": torch.zeros(4, dtype=torch.bool)}
+    for log_vars in (None, {t: torch.tensor(0.3, requires_grad=True) for t in masks}):
+        model.zero_grad()
+        total, per_task = combined_loss(model(x), targets, masks, year_scale=0.1, log_vars=log_vars)
+        only_type, _ = combined_loss({"type": model(x)["type"]}, targets, masks, log_vars=log_vars)
+        total.backward()
+        assert per_task["artist"].item() == per_task["material"].item() == per_task["year"].item() == 0.0
+        assert total.item() == pytest.approx(only_type.item())
+        for task in ("artist", "material", "year"):
+            head = model.heads[f"{task}_head"]
+            assert torch.count_nonzero(head.weight.grad) == 0 and torch.isfinite(head.weight.grad).all()
+            if log_vars is not None:
+                assert log_vars[task].grad.item() == 0.0
+        assert torch.count_nonzero(model.heads["type_head"].weight.grad) > 0
+
+
+def test_auto_task_weights_rule():
+    weights = auto_task_weights({"artist": 2.0, "type": 0.5, "year": 40.0}, year_scale=0.1)
+    # scaled validation losses 2, 0.5, 4 -> w proportional to 1/l, summing to 3 tasks; every w_i * l_i equal
+    assert sum(weights.values()) == pytest.approx(3.0)
+    assert weights["artist"] * 2.0 == pytest.approx(weights["type"] * 0.5) == pytest.approx(weights["year"] * 4.0)
+    # a nearly solved task is floored at a tenth of the largest loss: weights at most 10x apart
+    capped = auto_task_weights({"artist": 2.0, "type": 1e-6})
+    assert capped["type"] == pytest.approx(10 * capped["artist"]) and sum(capped.values()) == pytest.approx(2.0)
+
+
+def test_parse_task_weights():
+    tasks = ("artist", "type", "year")
+    assert parse_task_weights("auto", tasks) == "auto"
+    assert parse_task_weights("artist=2,year=0.5", tasks) == {"artist": 2.0, "type": 1.0, "year": 0.5}
+    for bad, text in (("colour=1", "colour"), ("artist=heavy", "'heavy'"), ("artist", "TASK=NUMBER")):
+        with pytest.raises(HeadsError, match=text):
+            parse_task_weights(bad, tasks)
+
+
+# ---- metrics ----------------------------------------------------------------------------------------
+
+
+def test_metrics_match_sklearn():
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, top_k_accuracy_score
+
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.random((80, 5)), 1)  # rounding makes ties, which sklearn treats as one threshold
+    targets = (rng.random((80, 5)) < 0.3).astype(np.uint8)
+    targets[:, 4] = 0  # a class without positives is skipped by map
+    expected = [average_precision_score(targets[:, k], scores[:, k]) for k in range(4)]
+    assert np.allclose(average_precision(scores, targets)[:4], expected)
+    assert map_score(scores, targets) == pytest.approx(np.mean(expected))
+    rows = targets.any(1)
+    assert imap_score(scores, targets) == pytest.approx(
+        np.mean([average_precision_score(targets[i], scores[i]) for i in np.flatnonzero(rows)]))
+    labels = rng.integers(0, 5, 80)
+    probs = rng.random((80, 5))
+    assert top3_accuracy(probs, labels) == pytest.approx(top_k_accuracy_score(labels, probs, k=3, labels=range(5)))
+    assert mca(probs, labels) == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
+
+
+def test_task_metrics_skip_unlabelled_rows_and_year_metrics():
+    artist = task_metrics("artist", np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, -1, 1]))
+    assert artist == {"accuracy": pytest.approx(2 / 3), "top3_accuracy": 1.0, "mca": pytest.approx(0.75)}
+    year = task_metrics("year", np.array([1600.0, 1700.0, 0.0]), np.array([1640.0, 1800.0, np.nan]))
+    assert year == {"mae": 70.0, "within_50": 0.5, "mse": (40.0 ** 2 + 100.0 ** 2) / 2}
+    assert task_metrics("type", np.zeros((2, 2)), np.zeros((2, 2), dtype=np.uint8)) == {"map": None, "imap": None}
+
+
+def test_confused_pairs_counts_both_directions():
+    rows = confused_pairs(np.array([0, 0, 1, 1, 2, 2]), np.array([1, 1, 0, 1, 0, 2]), ["jan", "caspar", "other"])
+    assert rows[0] == {"artist_a": "jan", "artist_b": "caspar", "a_as_b": 2, "b_as_a": 1, "total": 3}
+    assert rows[1]["total"] == 1 and len(rows) == 2
+
+
+# ---- training on planted signals ----------------------------------------------------------------------
+
+
+def test_planted_run_recovers_every_task(planted_run):
+    run, data, *_ = planted_run
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    years = data["year"][data["split"] == "test"]
+    median_mae = np.mean(np.abs(years - np.median(data["year"][data["split"] == "train"])))
+    assert test["artist"]["accuracy"] > 0.85  # chance 0.25 with 4 artists
+    assert test["type"]["map"] > 0.9 and test["material"]["map"] > 0.9
+    assert test["year"]["mae"] < 0.35 * median_mae
+
+
+def test_multi_task_not_worse_than_sklearn_per_task(planted_run):
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    run, data, *_ = planted_run
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    train, held = data["split"] == "train", data["split"] == "test"
+    x = data["x"]
+    artist = LogisticRegression(max_iter=2000).fit(x[train], data["artist"][train]).predict_proba(x[held])
+    assert test["artist"]["accuracy"] >= task_metrics("artist", artist, data["artist"][held])["accuracy"] - 0.05
+    for task in ("type", "material"):
+        probs = np.stack([LogisticRegression(max_iter=2000).fit(x[train], data[task][train, k]).predict_proba(x[held])[:, 1]
+                          for k in range(data[task].shape[1])], 1)
+        assert test[task]["map"] >= map_score(probs, data[task][held]) - 0.03
+    ridge = Ridge().fit(x[train], data["year"][train]).predict(x[held])
+    assert test["year"]["mae"] <= 1.5 * np.mean(np.abs(ridge - data["year"][held]))
+
+
+def test_run_directory_contents_and_metrics_keys(planted_run):
+    run, data, cache, _, output = planted_run
+    for name in ("config.json", "model.pt", "history.csv", "metrics.json", "labels.npz", "vocab.json",
+                 "learning_curves.png", "confusion_artists.png", "confused_pairs.csv"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    expected = {"artist": {"accuracy", "top3_accuracy", "mca"}, "type": {"map", "imap"}, "material": {"map", "imap"},
+                "year": {"mae", "within_50", "mse"}}
+    for split in ("val", "test"):
+        assert {task: set(values) for task, values in metrics[split].items()} == expected
+    assert metrics["epochs"] == 40 and metrics["train_seconds"] > 0 and 1 <= metrics["best_epoch"] <= 40
+    config = json.loads((run / "config.json").read_text())
+    assert config["fit"]["shared_size"] == 64 and config["cache_attrs"]["backbone"] == "planted"
+    assert config["labels"]["format"] == "csv" and config["labels"]["min_artist_samples"] == 1
+    with open(run / "history.csv") as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == 40 and {"train_artist_loss", "val_year_mae", "val_score", "weight_type"} <= set(history[0])
+    assert "| artist | accuracy |" in output and "| year | mae |" in output
+
+
+def test_load_run_predicts_in_years_and_probabilities(planted_run):
+    run_dir, data, *_ = planted_run
+    run = load_run(run_dir)
+    assert run.model.task_sizes == {"artist": 4, "type": 3, "material": 3, "year": 1}
+    assert run.config.shared_size == 64 and run.cache_attrs["backbone"] == "planted"
+    assert list(run.labels.keys[:2]) == data["keys"][:2]
+    out = run.predict(data["x"][:10])
+    assert out["artist"].shape == (10, 4) and np.allclose(out["artist"].sum(1), 1, atol=1e-5)
+    assert out["type"].shape == (10, 3) and ((out["type"] >= 0) & (out["type"] <= 1)).all()
+    assert out["year"].shape == (10,) and np.abs(out["year"] - data["year"][:10]).mean() < 40
+    with pytest.raises(HeadsError, match="expects"):
+        run.predict(np.zeros((2, D + 1), dtype=np.float32))
+
+
+def test_load_run_errors(tmp_path, planted_run):
+    with pytest.raises(HeadsError, match="does not exist"):
+        load_run(tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(HeadsError, match="model.pt missing"):
+        load_run(tmp_path / "half")
+    (tmp_path / "half" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HeadsError, match="damaged"):
+        load_run(tmp_path / "half")
+
+
+def test_evaluate_cli_recomputes_metrics(planted_run):
+    run, *_ = planted_run
+    saved = json.loads((run / "metrics.json").read_text())
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--split", "val"])
+    assert result.exit_code == 0, result.output
+    assert "| artist | accuracy |" in result.output
+    again = json.loads((run / "metrics.json").read_text())["val"]
+    for task, values in saved["val"].items():
+        for name, value in values.items():
+            assert again[task][name] == pytest.approx(value, rel=1e-4, abs=1e-4)
+    assert evaluate(run, "test")["artist"]["accuracy"] == pytest.approx(saved["test"]["artist"]["accuracy"], abs=1e-6)
+
+
+def test_seed_makes_fits_repeatable_and_flip_features_are_used(tmp_path):
+    data = planted(n=300, seed=2)
+    rng = np.random.default_rng(3)
+    cache, metadata = write_planted(tmp_path, data, flip=data["x"] + rng.normal(scale=0.3, size=data["x"].shape))
+    base = dict(cache=str(cache), metadata=str(metadata), format="csv", shared_size=32, epochs=4, batch_size=32,
+                min_artist_samples=1, min_class_samples=1, device="cpu", progress=False)
+    first = fit(FitConfig(out=str(tmp_path / "a"), **base))
+    second = fit(FitConfig(out=str(tmp_path / "b"), **base))
+    unflipped = fit(FitConfig(out=str(tmp_path / "c"), flip=False, **base))
+    other_seed = fit(FitConfig(out=str(tmp_path / "d"), seed=1, **base))
+    assert first.metrics["flip"] and not unflipped.metrics["flip"]
+    losses = [[row["train_loss"] for row in result.history] for result in (first, second, unflipped, other_seed)]
+    assert losses[0] == losses[1] and first.metrics["test"] == second.metrics["test"]
+    assert losses[0] != losses[2] and losses[0] != losses[3]
+
+
+def test_uncertainty_weighting_and_task_subset(tmp_path):
+    data = planted(n=400, seed=4)
+    cache, metadata = write_planted(tmp_path, data)
+    result = fit(FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
+                           tasks=("artist", "year"), task_weights="uncertainty", shared_size=32, epochs=20,
+                           batch_size=32, lr=1e-2, device="cpu", min_artist_samples=1, min_class_samples=1, progress=False))
+    assert set(result.metrics["test"]) == {"artist", "year"} and set(result.metrics["log_vars"]) == {"artist", "year"}
+    assert result.metrics["test"]["artist"]["accuracy"] > 0.6
+    assert set(load_run(tmp_path / "run").predict(data["x"][:3])) == {"artist", "year"}
+
+
+def test_single_task_baselines_reported_side_by_side(tmp_path):
+    data = planted(n=200, seed=5)
+    cache, metadata = write_planted(tmp_path, data)
+    result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv", "--out",
+                                       str(tmp_path / "run"), "--epochs", "3", "--single-task-baselines", *FAST])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["single_task"]) == {"artist", "type", "material", "year"}
+    assert metrics["speedup"] == pytest.approx(metrics["single_task_seconds"] / metrics["train_seconds"])
+    assert "| test | multi-task | single-task |" in result.output and "x faster" in result.output
+
+
+# ---- CLI errors ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, text", [
+    (["--tasks", "artist,colour"], "unknown task colour"),
+    (["--task-weights", "artist=heavy"], "bad --task-weights weight 'heavy'"),
+    (["--label-option", "nonsense"], "bad --label-option 'nonsense'"),
+])
+def test_fit_cli_errors(tmp_path, extra, text):
+    data = planted(n=50)
+    cache, metadata = write_planted(tmp_path, data)
+    result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv",
+                                       "--out", str(tmp_path / "run"), *extra])
+    assert result.exit_code == 1 and text in result.output and "Traceback" not in result.output
+
+
+def test_fit_cli_missing_cache_and_evaluate_missing_run(tmp_path):
+    metadata = tmp_path / "labels.csv"
+    metadata.write_text("key,artist\na.jpg,x\n")
+    result = CliRunner().invoke(main, ["fit", str(tmp_path / "nocache"), "--metadata", str(metadata), "--format", "csv",
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "cache directory" in result.output and "does not exist" in result.output
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "norun")])
+    assert result.exit_code == 1 and "run directory" in result.output and "does not exist" in result.output
+
+
+# ---- real features ----------------------------------------------------------------------------------
+
+
+def test_real_efficientnet_features_beat_median_year(rijks14_dir, tmp_path):
+    """efficientnet_lite0 features of the 100 real Rijks'14 images: held-out year MAE beats the training median."""
+    from extract import ExtractConfig, run_extract
+
+    cache = tmp_path / "cache"
+    run_extract(ExtractConfig(images=str(rijks14_dir / "images"), out=str(cache), backbone="efficientnet_lite0",
+                              flip=False, batch_size=25, workers=0, device="cpu", progress=False))
+    result = fit(FitConfig(cache=str(cache), metadata=str(rijks14_dir / "rijksgt.mat"), format="rijks14",
+                           out=str(tmp_path / "run"), tasks=("year",), shared_size=64, epochs=60, patience=60,
+                           batch_size=16, lr=1e-3, min_artist_samples=1, min_class_samples=1, keep_all_samples=True,
+                           device="cpu", progress=False))
+    assert result.metrics["samples"] == {"train": 76, "val": 9, "test": 15}
+    held_mae = result.metrics["year_baseline_mae"]["test"]
+    assert result.metrics["test"]["year"]["mae"] < held_mae
