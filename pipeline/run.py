@@ -3,11 +3,15 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 
 from cache.errors import OmniError
+from extract.config import ExtractConfig
+
+if TYPE_CHECKING:  # heads.train imports torch; the CLI imports this module for --help
+    from heads import FitConfig
 
 __all__ = ["RunConfig", "RunSummary", "run_pipeline"]
 
@@ -23,8 +27,8 @@ class RunConfig:
     """
 
     out: str
-    extract: "ExtractConfig"  # noqa: F821 - imported lazily (torch) in create()
-    fit: "FitConfig"  # noqa: F821
+    extract: ExtractConfig
+    fit: "FitConfig"
     gallery: int = 6  # test paintings shown with their true and predicted labels in the report
     split: str = "test"  # split whose metrics the report shows
 
@@ -32,7 +36,6 @@ class RunConfig:
     def create(cls, images, metadata, format, out, extract: Optional[dict] = None, fit: Optional[dict] = None,
                **options) -> "RunConfig":
         """Nested phase configs with their paths inside `out`; `extract`/`fit` hold the other phase options."""
-        from extract import ExtractConfig
         from heads import FitConfig
 
         out = Path(out)
@@ -43,13 +46,11 @@ class RunConfig:
                                  **(fit or {})),
                    **options)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def save(self) -> Path:
+        """Write `<out>/run-config.json`: every setting of both phases and of the run."""
         path = Path(self.out) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
         return path
 
 
@@ -57,7 +58,6 @@ class RunConfig:
 class RunSummary:
     """What a run did: per-phase seconds, the extraction counts, the evaluated metrics and where things are."""
 
-    out: Path
     report: Path
     extracted: int
     failed: int
@@ -97,7 +97,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     gallery = _predict_gallery(run, FeatureStore(config.extract.out), config)
     timings["predict"] = time.perf_counter() - started
 
-    summary = RunSummary(out=Path(config.out), report=Path(config.out) / "report.md", extracted=extracted.extracted,
+    summary = RunSummary(report=Path(config.out) / "report.md", extracted=extracted.extracted,
                          failed=extracted.failed, skipped=extracted.skipped, metrics=fitted.metrics, timings=timings,
                          gallery=gallery)
     started = time.perf_counter()
