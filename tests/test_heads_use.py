@@ -193,6 +193,24 @@ def test_predict_from_images_extracts_with_the_runs_backbone(tmp_path):
     assert FeatureStore(tmp_path / "again").attrs["backbone"] == "tiny"
 
 
+def test_predict_images_checks_the_weights_file_of_the_run(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[2], run_dir)
+    weights = tmp_path / "backbone.pt"
+    weights.write_bytes(b"not the weights the run was made with")
+    info = json.loads((run_dir / "config.json").read_text())
+    info["cache_attrs"]["weights"] = "sha256:" + "0" * 64
+    (run_dir / "config.json").write_text(json.dumps(info))
+    runner = CliRunner()
+    args = [str(run_dir), "--images", str(tmp_path), "--out", str(tmp_path / "p.csv")]
+    without = runner.invoke(predict, args)
+    assert without.exit_code == 1 and "pass that file with --weights FILE" in without.output
+    wrong = runner.invoke(predict, args + ["--weights", str(weights)])
+    assert wrong.exit_code == 1 and "sha256:" + "0" * 64 in wrong.output and str(weights) in wrong.output
+
+
 def test_embed_writes_the_shared_layer_as_a_cache(trained, tmp_path):
     import torch
 
