@@ -105,8 +105,9 @@ def _confused_pairs(path: Path) -> List[str]:
 def _gallery(gallery: List[dict], out: Path, split: str) -> str:
     if not gallery:
         return ""
-    lines = ["## Gallery", "", f"The first {len(gallery)} {split} paintings (not trained on), predicted from their "
-                               f"cached features.", "", "| painting | true | predicted |", "|---|---|---|"]
+    lines = ["## Gallery", "", f"{len(gallery)} {split} paintings (not trained on; those with an artist label first), "
+                               f"predicted from their cached features.", "", "| painting | true | predicted |",
+             "|---|---|---|"]
     for entry in gallery:
         image = _thumbnail(entry["path"], out / "gallery", entry["key"]) if entry["path"] else None
         cell = f"![{entry['key']}]({image})<br>`{entry['key']}`" if image else f"`{entry['key']}`"
