@@ -98,44 +98,40 @@ def _download(url: str, path: Path) -> None:
         socket.setdefaulttimeout(previous)
 
 
-def _torchvision_weights(enum, name: str) -> dict:
-    """The state dict of a torchvision weights enum member from torch's hub cache, downloading only when absent."""
+def _torchvision_weights(urls: Dict[str, str], name: str) -> dict:
+    """The state dict of torchvision weights `name` from torch's hub cache, downloading only when absent."""
     import torch
 
-    short = name.split(".")[-1]
-    try:
-        member = enum[short]
-    except KeyError:
-        valid = ", ".join(m.name for m in enum)
-        raise ExtractError(f"unknown --weights {name!r}: use a torchvision weights name ({valid}), a state-dict "
-                           f"file, or 'random'.") from None
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(member.url)
+    short = name.split(".")[-1]  # "ResNet50_Weights.IMAGENET1K_V2" works too
+    if short not in urls:
+        raise ExtractError(f"unknown --weights {name!r}: use a torchvision weights name ({', '.join(urls)}), a "
+                           f"state-dict file, or 'random'.")
+    url = urls[short]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if not path.is_file():
         try:
-            _download(member.url, path)
+            _download(url, path)
         except Exception as error:  # offline GPU nodes: URLError, timeouts, DNS failures
             raise ExtractError(
-                f"weights {member.name} are not in torchvision's cache ({path}) and could not be downloaded "
-                f"({type(error).__name__}: {error}). On a machine with internet, download {member.url} and either "
+                f"weights {short} are not in torchvision's cache ({path}) and could not be downloaded "
+                f"({type(error).__name__}: {error}). On a machine with internet, download {url} and either "
                 f"copy it to {path.parent}/ (TORCH_HOME moves that folder) or pass --weights FILE with its path."
             ) from error
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _build_resnet50(weights: Optional[str]):
-    import torch
-    from torchvision.models import ResNet50_Weights, resnet50
+    from extract.resnet import RESNET50_WEIGHTS, ResNet50Trunk
 
     weights = weights or "IMAGENET1K_V2"
-    model = _seeded(resnet50)
-    model.fc = torch.nn.Identity()  # the 2048-d pooled feature, not the ImageNet logits
+    model = _seeded(ResNet50Trunk)  # the pooled 2048-d feature, no ImageNet classifier
     if weights == "random":
         return model, "random"
     if _looks_like_file(weights):
         state, record = _load_state_file(weights)
         _load_into(model, state, weights, ignore_prefix="fc.")
         return model, record
-    state = _torchvision_weights(ResNet50_Weights, weights)
+    state = _torchvision_weights(RESNET50_WEIGHTS, weights)
     _load_into(model, state, weights, ignore_prefix="fc.")
     return model, weights.split(".")[-1]
 

@@ -71,6 +71,27 @@ def test_resnet50_random_weights_give_2048_features(tmp_path):
     assert store.attrs["weights"] == "random" and store.attrs["preprocessing"]["image_size"] == 224
 
 
+def test_resnet50_trunk_computes_what_torchvision_resnet50_computes():
+    import torch
+    import torchvision
+
+    from extract.resnet import RESNET50_WEIGHTS
+
+    reference = torchvision.models.resnet50().eval()
+    reference.fc = torch.nn.Identity()
+    with torch.no_grad():  # non-trivial BN statistics, so running stats are really loaded and used
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    ours = build_backbone("resnet50", "random").model
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(ours(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert RESNET50_WEIGHTS == {w.name: w.url for w in torchvision.models.ResNet50_Weights}
+
+
 def _zero_byte(path):
     path.write_bytes(b"")
 
