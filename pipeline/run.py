@@ -79,7 +79,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     from heads import fit, load_run
     from pipeline.report import write_report
 
-    _check_paths(config)
+    _check_inputs(config)
     timings = {}
     started = time.perf_counter()
     extracted = run_extract(config.extract)
@@ -106,11 +106,19 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     return summary
 
 
-def _check_paths(config: RunConfig) -> None:
-    """The phases must share the cache inside `out`, or the run would fit on features it did not extract."""
-    if Path(config.fit.cache) != Path(config.extract.out):
-        raise OmniError(f"fit.cache {config.fit.cache!r} differs from extract.out {config.extract.out!r}: the fit "
+def _check_inputs(config: RunConfig) -> None:
+    """Fail before the long extraction: the fit must read the features this run extracts (and its metadata)."""
+    from cache import FeatureStore
+
+    cache = Path(config.extract.out)
+    if Path(config.fit.cache) != cache:
+        raise OmniError(f"fit.cache {config.fit.cache!r} differs from extract.out {str(cache)!r}: the fit "
                         f"must read the cache the run extracts; build the config with RunConfig.create().")
+    # Extraction skips cached keys whatever made them, so a changed backbone would silently reuse old features.
+    cached = FeatureStore(cache).attrs.get("backbone") if list(cache.glob("*.h5")) else None
+    if cached not in (None, config.extract.backbone):
+        raise OmniError(f"{cache} already holds {cached} features but this run asks for backbone "
+                        f"{config.extract.backbone}: pass --backbone {cached} to reuse them, or another --out.")
     if not Path(config.fit.metadata).is_file():
         raise OmniError(f"metadata file {config.fit.metadata!r} does not exist: pass the collection's metadata "
                         f"(Met JSON/CSV, Rijks'14 rijksgt.mat or a CSV table) with --metadata.")

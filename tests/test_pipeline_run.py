@@ -93,6 +93,16 @@ def test_rerun_skips_extraction_and_rewrites_the_report(collection, first_run):
     assert len(list((out / "gallery").glob("*.jpg"))) >= 2
 
 
+def test_rerun_with_another_backbone_is_refused(collection, first_run):
+    from cache.errors import OmniError
+
+    out, _ = first_run
+    config = _config(collection, out)
+    config.extract.backbone = "efficientnet_lite0"
+    with pytest.raises(OmniError, match="already holds tiny features .* --backbone tiny"):
+        run_pipeline(config)
+
+
 def test_cli_runs_end_to_end(collection, tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(run_command, [
