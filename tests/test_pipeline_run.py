@@ -157,3 +157,15 @@ def test_demo_on_real_met_paintings(tmp_path):
     report = summary.report.read_text()
     assert "efficientnet_lite0" in report and "| samples | 16 |" in report
     assert summary.metrics["test"]["year"]["mae"] is not None
+
+
+def test_demo_uses_resnet50_only_when_its_weights_are_cached(tmp_path, monkeypatch, capsys):
+    from pipeline.demo import pick_backbone
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert pick_backbone() == "efficientnet_lite0"
+    assert "using efficientnet_lite0" in capsys.readouterr().err
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "resnet50-11ad3fa6.pth").touch()
+    assert pick_backbone() == "resnet50"
