@@ -17,7 +17,7 @@ from heads.losses import auto_task_weights, combined_loss, inverse_frequency_wei
 from heads.metrics import METRIC_NAMES, markdown_table, task_metrics
 from heads.model import OmniArtHeads, probabilities
 
-__all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "TASKS"]
+__all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "comparison_table", "TASKS"]
 
 TASKS = ("artist", "type", "material", "year")
 _SCORE_METRIC = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
