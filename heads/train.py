@@ -161,13 +161,16 @@ def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarra
 
 
 def _split_metrics(model: OmniArtHeads, data: _Data, split: str, batch_size: int):
-    """(metrics task -> dict, raw losses task -> float, probabilities task -> numpy) of one split."""
+    """(metrics task -> dict, raw losses task -> float, probabilities task -> device tensor) of one split.
+
+    Everything stays on the device (metrics are torch ops): no per-epoch copy of the predictions.
+    """
     rows = data.split_rows[split]
     raw = model.forward_batched(data.x[rows], batch_size)
-    losses = task_losses(raw, {t: data.targets[t][rows] for t in raw}, {t: data.masks[t][rows] for t in raw})
-    numpy_rows = rows.cpu().numpy()
-    probs = {task: probabilities(task, value).cpu().numpy() for task, value in raw.items()}
-    metrics = {task: task_metrics(task, probs[task], data.numpy_targets[task][numpy_rows]) for task in raw}
+    targets = {task: data.targets[task][rows] for task in raw}
+    losses = task_losses(raw, targets, {task: data.masks[task][rows] for task in raw})
+    probs = {task: probabilities(task, value) for task, value in raw.items()}
+    metrics = {task: task_metrics(task, probs[task], targets[task]) for task in raw}
     return metrics, {task: float(value) for task, value in losses.items()}, probs
 
 
@@ -305,7 +308,8 @@ def _evaluate_splits(model: OmniArtHeads, data: _Data, batch_size: int, splits=(
     metrics, probs = {}, {}
     for split in splits:
         if len(data.split_rows[split]):
-            metrics[split], _, probs[split] = _split_metrics(model, data, split, batch_size)
+            metrics[split], _, split_probs = _split_metrics(model, data, split, batch_size)
+            probs[split] = {task: value.cpu().numpy() for task, value in split_probs.items()}
         else:
             metrics[split] = {task: {name: None for name in METRIC_NAMES[task]} for task in model.task_sizes}
     return metrics, probs
