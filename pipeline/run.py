@@ -142,8 +142,8 @@ def _predict_gallery(run, store, config: RunConfig) -> List[dict]:
     gallery = []
     for row, (_, guess) in zip(rows, predicted.iterrows()):
         true = {"artist": labels.artist_names[labels.artist[row]] if labels.artist[row] >= 0 else None,
-                "type": _names(labels.types[row].nonzero()[0], labels.type_display),
-                "material": _names(labels.materials[row].nonzero()[0], labels.material_display),
+                "type": [labels.type_display[i] for i in np.flatnonzero(labels.types[row])],
+                "material": [labels.material_display[i] for i in np.flatnonzero(labels.materials[row])],
                 "year": None if np.isnan(labels.year[row]) else float(labels.year[row])}
         guessed = {"artist": guess.get("artist_1"), "artist_prob": guess.get("artist_1_prob"),
                    "type": _split_names(guess.get("type"), type_display),
@@ -151,10 +151,6 @@ def _predict_gallery(run, store, config: RunConfig) -> List[dict]:
                    "year": guess.get("year")}
         gallery.append({"key": guess["key"], "path": paths.get(guess["key"]), "true": true, "predicted": guessed})
     return gallery
-
-
-def _names(indices, vocabulary) -> List[str]:
-    return [vocabulary[i] for i in indices]
 
 
 def _split_names(cell, display: dict) -> Optional[List[str]]:
