@@ -1,6 +1,6 @@
 """Most similar artworks by cosine similarity of cached features: blocked matrix products, no loop over rows."""
 import difflib
-from typing import List, Sequence, Tuple, Union
+from typing import List, Sequence, Union
 
 import numpy as np
 

@@ -18,7 +18,6 @@ __all__ = ["SweepConfig", "SweepResult", "run_sweep", "merge_results", "parse_gr
 STACKABLE = ("lr", "weight_decay", "warmup", "patience", "year_scale", "task_weights", "class_weights")
 # Options a grid cannot vary: where data comes from and goes, and how a process runs.
 _NOT_GRIDDED = ("cache", "metadata", "format", "out", "progress", "single_task_baselines", "device", "label_options")
-_SPLIT_KEEP = ("train", "val", "test")
 
 
 @dataclass
