@@ -1,4 +1,5 @@
 """Reading side of phase one: list keyed images, pick this worker's part, decode them robustly in DataLoader workers."""
+import functools
 import os
 import re
 import warnings
@@ -232,18 +233,25 @@ def collate(samples) -> Batch:
     return Batch(keys, images, failures)
 
 
-def _init_worker(_):
+def _init_worker(_, yield_cpu: bool):
     import torch
 
     torch.set_num_threads(1)  # decode workers must not compete with the forward pass for every core
+    if yield_cpu:
+        # CPU forward: its threads keep their cores (a preempted thread leaves the others spinning at a barrier);
+        # decoding fills the gaps, and gets the CPU whenever the forward pass waits for a batch.
+        os.nice(10)
 
 
 def make_loader(items: Sequence[ImageItem], preprocessing: dict, batch_size: int, workers: int,
-                max_pixels: int, pin_memory: bool, timeout: float):
-    """DataLoader decoding in `workers` processes (0 = here) with a stall timeout, in the items' order."""
+                max_pixels: int, pin_memory: bool, timeout: float, yield_cpu: bool = False):
+    """DataLoader decoding in `workers` processes (0 = here) with a stall timeout, in the items' order.
+
+    yield_cpu: run the workers at a lower priority (when the forward pass runs on these same CPUs)."""
     from torch.utils.data import DataLoader
 
     return DataLoader(ImageDataset(items, preprocessing, max_pixels), batch_size=batch_size, shuffle=False,
                       num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-                      timeout=timeout if workers > 0 else 0, worker_init_fn=_init_worker if workers else None,
+                      timeout=timeout if workers > 0 else 0,
+                      worker_init_fn=functools.partial(_init_worker, yield_cpu=yield_cpu) if workers else None,
                       prefetch_factor=4 if workers else None)

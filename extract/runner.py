@@ -55,7 +55,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         torch.cuda.set_device(torch.device(device))
     # Workers start (fork) and decode the first batches while the model is built and moved to the device.
     loader = iter(make_loader(todo, BACKBONES[config.backbone].preprocessing, config.batch_size, config.workers,
-                              config.max_image_pixels, pin_memory=device.startswith("cuda"), timeout=config.timeout))
+                              config.max_image_pixels, pin_memory=device.startswith("cuda"), timeout=config.timeout,
+                              yield_cpu=device == "cpu"))
     backbone = build_backbone(config.backbone, config.weights)
     attrs = {"backbone": backbone.name, "weights": backbone.weights, "feature_dim": backbone.feature_dim,
              "preprocessing": backbone.preprocessing, "extract_config": config.to_dict()}
