@@ -7,7 +7,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from extract.config import ExtractError
 
-__all__ = ["BackboneSpec", "Backbone", "BACKBONES", "build_backbone"]
+__all__ = ["BackboneSpec", "Backbone", "BACKBONES", "backbone_spec", "build_backbone"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -202,11 +202,16 @@ BACKBONES: Dict[str, BackboneSpec] = {
 }
 
 
-def build_backbone(name: str, weights: Optional[str] = None) -> Backbone:
-    """The frozen, eval-mode backbone `name` with `weights` (None = its default), on the CPU."""
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry of `name`, or an error listing the registered names."""
     if name not in BACKBONES:
         raise ExtractError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}.")
-    spec = BACKBONES[name]
+    return BACKBONES[name]
+
+
+def build_backbone(name: str, weights: Optional[str] = None) -> Backbone:
+    """The frozen, eval-mode backbone `name` with `weights` (None = its default), on the CPU."""
+    spec = backbone_spec(name)
     model, record = spec.builder(weights)
     model.eval().requires_grad_(False)
     return Backbone(name, model, record, spec.feature_dim, dict(spec.preprocessing))

@@ -25,13 +25,12 @@ class ExtractSummary:
 def run_extract(config: ExtractConfig) -> ExtractSummary:
     """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file."""
     from cache import FailureLog, ShardWriter, cached_keys, read_failures
-    from extract.backbones import BACKBONES, build_backbone
+    from extract.backbones import backbone_spec, build_backbone
     from extract.environment import resolve_device, resolve_shard
     from extract.reader import list_images, make_loader, select_shard
 
     start = time.perf_counter()
-    if config.backbone not in BACKBONES:
-        raise ExtractError(f"unknown backbone {config.backbone!r}: choose one of {', '.join(BACKBONES)}.")
+    preprocessing = backbone_spec(config.backbone).preprocessing  # unknown names fail before any work
     shard = resolve_shard(config.num_shards, config.shard_index)
     mine = select_shard(list_images(config.images, config.path_column, config.key_column), shard.index, shard.count)
     out = Path(config.out)
@@ -54,7 +53,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     # Workers start (fork) and decode the first batches while the model is built and moved to the device.
-    loader = iter(make_loader(todo, BACKBONES[config.backbone].preprocessing, config.batch_size, config.workers,
+    loader = iter(make_loader(todo, preprocessing, config.batch_size, config.workers,
                               config.max_image_pixels, pin_memory=device.startswith("cuda"), timeout=config.timeout,
                               yield_cpu=device == "cpu"))
     backbone = build_backbone(config.backbone, config.weights)

@@ -339,6 +339,8 @@ def test_mismatched_weights_file_and_offline_default_weights(tmp_path, monkeypat
     assert str(tmp_path / "hub" / "checkpoints") in message
     with pytest.raises(ExtractError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
         build_backbone("resnet50", "IMAGENET_V9")
+    with pytest.raises(ExtractError, match="unknown backbone 'vgg'.*resnet50"):
+        run_extract(tiny_config(tmp_path, tmp_path / "cache", backbone="vgg"))
 
 
 def test_efficientnet_lite0_real_weights_are_deterministic_and_discriminative(tmp_path):
