@@ -15,26 +15,27 @@ def write_report(summary, run, config) -> Path:
     """Write `summary.report` (report.md) and the gallery thumbnails it links; the plots are the run's own."""
     out = Path(config.out)
     run_link = Path(os.path.relpath(run.run_dir, out)).as_posix()
-    sections = [_header(run, config), _timings(summary), _data_set(run), _metrics(summary.metrics, config.split),
+    sections = [_header(run, config, run_link), _timings(summary), _data_set(run), _metrics(summary.metrics, config.split),
                 _plots(run.run_dir, run_link), _gallery(summary.gallery, out, config.split)]
     summary.report.write_text("\n\n".join(section for section in sections if section) + "\n", encoding="utf-8")
     return summary.report
 
 
-def _header(run, config) -> str:
+def _header(run, config, run_link: str) -> str:
     attrs = run.cache_attrs
     return (f"# omniart end-to-end report\n\n"
             f"- images: `{config.extract.images}`; metadata: `{config.fit.metadata}` (format `{config.fit.format}`)\n"
             f"- features: `{attrs.get('backbone')}` (weights `{attrs.get('weights')}`, {attrs.get('feature_dim')}-d, "
             f"flipped copies {'yes' if config.extract.flip else 'no'}), cache `cache/`\n"
             f"- heads: tasks {', '.join(run.tasks)}, shared layer {config.fit.shared_size}, "
-            f"run directory `{Path(os.path.relpath(run.run_dir, config.out)).as_posix()}/`\n"
+            f"run directory `{run_link}/`\n"
             f"- the full configuration is in `run-config.json`")
 
 
 def _timings(summary) -> str:
     metrics = summary.metrics
-    notes = {"extract": f"{summary.extracted} extracted, {summary.failed} failed, {summary.skipped} skipped (cached)",
+    notes = {"extract": f"{summary.extracted} extracted, {summary.failed} failed, {summary.skipped} skipped "
+                          "(already cached, or failed before)",
              "fit + evaluate": f"labels, features loaded once, {metrics.get('epochs')} epochs "
                                f"({metrics.get('train_seconds', 0):.1f} s of training, best epoch "
                                f"{metrics.get('best_epoch')}) on {metrics.get('device')}, val/test metrics, plots",
