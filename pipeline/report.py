@@ -15,8 +15,9 @@ def write_report(summary, run, config) -> Path:
     """Write `summary.report` (report.md) and the gallery thumbnails it links; the plots are the run's own."""
     out = Path(config.out)
     run_link = Path(os.path.relpath(run.run_dir, out)).as_posix()
-    sections = [_header(run, config, run_link), _timings(summary), _data_set(run), _metrics(summary.metrics, config.split),
-                _plots(run.run_dir, run_link), _gallery(summary.gallery, out, config.split)]
+    sections = [_header(run, config, run_link), _timings(summary), _data_set(run),
+                _metrics(summary.metrics, config.split), _plots(run.run_dir, run_link),
+                _gallery(summary.gallery, out, config.split)]
     summary.report.write_text("\n\n".join(section for section in sections if section) + "\n", encoding="utf-8")
     return summary.report
 

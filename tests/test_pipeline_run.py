@@ -3,7 +3,6 @@ import json
 from collections import Counter
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
