@@ -50,12 +50,13 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     from extract.encoder import Encoder
 
     device = resolve_device(config.device, shard.local_rank)
-    if device.startswith("cuda"):
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda and torch.device(device).index is not None:  # "cuda:N": also the pinning thread's device
         torch.cuda.set_device(torch.device(device))
     # Workers start (fork) and decode the first batches while the model is built and moved to the device.
     loader = iter(make_loader(todo, preprocessing, config.batch_size, config.workers,
-                              config.max_image_pixels, pin_memory=device.startswith("cuda"), timeout=config.timeout,
-                              yield_cpu=device == "cpu"))
+                              config.max_image_pixels, pin_memory=on_cuda, timeout=config.timeout,
+                              yield_cpu=not on_cuda))
     backbone = build_backbone(config.backbone, config.weights)
     attrs = {"backbone": backbone.name, "weights": backbone.weights, "feature_dim": backbone.feature_dim,
              "preprocessing": backbone.preprocessing, "extract_config": config.to_dict()}
