@@ -180,8 +180,10 @@ def main(argv=None) -> dict:
                 "shared_size": args.shared_size, "epochs": args.epochs, "batch_size": batch, "device": device,
                 "patience": args.epochs + 1,
                 "min_artist_samples": args.min_artist_samples or max(5, round(100 * args.rows / 112039)), "progress": False}
+        _progress(report)
         multi = run_in_child({"device": device, "kind": "fits", "fits": [dict(base, out=str(tmp / "multi"))]})
         report["multi_task"], report["memory"] = _throughput(multi, args, batch, device, data["feature_bytes"])
+        _progress(report)
         if not args.skip_single_task:
             singles = run_in_child({"device": device, "kind": "fits", "fits": [dict(base, tasks=(task,), out=str(tmp / f"single-{task}"))
                                                              for task in TASKS]})
@@ -190,11 +192,13 @@ def main(argv=None) -> dict:
             report["single_vs_multi"] = {"single_task_train_seconds": single_seconds, "multi_task_train_seconds": multi_seconds,
                                          "speedup": round(sum(single_seconds.values()) / multi_seconds, 3),
                                          "speedup_goal": 3.0, "paper": 2.6}
+            _progress(report)
         if device.startswith("cuda"):
             long = run_in_child({"device": device, "kind": "fits", "fits": [dict(base, shared_size=6144, epochs=20, out=str(tmp / "twenty"))]})
             report["gpu_20_epochs_h6144"] = {"train_seconds": round(long["fits"][0]["train_seconds"], 3), "goal_seconds": 2.0}
         if args.sweep_configs:
             report["sweep"] = _sweep_comparison(base, tmp, args.sweep_configs)
+            _progress(report)
         store = FeatureStore(data["cache"])
         start = time.perf_counter()
         hits = nearest_neighbors(store, store.keys[0], k=10)
@@ -202,6 +206,11 @@ def main(argv=None) -> dict:
                                "found": len(hits)}
     print(json.dumps(report, indent=2))
     return report
+
+
+def _progress(report: dict) -> None:
+    """The figures so far on stderr, so a long run that is stopped still leaves its numbers."""
+    print(json.dumps(report), file=sys.stderr, flush=True)
 
 
 def _throughput(multi: dict, args, batch: int, device: str, feature_bytes: int):
