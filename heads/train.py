@@ -160,6 +160,12 @@ def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarra
     )
 
 
+def _batch_features(data: _Data, rows: torch.Tensor, use_flip: Optional[torch.Tensor]) -> torch.Tensor:
+    """The batch's feature rows; where the epoch's flip mask is set, the flipped vector instead."""
+    x = data.x[rows]
+    return x if use_flip is None else torch.where(use_flip[rows, None], data.x_flip[rows], x)
+
+
 def _split_metrics(model: OmniArtHeads, data: _Data, split: str, batch_size: int):
     """(metrics task -> dict, raw losses task -> float, probabilities task -> device tensor) of one split.
 
@@ -247,16 +253,13 @@ def _train(data: _Data, tasks: tuple, config: FitConfig, device: str, label: str
         epoch_start = time.perf_counter()
         model.train()
         order = train_rows[torch.randperm(n_train, generator=generator, device=device)]
-        if flip:  # the paper's horizontal-flip augmentation: flipped or original vector per sample and epoch
-            use_flip = torch.rand(len(data.x), generator=generator, device=device) < 0.5
+        # the paper's horizontal-flip augmentation: flipped or original vector per sample and epoch
+        use_flip = torch.rand(len(data.x), generator=generator, device=device) < 0.5 if flip else None
         sums = torch.zeros(len(tasks) + 1, device=device)  # summed on device: no sync per step
         for start in range(0, n_train, batch):
             rows = order[start:start + batch]
-            x = data.x[rows]
-            if flip:
-                x = torch.where(use_flip[rows, None], data.x_flip[rows], x)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                outputs = model(x)
+                outputs = model(_batch_features(data, rows, use_flip))
             total, per_task = combined_loss(outputs, {t: data.targets[t][rows] for t in tasks},
                                             {t: data.masks[t][rows] for t in tasks}, weights, config.year_scale,
                                             log_vars, class_weights)
