@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cache import write_features
 from heads import HeadsError
 from heads.cli import main
-from heads.losses import auto_task_weights, combined_loss
+from heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights
 from heads.metrics import average_precision, imap_score, map_score, mca, task_metrics, top3_accuracy
 from heads.model import OmniArtHeads
 from heads.plots import confused_pairs
@@ -113,6 +113,16 @@ def test_task_without_labels_in_batch_adds_exactly_zero_loss_and_gradient():
             if log_vars is not None:
                 assert log_vars[task].grad.item() == 0.0
         assert torch.count_nonzero(model.heads["type_head"].weight.grad) > 0
+
+
+def test_inverse_frequency_class_weights():
+    weights = inverse_frequency_weights(torch.tensor([0, 0, 0, 1, -1]), 3)
+    assert torch.allclose(weights, torch.tensor([4 / 9, 4 / 3, 0.0]))  # N / (A * count); unseen class 0
+    outputs = {"artist": torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])}
+    targets, masks = {"artist": torch.tensor([0, 1])}, {"artist": torch.tensor([True, True])}
+    _, per_task = combined_loss(outputs, targets, masks, class_weights=torch.tensor([1.0, 3.0, 0.0]))
+    rows = torch.nn.functional.cross_entropy(outputs["artist"], targets["artist"], reduction="none")
+    assert per_task["artist"].item() == pytest.approx(((rows[0] + 3 * rows[1]) / 4).item())
 
 
 def test_auto_task_weights_rule():
