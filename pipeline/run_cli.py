@@ -36,17 +36,17 @@ _FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience"
               show_default=True, help="Phase one: images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=_EXTRACT_DEFAULTS["workers"], show_default=True,
               help="Phase one: image decode processes (0 = decode in this process).")
-@click.option("--tasks", help="Phase two: comma-separated subset of artist,type,material,year [default: all four].")
-@click.option("--shared-size", type=click.IntRange(min=1), help="Phase two: shared layer width [default: 6144].")
-@click.option("--epochs", type=click.IntRange(min=1), help="Phase two: maximum epochs [default: 20].")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Phase two: training mini-batch size [default: 512].")
-@click.option("--lr", type=float, help="Phase two: peak learning rate [default: 1e-3].")
-@click.option("--patience", type=click.IntRange(min=1), help="Phase two: early-stopping patience [default: 5 epochs].")
+@click.option("--tasks", help="Phase two: comma-separated subset of artist,type,material,year.")
+@click.option("--shared-size", type=click.IntRange(min=1), help="Phase two: shared layer width.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Phase two: maximum epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Phase two: training mini-batch size.")
+@click.option("--lr", type=float, help="Phase two: peak learning rate.")
+@click.option("--patience", type=click.IntRange(min=1), help="Phase two: epochs without a better validation score before stopping.")
 @click.option("--min-artist-samples", type=click.IntRange(min=1), help="Labels: keep artists with this many samples.")
 @click.option("--min-class-samples", type=click.IntRange(min=1), help="Labels: keep types/materials this frequent.")
 @click.option("--keep-all-samples", is_flag=True, default=None,
               help="Labels: keep the samples of dropped artists, their artist masked.")
-@click.option("--seed", type=int, help="Split and training seed [default: 0].")
+@click.option("--seed", type=int, help="Labels split and training seed.")
 @click.option("--device", help="Both phases: auto, cpu, cuda or cuda:N [default: the GPU when present].")
 @click.option("--gallery", type=click.IntRange(min=0), default=RunConfig.gallery, show_default=True,
               help="Test paintings shown in the report with their true and predicted labels.")
@@ -54,7 +54,8 @@ _FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience"
 @cli_errors
 def run(images, metadata, label_format, out, gallery, quiet, **options):
     """Run both phases on IMAGES (a folder or a table) and --metadata: extract features into OUT/cache
-    (resuming), fit and evaluate the heads into OUT/run, predict a gallery and write OUT/report.md."""
+    (resuming), fit and evaluate the heads into OUT/run, predict a gallery and write OUT/report.md.
+    Phase-two and label options left out take the defaults of `omni-heads fit`."""
     from pipeline.run import run_pipeline
 
     extract = {field: options[name] for name, field in _EXTRACT_OPTIONS.items() if options[name] is not None}
