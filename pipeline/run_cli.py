@@ -41,7 +41,8 @@ _FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience"
 @click.option("--epochs", type=click.IntRange(min=1), help="Phase two: maximum epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Phase two: training mini-batch size.")
 @click.option("--lr", type=float, help="Phase two: peak learning rate.")
-@click.option("--patience", type=click.IntRange(min=1), help="Phase two: epochs without a better validation score before stopping.")
+@click.option("--patience", type=click.IntRange(min=1),
+              help="Phase two: epochs without a better validation score before stopping.")
 @click.option("--min-artist-samples", type=click.IntRange(min=1), help="Labels: keep artists with this many samples.")
 @click.option("--min-class-samples", type=click.IntRange(min=1), help="Labels: keep types/materials this frequent.")
 @click.option("--keep-all-samples", is_flag=True, default=None,
