@@ -212,6 +212,7 @@ def _train_all(indexed_fits: list, batched: bool) -> list:
                     seconds.append(time.perf_counter() - started)
             rows.extend(_row(index, result, spent, len(stack) if batched else 1)
                         for (index, _), result, spent in zip(stack, trained, seconds))
+        del data  # before the next label setting's features are loaded
     return rows
 
 
@@ -224,7 +225,9 @@ def _groups(members: list, key) -> dict:
 
 def _data_key(fit) -> str:
     """Configurations with the same key train on the same labels and device tensors."""
-    return json.dumps([dataclasses.asdict(fit.label_config()), list(fit.tasks), fit.flip, fit.device],
+    from heads.train import _check
+
+    return json.dumps([dataclasses.asdict(fit.label_config()), list(_check(fit)), fit.flip, fit.device],
                       default=str, sort_keys=True)
 
 
