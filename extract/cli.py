@@ -58,3 +58,7 @@ def main(images, out, backbone, weights, flip, batch_size, workers, device, dtyp
     if strict and summary.failed:
         raise click.ClickException(f"{summary.failed} image(s) failed and --strict is set; "
                                    f"see {summary.failures_log}.")
+
+
+if __name__ == "__main__":  # `python -m extract.cli` (e.g. under torchrun -m)
+    main()
