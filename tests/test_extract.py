@@ -176,18 +176,22 @@ def test_grayscale_cmyk_palette_rgba_and_16bit_are_converted(tmp_path):
     assert (out[:, :12] == 255).all() and (out[:, 20:] == 128).all()
 
 
-def test_exif_rotation_is_applied(tmp_path):
+def test_exif_rotation_is_applied_and_flip_is_a_mirror(tmp_path):
     upright = picture(5, (40, 60))  # portrait as it should be seen
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # landscape pixels, as a camera writes them
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     stored.save(tmp_path / "camera.png", exif=exif)
     upright.save(tmp_path / "upright.png")
+    upright.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirror.png")
     assert np.array_equal(decode(tmp_path / "camera.png"), decode(tmp_path / "upright.png"))
     run_extract(tiny_config(tmp_path, tmp_path / "cache"))
     store = FeatureStore(tmp_path / "cache")
-    camera, reference = store.load(["camera.png", "upright.png"])
+    camera, reference, mirror = store.load(["camera.png", "upright.png", "mirror.png"])
     np.testing.assert_allclose(camera, reference, atol=1e-2)
+    # features_flip is the feature of the horizontally mirrored picture
+    np.testing.assert_allclose(store.load(["upright.png"], flip=True)[0], mirror, atol=1e-2)
+    assert np.abs(mirror - reference).max() > 0.05
 
 
 KILLED_RUN = textwrap.dedent("""
