@@ -4,6 +4,7 @@ import click
 from cache.errors import cli_errors
 from heads.use_cli import embed, neighbors, predict, sweep
 from pipeline.cli import labels
+from pipeline.run_cli import run
 
 # Options left out keep FitConfig's default (heads/train.py owns them; the help repeats them).
 _FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "weight_decay", "dropout", "year_scale",
@@ -95,5 +96,5 @@ def _number_or_text(value: str):
     return value
 
 
-for command in (labels, predict, embed, sweep, neighbors):
+for command in (labels, predict, embed, sweep, neighbors, run):
     main.add_command(command)
