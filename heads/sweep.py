@@ -259,7 +259,7 @@ def train_stacked(data, tasks: tuple, fits: list, device: str) -> list:
     import torch
     from torch.func import functional_call, stack_module_state, vmap
 
-    from heads.train import _Trained
+    from heads.train import _batch_features, _Trained
 
     members = [_Member(data, tasks, fit, device) for fit in fits]
     first = fits[0]
@@ -289,15 +289,11 @@ def train_stacked(data, tasks: tuple, fits: list, device: str) -> list:
         for member in members:
             member.model.train()
         order = train_rows[torch.randperm(n_train, generator=generator, device=device)]
-        if flip:
-            use_flip = torch.rand(len(data.x), generator=generator, device=device) < 0.5
+        use_flip = torch.rand(len(data.x), generator=generator, device=device) < 0.5 if flip else None
         for start in range(0, n_train, batch):
             rows = order[start:start + batch]
-            x = data.x[rows]
-            if flip:
-                x = torch.where(use_flip[rows, None], data.x_flip[rows], x)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                outputs = forward(params, buffers, x)
+                outputs = forward(params, buffers, _batch_features(data, rows, use_flip))
             targets = {t: data.targets[t][rows] for t in tasks}
             masks = {t: data.masks[t][rows] for t in tasks}
             total = sum(member.loss({t: outputs[t][member.index] for t in tasks}, targets, masks) for member in active)
