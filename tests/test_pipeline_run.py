@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from heads.cli import main as omni_heads
 from pipeline.run import RunConfig, run_pipeline
 from pipeline.run_cli import run as run_command
 
@@ -120,8 +121,8 @@ def test_cli_runs_end_to_end(collection, tmp_path):
 def test_cli_wrong_path_is_one_clear_line(collection, tmp_path, wrong, expected):
     paths = {"images": str(collection / "images"), "metadata": str(collection / "meta.csv")}
     paths[wrong] = str(tmp_path / "missing")
-    result = CliRunner().invoke(run_command, [paths["images"], "--metadata", paths["metadata"], "--format", "csv",
-                                              "--out", str(tmp_path / "out"), "--backbone", "tiny", "--quiet"])
+    result = CliRunner().invoke(omni_heads, ["run", paths["images"], "--metadata", paths["metadata"], "--format",
+                                             "csv", "--out", str(tmp_path / "out"), "--backbone", "tiny", "--quiet"])
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and expected in lines[0] and "missing" in lines[0]
