@@ -37,23 +37,31 @@ def confused_pairs(true: np.ndarray, predicted: np.ndarray, names, top: int = 50
 
 
 def learning_curves(history: list, path: Path) -> None:
-    """Per-task training (solid) and validation (dashed) losses, and validation metrics, per epoch."""
+    """Per-task training (solid) and validation (dashed) losses, validation scores in [0, 1], and year errors."""
     import matplotlib.pyplot as plt
 
     epochs = [row["epoch"] for row in history]
-    figure, (losses, scores) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in history[0] if history else []:
+    names = list(history[0]) if history else []
+    # Year errors are in years (MSE in years squared): on the scores' 0..1 axis they would flatten every curve.
+    year_errors = [name for name in ("val_year_mae",) if name in names]
+    figure, axes = plt.subplots(1, 2 + bool(year_errors), figsize=(6 * (2 + bool(year_errors)), 4.5))
+    losses, scores = axes[:2]
+    for name in names:
         values = [row.get(name) for row in history]
         if name.startswith("train_") and name.endswith("_loss") and name != "train_loss":
             line, = losses.plot(epochs, values, label=name[6:-5])
             validation = [row.get("val" + name[5:]) for row in history]
             if any(v is not None for v in validation):
                 losses.plot(epochs, validation, linestyle="--", color=line.get_color())
-        elif name.startswith("val_") and not name.endswith("_loss") and name != "val_score" and any(v is not None for v in values):
-            scores.plot(epochs, values, label=name[4:])
+        elif (name.startswith("val_") and not name.endswith(("_loss", "_mae", "_mse"))
+              and any(v is not None for v in values)):
+            scores.plot(epochs, values, label=name[4:], linewidth=2.5 if name == "val_score" else 1.2)
     losses.set(title="losses (solid: train, dashed: validation)", xlabel="epoch", yscale="log")
-    scores.set(title="validation metrics", xlabel="epoch")
-    for axis in (losses, scores):
+    scores.set(title="validation scores", xlabel="epoch", ylim=(0, 1.02))
+    if year_errors:
+        axes[2].plot(epochs, [row.get("val_year_mae") for row in history], label="year mae", color="tab:red")
+        axes[2].set(title="validation year error", xlabel="epoch", ylabel="years")
+    for axis in axes:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
     figure.tight_layout()
