@@ -44,7 +44,7 @@ def learning_curves(history: list, path: Path) -> None:
     names = list(history[0]) if history else []
     # Year errors are in years (MSE in years squared): on the scores' 0..1 axis they would flatten every curve.
     year_errors = [name for name in ("val_year_mae",) if name in names]
-    figure, axes = plt.subplots(1, 2 + bool(year_errors), figsize=(6 * (2 + bool(year_errors)), 4.5))
+    figure, axes = plt.subplots(1, 2 + bool(year_errors), figsize=(5.2 * (2 + bool(year_errors)), 4.2))
     losses, scores = axes[:2]
     for name in names:
         values = [row.get(name) for row in history]
