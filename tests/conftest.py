@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the real data in ../shared when present."""
+"""Shared fixtures: paths to the real data in ../shared when present, torch thread settings."""
 from pathlib import Path
 
 import pytest
@@ -12,3 +12,14 @@ def rijks14_dir():
     if not (RIJKS14 / "rijksgt.mat").exists():
         pytest.skip(f"real Rijks'14 data not present at {RIJKS14}")
     return RIJKS14
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,13 +23,7 @@ FAST = ["--shared-size", "64", "--batch-size", "64", "--lr", "1e-2", "--min-arti
         "--min-class-samples", "1", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread avoids oversubscribing the 2-core CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def planted(n=1000, seed=0):

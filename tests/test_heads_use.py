@@ -39,15 +39,7 @@ def planted(folder, rows=240, dim=12, seed=0, attrs=ATTRS, flip=True):
     return folder / "cache", metadata
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
