@@ -1,4 +1,4 @@
-"""The README's commands name real subcommands, options and choices (documentation cannot drift)."""
+"""What a new user reads: the README's commands name real options, every option has help, --help is instant."""
 import re
 from pathlib import Path
 
@@ -56,3 +56,27 @@ def test_readme_command_options_exist(program, rest):
             value = re.search(re.escape(option) + r"[ =](\w[\w.-]*)(?![|\w])", rest)
             if value and "|" not in rest[value.start():value.end() + 1]:
                 assert value.group(1) in param.type.choices, f"README: `{option} {value.group(1)}` is not a choice"
+
+
+def all_commands():
+    """Every command a user can run, with its name as typed."""
+    commands = [("omni-extract", omni_extract)]
+    commands += [(f"omni-heads {name}", command) for name, command in sorted(omni_heads.commands.items())]
+    return commands
+
+
+@pytest.mark.parametrize("name, command", all_commands(), ids=[name for name, _ in all_commands()])
+def test_every_option_has_a_one_line_explanation(name, command):
+    undocumented = [param.opts[0] for param in command.params
+                    if isinstance(param, click.Option) and not (param.help or "").strip()]
+    assert not undocumented, f"{name} --help lists {undocumented} without an explanation"
+    assert (command.help or "").strip(), f"{name} has no help text"
+
+
+def test_help_is_instant_because_torch_is_not_imported():
+    import subprocess
+    import sys
+
+    code = "import sys, heads.cli, extract.cli; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
