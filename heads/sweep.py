@@ -2,7 +2,6 @@
 import dataclasses
 import itertools
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +101,7 @@ def expand_grid(grid: dict) -> list:
 def run_sweep(config: SweepConfig) -> SweepResult:
     """Train this worker's configurations; write results-<tag>.csv (or results.csv alone) and merge when complete."""
     from extract.environment import resolve_device, resolve_shard
-    from heads.train import FitConfig, _check
+    from heads.train import FitConfig, check_config
 
     if not (config.cache and config.metadata and config.format):
         raise HeadsError("a sweep needs CACHE, --metadata and --format (as for `omni-heads fit`); "
@@ -118,7 +117,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     base["device"] = resolve_device(base.get("device"), shard.local_rank)
     fits = [FitConfig(**base, **combo) for combo in combos]
     for fit_config in fits:
-        _check(fit_config)
+        check_config(fit_config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_plan(out, config, len(combos), shard.count)
@@ -190,15 +189,13 @@ def _sorted_table(rows: list, grid_names: list):
 
 def _train_all(indexed_fits: list, batched: bool) -> list:
     """Result rows of (index, FitConfig) pairs; data loaded once per label setting, stacks per shape."""
-    from heads.train import _check, _device_data, _load, _train
+    from heads.train import check_config, load_training_data, train_model
 
     rows = []
     for members in _groups(indexed_fits, _data_key).values():
         first = members[0][1]
-        tasks = _check(first)
-        _, labels, _, features, flipped, device = _load(first, tasks)
-        data = _device_data(labels, features, flipped, tasks, device)
-        del features, flipped
+        tasks = check_config(first)
+        _, _, _, data, device = load_training_data(first, tasks)
         for stack in _groups(members, _stack_key).values():
             if batched and len(stack) > 1:
                 started = time.perf_counter()
@@ -208,7 +205,7 @@ def _train_all(indexed_fits: list, batched: bool) -> list:
                 trained, seconds = [], []
                 for _, fit in stack:
                     started = time.perf_counter()
-                    trained.append(_train(data, tasks, fit, device))
+                    trained.append(train_model(data, tasks, fit, device))
                     seconds.append(time.perf_counter() - started)
             rows.extend(_row(index, result, spent, len(stack) if batched else 1)
                         for (index, _), result, spent in zip(stack, trained, seconds))
@@ -225,9 +222,9 @@ def _groups(members: list, key) -> dict:
 
 def _data_key(fit) -> str:
     """Configurations with the same key train on the same labels and device tensors."""
-    from heads.train import _check
+    from heads.train import check_config
 
-    return json.dumps([dataclasses.asdict(fit.label_config()), list(_check(fit)), fit.flip, fit.device],
+    return json.dumps([dataclasses.asdict(fit.label_config()), list(check_config(fit)), fit.flip, fit.device],
                       default=str, sort_keys=True)
 
 
@@ -248,178 +245,37 @@ def _row(index: int, trained, seconds: float, stacked: int) -> dict:
 
 
 def train_stacked(data, tasks: tuple, fits: list, device: str) -> list:
-    """Train same-shape configurations as one stacked model; returns one heads.train._Trained per config.
+    """Train same-shape configurations as one stacked model; returns one heads.train.TrainedModel per config.
 
-    Each configuration keeps what `fit` would give it alone with the same seed: its own initialisation,
-    AdamW (own lr / weight decay) and warm-up + cosine schedule, task weights, validation, early stopping
-    and best epoch. The shared data order is the one every member would draw from the common seed. One
+    Each configuration keeps what `fit` would give it alone with the same seed (a heads.train.ModelTraining
+    each: its own initialisation, AdamW (own lr / weight decay) and warm-up + cosine schedule, task weights,
+    validation, early stopping and best epoch) and the shared data order of heads.train.train_epochs. One
     forward pass serves all members (torch.func.vmap over stacked parameters: one batched matmul of the
-    batch with the (G, H, D) stacked weights, not G small ones); a member that stopped early is carried but no longer updated.
+    batch with the (G, H, D) stacked weights, not G small ones); a member that stopped early is carried but no
+    longer updated.
     """
     import torch
     from torch.func import functional_call, stack_module_state, vmap
 
-    from heads.train import _batch_features, _Trained
+    from heads.train import ModelTraining, train_epochs
 
-    members = [_Member(data, tasks, fit, device) for fit in fits]
-    first = fits[0]
+    members = [ModelTraining(data, tasks, fit, device) for fit in fits]
     params, buffers = stack_module_state([member.model for member in members])
-    for name, stacked in params.items():  # each member's parameters become views of the stacked tensors
-        for index, member in enumerate(members):
-            _set_tensor(member.model, name, torch.nn.Parameter(stacked.data[index]))
-    for name, stacked in buffers.items():
-        for index, member in enumerate(members):
-            _set_tensor(member.model, name, stacked[index])
-    for index, member in enumerate(members):
-        member.index = index
-        member.make_optimizer()
+    stacked = {**params, **buffers}
+    for index, member in enumerate(members):  # each member's tensors (its optimizer's too) become views of the stack
+        for name, tensor in [*member.model.named_parameters(), *member.model.named_buffers()]:
+            tensor.data = stacked[name].data[index]
     base = members[0].model
     forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None), randomness="different")
-    generator = torch.Generator(device=device).manual_seed(first.seed)
-    cuda = torch.device(device).type == "cuda"
-    train_rows = data.split_rows["train"]
-    n_train, batch = len(train_rows), int(first.batch_size)
-    flip = data.x_flip is not None and first.flip
-    started = time.perf_counter()
-    for epoch in range(1, first.epochs + 1):
-        epoch_start = time.perf_counter()
-        active = [member for member in members if not member.done]
-        if not active:
-            break
-        for member in members:
-            member.model.train()
-        order = train_rows[torch.randperm(n_train, generator=generator, device=device)]
-        use_flip = torch.rand(len(data.x), generator=generator, device=device) < 0.5 if flip else None
-        for start in range(0, n_train, batch):
-            rows = order[start:start + batch]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                outputs = forward(params, buffers, _batch_features(data, rows, use_flip))
-            targets = {t: data.targets[t][rows] for t in tasks}
-            masks = {t: data.masks[t][rows] for t in tasks}
-            total = sum(member.loss({t: outputs[t][member.index] for t in tasks}, targets, masks) for member in active)
-            for value in params.values():
-                value.grad = None
-            total.backward()
-            for member in active:
-                member.step(params)
-        for member in active:
-            member.end_epoch(epoch, time.perf_counter() - epoch_start)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    return [_Trained(member.finish(), member.history, member.best_epoch, len(member.history), seconds,
-                     {t: member.history[-1][f"weight_{t}"] for t in tasks}, member.final_log_vars())
-            for member in members]
 
+    def update(active, outputs, targets, masks):
+        total = sum(members[i].loss({t: outputs[t][i] for t in tasks}, targets, masks) for i in active)
+        for value in params.values():
+            value.grad = None
+        total.backward()
+        for i in active:
+            for name, parameter in members[i].model.named_parameters():
+                parameter.grad = params[name].grad[i]
+            members[i].step()
 
-def _set_tensor(module, dotted: str, value) -> None:
-    *path, leaf = dotted.split(".")
-    for part in path:
-        module = getattr(module, part)
-    setattr(module, leaf, value)
-
-
-class _Member:
-    """One configuration of a stack: its model (views into the stacked tensors), optimizer, schedule and history."""
-
-    def __init__(self, data, tasks, fit, device):
-        import torch
-
-        from heads.losses import inverse_frequency_weights
-        from heads.model import OmniArtHeads
-        from heads.train import _year_baseline, parse_task_weights
-
-        self.data, self.tasks, self.fit, self.device = data, tasks, fit, device
-        self.index = None
-        torch.manual_seed(fit.seed)  # the same initialisation `fit` draws for this seed
-        self.model = OmniArtHeads(data.x.shape[1], fit.shared_size, {t: data.sizes[t] for t in tasks}, fit.dropout).to(device)
-        train_rows = data.split_rows["train"]
-        if "year" in tasks:
-            years = data.targets["year"][train_rows][data.masks["year"][train_rows]]
-            self.model.year_mean.fill_(float(years.mean()))
-            self.model.year_std.fill_(max(float(years.std(unbiased=False)) if years.numel() > 1 else 1.0, 1.0))
-        self.mode = parse_task_weights(fit.task_weights, tasks)
-        self.weights = dict(self.mode) if isinstance(self.mode, dict) else {task: 1.0 for task in tasks}
-        self.log_vars = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.zeros((), device=device)) for t in tasks}) \
-            if self.mode == "uncertainty" else None
-        self.class_weights = inverse_frequency_weights(data.targets["artist"][train_rows], data.sizes["artist"]) \
-            if fit.class_weights and "artist" in tasks else None
-        self.has_val = len(data.split_rows["val"]) > 0
-        self.year_baseline = _year_baseline(data, "val") if self.has_val else None
-        self.history, self.best_score, self.best_state, self.best_epoch, self.stale, self.done = [], -math.inf, None, 0, 0, False
-        self.sums, self.steps = None, 0
-
-    def make_optimizer(self):
-        """AdamW and warm-up + cosine schedule exactly as `fit` builds them, over this member's views."""
-        import torch
-
-        fit = self.fit
-        parameters = list(self.model.parameters()) + (list(self.log_vars.parameters()) if self.log_vars is not None else [])
-        cuda = torch.device(self.device).type == "cuda"
-        self.optimizer = torch.optim.AdamW(parameters, lr=fit.lr, weight_decay=fit.weight_decay,
-                                           **({"fused": True} if cuda else {}))
-        steps_per_epoch = math.ceil(len(self.data.split_rows["train"]) / int(fit.batch_size))
-        total = steps_per_epoch * fit.epochs
-        warmup = max(1, int(fit.warmup * total))
-        self.optimizer_steps_per_epoch = steps_per_epoch
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: (step + 1) / warmup if step < warmup else
-            0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
-
-    def loss(self, outputs, targets, masks):
-        import torch
-
-        from heads.losses import combined_loss
-
-        total, per_task = combined_loss(outputs, targets, masks, self.weights, self.fit.year_scale, self.log_vars,
-                                        self.class_weights)
-        values = torch.stack([total.detach()] + [per_task[t].detach() for t in self.tasks])
-        self.sums = values if self.sums is None else self.sums + values
-        return total
-
-    def step(self, params):
-        for name, parameter in self.model.named_parameters():
-            parameter.grad = params[name].grad[self.index]
-        self.optimizer.step()
-        self.schedule.step()
-
-    def end_epoch(self, epoch: int, seconds: float):
-        """Validation, auto task weights, best-epoch snapshot and early stopping, as `fit` does per epoch."""
-        from heads.train import _SCORE_METRIC, _score, _split_metrics
-        from heads.losses import auto_task_weights
-
-        tasks, fit = self.tasks, self.fit
-        train_losses = (self.sums / self.optimizer_steps_per_epoch).tolist()
-        self.sums = None
-        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_losses[0]}
-        row.update({f"train_{t}_loss": value for t, value in zip(tasks, train_losses[1:])})
-        row.update({f"weight_{t}": self.weights[t] * (math.exp(-float(self.log_vars[t])) if self.log_vars is not None else 1.0)
-                    for t in tasks})
-        score = None
-        if self.has_val:
-            metrics, val_losses, _ = _split_metrics(self.model, self.data, "val", fit.eval_batch_size)
-            row.update({f"val_{t}_loss": val_losses[t] for t in tasks})
-            row.update({f"val_{t}_{name}": value for t in tasks for name, value in metrics[t].items()})
-            score = _score(metrics, self.year_baseline)
-            if self.mode == "auto":
-                present = {t: val_losses[t] for t in tasks if metrics[t][_SCORE_METRIC[t]] is not None}
-                self.weights.update(auto_task_weights(present, fit.year_scale) if present else {})
-        row["val_score"], row["seconds"] = score, seconds
-        self.history.append(row)
-        if score is None or score > self.best_score:
-            self.best_score, self.best_epoch, self.stale = (score if score is not None else self.best_score), epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        else:
-            self.stale += 1
-        self.done = self.has_val and self.stale >= fit.patience
-
-    def finish(self):
-        """A standalone model (own tensors, not views) holding the best epoch's weights."""
-        from heads.model import OmniArtHeads
-
-        model = OmniArtHeads(**self.model.sizes()).to(self.device)
-        model.load_state_dict(self.best_state)
-        return model.eval()
-
-    def final_log_vars(self):
-        return {t: float(v) for t, v in self.log_vars.items()} if self.log_vars is not None else None
+    return train_epochs(members, data, fits[0], device, lambda x: forward(params, buffers, x), update)

@@ -18,6 +18,8 @@ from heads.metrics import METRIC_NAMES, markdown_table, task_metrics
 from heads.model import OmniArtHeads, probabilities
 
 __all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "comparison_table", "TASKS"]
+# Also used inside the package (heads.sweep), so not underscored, but no part of the API above:
+# check_config, load_training_data, TrainingData, ModelTraining, train_epochs, train_model, TrainedModel.
 
 TASKS = ("artist", "type", "material", "year")
 _SCORE_METRIC = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
@@ -105,7 +107,7 @@ def parse_task_weights(spec, tasks) -> object:
     return weights
 
 
-def _check(config: FitConfig) -> tuple:
+def check_config(config: FitConfig) -> tuple:
     tasks = tuple(config.tasks.split(",")) if isinstance(config.tasks, str) else tuple(config.tasks)
     tasks = tuple(task.strip() for task in tasks if task.strip())
     unknown = [task for task in tasks if task not in TASKS]
@@ -125,7 +127,7 @@ def _check(config: FitConfig) -> tuple:
 
 
 @dataclass
-class _Data:
+class TrainingData:
     """Features and labels on the device; rows are label rows, `split_rows` index into them."""
 
     x: torch.Tensor
@@ -137,7 +139,7 @@ class _Data:
     numpy_targets: dict  # task -> numpy targets (for metrics)
 
 
-def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarray], tasks, device: str) -> _Data:
+def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarray], tasks, device: str) -> TrainingData:
     numpy_targets = {"artist": labels.artist.astype(np.int64), "type": labels.types, "material": labels.materials,
                      "year": labels.year.astype(np.float32)}
     sizes = {"artist": len(labels.artist_names), "type": len(labels.type_names),
@@ -149,7 +151,7 @@ def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarra
                              "--min-class-samples / --min-artist-samples.")
         if not np.asarray(labels.masks[task])[splits == "train"].any():
             raise HeadsError(f"task {task} has no labelled training sample; drop it from --tasks or check the metadata.")
-    return _Data(
+    return TrainingData(
         x=torch.from_numpy(features).to(device),
         x_flip=None if features_flip is None else torch.from_numpy(features_flip).to(device),
         targets={task: torch.from_numpy(np.ascontiguousarray(numpy_targets[task])).to(device) for task in tasks},
@@ -160,13 +162,13 @@ def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarra
     )
 
 
-def _batch_features(data: _Data, rows: torch.Tensor, use_flip: Optional[torch.Tensor]) -> torch.Tensor:
+def _batch_features(data: TrainingData, rows: torch.Tensor, use_flip: Optional[torch.Tensor]) -> torch.Tensor:
     """The batch's feature rows; where the epoch's flip mask is set, the flipped vector instead."""
     x = data.x[rows]
     return x if use_flip is None else torch.where(use_flip[rows, None], data.x_flip[rows], x)
 
 
-def _split_metrics(model: OmniArtHeads, data: _Data, split: str, batch_size: int):
+def _split_metrics(model: OmniArtHeads, data: TrainingData, split: str, batch_size: int):
     """(metrics task -> dict, raw losses task -> float, probabilities task -> device tensor) of one split.
 
     Everything stays on the device (metrics are torch ops): no per-epoch copy of the predictions.
@@ -194,7 +196,7 @@ def _score(metrics: dict, year_baseline: Optional[float]) -> Optional[float]:
     return float(np.mean(parts)) if parts else None
 
 
-def _year_baseline(data: _Data, split: str) -> Optional[float]:
+def _year_baseline(data: TrainingData, split: str) -> Optional[float]:
     """MAE of predicting the training median year on `split` (normalises the year score)."""
     years = data.numpy_targets.get("year")
     if years is None:
@@ -208,7 +210,9 @@ def _year_baseline(data: _Data, split: str) -> Optional[float]:
 
 
 @dataclass
-class _Trained:
+class TrainedModel:
+    """One trained model (best epoch's weights, eval mode) with its per-epoch history and final task weights."""
+
     model: OmniArtHeads
     history: list
     best_epoch: int
@@ -218,96 +222,149 @@ class _Trained:
     log_vars: Optional[dict]
 
 
-def _train(data: _Data, tasks: tuple, config: FitConfig, device: str, label: str = "") -> _Trained:
-    """Mini-batch AdamW with warm-up + cosine LR, per-epoch validation, early stopping, best epoch kept."""
-    torch.manual_seed(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    cuda = torch.device(device).type == "cuda"
-    model = OmniArtHeads(data.x.shape[1], config.shared_size, {t: data.sizes[t] for t in tasks}, config.dropout).to(device)
-    train_rows = data.split_rows["train"]
-    if "year" in tasks:
-        years = data.targets["year"][train_rows][data.masks["year"][train_rows]]
-        model.year_mean.fill_(float(years.mean()))
-        model.year_std.fill_(max(float(years.std(unbiased=False)) if years.numel() > 1 else 1.0, 1.0))
-    mode = parse_task_weights(config.task_weights, tasks)
-    weights = dict(mode) if isinstance(mode, dict) else {task: 1.0 for task in tasks}
-    log_vars = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.zeros((), device=device)) for t in tasks}) \
-        if mode == "uncertainty" else None
-    class_weights = inverse_frequency_weights(data.targets["artist"][train_rows], data.sizes["artist"]) \
-        if config.class_weights and "artist" in tasks else None
-    parameters = list(model.parameters()) + (list(log_vars.parameters()) if log_vars is not None else [])
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **({"fused": True} if cuda else {}))
-    n_train, batch = len(train_rows), int(config.batch_size)
-    steps_per_epoch = math.ceil(n_train / batch)
-    total_steps, warmup = steps_per_epoch * config.epochs, max(1, int(config.warmup * steps_per_epoch * config.epochs))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / warmup if step < warmup else
-                                                 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
-    flip = data.x_flip is not None and config.flip
-    has_val = len(data.split_rows["val"]) > 0
-    if not has_val:
-        warnings.warn("the validation split is empty: no early stopping, the last epoch is kept.", RuntimeWarning, stacklevel=3)
-    year_baseline = _year_baseline(data, "val") if has_val else None
-    history, best_score, best_state, best_epoch, stale = [], -math.inf, None, 0, 0
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        model.train()
-        order = train_rows[torch.randperm(n_train, generator=generator, device=device)]
-        # the paper's horizontal-flip augmentation: flipped or original vector per sample and epoch
-        use_flip = torch.rand(len(data.x), generator=generator, device=device) < 0.5 if flip else None
-        sums = torch.zeros(len(tasks) + 1, device=device)  # summed on device: no sync per step
-        for start in range(0, n_train, batch):
-            rows = order[start:start + batch]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                outputs = model(_batch_features(data, rows, use_flip))
-            total, per_task = combined_loss(outputs, {t: data.targets[t][rows] for t in tasks},
-                                            {t: data.masks[t][rows] for t in tasks}, weights, config.year_scale,
-                                            log_vars, class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            schedule.step()
-            sums += torch.stack([total.detach()] + [per_task[t].detach() for t in tasks])
-        train_losses = (sums / steps_per_epoch).tolist()
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_losses[0]}
+class ModelTraining:
+    """One model's training state: AdamW with warm-up + cosine LR, task weights, per-epoch validation, early
+    stopping and the best epoch's weights. `train_model` drives one; heads.sweep drives a stack of them."""
+
+    def __init__(self, data: TrainingData, tasks: tuple, config: FitConfig, device: str, label: str = ""):
+        torch.manual_seed(config.seed)  # the seed's initialisation, whether trained alone or in a stack
+        self.data, self.tasks, self.config, self.label = data, tasks, config, label
+        self.model = OmniArtHeads(data.x.shape[1], config.shared_size, {t: data.sizes[t] for t in tasks}, config.dropout).to(device)
+        train_rows = data.split_rows["train"]
+        if "year" in tasks:
+            years = data.targets["year"][train_rows][data.masks["year"][train_rows]]
+            self.model.year_mean.fill_(float(years.mean()))
+            self.model.year_std.fill_(max(float(years.std(unbiased=False)) if years.numel() > 1 else 1.0, 1.0))
+        self.mode = parse_task_weights(config.task_weights, tasks)
+        self.weights = dict(self.mode) if isinstance(self.mode, dict) else {task: 1.0 for task in tasks}
+        self.log_vars = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.zeros((), device=device)) for t in tasks}) \
+            if self.mode == "uncertainty" else None
+        self.class_weights = inverse_frequency_weights(data.targets["artist"][train_rows], data.sizes["artist"]) \
+            if config.class_weights and "artist" in tasks else None
+        # the optimizer keeps these Parameter objects: a stack may point their .data at its stacked tensors
+        parameters = list(self.model.parameters()) + (list(self.log_vars.parameters()) if self.log_vars is not None else [])
+        fused = {"fused": True} if torch.device(device).type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **fused)
+        self.steps_per_epoch = math.ceil(len(train_rows) / int(config.batch_size))
+        total_steps = self.steps_per_epoch * config.epochs
+        warmup = max(1, int(config.warmup * self.steps_per_epoch * config.epochs))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: (step + 1) / warmup if step < warmup else
+            0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
+        self.has_val = len(data.split_rows["val"]) > 0
+        self.year_baseline = _year_baseline(data, "val") if self.has_val else None
+        self.history, self.best_score, self.best_state, self.best_epoch, self.stale = [], -math.inf, None, 0, 0
+        self.done = False
+        self.sums = None  # this epoch's summed [total, per-task] training losses, on the device: no sync per step
+
+    def loss(self, outputs: dict, targets: dict, masks: dict) -> torch.Tensor:
+        """This model's weighted batch loss (added to the epoch's sums)."""
+        total, per_task = combined_loss(outputs, targets, masks, self.weights, self.config.year_scale, self.log_vars,
+                                        self.class_weights)
+        values = torch.stack([total.detach()] + [per_task[t].detach() for t in self.tasks])
+        self.sums = values if self.sums is None else self.sums + values
+        return total
+
+    def step(self) -> None:
+        """Optimizer and schedule step, once the parameters hold their gradients."""
+        self.optimizer.step()
+        self.schedule.step()
+
+    def end_epoch(self, epoch: int, epoch_start: float) -> None:
+        """History row, validation score, next epoch's auto task weights, best-epoch snapshot, early stopping."""
+        tasks, config = self.tasks, self.config
+        train_losses = (self.sums / self.steps_per_epoch).tolist()
+        self.sums = None
+        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_losses[0]}
         row.update({f"train_{t}_loss": value for t, value in zip(tasks, train_losses[1:])})
-        row.update({f"weight_{t}": weights[t] * (math.exp(-float(log_vars[t].detach())) if log_vars is not None else 1.0) for t in tasks})
+        row.update({f"weight_{t}": self.weights[t] * (math.exp(-float(self.log_vars[t].detach())) if self.log_vars is not None else 1.0)
+                    for t in tasks})
         score = None
-        if has_val:
-            metrics, val_losses, _ = _split_metrics(model, data, "val", config.eval_batch_size)
+        if self.has_val:
+            metrics, val_losses, _ = _split_metrics(self.model, self.data, "val", config.eval_batch_size)
             row.update({f"val_{t}_loss": val_losses[t] for t in tasks})
             row.update({f"val_{t}_{name}": value for t in tasks for name, value in metrics[t].items()})
-            score = _score(metrics, year_baseline)
-            if mode == "auto":  # next epoch's weights from this epoch's validation losses (tasks with val labels)
+            score = _score(metrics, self.year_baseline)
+            if self.mode == "auto":  # next epoch's weights from this epoch's validation losses (tasks with val labels)
                 present = {t: val_losses[t] for t in tasks if metrics[t][_SCORE_METRIC[t]] is not None}
-                weights.update(auto_task_weights(present, config.year_scale) if present else {})
-        row["val_score"] = score
-        row["seconds"] = time.perf_counter() - epoch_start
-        history.append(row)
-        improved = score is None or score > best_score
+                self.weights.update(auto_task_weights(present, config.year_scale) if present else {})
+        row["val_score"], row["seconds"] = score, time.perf_counter() - epoch_start  # validation included
+        self.history.append(row)
+        improved = score is None or score > self.best_score
         if improved:
-            best_score, best_epoch, stale = (score if score is not None else best_score), epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.best_score, self.best_epoch, self.stale = (score if score is not None else self.best_score), epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
-            stale += 1
+            self.stale += 1
+        self.done = self.has_val and self.stale >= config.patience
         if config.progress:
             losses = " ".join(f"{t} {v:.4f}" for t, v in zip(tasks, train_losses[1:]))
             shown = "-" if score is None else f"{score:.4f}"
-            print(f"{label}epoch {epoch}/{config.epochs}  loss {train_losses[0]:.4f} ({losses})  val score {shown}"
+            print(f"{self.label}epoch {epoch}/{config.epochs}  loss {train_losses[0]:.4f} ({losses})  val score {shown}"
                   f"{' *' if improved else ''}  {row['seconds']:.2f}s", file=sys.stderr, flush=True)
-        if has_val and stale >= config.patience:
+
+    def result(self, seconds: float) -> TrainedModel:
+        """The best epoch's model; assign=True gives it own tensors (a stack member's views are let go)."""
+        self.model.load_state_dict(self.best_state, assign=True)
+        self.model.eval()
+        return TrainedModel(self.model, self.history, self.best_epoch, len(self.history), seconds,
+                            {t: self.history[-1][f"weight_{t}"] for t in self.tasks},
+                            {t: float(v.detach()) for t, v in self.log_vars.items()} if self.log_vars is not None else None)
+
+
+def train_epochs(states: list, data: TrainingData, config: FitConfig, device: str, forward, update) -> list:
+    """The epoch loop shared by one model and a stack: returns each state's TrainedModel.
+
+    Every epoch draws one data order and flip mask from `config.seed`; per batch, `forward(features)` (bf16
+    autocast on GPU) gives the outputs and `update(active, outputs, targets, masks)` steps the states whose
+    indices are in `active` (those not yet stopped early). Each active state then ends its epoch.
+    """
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    cuda = torch.device(device).type == "cuda"
+    tasks = states[0].tasks
+    train_rows = data.split_rows["train"]
+    n_train, batch = len(train_rows), int(config.batch_size)
+    flip = data.x_flip is not None and config.flip
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        active = [index for index, state in enumerate(states) if not state.done]
+        if not active:
             break
+        for state in states:
+            state.model.train()
+        order = train_rows[torch.randperm(n_train, generator=generator, device=device)]
+        # the paper's horizontal-flip augmentation: flipped or original vector per sample and epoch
+        use_flip = torch.rand(len(data.x), generator=generator, device=device) < 0.5 if flip else None
+        for start in range(0, n_train, batch):
+            rows = order[start:start + batch]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                outputs = forward(_batch_features(data, rows, use_flip))
+            update(active, outputs, {t: data.targets[t][rows] for t in tasks}, {t: data.masks[t][rows] for t in tasks})
+        for index in active:
+            states[index].end_epoch(epoch, epoch_start)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    model.load_state_dict(best_state)
-    model.eval()
-    final_weights = {t: history[-1][f"weight_{t}"] for t in tasks}
-    return _Trained(model, history, best_epoch, len(history), seconds, final_weights,
-                    {t: float(v.detach()) for t, v in log_vars.items()} if log_vars is not None else None)
+    return [state.result(seconds) for state in states]
 
 
-def _evaluate_splits(model: OmniArtHeads, data: _Data, batch_size: int, splits=("val", "test")) -> tuple:
+def train_model(data: TrainingData, tasks: tuple, config: FitConfig, device: str, label: str = "") -> TrainedModel:
+    """One model: mini-batch AdamW with warm-up + cosine LR, per-epoch validation, early stopping, best epoch kept."""
+    state = ModelTraining(data, tasks, config, device, label)
+    if not state.has_val:
+        warnings.warn("the validation split is empty: no early stopping, the last epoch is kept.", RuntimeWarning, stacklevel=3)
+
+    def update(active, outputs, targets, masks):
+        total = state.loss(outputs, targets, masks)
+        state.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        state.step()
+
+    return train_epochs([state], data, config, device, state.model, update)[0]
+
+
+def _evaluate_splits(model: OmniArtHeads, data: TrainingData, batch_size: int, splits=("val", "test")) -> tuple:
     metrics, probs = {}, {}
     for split in splits:
         if len(data.split_rows[split]):
@@ -318,8 +375,8 @@ def _evaluate_splits(model: OmniArtHeads, data: _Data, batch_size: int, splits=(
     return metrics, probs
 
 
-def _load(config: FitConfig, tasks: tuple):
-    """(store, labels, join report, features, flipped features or None, device) for a fit."""
+def load_training_data(config: FitConfig, tasks: tuple) -> tuple:
+    """(store, labels, join report, TrainingData on the device, device) for a fit."""
     from cache import FeatureStore
     from extract.environment import resolve_device
     from pipeline.labels import build_labels
@@ -338,18 +395,16 @@ def _load(config: FitConfig, tasks: tuple):
     dtype = np.float16 if torch.device(device).type == "cuda" else np.float32  # GPU: half the memory, autocast reads it
     features = store.load(keys, dtype=dtype)
     flipped = store.load(keys, flip=True, dtype=dtype) if store.has_flip and config.flip else None
-    return store, labels, report, features, flipped, device
+    return store, labels, report, _device_data(labels, features, flipped, tasks, device), device
 
 
 def fit(config: FitConfig) -> FitResult:
     """Train on `config.cache` with labels from `config.metadata`; write and return the run directory."""
     from heads.plots import write_plots
 
-    tasks = _check(config)
-    store, labels, report, features, flipped, device = _load(config, tasks)
-    data = _device_data(labels, features, flipped, tasks, device)
-    del features, flipped
-    trained = _train(data, tasks, config, device)
+    tasks = check_config(config)
+    store, labels, report, data, device = load_training_data(config, tasks)
+    trained = train_model(data, tasks, config, device)
     metrics, probs = _evaluate_splits(trained.model, data, config.eval_batch_size)
     metrics.update({"epochs": trained.epochs_run, "best_epoch": trained.best_epoch, "train_seconds": trained.seconds,
                     "seconds_per_epoch": trained.seconds / trained.epochs_run, "device": device,
@@ -381,11 +436,11 @@ def fit(config: FitConfig) -> FitResult:
     return FitResult(out, metrics, trained.history)
 
 
-def _single_task_baselines(data: _Data, tasks: tuple, config: FitConfig, device: str) -> dict:
+def _single_task_baselines(data: TrainingData, tasks: tuple, config: FitConfig, device: str) -> dict:
     """Each task trained alone with the same settings: test metrics and training seconds per task."""
     results = {}
     for task in tasks:
-        trained = _train(data, (task,), config, device, label=f"[{task} only] ")
+        trained = train_model(data, (task,), config, device, label=f"[{task} only] ")
         metrics, _ = _evaluate_splits(trained.model, data, config.eval_batch_size, ("test",))
         results[task] = {"test": metrics["test"][task], "train_seconds": trained.seconds, "epochs": trained.epochs_run}
     return results
