@@ -237,12 +237,13 @@ class ModelTraining:
             self.model.year_std.fill_(max(float(years.std(unbiased=False)) if years.numel() > 1 else 1.0, 1.0))
         self.mode = parse_task_weights(config.task_weights, tasks)
         self.weights = dict(self.mode) if isinstance(self.mode, dict) else {task: 1.0 for task in tasks}
-        self.log_vars = torch.nn.ParameterDict({t: torch.nn.Parameter(torch.zeros((), device=device)) for t in tasks}) \
+        # A plain dict: nn.ParameterDict refuses the key "type" (a Module method name).
+        self.log_vars = {t: torch.nn.Parameter(torch.zeros((), device=device)) for t in tasks} \
             if self.mode == "uncertainty" else None
         self.class_weights = inverse_frequency_weights(data.targets["artist"][train_rows], data.sizes["artist"]) \
             if config.class_weights and "artist" in tasks else None
         # the optimizer keeps these Parameter objects: a stack may point their .data at its stacked tensors
-        parameters = list(self.model.parameters()) + (list(self.log_vars.parameters()) if self.log_vars is not None else [])
+        parameters = list(self.model.parameters()) + (list(self.log_vars.values()) if self.log_vars is not None else [])
         fused = {"fused": True} if torch.device(device).type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **fused)
         self.steps_per_epoch = math.ceil(len(train_rows) / int(config.batch_size))

@@ -290,6 +290,17 @@ def test_uncertainty_weighting_and_task_subset(tmp_path):
     assert set(load_run(tmp_path / "run").predict(data["x"][:3])) == {"artist", "year"}
 
 
+def test_uncertainty_weighting_learns_a_log_variance_for_every_task(tmp_path):
+    data = planted(n=200, seed=4)
+    cache, metadata = write_planted(tmp_path, data)
+    result = fit(FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
+                           task_weights="uncertainty", shared_size=16, epochs=2, batch_size=32, device="cpu",
+                           min_artist_samples=1, min_class_samples=1, progress=False))
+    log_vars = result.metrics["log_vars"]
+    assert set(log_vars) == {"artist", "type", "material", "year"}
+    assert all(value != 0.0 for value in log_vars.values())  # learned, not left at their initial 0
+
+
 def test_single_task_baselines_reported_side_by_side(tmp_path):
     data = planted(n=200, seed=5)
     cache, metadata = write_planted(tmp_path, data)
