@@ -4,10 +4,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 from cache.errors import OmniError
+from cache.writer import STORAGE_DTYPES
 
 __all__ = ["ExtractConfig", "ExtractError", "DTYPES", "MAX_IMAGE_PIXELS"]
 
-DTYPES = ("float16", "float32")
+DTYPES = STORAGE_DTYPES  # what the cache writer stores; checked here so a bad option fails before any work
 MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own error limit (twice its warning limit)
 
 
