@@ -36,7 +36,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
-    done = cached_keys(out) if out.is_dir() else set()
+    done = cached_keys(out)  # empty when out does not exist yet
     if not config.retry_failed:
         done |= set(read_failures(out))
     todo = [item for item in mine if item.key not in done]
@@ -50,9 +50,10 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     from extract.encoder import Encoder
 
     device = resolve_device(config.device, shard.local_rank)
-    on_cuda = torch.device(device).type == "cuda"
-    if on_cuda and torch.device(device).index is not None:  # "cuda:N": also the pinning thread's device
-        torch.cuda.set_device(torch.device(device))
+    target = torch.device(device)
+    on_cuda = target.type == "cuda"
+    if on_cuda and target.index is not None:  # "cuda:N": also the pinning thread's device
+        torch.cuda.set_device(target)
     # Workers start (fork) and decode the first batches while the model is built and moved to the device.
     loader = iter(make_loader(todo, preprocessing, config.batch_size, config.workers,
                               config.max_image_pixels, pin_memory=on_cuda, timeout=config.timeout,
