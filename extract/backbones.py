@@ -133,11 +133,10 @@ def _build_resnet50(weights: str):
         return model, "random"
     if _looks_like_file(weights):
         state, record = _load_state_file(weights)
-        _load_into(model, state, weights, ignore_prefix="fc.")
-        return model, record
-    state = _torchvision_weights(RESNET50_WEIGHTS, weights)
+    else:
+        state, record = _torchvision_weights(RESNET50_WEIGHTS, weights), weights.split(".")[-1]
     _load_into(model, state, weights, ignore_prefix="fc.")
-    return model, weights.split(".")[-1]
+    return model, record
 
 
 def _build_efficientnet_lite0(weights: str):
