@@ -4,13 +4,13 @@ import json
 import click
 
 from cache.errors import cli_errors
-
-_FORMATS = ("rijks14", "met", "csv")  # pipeline.sources.FORMATS, repeated so --help imports nothing heavy
+from pipeline.parsing import LANGUAGES
+from pipeline.sources import FORMATS
 
 
 @click.command()
 @click.argument("metadata", type=click.Path(dir_okay=False))
-@click.option("--format", "format_", type=click.Choice(_FORMATS), required=True, help="Metadata format.")
+@click.option("--format", "format_", type=click.Choice(FORMATS), required=True, help="Metadata format.")
 @click.option("--min-artist-samples", type=int, default=None,
               help="Keep artists with at least K samples (paper: 100/300/700/1100). [default: 100]")
 @click.option("--min-class-samples", type=int, default=None,
@@ -27,7 +27,7 @@ _FORMATS = ("rijks14", "met", "csv")  # pipeline.sources.FORMATS, repeated so --
 @click.option("--end-column", default=None, help="csv: creation interval end column.")
 @click.option("--split-column", default=None, help="csv: official split column (train/val/test or 1/2/3).")
 @click.option("--separator", default="|", show_default=True, help="csv: separator of multi-valued cells.")
-@click.option("--language", type=click.Choice(("english", "dutch")), default="english", show_default=True,
+@click.option("--language", type=click.Choice(LANGUAGES), default="english", show_default=True,
               help="Stemmer of free-text media and types (met, csv).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @cli_errors
