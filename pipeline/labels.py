@@ -194,8 +194,7 @@ def build_labels(metadata_path, config=None, cache_keys=None):
         records = records.take(rows)
 
     counts = np.bincount(records.artist[records.artist >= 0], minlength=len(records.artist_names))
-    kept = np.flatnonzero(counts >= config.min_artist_samples)
-    kept = kept[np.lexsort((np.array(records.artist_names, dtype=object)[kept].astype(str), -counts[kept]))]
+    kept = _frequent(counts, records.artist_names, config.min_artist_samples)
     remap = np.full(len(records.artist_names) + 1, -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
     artist = remap[records.artist]  # -1 indexes the trailing -1
@@ -254,11 +253,15 @@ def stratified_split(keys, groups, seed=0):
     return split
 
 
+def _frequent(counts, names, min_count):
+    """Indices of the classes with >= min_count samples, ordered by decreasing count, then name."""
+    kept = np.flatnonzero(counts >= min_count)
+    return kept[np.lexsort((np.array(names, dtype=object)[kept].astype(str), -counts[kept]))]
+
+
 def _vocabulary(matrix, ids, display, min_count):
     """Dense uint8 multi-hot of the classes with >= min_count positives, ordered by count then id."""
-    counts = np.asarray(matrix.sum(axis=0)).ravel()
-    kept = np.flatnonzero(counts >= min_count)
-    kept = kept[np.lexsort((np.array(ids, dtype=object)[kept].astype(str), -counts[kept]))] if len(kept) else kept
+    kept = _frequent(np.asarray(matrix.sum(axis=0)).ravel(), ids, min_count)
     dense = matrix[:, kept].toarray().astype(np.uint8)
     return dense, [ids[i] for i in kept], [display[i] for i in kept]
 
