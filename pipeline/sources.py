@@ -90,6 +90,17 @@ def read_records(path, config):
     return _READERS[config.format](path, config)
 
 
+def _artist_vocabulary(names):
+    """(code_of, vocabulary): the sorted normalised artist names, and each name's code into it followed by a
+    trailing -1, so index -1 (or len(names)) means no artist; anonymous names get -1, names that normalise
+    alike share one class."""
+    normalised = [normalise_artist(name) for name in names]
+    vocabulary = sorted({name for name in normalised if name is not None})
+    index = {name: i for i, name in enumerate(vocabulary)}
+    code_of = np.array([index[name] if name is not None else -1 for name in normalised] + [-1], dtype=np.int64)
+    return code_of, vocabulary
+
+
 # ---- rijks14 ------------------------------------------------------------------------------------------
 
 def _mat_strings(cells):
@@ -141,11 +152,9 @@ def _read_rijks14(path, config):
         raise LabelError(f"{path}: fields C, T, M, Y, set must have one row per object; rows: {shapes}, C: {n}")
 
     # Normalise the 6,622 names once, then map codes; names that normalise alike merge into one class.
-    normalised = [normalise_artist(name) for name in _mat_strings(gt["Cnames"])]
-    unique = sorted({name for name in normalised if name is not None})
-    index = {name: i for i, name in enumerate(unique)}
-    code_of = np.array([index.get(name, -1) if name is not None else -1 for name in normalised] + [-1])
-    artist = code_of[np.where((creator >= 0) & (creator < len(normalised)), creator, len(normalised))]
+    names = _mat_strings(gt["Cnames"])
+    code_of, unique = _artist_vocabulary(names)
+    artist = code_of[np.where((creator >= 0) & (creator < len(names)), creator, len(names))]
 
     def vocabulary(field, names_field):
         # Multi-hot counts (values > 1 occur) -> bool CSR; columns with an empty name carry no label.
@@ -246,10 +255,7 @@ def _artist_codes(names, separator):
 
     first = _objects([name.split(separator)[0] if name and separator else name for name in _text(names)])
     codes, uniques = pd.factorize(first, use_na_sentinel=True)
-    normalised = [normalise_artist(value) for value in uniques]
-    vocabulary = sorted({name for name in normalised if name is not None})
-    index = {name: i for i, name in enumerate(vocabulary)}
-    code_of = np.array([index[name] if name is not None else -1 for name in normalised] + [-1], dtype=np.int64)
+    code_of, vocabulary = _artist_vocabulary(uniques)
     return code_of[codes], vocabulary
 
 
@@ -373,10 +379,12 @@ def _table_records(frame, path, keys, artist, types, materials, begin, end, date
     )
 
 
+_SPLIT_ALIASES = {"train": "train", "training": "train", "1": "train", "val": "val", "valid": "val",
+                  "validation": "val", "2": "val", "test": "test", "testing": "test", "3": "test"}
+
+
 def _split_name(value):
-    aliases = {"train": "train", "training": "train", "1": "train", "val": "val", "valid": "val",
-               "validation": "val", "2": "val", "test": "test", "testing": "test", "3": "test"}
-    return aliases.get(str(value).strip().lower()) if value is not None else None
+    return _SPLIT_ALIASES.get(str(value).strip().lower()) if value is not None else None
 
 
 def _read_met(path, config):
