@@ -139,9 +139,14 @@ class TrainingData:
     numpy_targets: dict  # task -> numpy targets (for metrics)
 
 
+def _numpy_targets(labels) -> dict:
+    """Task -> numpy targets of every label row: artist int64 (-1 = none), type/material multi-hot, year float32."""
+    return {"artist": np.asarray(labels.artist).astype(np.int64), "type": np.asarray(labels.types),
+            "material": np.asarray(labels.materials), "year": np.asarray(labels.year).astype(np.float32)}
+
+
 def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarray], tasks, device: str) -> TrainingData:
-    numpy_targets = {"artist": labels.artist.astype(np.int64), "type": labels.types, "material": labels.materials,
-                     "year": labels.year.astype(np.float32)}
+    numpy_targets = _numpy_targets(labels)
     sizes = {"artist": len(labels.artist_names), "type": len(labels.type_names),
              "material": len(labels.material_names), "year": 1}
     splits = np.asarray(labels.split)
@@ -471,8 +476,8 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     rows = np.flatnonzero(np.asarray(labels.split) == split)
     features = FeatureStore(cache).load([str(labels.keys[i]) for i in rows])
     probs = run.predict(features)
-    targets = {"artist": labels.artist, "type": labels.types, "material": labels.materials, "year": labels.year}
-    result = {task: task_metrics(task, probs[task], np.asarray(targets[task])[rows]) for task in probs}
+    targets = _numpy_targets(labels)
+    result = {task: task_metrics(task, probs[task], targets[task][rows]) for task in probs}
     path = Path(run_dir) / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     metrics[split] = result
