@@ -192,12 +192,9 @@ def _score(metrics: dict, year_baseline: Optional[float]) -> Optional[float]:
     parts = []
     for task, values in metrics.items():
         value = values[_SCORE_METRIC[task]]
-        if value is None:
+        if value is None or (task == "year" and not year_baseline):  # no labelled row, or no year baseline
             continue
-        if task == "year":
-            value = 1.0 - value / year_baseline if year_baseline else None
-        if value is not None:
-            parts.append(value)
+        parts.append(1.0 - value / year_baseline if task == "year" else value)
     return float(np.mean(parts)) if parts else None
 
 
