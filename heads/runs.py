@@ -59,8 +59,6 @@ def load_run(run_dir, device: str = "cpu") -> Run:
         saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
         model = OmniArtHeads(saved["feature_dim"], saved["shared_size"], saved["task_sizes"], saved["dropout"])
         model.load_state_dict(saved["state_dict"])
-    except HeadsError:
-        raise
     except Exception as error:  # any damage (truncated JSON/pickle, wrong keys) is the same user problem
         raise HeadsError(f"run {run_dir} is damaged ({type(error).__name__}: {error}); rerun `omni-heads fit --out {run_dir}`.") from error
     try:
