@@ -246,8 +246,9 @@ class ModelTraining:
             if config.class_weights and "artist" in tasks else None
         # the optimizer keeps these Parameter objects: a stack may point their .data at its stacked tensors
         parameters = list(self.model.parameters()) + (list(self.log_vars.values()) if self.log_vars is not None else [])
-        fused = {"fused": True} if torch.device(device).type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **fused)
+        # fused: one kernel for all parameters; on CPU ~10x faster than the default per-tensor loops (8 -> 0.7 ms
+        # a step at H = 512, a seventh of a training step)
+        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
         self.steps_per_epoch = math.ceil(len(train_rows) / int(config.batch_size))
         total_steps = self.steps_per_epoch * config.epochs
         warmup = max(1, int(config.warmup * self.steps_per_epoch * config.epochs))
