@@ -51,12 +51,14 @@ class OmniArtHeads(nn.Module):
         was_training = self.training
         self.eval()
         parts = {task: [] for task in self.task_sizes}
-        for start in range(0, len(x), batch_size):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-                outputs = self(x[start:start + batch_size])
-            for task, value in outputs.items():
-                parts[task].append(value.float())
-        self.train(was_training)
+        try:
+            for start in range(0, len(x), batch_size):
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+                    outputs = self(x[start:start + batch_size])
+                for task, value in outputs.items():
+                    parts[task].append(value.float())
+        finally:  # an interrupted or failed pass must not leave a training model in eval mode
+            self.train(was_training)
         return {task: torch.cat(values) if values else torch.empty(0, device=x.device) for task, values in parts.items()}
 
     def predict(self, x: torch.Tensor, batch_size: int = 8192) -> dict:

@@ -116,13 +116,12 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     base = dict(config.fixed, cache=config.cache, metadata=config.metadata, format=config.format, progress=False)
     base["device"] = resolve_device(base.get("device"), shard.local_rank)
     fits = [FitConfig(**base, **combo) for combo in combos]
-    for fit_config in fits:
-        check_config(fit_config)
+    tasks = [check_config(fit_config) for fit_config in fits]  # every configuration checked before any trains
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_plan(out, config, len(combos), shard.count)
     mine = [index for index in range(len(combos)) if index % shard.count == shard.index]
-    rows = _train_all([(index, fits[index]) for index in mine], config.batched)
+    rows = _train_all([(index, fits[index], tasks[index]) for index in mine], config.batched)
     for row in rows:
         row.update({name: _cell(combos[row["config"]][name]) for name in config.grid})
     part = _sorted_table(rows, list(config.grid))
@@ -187,48 +186,47 @@ def _sorted_table(rows: list, grid_names: list):
                              kind="stable").reset_index(drop=True)
 
 
-def _train_all(indexed_fits: list, batched: bool) -> list:
-    """Result rows of (index, FitConfig) pairs; data loaded once per label setting, stacks per shape."""
-    from heads.train import check_config, load_training_data, train_model
+def _train_all(members: list, batched: bool) -> list:
+    """Result rows of (index, FitConfig, tasks) triples; data loaded once per label setting, stacks per shape."""
+    from heads.train import load_training_data, train_model
 
     rows = []
-    for members in _groups(indexed_fits, _data_key).values():
-        first = members[0][1]
-        tasks = check_config(first)
+    for group in _groups(members, _data_key).values():
+        _, first, tasks = group[0]
         _, _, _, data, device = load_training_data(first, tasks)
-        for stack in _groups(members, _stack_key).values():
+        for stack in _groups(group, _stack_key).values():
             if batched and len(stack) > 1:
                 started = time.perf_counter()
-                trained = train_stacked(data, tasks, [fit for _, fit in stack], device)
+                trained = train_stacked(data, tasks, [fit for _, fit, _ in stack], device)
                 seconds = [(time.perf_counter() - started) / len(stack)] * len(stack)  # the stack's time, shared
             else:
                 trained, seconds = [], []
-                for _, fit in stack:
+                for _, fit, _ in stack:
                     started = time.perf_counter()
                     trained.append(train_model(data, tasks, fit, device))
                     seconds.append(time.perf_counter() - started)
             rows.extend(_row(index, result, spent, len(stack) if batched else 1)
-                        for (index, _), result, spent in zip(stack, trained, seconds))
+                        for (index, _, _), result, spent in zip(stack, trained, seconds))
         del data  # before the next label setting's features are loaded
     return rows
 
 
 def _groups(members: list, key) -> dict:
+    """(index, fit, tasks) triples grouped by key(fit, tasks), in order."""
     groups = {}
     for member in members:
-        groups.setdefault(key(member[1]), []).append(member)
+        groups.setdefault(key(*member[1:]), []).append(member)
     return groups
 
 
-def _data_key(fit) -> str:
+def _data_key(fit, tasks) -> str:
     """Configurations with the same key train on the same labels and device tensors."""
-    from heads.train import check_config
-
-    return json.dumps([dataclasses.asdict(fit.label_config()), list(check_config(fit)), fit.flip, fit.device],
+    return json.dumps([dataclasses.asdict(fit.label_config()), list(tasks), fit.flip, fit.device],
                       default=str, sort_keys=True)
 
 
-def _stack_key(fit) -> str:
+def _stack_key(fit, tasks) -> str:
+    """Within one data group (same tasks), configurations with the same key train as one stacked model."""
     values = dataclasses.asdict(fit)
     return json.dumps({name: value for name, value in values.items() if name not in STACKABLE}, default=str, sort_keys=True)
 
