@@ -22,12 +22,13 @@ class ShardWriter:
     """Appends keyed feature rows to cache_dir as features-<worker_tag>-<seq>.h5 shards of shard_rows rows.
 
     Refuses attrs that disagree with shards already in cache_dir, and keys the cache already holds, so a
-    rerun can only append rows that keep the cache valid. Use as a context manager; close() publishes the
-    last, partial shard.
+    rerun can only append rows that keep the cache valid. `known_keys`: the cache's keys as the caller just
+    read them (cache.cached_keys), so a resuming run does not read every shard's keys twice; None reads them.
+    Use as a context manager; close() publishes the last, partial shard.
     """
 
     def __init__(self, cache_dir, worker_tag, attrs, feature_dim, dtype="float16", shard_rows=4096,
-                 with_flip=True):
+                 with_flip=True, known_keys=None):
         self.cache_dir = Path(cache_dir)
         self.worker_tag = str(worker_tag)
         if not WORKER_TAG.fullmatch(self.worker_tag):
@@ -47,7 +48,7 @@ class ShardWriter:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.cache_dir.glob(f".features-{self.worker_tag}-*.tmp"):
             stale.unlink(missing_ok=True)
-        self._seen = self._check_existing()
+        self._seen = self._check_existing(known_keys)
         self._seq = 1 + max((int(match["seq"]) for match in map(SHARD_NAME.match, os.listdir(self.cache_dir))
                              if match and match["tag"] == self.worker_tag), default=-1)
         self._keys = []
@@ -55,7 +56,8 @@ class ShardWriter:
         self._flip = np.empty_like(self._features) if self.with_flip else None
         self._closed = False
 
-    def _check_existing(self) -> set:
+    def _check_existing(self, known_keys) -> set:
+        """Refuse shards whose attrs differ from ours; the keys already in the cache."""
         keys = set()
         for path in list_shards(self.cache_dir):
             with open_shard(path) as shard:
@@ -66,8 +68,9 @@ class ShardWriter:
                         f"{describe(existing.get(name))} but these features have {name} "
                         f"{describe(self.attrs[name])}; use another --out directory, or options matching the "
                         "existing cache")
-                keys.update(read_keys(shard))
-        return keys
+                if known_keys is None:
+                    keys.update(read_keys(shard))
+        return keys if known_keys is None else set(known_keys)
 
     def add(self, keys, features, features_flip=None):
         """Buffer rows (numpy float arrays, one row per key); every full shard is published at once."""

@@ -36,9 +36,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
-    done = cached_keys(out)  # empty when out does not exist yet
-    if not config.retry_failed:
-        done |= set(read_failures(out))
+    cached = cached_keys(out)  # empty when out does not exist yet
+    done = cached if config.retry_failed else cached | set(read_failures(out))
     todo = [item for item in mine if item.key not in done]
     skipped = len(mine) - len(todo)
     if not todo:
@@ -65,7 +64,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     failures = FailureLog(out, shard.tag)
     extracted = failed = 0
     with ShardWriter(out, shard.tag, attrs, backbone.feature_dim, dtype=config.dtype, shard_rows=config.shard_size,
-                     with_flip=config.flip) as writer, \
+                     with_flip=config.flip, known_keys=cached) as writer, \
             tqdm(total=len(todo), unit="img", desc=f"extract {shard.tag} on {device}", disable=not config.progress,
                  smoothing=0.1, mininterval=1 if sys.stderr.isatty() else 60) as bar:  # logs: a line a minute
         try:

@@ -184,6 +184,18 @@ def test_writer_appends_with_next_sequence_and_refuses_known_keys(tmp_path):
     assert np.array_equal(store.load(keys[5:]), features[5:])
 
 
+def test_writer_takes_known_keys_instead_of_reading_them_again(tmp_path, monkeypatch):
+    keys, features = planted(6)
+    write_features(tmp_path, keys[:3], features[:3], ATTRS)
+    known = cached_keys(tmp_path)
+    monkeypatch.setattr("cache.writer.read_keys", lambda shard: pytest.fail("the writer read the keys again"))
+    with ShardWriter(tmp_path, "w1", ATTRS, DIM, with_flip=False, known_keys=known) as writer:
+        with pytest.raises(CacheError, match=r"new to the cache .*'sub/00001_SK-A-1\.jpg'"):
+            writer.add(keys[1:4], features[1:4])
+        writer.add(keys[3:], features[3:])
+    assert sorted(FeatureStore(tmp_path).keys) == keys
+
+
 def test_writer_refuses_incompatible_attrs_naming_shard_and_attribute(tmp_path):
     keys, features = planted(3)
     write_features(tmp_path, keys, features, ATTRS)
