@@ -254,7 +254,7 @@ def _memory(child: dict, feature_bytes: int) -> dict:
     peak = child["cuda_peak"] if child["cuda_peak"] is not None else child["rss_peak_above_baseline"]
     return {"feature_matrix_bytes": feature_bytes, "peak_bytes": peak,
             "measure": "cuda max_memory_allocated" if child["cuda_peak"] is not None
-            else "peak RSS of the fit process above its RSS after imports (float16 cache loaded as float32 on CPU)",
+            else "peak RSS of the fit process above its RSS after imports (a float16 cache stays float16 in memory)",
             "ratio": round(peak / feature_bytes, 3), "ratio_goal_at_most": 2.0}
 
 

@@ -3,7 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OmniArtHeads"]
+__all__ = ["OmniArtHeads", "EVAL_BATCH_SIZE"]
+
+# Rows per inference pass: the pass holds two (rows, H) float32 activations, 96 MiB at the paper's H = 6144.
+EVAL_BATCH_SIZE = 2048
 
 
 class OmniArtHeads(nn.Module):
@@ -46,7 +49,7 @@ class OmniArtHeads(nn.Module):
                 "task_sizes": dict(self.task_sizes), "dropout": self.dropout}
 
     @torch.no_grad()
-    def forward_batched(self, x: torch.Tensor, batch_size: int = 8192) -> dict:
+    def forward_batched(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> dict:
         """forward() over `x` in eval mode and large batches (bf16 autocast on GPU); float32 outputs."""
         was_training = self.training
         self.eval()
@@ -61,7 +64,7 @@ class OmniArtHeads(nn.Module):
             self.train(was_training)
         return {task: torch.cat(values) if values else torch.empty(0, device=x.device) for task, values in parts.items()}
 
-    def predict(self, x: torch.Tensor, batch_size: int = 8192) -> dict:
+    def predict(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> dict:
         """Task -> numpy array: artist softmax (N,A), type/material sigmoid (N,K), year in years (N,)."""
         return {task: probabilities(task, value).cpu().numpy() for task, value in self.forward_batched(x, batch_size).items()}
 

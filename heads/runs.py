@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from heads import HeadsError
-from heads.model import OmniArtHeads
+from heads.model import EVAL_BATCH_SIZE, OmniArtHeads
 
 __all__ = ["Run", "load_run", "RUN_FILES"]
 
@@ -30,7 +30,7 @@ class Run:
     def tasks(self) -> tuple:
         return tuple(self.model.task_sizes)
 
-    def predict(self, features: np.ndarray, batch_size: int = 8192) -> dict:
+    def predict(self, features: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> dict:
         """features (N, D) -> artist probs (N,A), type/material probs (N,K)/(N,M), year (N,) in years."""
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != self.model.feature_dim:

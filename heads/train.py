@@ -15,7 +15,7 @@ import torch
 from heads import HeadsError
 from heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights, task_losses
 from heads.metrics import METRIC_NAMES, markdown_table, task_metrics
-from heads.model import OmniArtHeads, probabilities
+from heads.model import EVAL_BATCH_SIZE, OmniArtHeads, probabilities
 
 __all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "comparison_table", "TASKS"]
 # Also used inside the package (heads.sweep), so not underscored, but no part of the API above:
@@ -52,7 +52,7 @@ class FitConfig:
     label_options: dict = field(default_factory=dict)  # any other LabelConfig field (csv columns, separator...)
     seed: int = 0
     device: Optional[str] = None  # None/auto: the GPU when present, else CPU with a warning
-    eval_batch_size: int = 8192
+    eval_batch_size: int = EVAL_BATCH_SIZE
     single_task_baselines: bool = False
     progress: bool = True
 
@@ -396,7 +396,9 @@ def load_training_data(config: FitConfig, tasks: tuple) -> tuple:
         raise HeadsError(f"no cache key matched a metadata record ({config.cache} vs {config.metadata}); check --format "
                          "and the key/file-name rules of the label format.")
     keys = [str(key) for key in labels.keys]
-    dtype = np.float16 if torch.device(device).type == "cuda" else np.float32  # GPU: half the memory, autocast reads it
+    # float16 in memory when the cache stores float16 (half the bytes, nothing lost) or on a GPU (autocast reads
+    # it); the model casts each batch to its own dtype.
+    dtype = np.float16 if torch.device(device).type == "cuda" or store.attrs["dtype"] == "float16" else np.float32
     features = store.load(keys, dtype=dtype)
     flipped = store.load(keys, flip=True, dtype=dtype) if store.has_flip and config.flip else None
     return store, labels, report, _device_data(labels, features, flipped, tasks, device), device

@@ -279,6 +279,24 @@ def test_seed_makes_fits_repeatable_and_flip_features_are_used(tmp_path):
     assert losses[0] != losses[2] and losses[0] != losses[3]
 
 
+def test_float16_cache_stays_float16_in_memory_and_trains_like_float32(tmp_path):
+    from heads.train import load_training_data
+
+    data = planted(n=300, seed=4)
+    data["x"] = data["x"].astype(np.float16).astype(np.float32)  # values a float16 cache holds exactly
+    wide, metadata = write_planted(tmp_path, data)
+    half = tmp_path / "cache16"
+    write_features(half, data["keys"], data["x"], {"backbone": "planted", "weights": "random", "preprocessing": {}},
+                   dtype="float16")
+    base = dict(metadata=str(metadata), format="csv", shared_size=32, epochs=3, batch_size=32, min_artist_samples=1,
+                min_class_samples=1, device="cpu", progress=False)
+    held = {cache: load_training_data(FitConfig(cache=str(cache), **base), ("artist",))[3].x.dtype for cache in (wide, half)}
+    assert held == {wide: torch.float32, half: torch.float16}  # half the memory, nothing lost
+    results = [fit(FitConfig(cache=str(cache), out=str(tmp_path / cache.name / "run"), **base)) for cache in (wide, half)]
+    assert [row["train_loss"] for row in results[0].history] == [row["train_loss"] for row in results[1].history]
+    assert results[0].metrics["test"] == results[1].metrics["test"]
+
+
 def test_uncertainty_weighting_and_task_subset(tmp_path):
     data = planted(n=400, seed=4)
     cache, metadata = write_planted(tmp_path, data)
