@@ -54,13 +54,16 @@ _STOP_WORDS = {
 
 _WORD = re.compile(r"[^\W\d_]+")
 _SPACE = re.compile(r"\s+")
+# Control characters other than whitespace, e.g. the SUB (\x1a) that Rijks'14's names hold where a letter was
+# lost in an encoding: shown as U+FFFD, which fonts draw (matplotlib warns about \x1a and draws nothing).
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 
 
 def _clean(text):
-    """Lower-cased, NFC-normalised, single-spaced text; None and NaN become ''."""
+    """Lower-cased, NFC-normalised, single-spaced text, control characters as U+FFFD; None and NaN become ''."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return ""
-    text = unicodedata.normalize("NFC", str(text))
+    text = _CONTROL.sub("\ufffd", unicodedata.normalize("NFC", str(text)))
     return _SPACE.sub(" ", text).strip().lower()
 
 

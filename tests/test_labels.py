@@ -67,7 +67,7 @@ def test_medium_words_dutch_and_type_phrases():
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("  Rembrandt   van Rijn ", "rembrandt van rijn"),
+    ("  Rembrandt   van Rijn ", "rembrandt van rijn"), ("Jan Fr\x1aderik", "jan fr\ufffdderik"),
     ("anoniem", None), ("Unknown", None), ("onbekend", None), ("Unidentified artist", None),
     ("Anonymous", None), ("Anonymous artist", None), ("Anonymous, French, 18th century", None),
     ("", None), (None, None), (float("nan"), None),
