@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
                         help="artist filter (default: 100 at Rijks'14 size, scaled down with --rows)")
     parser.add_argument("--sweep-configs", type=int, default=16, help="configurations of the sweep comparison (0: skip)")
     parser.add_argument("--skip-single-task", action="store_true", help="skip the four single-task fits")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the speed fits; each fit's fastest counts")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the speed fits; each fit's fastest counts")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--workdir", default=None, help="where the generated cache goes (default: a temp dir)")
     args = parser.parse_args(argv)
