@@ -50,7 +50,8 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
         if block_keys[0] != all_keys[offset]:  # rows are located by position: the order must be store.keys'
             raise HeadsError(f"the cache changed while it was read (row {offset} is {block_keys[0]!r}, "
                             f"expected {all_keys[offset]!r}); run again once writers have finished.")
-        # cosine = (q . b) / |b| for unit queries: dividing the scores is cheaper than normalising the block
+        # cosine = (q . b) / |b| for unit queries (an all-zero row scores 0): dividing the scores is cheaper than
+        # normalising the block
         inverse_norms = 1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-12)
         for start in range(0, len(queries), _QUERY_CHUNK):
             chunk = slice(start, start + _QUERY_CHUNK)
@@ -80,7 +81,7 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
 def _normalized(matrix: np.ndarray) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)  # an all-zero row scores 0 against everything (also in blocks)
+    return matrix / np.maximum(norms, 1e-12)  # an all-zero query scores 0 against everything
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
