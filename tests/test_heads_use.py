@@ -92,8 +92,11 @@ def test_neighbors_include_self_flip_and_small_cache(neighbor_cache, tmp_path):
     assert with_self[0][0] == keys[5] and with_self[0][1] == pytest.approx(1.0, abs=1e-5)
     assert [key for key, _ in nearest_neighbors(store, keys[17], k=4, flip=True)] == \
         [key for key, _ in nearest_neighbors(store, keys[17], k=4)]  # flips are -x: same cosine ranking
-    write_features(tmp_path / "tiny", ["a", "b", "c"], np.eye(3, 4), ATTRS)
-    assert len(nearest_neighbors(FeatureStore(tmp_path / "tiny"), "a", k=10)) == 2  # k larger than the cache
+    write_features(tmp_path / "tiny", ["a", "b", "c", "zero"], np.vstack([np.eye(3, 4), np.zeros((1, 4))]), ATTRS)
+    tiny = FeatureStore(tmp_path / "tiny")
+    hits = nearest_neighbors(tiny, "a", k=10)  # k larger than the cache
+    assert len(hits) == 3 and dict(hits)["zero"] == 0.0  # an all-zero row scores 0, not nan
+    assert [score for _, score in nearest_neighbors(tiny, "zero", k=10)] == [0.0, 0.0, 0.0]
 
 
 def test_neighbors_cli(neighbor_cache):
