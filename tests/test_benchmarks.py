@@ -1,0 +1,40 @@
+"""The benchmark scripts run end to end at a tiny size and print their JSON figures (smoke only: nothing timed).
+
+A GPU session has minutes to run them; a script that broke since it was last run would waste them.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_bench(script: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_bench_cache_reports_load_ratio():
+    report = run_bench("bench_cache.py", "--rows", "2000", "--dim", "32", "--repeats", "1")
+    assert report["rows"] == 2000 and report["dim"] == 32 and report["ratio"] > 0 and report["goal_ratio"] == 0.5
+
+
+def test_bench_extract_reports_end_to_end_vs_bare_forward():
+    report = run_bench("bench_extract.py", "--backbone", "tiny", "--images", "8", "--batch-size", "4", "--device", "cpu",
+                       "--workers", "0", "--forward-batches", "1")
+    assert report["images"] == 8 and report["end_to_end_images_per_s"] > 0 and report["bare_forward_images_per_s"] > 0
+    assert 0 <= report["ratio"] <= 2 and "cpu_ratio" in report
+
+
+def test_bench_heads_reports_every_cpu_figure(tmp_path):
+    report = run_bench("bench_heads.py", "--rows", "1500", "--dim", "32", "--shared-size", "16", "--epochs", "1",
+                       "--sweep-configs", "0", "--rounds", "1", "--device", "cpu", "--workdir", str(tmp_path))
+    single = report["single_vs_multi"]
+    assert set(single["single_task_train_seconds"]) == {"artist", "type", "material", "year"}
+    assert single["speedup"] > 0 and len(single["every_round_train_seconds"]) == 5
+    assert report["multi_task"]["flops_ratio"] > 0 and report["multi_task"]["epochs"] == 1
+    assert report["memory"]["peak_bytes"] > 0 and report["neighbors"]["found"] == 10
+    assert "sweep" not in report and "gpu_20_epochs_h6144" not in report
+    assert list(tmp_path.iterdir()) == []  # the generated cache and runs are removed
