@@ -1,9 +1,9 @@
 """`run_extract`: list -> skip what the cache has -> decode (workers) -> encode (device) -> write shards + failures."""
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from extract.config import ExtractConfig, ExtractError
 
@@ -20,6 +20,7 @@ class ExtractSummary:
     cache_dir: str
     seconds: float
     failures_log: Optional[str] = None  # this worker's failures-*.csv when anything failed in this run
+    images: List = field(default_factory=list, repr=False)  # every (key, path) listed, so callers need not list again
 
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
@@ -32,7 +33,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     start = time.perf_counter()
     preprocessing = backbone_spec(config.backbone).preprocessing  # unknown names fail before any work
     shard = resolve_shard(config.num_shards, config.shard_index)
-    mine = select_shard(list_images(config.images, config.path_column, config.key_column), shard.index, shard.count)
+    listed = list_images(config.images, config.path_column, config.key_column)
+    mine = select_shard(listed, shard.index, shard.count)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
@@ -41,7 +43,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     todo = [item for item in mine if item.key not in done]
     skipped = len(mine) - len(todo)
     if not todo:
-        return ExtractSummary(0, 0, skipped, str(out), time.perf_counter() - start)
+        return ExtractSummary(0, 0, skipped, str(out), time.perf_counter() - start, images=listed)
 
     import torch
     from tqdm import tqdm
@@ -84,4 +86,4 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
                                    ) from error
             raise
     return ExtractSummary(extracted, failed, skipped, str(out), time.perf_counter() - start,
-                          str(failures.path) if failed else None)
+                          str(failures.path) if failed else None, listed)

@@ -94,7 +94,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
 
     started = time.perf_counter()
     run = load_run(fitted.run_dir)
-    gallery = _predict_gallery(run, FeatureStore(config.extract.out), config)
+    gallery = _predict_gallery(run, FeatureStore(config.extract.out), config, dict(extracted.images))
     timings["predict"] = time.perf_counter() - started
 
     summary = RunSummary(report=Path(config.out) / "report.md", extracted=extracted.extracted,
@@ -125,9 +125,9 @@ def _check_inputs(config: RunConfig) -> None:
                         f"(Met JSON/CSV, Rijks'14 rijksgt.mat or a CSV table) with --metadata.")
 
 
-def _predict_gallery(run, store, config: RunConfig) -> List[dict]:
-    """`gallery` paintings of the report's split, those with an artist label first: path, true and predicted labels."""
-    from extract.reader import list_images
+def _predict_gallery(run, store, config: RunConfig, paths: dict) -> List[dict]:
+    """`gallery` paintings of the report's split, those with an artist label first: path (from `paths`, key ->
+    image path), true and predicted labels."""
     from heads.predict import predictions_table
 
     labels = run.labels
@@ -137,7 +137,6 @@ def _predict_gallery(run, store, config: RunConfig) -> List[dict]:
         return []
     keys = [str(labels.keys[i]) for i in rows]
     predicted = predictions_table(run, keys, store.load(keys), top_k=1)
-    paths = dict(list_images(config.extract.images, config.extract.path_column, config.extract.key_column))
     type_display = dict(zip(labels.type_names, labels.type_display))
     material_display = dict(zip(labels.material_names, labels.material_display))
     gallery = []

@@ -3,6 +3,7 @@ import json
 from collections import Counter
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,7 @@ def test_rerun_skips_extraction_and_rewrites_the_report(collection, first_run):
     assert (summary.extracted, summary.skipped) == (0, 18)
     assert "| extract |" in summary.report.read_text() and "0 extracted, 0 failed, 18 skipped" in str(summary)
     assert len(list((out / "gallery").glob("*.jpg"))) >= 2
+    assert all(Path(entry["path"]).is_file() for entry in summary.gallery)  # paths known without an extraction
 
 
 def test_rerun_with_another_backbone_is_refused(collection, first_run):
