@@ -25,7 +25,7 @@ class ExtractSummary:
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
     """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file."""
-    from cache import FailureLog, ShardWriter, cached_keys, read_failures
+    from cache import FailureLog, FeatureStore, ShardWriter, cached_keys, read_failures
     from extract.backbones import backbone_spec, build_backbone
     from extract.environment import resolve_device, resolve_shard
     from extract.reader import list_images, make_loader, select_shard
@@ -39,6 +39,11 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
     cached = cached_keys(out)  # empty when out does not exist yet
+    # Cached keys are skipped whatever made them: with another backbone, a rerun would keep the old features.
+    stored = FeatureStore(out).attrs.get("backbone") if cached else None
+    if stored not in (None, config.backbone):
+        raise ExtractError(f"{out} already holds {stored} features but this run asks for backbone {config.backbone}: "
+                           f"pass --backbone {stored} to reuse them, or another --out.")
     done = cached if config.retry_failed else cached | set(read_failures(out))
     todo = [item for item in mine if item.key not in done]
     skipped = len(mine) - len(todo)

@@ -107,19 +107,14 @@ def run_pipeline(config: RunConfig) -> RunSummary:
 
 
 def _check_inputs(config: RunConfig) -> None:
-    """Fail before the long extraction: the fit must read the features this run extracts (and its metadata)."""
-    from cache import FeatureStore
-    from cache.format import list_shards
+    """Fail before the long extraction: the fit must read the features this run extracts (and its metadata).
 
+    (A cache made with another backbone is refused by run_extract itself, before it extracts anything.)
+    """
     cache = Path(config.extract.out)
     if Path(config.fit.cache) != cache:
         raise OmniError(f"fit.cache {config.fit.cache!r} differs from extract.out {str(cache)!r}: the fit "
                         f"must read the cache the run extracts; build the config with RunConfig.create().")
-    # Extraction skips cached keys whatever made them, so a changed backbone would silently reuse old features.
-    cached = FeatureStore(cache).attrs.get("backbone") if list_shards(cache) else None
-    if cached not in (None, config.extract.backbone):
-        raise OmniError(f"{cache} already holds {cached} features but this run asks for backbone "
-                        f"{config.extract.backbone}: pass --backbone {cached} to reuse them, or another --out.")
     if not Path(config.fit.metadata).is_file():
         raise OmniError(f"metadata file {config.fit.metadata!r} does not exist: pass the collection's metadata "
                         f"(Met JSON/CSV, Rijks'14 rijksgt.mat or a CSV table) with --metadata.")

@@ -231,6 +231,15 @@ def test_rerun_after_kill_9_completes_with_one_row_per_image(tmp_path, monkeypat
     assert (again.extracted, again.failed, again.skipped) == (0, 0, len(names) + 1)
 
 
+def test_rerun_with_another_backbone_is_refused_even_when_every_image_is_cached(tmp_path):
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    run_extract(tiny_config(images, tmp_path / "cache"))
+    with pytest.raises(ExtractError, match=r"already holds tiny features but this run asks for backbone "
+                                           r"efficientnet_lite0: pass --backbone tiny"):
+        run_extract(tiny_config(images, tmp_path / "cache", backbone="efficientnet_lite0"))
+    assert run_extract(tiny_config(images, tmp_path / "cache")).skipped == 2
+
+
 def test_new_images_are_appended_and_failures_retried(tmp_path):
     images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
     (images / "c.jpg").write_bytes(b"")
