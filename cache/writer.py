@@ -58,7 +58,7 @@ class ShardWriter:
 
     def _check_existing(self, known_keys) -> set:
         """Refuse shards whose attrs differ from ours; the keys already in the cache."""
-        keys = set()
+        keys = set() if known_keys is None else set(known_keys)
         for path in list_shards(self.cache_dir):
             with open_shard(path) as shard:
                 existing = shard_header(shard, path).attrs
@@ -70,7 +70,7 @@ class ShardWriter:
                         "existing cache")
                 if known_keys is None:
                     keys.update(read_keys(shard))
-        return keys if known_keys is None else set(known_keys)
+        return keys
 
     def add(self, keys, features, features_flip=None):
         """Buffer rows (numpy float arrays, one row per key); every full shard is published at once."""
