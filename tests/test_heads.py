@@ -1,6 +1,7 @@
 """Phase two heads: loss/mask math, metrics vs sklearn, planted-signal recovery, run directory, CLI, real features."""
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -317,6 +318,35 @@ def test_uncertainty_weighting_learns_a_log_variance_for_every_task(tmp_path):
     log_vars = result.metrics["log_vars"]
     assert set(log_vars) == {"artist", "type", "material", "year"}
     assert all(value != 0.0 for value in log_vars.values())  # learned, not left at their initial 0
+
+
+def test_fit_options_early_stopping_keeps_best_epoch_with_warmup_cosine_lr(tmp_path):
+    data = planted(n=400, seed=6)
+    cache, metadata = write_planted(tmp_path, data)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv", "--out",
+                                       str(run), "--epochs", "60", "--patience", "2", "--dropout", "0.3",
+                                       "--weight-decay", "0.05", "--class-weights", *FAST])
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/60  loss " in result.output and "val score" in result.output  # a progress line per epoch
+    config = json.loads((run / "config.json").read_text())["fit"]
+    assert (config["dropout"], config["weight_decay"], config["class_weights"], config["patience"]) == (0.3, 0.05, True, 2)
+    assert load_run(run).model.trunk[2].p == 0.3
+    metrics = json.loads((run / "metrics.json").read_text())
+    best, ran = metrics["best_epoch"], metrics["epochs"]
+    assert ran < 60 and ran == best + 2  # stopped after 2 epochs without a better validation score
+    with open(run / "history.csv") as handle:
+        history = [{name: float(value) for name, value in row.items() if value} for row in csv.DictReader(handle)]
+    assert max(row["val_score"] for row in history) == history[best - 1]["val_score"]
+    for task, values in metrics["val"].items():  # the saved model is the best epoch's, not the last
+        for name, value in values.items():
+            assert value == pytest.approx(history[best - 1][f"val_{task}_{name}"], abs=1e-9), (task, name)
+    # linear warm-up over 5% of the 60 x 5 steps, then cosine decay, stepped once per batch
+    steps, total, warmup = 5, 300, 15
+    for row in history:
+        done = int(row["epoch"]) * steps
+        factor = (done + 1) / warmup if done < warmup else 0.5 * (1 + math.cos(math.pi * (done - warmup) / (total - warmup)))
+        assert row["lr"] == pytest.approx(1e-2 * factor, rel=1e-9)
 
 
 def test_single_task_baselines_reported_side_by_side(tmp_path):
