@@ -4,6 +4,7 @@ import click
 from cache.errors import cli_errors
 from heads.use_cli import embed, neighbors, predict, sweep
 from pipeline.cli import labels
+from pipeline.sources import FORMATS
 from pipeline.run_cli import run
 
 # Options left out keep FitConfig's default (heads/train.py owns them; the help repeats them).
@@ -19,7 +20,7 @@ def main():
 @main.command()
 @click.argument("cache", type=click.Path(file_okay=False))
 @click.option("--metadata", required=True, type=click.Path(dir_okay=False), help="Collection metadata (rijksgt.mat, Met CSV, or a CSV).")
-@click.option("--format", "label_format", default="rijks14", show_default=True, type=click.Choice(["rijks14", "met", "csv"]),
+@click.option("--format", "label_format", default="rijks14", show_default=True, type=click.Choice(FORMATS),
               help="Metadata format (how records join cache keys).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--tasks", help="Comma-separated subset of artist,type,material,year [default: all four].")
