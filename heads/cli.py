@@ -8,8 +8,8 @@ from pipeline.sources import FORMATS
 from pipeline.run_cli import run
 
 # Options left out keep FitConfig's default (heads/train.py owns them; the help repeats them).
-_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "weight_decay", "dropout", "year_scale",
-                "task_weights", "patience", "min_artist_samples", "min_class_samples", "seed", "device")
+_FIT_OPTIONS = ("tasks", "shared_size", "linear_path", "epochs", "batch_size", "lr", "weight_decay", "dropout",
+                "year_scale", "task_weights", "patience", "min_artist_samples", "min_class_samples", "seed", "device")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,16 +24,25 @@ def main():
               help="Metadata format (how records join cache keys).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--tasks", help="Comma-separated subset of artist,type,material,year [default: all four].")
-@click.option("--shared-size", type=click.IntRange(min=1), help="Shared ReLU layer width [default: 6144].")
+@click.option("--shared-size", type=click.IntRange(min=0),
+              help="Shared ReLU layer width; 0: linear heads on the features (a linear probe) [default: 6144].")
+@click.option("--linear-path/--no-linear-path", default=None,
+              help="Heads also read the standardised features beside the shared layer; --no-linear-path: the "
+                   "paper's network exactly [default: on].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs [default: 20].")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Training mini-batch size [default: 1024].")
-@click.option("--lr", type=float, help="Peak AdamW learning rate (warm-up, then cosine decay) [default: 3e-3].")
-@click.option("--weight-decay", type=float, help="AdamW weight decay [default: 1e-4].")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Training mini-batch size [default: the power of two giving ~128 steps an epoch, 16 to 1024].")
+@click.option("--lr", type=float, help="Peak Adam learning rate (warm-up, then cosine decay) [default: 1e-3].")
+@click.option("--weight-decay", type=float,
+              help="L2 coefficient of the weight matrices on the mean loss [default: 16 / training rows].")
 @click.option("--dropout", type=float, help="Dropout after the shared layer [default: 0].")
-@click.option("--year-scale", type=float, help="Scale s of the year MAE in the combined loss [default: 0.1].")
-@click.option("--task-weights", help="auto (from validation loss ratios), uncertainty, equal, or artist=1,type=0.5,... [default: auto].")
+@click.option("--year-scale", type=float,
+              help="s_year on the year MAE in years (the paper: 0.1) [default: 1 / MAE of the training median].")
+@click.option("--task-weights",
+              help="equal, auto (from validation loss ratios), uncertainty, or artist=1,type=0.5,... [default: equal].")
 @click.option("--class-weights/--no-class-weights", default=False, help="Inverse-frequency artist class weights.")
-@click.option("--patience", type=click.IntRange(min=1), help="Early stopping: epochs without a better validation score [default: 5].")
+@click.option("--patience", type=click.IntRange(min=1), help="Early stopping: epochs without a better validation score; the best epoch is kept "
+                   "[default: none: every epoch runs, the last is kept].")
 @click.option("--flip/--no-flip", default=True, help="Use the cache's flipped features as random augmentation.")
 @click.option("--min-artist-samples", type=click.IntRange(min=1), help="Keep artists with at least this many samples (labels default).")
 @click.option("--min-class-samples", type=click.IntRange(min=1), help="Keep types/materials with at least this many samples (labels default).")

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 __all__ = ["combined_loss", "task_losses", "auto_task_weights", "inverse_frequency_weights"]
 
-
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor, sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean of `values` over masked rows; exactly 0 (value and gradient) when no row is labelled."""
     weights = mask.to(values.dtype) if sample_weights is None else mask.to(values.dtype) * sample_weights
@@ -18,8 +17,9 @@ def task_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch
     """Unweighted, unscaled per-task losses L_i over the labelled rows of the batch.
 
     artist: softmax cross-entropy (targets int64, -1 = none; `class_weights` (A,) weights each row by its
-    class, normalised like torch's weighted mean); type/material: sigmoid BCE averaged over classes
-    (targets multi-hot); year: mean absolute error in years (targets float, nan = none).
+    class, normalised like torch's weighted mean); type/material: sigmoid BCE summed over the classes (the
+    negative log-likelihood of the sample's label set; targets multi-hot); year: mean absolute error in
+    years (targets float, nan = none).
     """
     losses = {}
     for task, output in outputs.items():
@@ -34,26 +34,27 @@ def task_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch
             target = torch.where(mask, targets[task], output.detach().float())
             losses[task] = _masked_mean((output.float() - target).abs(), mask)
         else:
-            per_row = F.binary_cross_entropy_with_logits(output.float(), targets[task].float(), reduction="none").mean(1)
+            per_row = F.binary_cross_entropy_with_logits(output.float(), targets[task].float(), reduction="none").sum(1)
             losses[task] = _masked_mean(per_row, mask)
     return losses
 
 
 def combined_loss(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
                   masks: Mapping[str, torch.Tensor], weights: Optional[Mapping[str, float]] = None,
-                  year_scale: float = 0.1, log_vars: Optional[Mapping[str, torch.Tensor]] = None,
+                  scales: Optional[Mapping[str, float]] = None, log_vars: Optional[Mapping[str, torch.Tensor]] = None,
                   class_weights: Optional[torch.Tensor] = None):
     """(total, per_task) with total = sum_i w_i s_i L_i over the tasks in `outputs`.
 
-    s_i is `year_scale` for the year and 1 otherwise (the paper's regression scale-down); w_i comes from
-    `weights` (default 1). With `log_vars` (task -> learned scalar log-variance, Kendall et al. 2018) each
-    term becomes exp(-log_var_i) w_i s_i L_i + log_var_i. A task with no labelled row in the batch adds
-    exactly zero to the total and to every gradient. `per_task` holds the unweighted L_i.
+    s_i comes from `scales` and w_i from `weights` (each default 1). With `log_vars` (task -> learned scalar
+    log-variance, Kendall et al. 2018) each term becomes exp(-log_var_i) w_i s_i L_i + log_var_i. A task with
+    no labelled row in the batch adds exactly zero to the total and to every gradient. `per_task` holds the
+    unweighted L_i.
     """
     per_task = task_losses(outputs, targets, masks, class_weights)
     total = None
     for task, loss in per_task.items():
-        term = (1.0 if weights is None else float(weights.get(task, 1.0))) * (year_scale if task == "year" else 1.0) * loss
+        term = (1.0 if weights is None else float(weights.get(task, 1.0))) * \
+            (1.0 if scales is None else float(scales.get(task, 1.0))) * loss
         if log_vars is not None:
             present = masks[task].any().to(loss.dtype)  # keep absent tasks at exactly zero
             term = present * (torch.exp(-log_vars[task]) * term + log_vars[task])
@@ -61,7 +62,8 @@ def combined_loss(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, tor
     return total, per_task
 
 
-def auto_task_weights(val_losses: Mapping[str, float], year_scale: float = 0.1, max_ratio: float = 10.0) -> dict:
+def auto_task_weights(val_losses: Mapping[str, float], scales: Optional[Mapping[str, float]] = None,
+                      max_ratio: float = 10.0) -> dict:
     """The `auto` rule: w_i = n * (1/l_i) / sum_j (1/l_j), l_i = max(s_i L_i^val, max_j(s_j L_j^val) / max_ratio).
 
     With the floor every task contributes equally to the validation total (the paper sets w_i "using their
@@ -69,7 +71,8 @@ def auto_task_weights(val_losses: Mapping[str, float], year_scale: float = 0.1, 
     another, so a nearly solved task (validation loss near 0) cannot take all the weight. The weights sum to
     the number of tasks n. Training applies the rule after every epoch; the first epoch runs with w_i = 1.
     """
-    scaled = {task: (year_scale if task == "year" else 1.0) * float(loss) for task, loss in val_losses.items()}
+    scaled = {task: (1.0 if scales is None else float(scales.get(task, 1.0))) * float(loss)
+              for task, loss in val_losses.items()}
     floor = max(max(scaled.values()) / max_ratio, 1e-12)
     inverse = {task: 1.0 / max(value, floor) for task, value in scaled.items()}
     total = sum(inverse.values())

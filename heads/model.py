@@ -1,54 +1,103 @@
-"""The OmniArt network on cached features: one shared ReLU layer and one linear head per task."""
+"""The OmniArt network on cached features: one shared ReLU layer (or none) and one linear head per task."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OmniArtHeads", "EVAL_BATCH_SIZE"]
+__all__ = ["OmniArtHeads", "EVAL_BATCH_SIZE", "MODEL_VERSION"]
 
 # Rows per inference pass: the pass holds one (rows, H) float32 activation, 48 MiB at the paper's H = 6144.
 EVAL_BATCH_SIZE = 2048
+# 2: inputs standardised inside the model (input_mean/input_std buffers), shared_size 0 allowed. Version-1
+# models (no such buffers) load with the identity standardisation, which is what they computed.
+MODEL_VERSION = 2
 
 
 class OmniArtHeads(nn.Module):
-    """Shared Linear(D->H)+ReLU(+dropout), then artist/type/material logits and a year in years.
+    """Standardise, shared Linear(D->H)+ReLU(+dropout), then artist/type/material logits and a year in years.
 
-    `task_sizes` maps task name to output width (artist: A, type: K, material: M, year: 1). The year head
-    predicts a standardised value that `year_mean`/`year_std` (buffers, set from the training labels)
-    turn back into years, so the head starts near the data instead of having to learn a bias of ~1700.
+    `task_sizes` maps task name to output width (artist: A, type: K, material: M, year: 1). The inputs are
+    standardised with `input_mean`/`input_std` (buffers set from the training split), so predict, embed and
+    evaluate apply exactly what training learnt. `shared_size` 0 leaves out the shared layer: linear heads on
+    the standardised features (the linear-probe baseline). The year head predicts a standardised value
+    (`standardised_year`) that `year_mean`/`year_std` (buffers, from the training labels) turn into years.
     """
 
-    def __init__(self, feature_dim: int, shared_size: int, task_sizes: dict, dropout: float = 0.0):
+    def __init__(self, feature_dim: int, shared_size: int, task_sizes: dict, dropout: float = 0.0,
+                 linear_path: bool = False):
         super().__init__()
         self.feature_dim, self.shared_size, self.dropout = int(feature_dim), int(shared_size), float(dropout)
+        self.linear_path = bool(linear_path) and self.shared_size > 0
         self.task_sizes = {task: int(size) for task, size in task_sizes.items()}
         # inplace ReLU: one (N, H) activation less, in training and inference (Linear's backward needs no output)
-        self.trunk = nn.Sequential(nn.Linear(self.feature_dim, self.shared_size), nn.ReLU(inplace=True),
-                                   nn.Dropout(self.dropout))
+        layers = [nn.Linear(self.feature_dim, self.shared_size), nn.ReLU(inplace=True)] if self.shared_size else []
+        self.trunk = nn.Sequential(*layers, nn.Dropout(self.dropout))
+        width = self.shared_size or self.feature_dim
         # ModuleDict keys may not shadow Module attributes ("type" does), hence the suffix.
-        self.heads = nn.ModuleDict({f"{task}_head": nn.Linear(self.shared_size, size) for task, size in self.task_sizes.items()})
+        self.heads = nn.ModuleDict({f"{task}_head": nn.Linear(width, size) for task, size in self.task_sizes.items()})
+        # the heads' linear path from the standardised features, beside the shared layer (one matmul for all heads)
+        self.direct = nn.Linear(self.feature_dim, sum(self.task_sizes.values()), bias=False) if self.linear_path else None
+        if self.direct is not None:
+            nn.init.zeros_(self.direct.weight)
+        self.register_buffer("input_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("input_std", torch.ones(self.feature_dim))
         self.register_buffer("year_mean", torch.zeros(()))
         self.register_buffer("year_std", torch.ones(()))
 
-    def shared(self, x: torch.Tensor) -> torch.Tensor:
-        """The shared representation (paper 3.3): a compact feature for other analysis."""
-        return self.trunk(x)
+    @property
+    def representation_size(self) -> int:
+        """Width of `shared()`: H, or D for linear heads."""
+        return self.shared_size or self.feature_dim
 
-    def forward(self, x: torch.Tensor) -> dict:
-        """Task name -> logits (artist (N,A), type (N,K), material (N,M)) or year in years (N,)."""
-        hidden = self.shared(x.to(self.trunk[0].weight.dtype))
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw features in the training split's standard units."""
+        return (x.to(self.input_mean.dtype) - self.input_mean) / self.input_std
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared representation (paper 3.3) of raw features: a compact feature for other analysis."""
+        return self.trunk(self.standardise(x))
+
+    def standardised_outputs(self, x: torch.Tensor) -> dict:
+        """Task name -> logits (artist (N,A), type (N,K), material (N,M)) or the standardised year (N,)."""
+        x = self.standardise(x)
+        hidden = self.trunk(x)
         # The heads as one matmul over their concatenated weights: separate heads each produce and backpropagate
         # their own (N, H) gradient of `hidden`, 10% of a multi-task step at H = 6144 on CPU.
         heads = [self.heads[f"{task}_head"] for task in self.task_sizes]
         logits = F.linear(hidden, torch.cat([head.weight for head in heads]), torch.cat([head.bias for head in heads]))
+        if self.direct is not None:
+            logits = logits + self.direct(x)
         outputs = dict(zip(self.task_sizes, logits.split(list(self.task_sizes.values()), dim=-1)))
         if "year" in outputs:
-            outputs["year"] = outputs["year"].squeeze(-1).float() * self.year_std + self.year_mean
+            outputs["year"] = outputs["year"].squeeze(-1).float()
         return outputs
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """Task name -> logits (artist (N,A), type (N,K), material (N,M)) or year in years (N,)."""
+        outputs = self.standardised_outputs(x)
+        if "year" in outputs:
+            outputs["year"] = self.years(outputs["year"])
+        return outputs
+
+    def years(self, standardised: torch.Tensor) -> torch.Tensor:
+        """The year head's standardised output in years."""
+        return standardised * self.year_std + self.year_mean
+
+    def standardised_year(self, years: torch.Tensor) -> torch.Tensor:
+        """Years in the year head's standardised units (the inverse of `years`)."""
+        return (years - self.year_mean) / self.year_std
 
     def sizes(self) -> dict:
         """Constructor arguments, saved with the weights so a run can rebuild the model."""
         return {"feature_dim": self.feature_dim, "shared_size": self.shared_size,
-                "task_sizes": dict(self.task_sizes), "dropout": self.dropout}
+                "task_sizes": dict(self.task_sizes), "dropout": self.dropout, "linear_path": self.linear_path,
+                "model_version": MODEL_VERSION}
+
+    def load_saved(self, state_dict: dict) -> None:
+        """load_state_dict for this and older versions: a version-1 state has no input standardisation."""
+        state = dict(state_dict)
+        state.setdefault("input_mean", torch.zeros(self.feature_dim))
+        state.setdefault("input_std", torch.ones(self.feature_dim))
+        self.load_state_dict(state)
 
     @torch.no_grad()
     def forward_batched(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> dict:

@@ -57,8 +57,9 @@ def load_run(run_dir, device: str = "cpu") -> Run:
         known = {f.name for f in fields(FitConfig)}
         config = FitConfig(**{k: v for k, v in info["fit"].items() if k in known})
         saved = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-        model = OmniArtHeads(saved["feature_dim"], saved["shared_size"], saved["task_sizes"], saved["dropout"])
-        model.load_state_dict(saved["state_dict"])
+        model = OmniArtHeads(saved["feature_dim"], saved["shared_size"], saved["task_sizes"], saved["dropout"],
+                             saved.get("linear_path", False))  # version-1 models have no linear path
+        model.load_saved(saved["state_dict"])
     except Exception as error:  # any damage (truncated JSON/pickle, wrong keys) is the same user problem
         raise HeadsError(f"run {run_dir} is damaged ({type(error).__name__}: {error}); rerun `omni-heads fit --out {run_dir}`.") from error
     try:

@@ -1,5 +1,6 @@
 """Hyperparameter sweeps: every grid configuration trained on one loaded cache, stacked where shapes agree."""
 import dataclasses
+import functools
 import itertools
 import json
 import time
@@ -17,6 +18,23 @@ __all__ = ["SweepConfig", "SweepResult", "run_sweep", "merge_results", "parse_gr
 STACKABLE = ("lr", "weight_decay", "warmup", "patience", "year_scale", "task_weights", "class_weights")
 # Options a grid cannot vary: where data comes from and goes, and how a process runs.
 _NOT_GRIDDED = ("cache", "metadata", "format", "out", "progress", "single_task_baselines", "device", "label_options")
+
+
+@functools.lru_cache(maxsize=None)
+def _field_kinds() -> tuple:
+    """FitConfig field -> its value type (Optional[X] -> X), and the fields that may be None (automatic)."""
+    import typing
+
+    from heads.train import FitConfig
+
+    kinds, optional = {}, set()
+    for name, hint in typing.get_type_hints(FitConfig).items():
+        arguments = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if typing.get_origin(hint) is typing.Union:
+            optional.add(name)
+            hint = arguments[0]
+        kinds[name] = hint
+    return kinds, frozenset(optional)
 
 
 @dataclass
@@ -71,25 +89,27 @@ def parse_grid(items) -> dict:
                              f"{', '.join(n.replace('_', '-') for n in known)}.")
         if name in grid:
             raise HeadsError(f"--grid names {name.replace('_', '-')} twice; give all its values in one --grid.")
-        default = known[name].default
-        grid[name] = [_typed(name, value.strip(), default) for value in values.split(",") if value.strip()]
+        kinds, optional = _field_kinds()
+        grid[name] = [_typed(name, value.strip(), kinds[name], name in optional) for value in values.split(",") if value.strip()]
     return grid
 
 
-def _typed(name: str, value: str, default):
+def _typed(name: str, value: str, kind, optional: bool):
     if name == "tasks":
         return tuple(task.strip() for task in value.split("+") if task.strip())
-    if isinstance(default, bool) or name == "keep_all_samples":
+    if kind is bool:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise HeadsError(f"--grid {name.replace('_', '-')}={value}: use true or false.")
         return value.lower() in ("true", "1", "yes")
-    kind = type(default) if default is not None else int  # the Optional options are sample counts
     if kind is str:
         return value
+    if value.lower() in ("auto", "none") and optional:  # the option's automatic default
+        return None
     try:
         return kind(value) if kind is not int or float(value).is_integer() else int(value)
     except ValueError:
-        raise HeadsError(f"--grid {name.replace('_', '-')}={value}: expected a {kind.__name__} value.") from None
+        auto = " or auto" if optional else ""
+        raise HeadsError(f"--grid {name.replace('_', '-')}={value}: expected a {kind.__name__} value{auto}.") from None
 
 
 def expand_grid(grid: dict) -> list:
@@ -246,7 +266,7 @@ def train_stacked(data, tasks: tuple, fits: list, device: str) -> list:
     """Train same-shape configurations as one stacked model; returns one heads.train.TrainedModel per config.
 
     Each configuration keeps what `fit` would give it alone with the same seed (a heads.train.ModelTraining
-    each: its own initialisation, AdamW (own lr / weight decay) and warm-up + cosine schedule, task weights,
+    each: its own initialisation, Adam (own lr / L2 coefficient) and warm-up + cosine schedule, task weights,
     validation, early stopping and best epoch) and the shared data order of heads.train.train_epochs. One
     forward pass serves all members (torch.func.vmap over stacked parameters: one batched matmul of the
     batch with the (G, H, D) stacked weights, not G small ones); a member that stopped early is carried but no

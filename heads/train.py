@@ -17,12 +17,55 @@ from heads.losses import auto_task_weights, combined_loss, inverse_frequency_wei
 from heads.metrics import METRIC_NAMES, markdown_table, task_metrics
 from heads.model import EVAL_BATCH_SIZE, OmniArtHeads, probabilities
 
-__all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "comparison_table", "TASKS"]
+__all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "comparison_table", "loss_scales",
+           "auto_batch_size", "auto_weight_decay", "TASKS"]
 # Also used inside the package (heads.sweep), so not underscored, but no part of the API above:
 # check_config, load_training_data, TrainingData, ModelTraining, train_epochs, train_model, TrainedModel.
 
 TASKS = ("artist", "type", "material", "year")
 _SCORE_METRIC = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
+# Optimiser defaults (bench_quality.py measures them against scikit-learn probes): Adam on standardised
+# inputs with an L2 penalty of _L2_PER_DATASET / (training rows) on the weight matrices.
+LR, DROPOUT = 1e-3, 0.0
+_L2_PER_DATASET = 16.0
+# auto_batch_size: about this many optimiser steps per epoch, within these batch sizes
+_STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
+
+
+def loss_scales(tasks, year_std: float, year_scale: Optional[float] = None) -> dict:
+    """The scale factors s_i of L = sum_i w_i s_i L_i: 1 for the classification losses, 1 / year_std for the year.
+
+    Then every s_i L_i has a gradient of norm about 1 per sample with respect to its head's outputs, whatever
+    the number of classes or the spread of the years: the cross-entropy's is softmax - one-hot, the summed
+    BCE's is sigmoid - target, and the year's MAE in standard deviations gives +-1. (The year in years would
+    pull on the shared layer ~100x harder; the paper's manual s_period = 1/10 tamed it by hand.) `year_scale`,
+    when given, is s_year on the MAE in years instead.
+    """
+    scales = {task: 1.0 for task in tasks}
+    if "year" in scales:
+        scales["year"] = float(year_scale) if year_scale is not None else 1.0 / year_std
+    return scales
+
+
+def auto_weight_decay(train_rows: int) -> float:
+    """The default L2 coefficient on the mean loss: 16 / training rows.
+
+    On the mean loss this is a fixed Gaussian prior on the weights against a likelihood that grows with the
+    data (scikit-learn's C works the same way): strong with a few samples per class, where a wide shared layer
+    would otherwise memorise them, and weak at a few hundred thousand rows. Measured: at 1,344 training rows
+    coefficients 0.01-0.1 matched the probes and 1e-3 did not; at 36,587 rows 3e-4-1e-3 did and 0.03 did not.
+    """
+    return _L2_PER_DATASET / max(int(train_rows), 1)
+
+
+def auto_batch_size(train_rows: int) -> int:
+    """The default batch size: the power of two giving about 128 steps an epoch, between 16 and 1024.
+
+    A fixed batch gives a few thousand rows a handful of steps (too few to learn) and a few hundred
+    thousand rows needless tiny steps; this keeps the number of updates in 20 epochs near 2,500.
+    """
+    target = max(1, train_rows // _STEPS_PER_EPOCH)
+    return int(min(_MAX_BATCH, max(_MIN_BATCH, 2 ** round(math.log2(target)))))
 
 
 @dataclass
@@ -34,16 +77,20 @@ class FitConfig:
     format: str = "rijks14"  # label format: rijks14 | met | csv (pipeline.labels)
     out: str = "run"
     tasks: tuple = TASKS
-    shared_size: int = 6144  # the paper's best shared-layer width
+    shared_size: int = 6144  # the paper's best shared-layer width; 0: linear heads on the features
     epochs: int = 20
-    batch_size: int = 1024  # ~110 steps per epoch at Rijks'14 scale; fewer, larger steps keep the GPU busy
-    lr: float = 3e-3  # peak; 1e-3 underfit 50 artists at batch 1024 in 20 epochs (synthetic 20k x 256 check)
-    weight_decay: float = 1e-4
-    dropout: float = 0.0
+    batch_size: Optional[int] = None  # None: auto_batch_size(training rows), enough steps at any data size
+    lr: float = LR
+    weight_decay: Optional[float] = None  # L2 coefficient of the weight matrices; None: auto_weight_decay(rows)
+    dropout: float = DROPOUT
     warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up before the cosine decay
-    patience: int = 5  # epochs without a better validation score before stopping
-    year_scale: float = 0.1  # s_period: the paper scales the year MAE down tenfold
-    task_weights: str = "auto"  # auto | uncertainty | equal | "artist=1,type=0.5,..."
+    # epochs without a better validation score before stopping, keeping the best epoch; None: every epoch runs and
+    # the last is kept (the cosine schedule's last, small steps settle at the L2-regularised optimum, and picking
+    # an epoch on a small validation split is mostly noise)
+    patience: Optional[int] = None
+    year_scale: Optional[float] = None  # s_year on the MAE in years; None: 1 / (training years' std), see loss_scales
+    linear_path: bool = True  # heads also read the standardised features beside the shared layer; False: the paper's net
+    task_weights: str = "equal"  # equal | auto | uncertainty | "artist=1,type=0.5,..."
     class_weights: bool = False  # inverse-frequency artist class weights (paper 4.3.1, unbalanced splits)
     flip: bool = True  # use features_flip (random per sample and epoch) when the cache has it
     min_artist_samples: Optional[int] = None  # None: LabelConfig's default
@@ -116,10 +163,13 @@ def check_config(config: FitConfig) -> tuple:
                          f"of {','.join(TASKS)}.")
     if len(set(tasks)) != len(tasks):
         raise HeadsError(f"--tasks lists a task twice ({','.join(tasks)}); name each once.")
-    for name in ("shared_size", "epochs", "batch_size", "eval_batch_size"):
-        if int(getattr(config, name)) < 1:
+    for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
+        if getattr(config, name) is not None and int(getattr(config, name)) < 1:
             raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}.")
-    if not config.lr > 0 or config.weight_decay < 0 or not 0 <= config.dropout < 1 or config.year_scale <= 0:
+    if int(config.shared_size) < 0:
+        raise HeadsError(f"--shared-size must be 0 (linear heads) or more, got {config.shared_size}.")
+    if not config.lr > 0 or (config.weight_decay is not None and config.weight_decay < 0) or not 0 <= config.dropout < 1 or \
+            (config.year_scale is not None and not config.year_scale > 0):
         raise HeadsError("need --lr > 0, --weight-decay >= 0, 0 <= --dropout < 1 and --year-scale > 0 "
                          f"(got {config.lr}, {config.weight_decay}, {config.dropout}, {config.year_scale}).")
     parse_task_weights(config.task_weights, tasks)
@@ -137,6 +187,9 @@ class TrainingData:
     sizes: dict  # task -> head width
     split_rows: dict  # split -> device int64 tensor of rows
     numpy_targets: dict  # task -> numpy targets (for metrics)
+    input_mean: torch.Tensor  # (D,) float32 mean of the training rows' features, on the device
+    input_std: torch.Tensor  # (D,) their standard deviation (1 where a feature is constant)
+    label_rates: dict  # task -> numpy frequencies on the training split (artist classes, type/material classes)
 
 
 def _numpy_targets(labels) -> dict:
@@ -156,7 +209,13 @@ def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarra
                              "--min-class-samples / --min-artist-samples.")
         if not np.asarray(labels.masks[task])[splits == "train"].any():
             raise HeadsError(f"task {task} has no labelled training sample; drop it from --tasks or check the metadata.")
+    train = splits == "train"
+    train_targets = {task: numpy_targets[task][train] for task in tasks}
+    train_masks = {task: np.asarray(labels.masks[task], dtype=bool)[train] for task in tasks}
+    mean, std = _feature_statistics(features, np.flatnonzero(train))
     return TrainingData(
+        input_mean=torch.from_numpy(mean).to(device), input_std=torch.from_numpy(std).to(device),
+        label_rates=_label_rates(train_targets, train_masks, sizes),
         x=torch.from_numpy(features).to(device),
         x_flip=None if features_flip is None else torch.from_numpy(features_flip).to(device),
         targets={task: torch.from_numpy(np.ascontiguousarray(numpy_targets[task])).to(device) for task in tasks},
@@ -165,6 +224,34 @@ def _device_data(labels, features: np.ndarray, features_flip: Optional[np.ndarra
         split_rows={split: torch.from_numpy(np.flatnonzero(splits == split)).to(device) for split in ("train", "val", "test")},
         numpy_targets={task: numpy_targets[task] for task in tasks},
     )
+
+
+def _feature_statistics(features: np.ndarray, rows: np.ndarray, block: int = 8192) -> tuple:
+    """Per-feature float32 mean and standard deviation over `rows`, in blocks (no float32 copy of a float16 cache).
+
+    A constant feature gets std 1 (it is centred to 0 and stays so)."""
+    total = np.zeros(features.shape[1], np.float64)
+    squares = np.zeros(features.shape[1], np.float64)
+    for start in range(0, len(rows), block):
+        part = features[rows[start:start + block]].astype(np.float64)
+        total += part.sum(0)
+        squares += np.square(part).sum(0)
+    count = max(len(rows), 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return mean.astype(np.float32), np.where(std > 1e-6 * max(float(std.max(initial=0.0)), 1e-30), std, 1.0).astype(np.float32)
+
+
+def _label_rates(targets: dict, masks: dict, sizes: dict) -> dict:
+    """Task -> class frequencies among the labelled training rows (artist: (A,), type/material: (K,))."""
+    rates = {}
+    for task, values in targets.items():
+        labelled = values[masks[task]]
+        if task == "artist":
+            rates[task] = np.bincount(labelled, minlength=sizes[task]) / max(len(labelled), 1)
+        elif task != "year":
+            rates[task] = labelled.mean(axis=0) if len(labelled) else np.zeros(sizes[task])
+    return rates
 
 
 def _batch_features(data: TrainingData, rows: torch.Tensor, use_flip: Optional[torch.Tensor]) -> torch.Tensor:
@@ -222,21 +309,27 @@ class TrainedModel:
     seconds: float
     weights: dict
     log_vars: Optional[dict]
+    batch_size: int
+    weight_decay: float
+    scales: dict
 
 
 class ModelTraining:
-    """One model's training state: AdamW with warm-up + cosine LR, task weights, per-epoch validation, early
+    """One model's training state: Adam with an L2 penalty, warm-up + cosine LR, task weights, per-epoch validation, early
     stopping and the best epoch's weights. `train_model` drives one; heads.sweep drives a stack of them."""
 
     def __init__(self, data: TrainingData, tasks: tuple, config: FitConfig, device: str, label: str = ""):
-        torch.manual_seed(config.seed)  # the seed's initialisation, whether trained alone or in a stack
         self.data, self.tasks, self.config, self.label = data, tasks, config, label
-        self.model = OmniArtHeads(data.x.shape[1], config.shared_size, {t: data.sizes[t] for t in tasks}, config.dropout).to(device)
+        with torch.random.fork_rng(devices=[]):  # the seed's initialisation, leaving the caller's generator alone
+            torch.manual_seed(config.seed)
+            model = OmniArtHeads(data.x.shape[1], config.shared_size, {t: data.sizes[t] for t in tasks}, config.dropout,
+                                 linear_path=config.linear_path)
+        self.model = model.to(device)
         train_rows = data.split_rows["train"]
-        if "year" in tasks:
-            years = data.targets["year"][train_rows][data.masks["year"][train_rows]]
-            self.model.year_mean.fill_(float(years.mean()))
-            self.model.year_std.fill_(max(float(years.std(unbiased=False)) if years.numel() > 1 else 1.0, 1.0))
+        self.model.input_mean.copy_(data.input_mean)
+        self.model.input_std.copy_(data.input_std)
+        self._start_at_priors(train_rows)
+        self.scales = loss_scales(tasks, float(self.model.year_std), config.year_scale)
         self.mode = parse_task_weights(config.task_weights, tasks)
         self.weights = dict(self.mode) if isinstance(self.mode, dict) else {task: 1.0 for task in tasks}
         # A plain dict: nn.ParameterDict refuses the key "type" (a Module method name).
@@ -244,12 +337,20 @@ class ModelTraining:
             if self.mode == "uncertainty" else None
         self.class_weights = inverse_frequency_weights(data.targets["artist"][train_rows], data.sizes["artist"]) \
             if config.class_weights and "artist" in tasks else None
-        # the optimizer keeps these Parameter objects: a stack may point their .data at its stacked tensors
-        parameters = list(self.model.parameters()) + (list(self.log_vars.values()) if self.log_vars is not None else [])
+        # the optimizer keeps these Parameter objects: a stack may point their .data at its stacked tensors.
+        # An L2 penalty (Adam's coupled weight decay) on the weight matrices only: biases start at the label
+        # priors and stay free. Coupled, not AdamW's decoupled decay: the fixed point is then the L2-regularised
+        # optimum, the same objective as scikit-learn's probes, whatever Adam's per-coordinate step sizes.
+        matrices = [p for name, p in self.model.named_parameters() if name.endswith("weight")]
+        vectors = [p for name, p in self.model.named_parameters() if not name.endswith("weight")]
+        vectors += list(self.log_vars.values()) if self.log_vars is not None else []
         # fused: one kernel for all parameters; on CPU ~10x faster than the default per-tensor loops (8 -> 0.7 ms
         # a step at H = 512, a seventh of a training step)
-        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-        self.steps_per_epoch = math.ceil(len(train_rows) / int(config.batch_size))
+        self.weight_decay = auto_weight_decay(len(train_rows)) if config.weight_decay is None else float(config.weight_decay)
+        self.optimizer = torch.optim.Adam([{"params": matrices, "weight_decay": self.weight_decay},
+                                           {"params": vectors, "weight_decay": 0.0}], lr=config.lr, fused=True)
+        self.batch_size = int(config.batch_size) if config.batch_size else auto_batch_size(len(train_rows))
+        self.steps_per_epoch = math.ceil(len(train_rows) / self.batch_size)
         total_steps = self.steps_per_epoch * config.epochs
         warmup = max(1, int(config.warmup * self.steps_per_epoch * config.epochs))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -261,9 +362,28 @@ class ModelTraining:
         self.done = False
         self.sums = None  # this epoch's summed [total, per-task] training losses, on the device: no sync per step
 
+    @torch.no_grad()
+    def _start_at_priors(self, train_rows: torch.Tensor) -> None:
+        """Year standardisation from the training years; head weights at zero and biases at the label priors
+        (log-frequencies, class-frequency logits, the median year): training starts from the constant prediction."""
+        model, data = self.model, self.data
+        for task in self.tasks:
+            # zero head weights: the model starts exactly at the constant prediction instead of a random function
+            # of the features (+-1 standard deviation of the year at H = 6144), which few samples cannot undo
+            model.heads[f"{task}_head"].weight.zero_()
+            bias = model.heads[f"{task}_head"].bias
+            if task == "year":
+                years = data.targets["year"][train_rows][data.masks["year"][train_rows]]
+                model.year_mean.fill_(float(years.mean()))
+                model.year_std.fill_(max(float(years.std(unbiased=False)) if years.numel() > 1 else 1.0, 1.0))
+                bias.fill_(float(model.standardised_year(years.median())))
+            else:
+                rate = torch.as_tensor(data.label_rates[task], dtype=torch.float32, device=bias.device).clamp(1e-4, 1 - 1e-4)
+                bias.copy_(rate.log() if task == "artist" else torch.logit(rate))
+
     def loss(self, outputs: dict, targets: dict, masks: dict) -> torch.Tensor:
         """This model's weighted batch loss (added to the epoch's sums)."""
-        total, per_task = combined_loss(outputs, targets, masks, self.weights, self.config.year_scale, self.log_vars,
+        total, per_task = combined_loss(outputs, targets, masks, self.weights, self.scales, self.log_vars,
                                         self.class_weights)
         values = torch.stack([total.detach()] + [per_task[t].detach() for t in self.tasks])
         self.sums = values if self.sums is None else self.sums + values
@@ -291,21 +411,25 @@ class ModelTraining:
             score = _score(metrics, self.year_baseline)
             if self.mode == "auto":  # next epoch's weights from this epoch's validation losses (tasks with val labels)
                 present = {t: val_losses[t] for t in tasks if metrics[t][_SCORE_METRIC[t]] is not None}
-                self.weights.update(auto_task_weights(present, config.year_scale) if present else {})
+                self.weights.update(auto_task_weights(present, self.scales) if present else {})
         row["val_score"], row["seconds"] = score, time.perf_counter() - epoch_start  # validation included
         self.history.append(row)
         improved = score is None or score > self.best_score
         if improved:
-            self.best_score, self.best_epoch, self.stale = (score if score is not None else self.best_score), epoch, 0
+            self.best_score, self.stale = (score if score is not None else self.best_score), 0
+        else:
+            self.stale += 1
+        if config.patience is None:  # no early stopping: the model is the last epoch's (no snapshot kept)
+            self.best_epoch = epoch
+        elif improved:
+            self.best_epoch = epoch
             state = self.model.state_dict()
             if self.best_state is None:
                 self.best_state = {k: v.detach().clone() for k, v in state.items()}
             else:  # in place: a second copy of the weights (50 MB at H = 6144) would raise the peak memory
                 for name, value in state.items():
                     self.best_state[name].copy_(value.detach())
-        else:
-            self.stale += 1
-        self.done = self.has_val and self.stale >= config.patience
+        self.done = self.has_val and config.patience is not None and self.stale >= config.patience
         if config.progress:
             losses = " ".join(f"{t} {v:.4f}" for t, v in zip(tasks, train_losses[1:]))
             shown = "-" if score is None else f"{score:.4f}"
@@ -313,12 +437,15 @@ class ModelTraining:
                   f"{' *' if improved else ''}  {row['seconds']:.2f}s", file=sys.stderr, flush=True)
 
     def result(self, seconds: float) -> TrainedModel:
-        """The best epoch's model; assign=True gives it own tensors (a stack member's views are let go)."""
-        self.model.load_state_dict(self.best_state, assign=True)
+        """The kept epoch's model; assign=True gives it own tensors (a stack member's views are let go)."""
+        state = self.best_state if self.best_state is not None else \
+            {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        self.model.load_state_dict(state, assign=True)
         self.model.eval()
         return TrainedModel(self.model, self.history, self.best_epoch, len(self.history), seconds,
                             {t: self.history[-1][f"weight_{t}"] for t in self.tasks},
-                            {t: float(v.detach()) for t, v in self.log_vars.items()} if self.log_vars is not None else None)
+                            {t: float(v.detach()) for t, v in self.log_vars.items()} if self.log_vars is not None else None,
+                            self.batch_size, self.weight_decay, dict(self.scales))
 
 
 def train_epochs(states: list, data: TrainingData, config: FitConfig, device: str, forward, update) -> list:
@@ -332,7 +459,7 @@ def train_epochs(states: list, data: TrainingData, config: FitConfig, device: st
     cuda = torch.device(device).type == "cuda"
     tasks = states[0].tasks
     train_rows = data.split_rows["train"]
-    n_train, batch = len(train_rows), int(config.batch_size)
+    n_train, batch = len(train_rows), states[0].batch_size
     flip = data.x_flip is not None and config.flip
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -359,7 +486,7 @@ def train_epochs(states: list, data: TrainingData, config: FitConfig, device: st
 
 
 def train_model(data: TrainingData, tasks: tuple, config: FitConfig, device: str, label: str = "") -> TrainedModel:
-    """One model: mini-batch AdamW with warm-up + cosine LR, per-epoch validation, early stopping, best epoch kept."""
+    """One model: mini-batch Adam (L2 penalty) with warm-up + cosine LR, per-epoch validation, early stopping, best epoch kept."""
     state = ModelTraining(data, tasks, config, device, label)
     if not state.has_val:
         warnings.warn("the validation split is empty: no early stopping, the last epoch is kept.", RuntimeWarning, stacklevel=3)
@@ -417,7 +544,8 @@ def fit(config: FitConfig) -> FitResult:
     store, labels, report, data, device = load_training_data(config, tasks)
     trained = train_model(data, tasks, config, device)
     metrics, probs = _evaluate_splits(trained.model, data, config.eval_batch_size)
-    metrics.update({"epochs": trained.epochs_run, "best_epoch": trained.best_epoch, "train_seconds": trained.seconds,
+    metrics.update({"epochs": trained.epochs_run, "batch_size": trained.batch_size, "weight_decay": trained.weight_decay,
+                    "loss_scales": trained.scales, "best_epoch": trained.best_epoch, "train_seconds": trained.seconds,
                     "seconds_per_epoch": trained.seconds / trained.epochs_run, "device": device,
                     "samples": {split: int(len(rows)) for split, rows in data.split_rows.items()},
                     "task_weights": trained.weights, "flip": data.x_flip is not None,

@@ -37,7 +37,7 @@ _FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience"
 @click.option("--workers", type=click.IntRange(min=0), default=_EXTRACT_DEFAULTS["workers"], show_default=True,
               help="Phase one: image decode processes (0 = decode in this process).")
 @click.option("--tasks", help="Phase two: comma-separated subset of artist,type,material,year.")
-@click.option("--shared-size", type=click.IntRange(min=1), help="Phase two: shared layer width.")
+@click.option("--shared-size", type=click.IntRange(min=0), help="Phase two: shared layer width (0: linear heads).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Phase two: maximum epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Phase two: training mini-batch size.")
 @click.option("--lr", type=float, help="Phase two: peak learning rate.")

@@ -294,3 +294,34 @@ def test_grid_parsing_and_sweep_errors(trained, tmp_path):
     assert result.exit_code == 1 and "not a fit option" in result.output
     result = runner.invoke(sweep, ["--merge", "--out", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "no sweep.json" in result.output
+
+
+def test_sweep_grid_takes_linear_heads_and_automatic_values(trained, tmp_path):
+    grid = parse_grid(["shared-size=0,16", "weight-decay=auto,0.5", "year-scale=auto,0.1", "batch-size=auto,32"])
+    assert grid == {"shared_size": [0, 16], "weight_decay": [None, 0.5], "year_scale": [None, 0.1],
+                    "batch_size": [None, 32]}
+    with pytest.raises(HeadsError, match="expected a float value or auto"):
+        parse_grid(["weight-decay=strong"])
+    cache, metadata, _ = trained
+    fixed = {name: value for name, value in TINY_FIT.items() if name not in ("format", "progress", "lr", "shared_size")}
+    common = {"cache": str(cache), "metadata": str(metadata), "format": "csv", "fixed": fixed,
+              "grid": {"shared_size": [0], "lr": [3e-2, 3e-3]}}
+    stacked = run_sweep(SweepConfig(out=str(tmp_path / "stacked"), **common)).merged.set_index("config").sort_index()
+    single = run_sweep(SweepConfig(out=str(tmp_path / "single"), batched=False, **common)).merged.set_index("config").sort_index()
+    assert list(stacked["shared_size"]) == [0, 0] and set(stacked["stacked"]) == {2}
+    metrics = [name for name in stacked.columns if name.startswith("val_")]
+    assert np.isfinite(stacked[metrics].to_numpy(float)).all()
+    np.testing.assert_allclose(stacked[metrics].to_numpy(float), single[metrics].to_numpy(float), rtol=1e-3, atol=1e-4)
+
+
+def test_linear_heads_run_predicts_and_refuses_embed(tmp_path):
+    cache, metadata = planted(tmp_path)
+    run_dir = tmp_path / "linear"
+    result = fit(FitConfig(cache=str(cache), metadata=str(metadata), out=str(run_dir), **dict(TINY_FIT, shared_size=0)))
+    run = load_run(run_dir)
+    assert run.model.shared_size == 0 and not run.model.linear_path and run.model.representation_size == 12
+    assert "trunk.0.weight" not in run.model.state_dict()  # no shared layer at all
+    assert result.metrics["test"]["artist"]["accuracy"] > 0.9  # four well-separated planted artists
+    out = tmp_path / "embedded"
+    refused = CliRunner().invoke(embed, [str(run_dir), "--cache", str(cache), "--out", str(out), "--device", "cpu"])
+    assert refused.exit_code == 1 and "no shared layer to embed" in refused.output and not out.exists()
