@@ -4,9 +4,10 @@ Features are generated (float16, planted artist signal); labels are the real Rij
 ../shared/data/rijks14/rijksgt.mat exists (keys named NNNNNNN_bench.jpg so they join), else synthetic.
 Each fit runs in a fresh child process so its peak memory is its own. Prints one JSON object.
 
-FLOP formula: a training epoch costs N_train * (4*D*H + 6*H*(A+K+M+1)) FLOPs: 2 per weight forward, 2 for
-the weight gradient, and 2 more for the input gradient of the heads only (the cached features need none);
-the per-epoch validation adds 2 * N_val * (D*H + H*(A+K+M+1)). Epoch time is the median over epochs after
+FLOP formula: a training epoch costs N_train * (4*D*H + 6*H*(A+K+M+1) + 4*D*(A+K+M+1)) FLOPs: 2 per weight
+forward, 2 for the weight gradient, and 2 more for the input gradient of the heads only (the cached features
+need none); the last term is the heads' linear path from the features (none with --no-linear-path); the
+per-epoch validation adds 2 * N_val * (D*H + H*(A+K+M+1) + D*(A+K+M+1)). Epoch time is the median over epochs after
 the first (which pays allocation warm-up). The reference is a bare torch matmul (B x D) @ (D x H) at fit's
 batch size in the same process, 2*B*D*H FLOPs, best of 5 rounds.
 Speed figures (single vs multi-task, FLOP ratio) come from one warm process that runs the four single-task fits
@@ -106,9 +107,10 @@ def _fit_child(job: dict, queue) -> None:
     else:
         for settings in job["fits"]:
             result = fit(FitConfig(**settings))
-            fits.append({name: result.metrics[name] for name in ("train_seconds", "epochs", "samples")})
+            fits.append({name: result.metrics[name] for name in ("train_seconds", "epochs", "samples", "batch_size")})
             fits[-1]["epoch_seconds"] = [row["seconds"] for row in result.history]
-            fits[-1]["task_sizes"] = json.loads((Path(settings["out"]) / "config.json").read_text())["model"]["task_sizes"]
+            model = json.loads((Path(settings["out"]) / "config.json").read_text())["model"]
+            fits[-1]["task_sizes"], fits[-1]["linear_path"] = model["task_sizes"], model["linear_path"]
     seconds = time.perf_counter() - start
     matmul = matmul_flops(job["matmul"][0], job["matmul"][1], job["matmul"][2], job["device"]) if job.get("matmul") else None
     queue.put({"seconds": seconds, "rss_peak_above_baseline": _rss_bytes("VmHWM") - baseline,
@@ -178,7 +180,6 @@ def main(argv=None) -> dict:
 
     from cache import FeatureStore
     from extract.environment import resolve_device
-    from heads import FitConfig
     from heads.neighbors import nearest_neighbors
 
     device = resolve_device(args.device)
@@ -191,15 +192,15 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         data = make_dataset(tmp, args.rows, args.dim)
         report["data"] = dict(data, generate_seconds=round(time.perf_counter() - start, 2))
-        batch = args.batch_size or FitConfig.__dataclass_fields__["batch_size"].default
         base = {"cache": data["cache"], "metadata": data["metadata"], "format": data["format"],
-                "shared_size": args.shared_size, "epochs": args.epochs, "batch_size": batch, "device": device,
+                "shared_size": args.shared_size, "epochs": args.epochs, "batch_size": args.batch_size, "device": device,
                 "patience": args.epochs + 1,
                 "min_artist_samples": args.min_artist_samples or max(5, round(100 * args.rows / 112039)), "progress": False}
         _progress(report)
         # Child 1: one multi-task fit in a fresh process, for its peak memory.
         first = run_in_child({"device": device, "kind": "fits", "fits": [dict(base, out=str(tmp / "multi"))]})
         report["memory"] = _memory(first, data["feature_bytes"])
+        batch = first["fits"][0]["batch_size"]  # fit's own (automatic unless --batch-size): the matmul reference's
         _progress(report)
         # Child 2: the four single-task fits, then the multi-task fit again (warm process, same conditions), in
         # rounds, then the bare matmul: speed figures all come from one process.
@@ -244,8 +245,10 @@ def _progress(report: dict) -> None:
 def _throughput(fitted: dict, args, reference: float) -> dict:
     """Seconds per epoch (median after the first) and training FLOP/s against a bare matmul of the shared layer."""
     train_rows, val_rows = fitted["samples"]["train"], fitted["samples"]["val"]
-    shared, heads = args.dim * args.shared_size, args.shared_size * sum(fitted["task_sizes"].values())
-    epoch_flops = train_rows * (4.0 * shared + 6.0 * heads) + 2.0 * val_rows * (shared + heads)
+    outputs = sum(fitted["task_sizes"].values())
+    shared, heads = args.dim * args.shared_size, args.shared_size * outputs
+    direct = args.dim * outputs if fitted["linear_path"] else 0
+    epoch_flops = train_rows * (4.0 * shared + 6.0 * heads + 4.0 * direct) + 2.0 * val_rows * (shared + heads + direct)
     steady = fitted["epoch_seconds"][1:] or fitted["epoch_seconds"]
     epoch_seconds = float(np.median(steady))
     return {"seconds_per_epoch": round(epoch_seconds, 4), "epoch_seconds": [round(v, 3) for v in fitted["epoch_seconds"]],
@@ -253,7 +256,8 @@ def _throughput(fitted: dict, args, reference: float) -> dict:
             "train_rows": train_rows, "val_rows": val_rows, "outputs": fitted["task_sizes"],
             "flops_per_epoch": epoch_flops, "train_flops_per_s": epoch_flops / epoch_seconds,
             "matmul_flops_per_s": reference, "flops_ratio": round(epoch_flops / epoch_seconds / reference, 3),
-            "flops_ratio_goal": 0.5, "flops_formula": "N_train*(4*D*H + 6*H*(A+K+M+1)) + 2*N_val*(D*H + H*(A+K+M+1)) per epoch, "
+            "flops_ratio_goal": 0.5, "flops_formula": "N_train*(4*D*H + 6*H*O + 4*D*O) + 2*N_val*(D*H + H*O + D*O) per epoch "
+                                                      "(O = A+K+M+1; the D*O terms only with the linear path), "
                                                       "median epoch after the first (which pays warm-up)"}
 
 

@@ -29,7 +29,7 @@ def test_bench_extract_reports_end_to_end_vs_bare_forward():
 
 
 def test_bench_heads_reports_every_cpu_figure(tmp_path):
-    report = run_bench("bench_heads.py", "--rows", "1500", "--dim", "32", "--shared-size", "16", "--epochs", "1",
+    report = run_bench("bench_heads.py", "--rows", "1500", "--dim", "32", "--shared-size", "16", "--epochs", "1", "--batch-size", "256",
                        "--sweep-configs", "0", "--rounds", "1", "--device", "cpu", "--workdir", str(tmp_path))
     single = report["single_vs_multi"]
     assert set(single["single_task_train_seconds"]) == {"artist", "type", "material", "year"}
@@ -38,3 +38,17 @@ def test_bench_heads_reports_every_cpu_figure(tmp_path):
     assert report["memory"]["peak_bytes"] > 0 and report["neighbors"]["found"] == 10
     assert "sweep" not in report and "gpu_20_epochs_h6144" not in report
     assert list(tmp_path.iterdir()) == []  # the generated cache and runs are removed
+
+
+def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_path):
+    report = run_bench("bench_quality.py", "--splits", "1100", "--generators", "additive,nonlinear", "--dim", "32",
+                       "--shared-size", "16", "--device", "cpu", "--workdir", str(tmp_path))
+    assert [(run["min_artist_samples"], run["generator"]) for run in report["runs"]] == [(1100, "additive"), (1100, "nonlinear")]
+    for run in report["runs"]:
+        assert run["classes"]["artist"] == 6 and run["samples"]["train"] > 5000  # the real Rijks'14 labels
+        assert set(run["test"]) == {"multi_task", "single_task", "linear_heads", "probe"}
+        for row in run["test"].values():
+            assert set(row) == {"artist", "type", "material", "year"} and all(value > 0 for value in row.values())
+        assert set(run["goals"]["every_task_at_least_probe"]) == {"artist", "type", "material", "year"}
+    assert "multi_better_than_probe" in report["runs"][1]["goals"]
+    assert list(tmp_path.iterdir()) == []
