@@ -134,16 +134,12 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
                "linear_heads_train": round(linear.metrics["train_seconds"], 2),
                "probe": {task: probe[task]["seconds"] for task in TASKS},
                "probes_total": round(sum(probe[task]["seconds"] for task in TASKS), 2)}
+    model = json.loads((tmp / "multi" / "config.json").read_text())["model"]
     report = {"min_artist_samples": min_samples, "generator": generator, "samples": metrics["samples"],
-              "classes": {task: size for task, size in json.loads((tmp / "multi" / "config.json").read_text())["model"]["task_sizes"].items()},
-              "batch_size": metrics["batch_size"], "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
-              "shared_size": multi_shared_size(tmp / "multi"), "test": rows, "seconds": seconds,
+              "classes": model["task_sizes"], "batch_size": metrics["batch_size"], "epochs": metrics["epochs"],
+              "best_epoch": metrics["best_epoch"], "shared_size": model["shared_size"], "test": rows, "seconds": seconds,
               "probe_details": probe, "goals": goals(rows, seconds, generator)}
     return report
-
-
-def multi_shared_size(run_dir: Path) -> int:
-    return json.loads((run_dir / "config.json").read_text())["model"]["shared_size"]
 
 
 def _at_least(ours: float, reference: float, task: str, tolerance: float = 0.01, year_ratio: float = 1.02) -> bool:

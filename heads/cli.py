@@ -37,11 +37,12 @@ def main():
               help="L2 coefficient of the weight matrices on the mean loss [default: 16 / training rows].")
 @click.option("--dropout", type=float, help="Dropout after the shared layer [default: 0].")
 @click.option("--year-scale", type=float,
-              help="s_year on the year MAE in years (the paper: 0.1) [default: 1 / MAE of the training median].")
+              help="s_year on the year MAE in years (the paper: 0.1) [default: 1 / std of the training years].")
 @click.option("--task-weights",
               help="equal, auto (from validation loss ratios), uncertainty, or artist=1,type=0.5,... [default: equal].")
 @click.option("--class-weights/--no-class-weights", default=False, help="Inverse-frequency artist class weights.")
-@click.option("--patience", type=click.IntRange(min=1), help="Early stopping: epochs without a better validation score; the best epoch is kept "
+@click.option("--patience", type=click.IntRange(min=1),
+              help="Early stopping: epochs without a better validation score; the best epoch is kept "
                    "[default: none: every epoch runs, the last is kept].")
 @click.option("--flip/--no-flip", default=True, help="Use the cache's flipped features as random augmentation.")
 @click.option("--min-artist-samples", type=click.IntRange(min=1), help="Keep artists with at least this many samples (labels default).")

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 __all__ = ["combined_loss", "task_losses", "auto_task_weights", "inverse_frequency_weights"]
 
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor, sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean of `values` over masked rows; exactly 0 (value and gradient) when no row is labelled."""
     weights = mask.to(values.dtype) if sample_weights is None else mask.to(values.dtype) * sample_weights

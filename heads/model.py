@@ -43,11 +43,6 @@ class OmniArtHeads(nn.Module):
         self.register_buffer("year_mean", torch.zeros(()))
         self.register_buffer("year_std", torch.ones(()))
 
-    @property
-    def representation_size(self) -> int:
-        """Width of `shared()`: H, or D for linear heads."""
-        return self.shared_size or self.feature_dim
-
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         """Raw features in the training split's standard units."""
         return (x.to(self.input_mean.dtype) - self.input_mean) / self.input_std
@@ -56,8 +51,8 @@ class OmniArtHeads(nn.Module):
         """The shared representation (paper 3.3) of raw features: a compact feature for other analysis."""
         return self.trunk(self.standardise(x))
 
-    def standardised_outputs(self, x: torch.Tensor) -> dict:
-        """Task name -> logits (artist (N,A), type (N,K), material (N,M)) or the standardised year (N,)."""
+    def forward(self, x: torch.Tensor) -> dict:
+        """Task name -> logits (artist (N,A), type (N,K), material (N,M)) or year in years (N,)."""
         x = self.standardise(x)
         hidden = self.trunk(x)
         # The heads as one matmul over their concatenated weights: separate heads each produce and backpropagate
@@ -68,22 +63,11 @@ class OmniArtHeads(nn.Module):
             logits = logits + self.direct(x)
         outputs = dict(zip(self.task_sizes, logits.split(list(self.task_sizes.values()), dim=-1)))
         if "year" in outputs:
-            outputs["year"] = outputs["year"].squeeze(-1).float()
+            outputs["year"] = outputs["year"].squeeze(-1).float() * self.year_std + self.year_mean
         return outputs
-
-    def forward(self, x: torch.Tensor) -> dict:
-        """Task name -> logits (artist (N,A), type (N,K), material (N,M)) or year in years (N,)."""
-        outputs = self.standardised_outputs(x)
-        if "year" in outputs:
-            outputs["year"] = self.years(outputs["year"])
-        return outputs
-
-    def years(self, standardised: torch.Tensor) -> torch.Tensor:
-        """The year head's standardised output in years."""
-        return standardised * self.year_std + self.year_mean
 
     def standardised_year(self, years: torch.Tensor) -> torch.Tensor:
-        """Years in the year head's standardised units (the inverse of `years`)."""
+        """Years in the year head's standardised units (what `forward` turns back into years)."""
         return (years - self.year_mean) / self.year_std
 
     def sizes(self) -> dict:

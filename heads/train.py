@@ -24,9 +24,7 @@ __all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "c
 
 TASKS = ("artist", "type", "material", "year")
 _SCORE_METRIC = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
-# Optimiser defaults (bench_quality.py measures them against scikit-learn probes): Adam on standardised
-# inputs with an L2 penalty of _L2_PER_DATASET / (training rows) on the weight matrices.
-LR, DROPOUT = 1e-3, 0.0
+# auto_weight_decay's L2 coefficient times the training rows (bench_quality.py measures it against probes)
 _L2_PER_DATASET = 16.0
 # auto_batch_size: about this many optimiser steps per epoch, within these batch sizes
 _STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
@@ -80,9 +78,9 @@ class FitConfig:
     shared_size: int = 6144  # the paper's best shared-layer width; 0: linear heads on the features
     epochs: int = 20
     batch_size: Optional[int] = None  # None: auto_batch_size(training rows), enough steps at any data size
-    lr: float = LR
+    lr: float = 1e-3  # peak Adam learning rate
     weight_decay: Optional[float] = None  # L2 coefficient of the weight matrices; None: auto_weight_decay(rows)
-    dropout: float = DROPOUT
+    dropout: float = 0.0
     warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up before the cosine decay
     # epochs without a better validation score before stopping, keeping the best epoch; None: every epoch runs and
     # the last is kept (the cosine schedule's last, small steps settle at the L2-regularised optimum, and picking
@@ -315,8 +313,9 @@ class TrainedModel:
 
 
 class ModelTraining:
-    """One model's training state: Adam with an L2 penalty, warm-up + cosine LR, task weights, per-epoch validation, early
-    stopping and the best epoch's weights. `train_model` drives one; heads.sweep drives a stack of them."""
+    """One model's training state: Adam with an L2 penalty, warm-up + cosine LR, task weights, per-epoch
+    validation, and the kept epoch (the last, or the best with early stopping). `train_model` drives one;
+    heads.sweep drives a stack of them."""
 
     def __init__(self, data: TrainingData, tasks: tuple, config: FitConfig, device: str, label: str = ""):
         self.data, self.tasks, self.config, self.label = data, tasks, config, label
@@ -486,7 +485,8 @@ def train_epochs(states: list, data: TrainingData, config: FitConfig, device: st
 
 
 def train_model(data: TrainingData, tasks: tuple, config: FitConfig, device: str, label: str = "") -> TrainedModel:
-    """One model: mini-batch Adam (L2 penalty) with warm-up + cosine LR, per-epoch validation, early stopping, best epoch kept."""
+    """One model: mini-batch Adam (L2 penalty), warm-up + cosine LR, per-epoch validation; the last epoch kept,
+    or the best with `patience` (early stopping)."""
     state = ModelTraining(data, tasks, config, device, label)
     if not state.has_val:
         warnings.warn("the validation split is empty: no early stopping, the last epoch is kept.", RuntimeWarning, stacklevel=3)

@@ -319,7 +319,7 @@ def test_linear_heads_run_predicts_and_refuses_embed(tmp_path):
     run_dir = tmp_path / "linear"
     result = fit(FitConfig(cache=str(cache), metadata=str(metadata), out=str(run_dir), **dict(TINY_FIT, shared_size=0)))
     run = load_run(run_dir)
-    assert run.model.shared_size == 0 and not run.model.linear_path and run.model.representation_size == 12
+    assert run.model.shared_size == 0 and not run.model.linear_path and run.model.heads["artist_head"].in_features == 12
     assert "trunk.0.weight" not in run.model.state_dict()  # no shared layer at all
     assert result.metrics["test"]["artist"]["accuracy"] > 0.9  # four well-separated planted artists
     out = tmp_path / "embedded"
