@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo --out demo-output
+	$(BIN)/python -m omniart.pipeline.demo --out demo-output
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cache.py

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache import FeatureStore, write_features
+from omniart.cache import FeatureStore, write_features
 
 
 def best_seconds(functions: dict, repeats: int) -> dict:

@@ -32,8 +32,8 @@ def bare_forward(backbone: str, weights: str, batch_size: int, device: str, flip
     """Images per wall second and per CPU second of the Encoder (normalise + forward + copy back) on ready tensors."""
     import torch
 
-    from extract.backbones import build_backbone
-    from extract.encoder import Encoder
+    from omniart.extract.backbones import build_backbone
+    from omniart.extract.encoder import Encoder
 
     net = build_backbone(backbone, weights)
     crop = net.preprocessing["crop"]

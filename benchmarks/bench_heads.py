@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RIJKS14 = ROOT.parent / "shared" / "data" / "rijks14" / "rijksgt.mat"
 TASKS = ("artist", "type", "material", "year")
 
 
 def make_dataset(folder: Path, rows: int, dim: int, seed: int = 0) -> dict:
     """Write a cache of `rows` generated features plus labels (real Rijks'14 ones when present)."""
-    from cache import write_features
+    from omniart.cache import write_features
 
     rng = np.random.default_rng(seed)
     if RIJKS14.exists() and rows <= 112039:
@@ -86,15 +85,15 @@ def _fit_child(job: dict, queue) -> None:
 
     # Imported before the baseline: the memory figure is the fit's data, not the ~120 MB of modules (pandas,
     # pyarrow, scipy) that reading the labels imports.
-    import heads.plots  # noqa: F401
+    import omniart.heads.plots  # noqa: F401
     import pandas  # noqa: F401
-    import pipeline.labels  # noqa: F401
+    import omniart.pipeline.labels  # noqa: F401
     import pyarrow  # noqa: F401
     import scipy.io  # noqa: F401
     import scipy.sparse  # noqa: F401
     import torch._dynamo  # noqa: F401  (the optimizer imports it on first use)
-    from heads import FitConfig, fit
-    from heads.sweep import SweepConfig, run_sweep
+    from omniart.heads import FitConfig, fit
+    from omniart.heads.sweep import SweepConfig, run_sweep
 
     cuda = job["device"].startswith("cuda")
     baseline = _rss_bytes("VmRSS")
@@ -178,9 +177,9 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from cache import FeatureStore
-    from extract.environment import resolve_device
-    from heads.neighbors import nearest_neighbors
+    from omniart.cache import FeatureStore
+    from omniart.extract.environment import resolve_device
+    from omniart.heads.neighbors import nearest_neighbors
 
     device = resolve_device(args.device)
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RIJKS14 = ROOT.parent / "shared" / "data" / "rijks14" / "rijksgt.mat"
 TASKS = ("artist", "type", "material", "year")
 SCORE = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
@@ -74,7 +73,7 @@ def probes(labels, features: np.ndarray, tasks=TASKS) -> dict:
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
 
-    from heads.metrics import task_metrics
+    from omniart.heads.metrics import task_metrics
 
     train, test = labels.split == "train", labels.split == "test"
     scaler = StandardScaler().fit(features[train].astype(np.float32))
@@ -104,9 +103,9 @@ def probes(labels, features: np.ndarray, tasks=TASKS) -> dict:
 
 def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
     """Default fit (with single-task fits), linear heads and probes on one split and generator."""
-    from cache import write_features
-    from heads import FitConfig, fit
-    from pipeline.labels import LabelConfig, LabelSet, build_labels
+    from omniart.cache import write_features
+    from omniart.heads import FitConfig, fit
+    from omniart.pipeline.labels import LabelConfig, LabelSet, build_labels
 
     base = dict(metadata=str(RIJKS14), format="rijks14", min_artist_samples=min_samples, device=args.device,
                 progress=False)

@@ -1,9 +1,9 @@
 """HDF5 feature cache: keyed shards of pooled image features, written atomically, read by key."""
-from cache.errors import OmniError, cli_errors
-from cache.failures import FailureLog, read_failures
-from cache.format import FORMAT_VERSION, CacheError, cached_keys
-from cache.store import FeatureStore
-from cache.writer import ShardWriter, write_features
+from omniart.cache.errors import OmniError, cli_errors
+from omniart.cache.failures import FailureLog, read_failures
+from omniart.cache.format import FORMAT_VERSION, CacheError, cached_keys
+from omniart.cache.store import FeatureStore
+from omniart.cache.writer import ShardWriter, write_features
 
 __all__ = ["OmniError", "cli_errors", "CacheError", "FORMAT_VERSION", "FeatureStore", "ShardWriter",
            "FailureLog", "write_features", "cached_keys", "read_failures"]

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
-from cache.errors import OmniError
+from omniart.cache.errors import OmniError
 
 __all__ = ["CacheError", "FORMAT_VERSION", "COMPARED_ATTRS", "cached_keys", "list_shards"]
 

@@ -3,8 +3,8 @@ import json
 import os
 from pathlib import Path
 
-from cache.format import FORMAT_VERSION, ShardInfo, open_shard, shard_header
-from cache.rows import RawLayout, raw_layout
+from omniart.cache.format import FORMAT_VERSION, ShardInfo, open_shard, shard_header
+from omniart.cache.rows import RawLayout, raw_layout
 
 __all__ = ["INDEX_NAME", "FEATURE_DATASETS", "shard_headers"]
 

@@ -4,7 +4,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from cache.format import CacheError, open_shard
+from omniart.cache.format import CacheError, open_shard
 
 __all__ = ["RawLayout", "ShardRows", "raw_layout"]
 

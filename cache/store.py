@@ -4,10 +4,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.failures import read_failures
-from cache.format import CACHE_HELP, CacheError, describe, differing, list_shards, open_shard, read_keys
-from cache.index import shard_headers
-from cache.rows import ShardRows
+from omniart.cache.failures import read_failures
+from omniart.cache.format import CACHE_HELP, CacheError, describe, differing, list_shards, open_shard, read_keys
+from omniart.cache.index import shard_headers
+from omniart.cache.rows import ShardRows
 
 __all__ = ["FeatureStore"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cache.format import (FORMAT_VERSION, SHARD_NAME, CacheError, decode_attrs, describe, differing,
+from omniart.cache.format import (FORMAT_VERSION, SHARD_NAME, CacheError, decode_attrs, describe, differing,
                           encode_attrs, list_shards, open_shard, read_keys, shard_header)
 
 __all__ = ["ShardWriter", "write_features"]

@@ -1,7 +1,7 @@
 """Phase one: run a frozen ImageNet backbone once over a collection and cache its pooled features."""
 # All three modules import torch only inside functions, so `import extract` and `omni-extract --help` stay light.
-from extract.backbones import BACKBONES, build_backbone
-from extract.config import ExtractConfig, ExtractError
-from extract.runner import ExtractSummary, run_extract
+from omniart.extract.backbones import BACKBONES, build_backbone
+from omniart.extract.config import ExtractConfig, ExtractError
+from omniart.extract.runner import ExtractSummary, run_extract
 
 __all__ = ["ExtractConfig", "ExtractError", "run_extract", "ExtractSummary", "BACKBONES", "build_backbone"]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
-from extract.config import ExtractError
+from omniart.extract.config import ExtractError
 
 __all__ = ["BackboneSpec", "Backbone", "BACKBONES", "backbone_spec", "build_backbone"]
 
@@ -126,7 +126,7 @@ def _torchvision_weights(urls: Dict[str, str], name: str) -> dict:
 
 
 def _build_resnet50(weights: str):
-    from extract.resnet import RESNET50_WEIGHTS, ResNet50Trunk
+    from omniart.extract.resnet import RESNET50_WEIGHTS, ResNet50Trunk
 
     model = _seeded(ResNet50Trunk)  # the pooled 2048-d feature, no ImageNet classifier
     if weights == "random":

@@ -3,9 +3,9 @@ from dataclasses import fields
 
 import click
 
-from cache.errors import cli_errors
-from extract.backbones import BACKBONES
-from extract.config import DTYPES, ExtractConfig
+from omniart.cache.errors import cli_errors
+from omniart.extract.backbones import BACKBONES
+from omniart.extract.config import DTYPES, ExtractConfig
 
 DEFAULTS = {field.name: field.default for field in fields(ExtractConfig)}
 
@@ -43,7 +43,7 @@ def main(images, out, backbone, weights, flip, batch_size, workers, device, dtyp
          shard_index, retry_failed, strict, path_column, key_column, quiet):
     """Extract pooled backbone features of every image in IMAGES (a folder or a CSV/parquet table) into the
     HDF5 feature cache OUT. Reruns resume; bad images are listed in OUT/failures-*.csv."""
-    from extract.runner import run_extract
+    from omniart.extract.runner import run_extract
 
     config = ExtractConfig(images=images, out=out, backbone=backbone, weights=weights, flip=flip,
                            batch_size=batch_size, workers=workers, device=device, dtype=dtype,
@@ -60,5 +60,5 @@ def main(images, out, backbone, weights, flip, batch_size, workers, device, dtyp
                                    f"see {summary.failures_log}.")
 
 
-if __name__ == "__main__":  # `python -m extract.cli` (e.g. under torchrun -m)
+if __name__ == "__main__":  # `python -m omniart.extract.cli` (e.g. under torchrun -m)
     main()

@@ -3,8 +3,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from cache.errors import OmniError
-from cache.writer import STORAGE_DTYPES
+from omniart.cache.errors import OmniError
+from omniart.cache.writer import STORAGE_DTYPES
 
 __all__ = ["ExtractConfig", "ExtractError", "DTYPES", "MAX_IMAGE_PIXELS"]
 

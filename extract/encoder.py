@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from extract.backbones import Backbone
+from omniart.extract.backbones import Backbone
 
 __all__ = ["Encoder"]
 

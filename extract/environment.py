@@ -4,7 +4,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from cache.errors import OmniError
+from omniart.cache.errors import OmniError
 
 __all__ = ["WorkerShard", "resolve_shard", "resolve_device"]
 

@@ -13,7 +13,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from extract.config import MAX_IMAGE_PIXELS, ExtractError
+from omniart.extract.config import MAX_IMAGE_PIXELS, ExtractError
 
 __all__ = ["ImageItem", "Batch", "IMAGE_SUFFIXES", "list_images", "select_shard", "decode_image", "ImageDataset",
            "collate", "make_loader"]

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from extract.config import ExtractConfig, ExtractError
+from omniart.extract.config import ExtractConfig, ExtractError
 
 __all__ = ["ExtractSummary", "run_extract"]
 
@@ -25,10 +25,10 @@ class ExtractSummary:
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
     """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file."""
-    from cache import FailureLog, FeatureStore, ShardWriter, cached_keys, read_failures
-    from extract.backbones import backbone_spec, build_backbone
-    from extract.environment import resolve_device, resolve_shard
-    from extract.reader import list_images, make_loader, select_shard
+    from omniart.cache import FailureLog, FeatureStore, ShardWriter, cached_keys, read_failures
+    from omniart.extract.backbones import backbone_spec, build_backbone
+    from omniart.extract.environment import resolve_device, resolve_shard
+    from omniart.extract.reader import list_images, make_loader, select_shard
 
     start = time.perf_counter()
     preprocessing = backbone_spec(config.backbone).preprocessing  # unknown names fail before any work
@@ -53,7 +53,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     import torch
     from tqdm import tqdm
 
-    from extract.encoder import Encoder
+    from omniart.extract.encoder import Encoder
 
     device = resolve_device(config.device, shard.local_rank)
     target = torch.device(device)

@@ -1,12 +1,12 @@
 """Phase two: a shared ReLU layer and one head per task, trained in seconds on cached features."""
 import importlib
 
-from cache.errors import OmniError
+from omniart.cache.errors import OmniError
 
 __all__ = ["FitConfig", "fit", "evaluate", "load_run", "HeadsError"]
 
 # torch-heavy modules load on first use, so `import heads.cli` (and `omni-heads --help`) stays instant.
-_LAZY = {"FitConfig": "heads.train", "fit": "heads.train", "evaluate": "heads.train", "load_run": "heads.runs"}
+_LAZY = {"FitConfig": "omniart.heads.train", "fit": "omniart.heads.train", "evaluate": "omniart.heads.train", "load_run": "omniart.heads.runs"}
 
 
 class HeadsError(OmniError):

@@ -1,11 +1,11 @@
 """`omni-heads`: thin click front end of phase two (fit, evaluate, predict, embed, sweep, neighbors) and labels."""
 import click
 
-from cache.errors import cli_errors
-from heads.use_cli import embed, neighbors, predict, sweep
-from pipeline.cli import labels
-from pipeline.sources import FORMATS
-from pipeline.run_cli import run
+from omniart.cache.errors import cli_errors
+from omniart.heads.use_cli import embed, neighbors, predict, sweep
+from omniart.pipeline.cli import labels
+from omniart.pipeline.sources import FORMATS
+from omniart.pipeline.run_cli import run
 
 # Options left out keep FitConfig's default (heads/train.py owns them; the help repeats them).
 _FIT_OPTIONS = ("tasks", "shared_size", "linear_path", "epochs", "batch_size", "lr", "weight_decay", "dropout",
@@ -56,8 +56,8 @@ def main():
 @cli_errors
 def fit(cache, metadata, label_format, out, class_weights, flip, keep_all_samples, label_options, single_task_baselines, **options):
     """Train the shared layer and task heads on CACHE with labels from --metadata; write the run to --out."""
-    from heads.metrics import markdown_table
-    from heads.train import FitConfig, comparison_table, fit as run_fit
+    from omniart.heads.metrics import markdown_table
+    from omniart.heads.train import FitConfig, comparison_table, fit as run_fit
 
     chosen = {name: options[name] for name in _FIT_OPTIONS if options.get(name) is not None}
     config = FitConfig(cache=cache, metadata=metadata, format=label_format, out=out, class_weights=class_weights,
@@ -80,14 +80,14 @@ def fit(cache, metadata, label_format, out, class_weights, flip, keep_all_sample
 @cli_errors
 def evaluate(run, split, cache, device):
     """Recompute RUN's metrics on a split, print them as a table, update metrics.json and the plots."""
-    from heads.metrics import markdown_table
-    from heads.train import evaluate as run_evaluate
+    from omniart.heads.metrics import markdown_table
+    from omniart.heads.train import evaluate as run_evaluate
 
     click.echo(markdown_table({split: run_evaluate(run, split=split, cache=cache, device=device)}))
 
 
 def _key_values(pairs) -> dict:
-    from heads import HeadsError
+    from omniart.heads import HeadsError
 
     options = {}
     for pair in pairs:

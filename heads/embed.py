@@ -4,14 +4,14 @@ from typing import Optional
 
 import numpy as np
 
-from heads import HeadsError
+from omniart.heads import HeadsError
 
 __all__ = ["embed", "embedding_attrs"]
 
 
 def embedding_attrs(run_dir, source_attrs: dict) -> dict:
     """Cache attrs of an embedding: backbone 'omniart-shared:<run>', the model's hash, and the source cache's attrs."""
-    from heads.predict import file_sha256
+    from omniart.heads.predict import file_sha256
 
     run_dir = Path(run_dir)
     source = {name: value for name, value in source_attrs.items() if name not in ("format_version", "dtype")}
@@ -29,10 +29,10 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
     """
     import torch
 
-    from cache import FeatureStore, ShardWriter, cached_keys
-    from extract.environment import resolve_device
-    from heads import load_run
-    from heads.predict import check_cache_matches
+    from omniart.cache import FeatureStore, ShardWriter, cached_keys
+    from omniart.extract.environment import resolve_device
+    from omniart.heads import load_run
+    from omniart.heads.predict import check_cache_matches
 
     run = load_run(run_dir)
     if not run.model.shared_size:

@@ -4,7 +4,7 @@ from typing import List, Sequence, Union
 
 import numpy as np
 
-from heads import HeadsError
+from omniart.heads import HeadsError
 
 __all__ = ["nearest_neighbors", "check_keys"]
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from heads import HeadsError
+from omniart.heads import HeadsError
 
 __all__ = ["PredictConfig", "predict", "predictions_table", "check_cache_matches", "file_sha256"]
 
@@ -35,9 +35,9 @@ class PredictConfig:
 
 def predict(cfg: PredictConfig):
     """Write cfg.out and return it as a pandas DataFrame (key, artist_1, artist_1_prob, ..., type, material, year)."""
-    from cache import FeatureStore
-    from extract.environment import resolve_device
-    from heads import load_run
+    from omniart.cache import FeatureStore
+    from omniart.extract.environment import resolve_device
+    from omniart.heads import load_run
 
     if (cfg.cache is None) == (cfg.images is None):
         raise HeadsError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "
@@ -108,7 +108,7 @@ def file_sha256(path) -> str:
 
 def _extract_like_run(run, cfg: PredictConfig, cache_dir) -> None:
     """Phase one on cfg.images with the backbone and weights recorded in the run's cache attrs."""
-    from extract import ExtractConfig, run_extract
+    from omniart.extract import ExtractConfig, run_extract
 
     attrs = run.cache_attrs
     weights = attrs.get("weights")

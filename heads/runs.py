@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from heads import HeadsError
-from heads.model import EVAL_BATCH_SIZE, OmniArtHeads
+from omniart.heads import HeadsError
+from omniart.heads.model import EVAL_BATCH_SIZE, OmniArtHeads
 
 __all__ = ["Run", "load_run", "RUN_FILES"]
 
@@ -42,9 +42,9 @@ class Run:
 
 def load_run(run_dir, device: str = "cpu") -> Run:
     """Read a run written by `fit`; a missing or damaged directory raises HeadsError saying what is wrong."""
-    from pipeline.labels import LabelSet
+    from omniart.pipeline.labels import LabelSet
 
-    from heads.train import FitConfig
+    from omniart.heads.train import FitConfig
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from heads import HeadsError
+from omniart.heads import HeadsError
 
 __all__ = ["SweepConfig", "SweepResult", "run_sweep", "merge_results", "parse_grid", "expand_grid",
            "train_stacked", "STACKABLE"]
@@ -25,7 +25,7 @@ def _field_kinds() -> tuple:
     """FitConfig field -> its value type (Optional[X] -> X), and the fields that may be None (automatic)."""
     import typing
 
-    from heads.train import FitConfig
+    from omniart.heads.train import FitConfig
 
     kinds, optional = {}, set()
     for name, hint in typing.get_type_hints(FitConfig).items():
@@ -75,7 +75,7 @@ def parse_grid(items) -> dict:
 
     Tasks are joined with '+' inside one value: tasks=artist+type,artist.
     """
-    from heads.train import FitConfig
+    from omniart.heads.train import FitConfig
 
     known = {f.name: f for f in dataclasses.fields(FitConfig) if f.name not in _NOT_GRIDDED}
     grid = {}
@@ -120,8 +120,8 @@ def expand_grid(grid: dict) -> list:
 
 def run_sweep(config: SweepConfig) -> SweepResult:
     """Train this worker's configurations; write results-<tag>.csv (or results.csv alone) and merge when complete."""
-    from extract.environment import resolve_device, resolve_shard
-    from heads.train import FitConfig, check_config
+    from omniart.extract.environment import resolve_device, resolve_shard
+    from omniart.heads.train import FitConfig, check_config
 
     if not (config.cache and config.metadata and config.format):
         raise HeadsError("a sweep needs CACHE, --metadata and --format (as for `omni-heads fit`); "
@@ -208,7 +208,7 @@ def _sorted_table(rows: list, grid_names: list):
 
 def _train_all(members: list, batched: bool) -> list:
     """Result rows of (index, FitConfig, tasks) triples; data loaded once per label setting, stacks per shape."""
-    from heads.train import load_training_data, train_model
+    from omniart.heads.train import load_training_data, train_model
 
     rows = []
     for group in _groups(members, _data_key).values():
@@ -275,7 +275,7 @@ def train_stacked(data, tasks: tuple, fits: list, device: str) -> list:
     import torch
     from torch.func import functional_call, stack_module_state, vmap
 
-    from heads.train import ModelTraining, train_epochs
+    from omniart.heads.train import ModelTraining, train_epochs
 
     members = [ModelTraining(data, tasks, fit, device) for fit in fits]
     params, buffers = stack_module_state([member.model for member in members])

@@ -12,10 +12,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from heads import HeadsError
-from heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights, task_losses
-from heads.metrics import METRIC_NAMES, markdown_table, task_metrics
-from heads.model import EVAL_BATCH_SIZE, OmniArtHeads, probabilities
+from omniart.heads import HeadsError
+from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights, task_losses
+from omniart.heads.metrics import METRIC_NAMES, markdown_table, task_metrics
+from omniart.heads.model import EVAL_BATCH_SIZE, OmniArtHeads, probabilities
 
 __all__ = ["FitConfig", "FitResult", "fit", "evaluate", "parse_task_weights", "comparison_table", "loss_scales",
            "auto_batch_size", "auto_weight_decay", "TASKS"]
@@ -103,7 +103,7 @@ class FitConfig:
 
     def label_config(self):
         """The LabelConfig this fit builds its labels with."""
-        from pipeline.labels import LabelConfig
+        from omniart.pipeline.labels import LabelConfig
 
         options = {"format": self.format, **self.label_options}
         for name in ("min_artist_samples", "min_class_samples", "keep_all_samples"):
@@ -513,9 +513,9 @@ def _evaluate_splits(model: OmniArtHeads, data: TrainingData, batch_size: int, s
 
 def load_training_data(config: FitConfig, tasks: tuple) -> tuple:
     """(store, labels, join report, TrainingData on the device, device) for a fit."""
-    from cache import FeatureStore
-    from extract.environment import resolve_device
-    from pipeline.labels import build_labels
+    from omniart.cache import FeatureStore
+    from omniart.extract.environment import resolve_device
+    from omniart.pipeline.labels import build_labels
 
     if not Path(config.cache).is_dir():
         raise HeadsError(f"cache directory {config.cache!r} does not exist; pass the --out directory of omni-extract.")
@@ -538,7 +538,7 @@ def load_training_data(config: FitConfig, tasks: tuple) -> tuple:
 
 def fit(config: FitConfig) -> FitResult:
     """Train on `config.cache` with labels from `config.metadata`; write and return the run directory."""
-    from heads.plots import write_plots
+    from omniart.heads.plots import write_plots
 
     tasks = check_config(config)
     store, labels, report, data, device = load_training_data(config, tasks)
@@ -595,9 +595,9 @@ def comparison_table(metrics: dict) -> str:
 
 def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: Optional[str] = None) -> dict:
     """Recompute `split` metrics of a run from its cache (or `cache`); update metrics.json and the plots."""
-    from cache import FeatureStore
-    from heads.plots import write_plots
-    from heads.runs import load_run
+    from omniart.cache import FeatureStore
+    from omniart.heads.plots import write_plots
+    from omniart.heads.runs import load_run
 
     if split not in ("train", "val", "test"):
         raise HeadsError(f"unknown split {split!r}: use train, val or test.")

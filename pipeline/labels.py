@@ -8,8 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.parsing import LANGUAGES, LabelError
-from pipeline.sources import FORMATS, SPLIT_NAMES, read_records, record_key_of
+from omniart.pipeline.parsing import LANGUAGES, LabelError
+from omniart.pipeline.sources import FORMATS, SPLIT_NAMES, read_records, record_key_of
 
 __all__ = ["TASKS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels", "stratified_split"]
 

@@ -68,7 +68,7 @@ def _flatten(values: dict, prefix: str = ""):
 
 
 def _metrics(metrics: dict, split: str) -> str:
-    from heads.metrics import markdown_table
+    from omniart.heads.metrics import markdown_table
 
     columns = {name: metrics[name] for name in ("val", split) if isinstance(metrics.get(name), dict)}
     lines = ["## Metrics", "", markdown_table(columns), "",

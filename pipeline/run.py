@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 
-from cache.errors import OmniError
-from extract.config import ExtractConfig
+from omniart.cache.errors import OmniError
+from omniart.extract.config import ExtractConfig
 
 if TYPE_CHECKING:  # heads.train imports torch; the CLI imports this module for --help
-    from heads import FitConfig
+    from omniart.heads import FitConfig
 
 __all__ = ["RunConfig", "RunSummary", "run_pipeline"]
 
@@ -36,7 +36,7 @@ class RunConfig:
     def create(cls, images, metadata, format, out, extract: Optional[dict] = None, fit: Optional[dict] = None,
                **options) -> "RunConfig":
         """Nested phase configs with their paths inside `out`; `extract`/`fit` hold the other phase options."""
-        from heads import FitConfig
+        from omniart.heads import FitConfig
 
         out = Path(out)
         cache = out / "cache"
@@ -74,10 +74,10 @@ class RunSummary:
 
 def run_pipeline(config: RunConfig) -> RunSummary:
     """Extract (resuming an existing cache), fit and evaluate the heads, predict a gallery, write the report."""
-    from cache import FeatureStore
-    from extract import run_extract
-    from heads import fit, load_run
-    from pipeline.report import write_report
+    from omniart.cache import FeatureStore
+    from omniart.extract import run_extract
+    from omniart.heads import fit, load_run
+    from omniart.pipeline.report import write_report
 
     _check_inputs(config)
     timings = {}
@@ -123,7 +123,7 @@ def _check_inputs(config: RunConfig) -> None:
 def _predict_gallery(run, store, config: RunConfig, paths: dict) -> List[dict]:
     """`gallery` paintings of the report's split, those with an artist label first: path (from `paths`, key ->
     image path), true and predicted labels."""
-    from heads.predict import predictions_table
+    from omniart.heads.predict import predictions_table
 
     labels = run.labels
     rows = np.flatnonzero(labels.split == config.split)

@@ -3,11 +3,11 @@ from dataclasses import fields
 
 import click
 
-from cache.errors import cli_errors
-from extract.backbones import BACKBONES
-from extract.config import ExtractConfig
-from pipeline.run import RunConfig
-from pipeline.sources import FORMATS
+from omniart.cache.errors import cli_errors
+from omniart.extract.backbones import BACKBONES
+from omniart.extract.config import ExtractConfig
+from omniart.pipeline.run import RunConfig
+from omniart.pipeline.sources import FORMATS
 
 __all__ = ["run"]
 
@@ -57,7 +57,7 @@ def run(images, metadata, label_format, out, gallery, quiet, **options):
     """Run both phases on IMAGES (a folder or a table) and --metadata: extract features into OUT/cache
     (resuming), fit and evaluate the heads into OUT/run, predict a gallery and write OUT/report.md.
     Phase-two and label options left out take the defaults of `omni-heads fit`."""
-    from pipeline.run import run_pipeline
+    from omniart.pipeline.run import run_pipeline
 
     extract = {field: options[name] for name, field in _EXTRACT_OPTIONS.items() if options[name] is not None}
     fit = {name: options[name] for name in _FIT_OPTIONS if options[name] is not None}

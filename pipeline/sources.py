@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.parsing import LabelError, medium_words, normalise_artist, normalise_phrase, parse_date
+from omniart.pipeline.parsing import LabelError, medium_words, normalise_artist, normalise_phrase, parse_date
 
 __all__ = ["FORMATS", "Records", "read_records", "record_key_of"]
 

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-import cache.writer
-from cache import (FORMAT_VERSION, CacheError, FailureLog, FeatureStore, OmniError, ShardWriter, cached_keys,
+from omniart.cache import writer as cache_writer
+from omniart.cache import (FORMAT_VERSION, CacheError, FailureLog, FeatureStore, OmniError, ShardWriter, cached_keys,
                    read_failures, write_features)
 
 ATTRS = {"backbone": "resnet50", "weights": "random",
@@ -53,7 +53,7 @@ def test_round_trip_keys_features_flip_and_attrs(tmp_path, dtype):
 
 def test_load_in_asked_order_subsets_repeats_and_batches(tmp_path, monkeypatch):
     keys, features = planted(300)
-    monkeypatch.setattr(cache.writer, "CHUNK_ROWS", 32)
+    monkeypatch.setattr(cache_writer, "CHUNK_ROWS", 32)
     write_features(tmp_path, keys, features, ATTRS, shard_rows=128)
     store = FeatureStore(tmp_path)
     assert all(layout["features"].chunk_rows == 32 for layout in store._layouts)  # the raw-read fast path
@@ -98,7 +98,7 @@ def test_killed_writer_leaves_no_visible_partial_shard(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache.writer.os, "replace", crash)
+    monkeypatch.setattr(cache_writer.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         write_features(tmp_path, keys[4:], features[4:], ATTRS, worker_tag="w2")
     monkeypatch.undo()
@@ -188,7 +188,7 @@ def test_writer_takes_known_keys_instead_of_reading_them_again(tmp_path, monkeyp
     keys, features = planted(6)
     write_features(tmp_path, keys[:3], features[:3], ATTRS)
     known = cached_keys(tmp_path)
-    monkeypatch.setattr("cache.writer.read_keys", lambda shard: pytest.fail("the writer read the keys again"))
+    monkeypatch.setattr("omniart.cache.writer.read_keys", lambda shard: pytest.fail("the writer read the keys again"))
     with ShardWriter(tmp_path, "w1", ATTRS, DIM, with_flip=False, known_keys=known) as writer:
         with pytest.raises(CacheError, match=r"new to the cache .*'sub/00001_SK-A-1\.jpg'"):
             writer.add(keys[1:4], features[1:4])

@@ -1,8 +1,8 @@
 """Worker shard and device resolution shared by omni-extract and omni-heads sweep."""
 import pytest
 
-from cache.errors import OmniError
-from extract.environment import WorkerShard, resolve_device, resolve_shard
+from omniart.cache.errors import OmniError
+from omniart.extract.environment import WorkerShard, resolve_device, resolve_shard
 
 
 def test_single_worker_without_options_or_launcher():

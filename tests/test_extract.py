@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFile
 
-from cache import FeatureStore, read_failures
-from extract import BACKBONES, ExtractConfig, ExtractError, build_backbone, run_extract
-from extract.cli import main
-from extract.reader import decode_image, list_images, select_shard
+from omniart.cache import FeatureStore, read_failures
+from omniart.extract import BACKBONES, ExtractConfig, ExtractError, build_backbone, run_extract
+from omniart.extract.cli import main
+from omniart.extract.reader import decode_image, list_images, select_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = BACKBONES["tiny"].preprocessing
@@ -75,7 +75,7 @@ def test_resnet50_trunk_computes_what_torchvision_resnet50_computes():
     import torch
     import torchvision
 
-    from extract.resnet import RESNET50_WEIGHTS
+    from omniart.extract.resnet import RESNET50_WEIGHTS
 
     reference = torchvision.models.resnet50().eval()
     reference.fc = torch.nn.Identity()
@@ -196,8 +196,8 @@ def test_exif_rotation_is_applied_and_flip_is_a_mirror(tmp_path):
 
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
-    from extract import ExtractConfig, run_extract
-    from extract.encoder import Encoder
+    from omniart.extract import ExtractConfig, run_extract
+    from omniart.extract.encoder import Encoder
     forward, calls = Encoder.__call__, []
     def dying(self, images):  # kill -9 this process in the middle of its third batch
         calls.append(1)
@@ -221,7 +221,7 @@ def test_rerun_after_kill_9_completes_with_one_row_per_image(tmp_path, monkeypat
     partial = FeatureStore(cache)
     assert 0 < len(partial) < len(names)  # published shards survived; the unpublished rows were lost
     # the resumed run reads the cached keys once (cache.cached_keys), not again in its writer
-    monkeypatch.setattr("cache.writer.read_keys", lambda shard: pytest.fail("the writer read the keys again"))
+    monkeypatch.setattr("omniart.cache.writer.read_keys", lambda shard: pytest.fail("the writer read the keys again"))
     summary = run_extract(tiny_config(images, cache, shard_size=4))
     store = FeatureStore(cache)
     assert sorted(store.keys) == names and len(store.keys) == len(names)
@@ -335,7 +335,7 @@ def test_cli_summary_strict_and_errors(tmp_path):
 def test_mismatched_weights_file_and_offline_default_weights(tmp_path, monkeypatch):
     import torch
 
-    from extract import backbones
+    from omniart.extract import backbones
 
     wrong = tmp_path / "tiny.pth"
     torch.save(build_backbone("tiny").model.state_dict(), wrong)
@@ -384,5 +384,5 @@ def test_rijks14_real_images_extract_without_failure(rijks14_dir, tmp_path):
 
 
 def test_cli_help_does_not_import_torch():
-    code = "import sys, extract.cli, extract; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, omniart.extract.cli, omniart.extract; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

