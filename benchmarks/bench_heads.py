@@ -85,15 +85,16 @@ def _fit_child(job: dict, queue) -> None:
 
     # Imported before the baseline: the memory figure is the fit's data, not the ~120 MB of modules (pandas,
     # pyarrow, scipy) that reading the labels imports.
-    import omniart.heads.plots  # noqa: F401
     import pandas  # noqa: F401
-    import omniart.pipeline.labels  # noqa: F401
     import pyarrow  # noqa: F401
     import scipy.io  # noqa: F401
     import scipy.sparse  # noqa: F401
     import torch._dynamo  # noqa: F401  (the optimizer imports it on first use)
-    from omniart.heads import FitConfig, fit
-    from omniart.heads.sweep import SweepConfig, run_sweep
+
+    import omniart.pipeline.labels  # noqa: F401
+    import omniart.pipeline.plots  # noqa: F401
+    from omniart.pipeline import FitConfig, fit
+    from omniart.pipeline.sweep import SweepConfig, run_sweep
 
     cuda = job["device"].startswith("cuda")
     baseline = _rss_bytes("VmRSS")
@@ -178,7 +179,7 @@ def main(argv=None) -> dict:
     import torch
 
     from omniart.cache import FeatureStore
-    from omniart.extract.environment import resolve_device
+    from omniart.cache.environment import resolve_device
     from omniart.heads.neighbors import nearest_neighbors
 
     device = resolve_device(args.device)

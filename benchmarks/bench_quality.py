@@ -104,7 +104,7 @@ def probes(labels, features: np.ndarray, tasks=TASKS) -> dict:
 def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
     """Default fit (with single-task fits), linear heads and probes on one split and generator."""
     from omniart.cache import write_features
-    from omniart.heads import FitConfig, fit
+    from omniart.pipeline import FitConfig, fit
     from omniart.pipeline.labels import LabelConfig, LabelSet, build_labels
 
     base = dict(metadata=str(RIJKS14), format="rijks14", min_artist_samples=min_samples, device=args.device,

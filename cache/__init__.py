@@ -1,4 +1,4 @@
-"""HDF5 feature cache: keyed shards of pooled image features, written atomically, read by key."""
+"""HDF5 feature cache (keyed shards written atomically, read by key) and the errors and devices both phases share."""
 from omniart.cache.errors import OmniError, cli_errors
 from omniart.cache.failures import FailureLog, read_failures
 from omniart.cache.format import FORMAT_VERSION, CacheError, cached_keys

@@ -1,19 +1,21 @@
-"""Phase two: a shared ReLU layer and one head per task, trained in seconds on cached features."""
+"""Phase two on arrays: a shared ReLU layer and one head per task (MultiTaskHeads), trained in seconds on features."""
 import importlib
 
 from omniart.cache.errors import OmniError
 
-__all__ = ["FitConfig", "fit", "evaluate", "load_run", "HeadsError"]
+__all__ = ["MultiTaskHeads", "HeadsConfig", "fit_many", "nearest_neighbors", "TASKS", "HeadsError"]
 
-# torch-heavy modules load on first use, so `import heads.cli` (and `omni-heads --help`) stays instant.
-_LAZY = {"FitConfig": "omniart.heads.train", "fit": "omniart.heads.train", "evaluate": "omniart.heads.train", "load_run": "omniart.heads.runs"}
+# torch-heavy modules load on first use, so importing the package (and `omni-heads --help`) stays instant.
+_LAZY = {"MultiTaskHeads": "omniart.heads.estimator", "HeadsConfig": "omniart.heads.config",
+         "TASKS": "omniart.heads.config", "fit_many": "omniart.heads.sweep",
+         "nearest_neighbors": "omniart.heads.neighbors"}
 
 
 class HeadsError(OmniError):
-    """Bad input to phase two (config, run directory, task names); the message says how to fix it."""
+    """Bad input to phase two (config, arrays, run directory, task names); the message says how to fix it."""
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'heads' has no attribute {name!r}")
+    raise AttributeError(f"module 'omniart.heads' has no attribute {name!r}")

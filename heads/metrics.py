@@ -94,7 +94,7 @@ def year_metrics(predicted, years) -> dict:
 
 
 def task_metrics(task: str, outputs, targets) -> dict:
-    """The issue's metrics of one task over its labelled rows; values are None when no row is labelled.
+    """omniart's metrics of one task over its labelled rows; values are None when no row is labelled.
 
     outputs: artist/type/material scores or probabilities (N, C), year predictions in years (N,);
     targets: artist ids (-1 = none), multi-hot rows, or years (nan = none); numpy arrays or tensors.

@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OmniArtHeads", "EVAL_BATCH_SIZE", "MODEL_VERSION"]
+from omniart.heads.config import EVAL_BATCH_SIZE
 
-# Rows per inference pass: the pass holds one (rows, H) float32 activation, 48 MiB at the paper's H = 6144.
-EVAL_BATCH_SIZE = 2048
+__all__ = ["OmniArtHeads", "MODEL_VERSION", "probabilities"]
+
 # 2: inputs standardised inside the model (input_mean/input_std buffers), shared_size 0 allowed. Version-1
 # models (no such buffers) load with the identity standardisation, which is what they computed.
 MODEL_VERSION = 2

@@ -1,1 +1,16 @@
-"""Collection metadata to labels and splits, and the end-to-end run of both phases."""
+"""Everything that starts from files: metadata -> labels, fit/sweep/predict on a cache, run directories, the CLI."""
+import importlib
+
+__all__ = ["FitConfig", "fit", "evaluate", "load_run", "Run", "RunConfig", "run_pipeline", "LabelConfig", "build_labels"]
+
+# loaded on first use: `omni-heads --help` imports this package and must not wait for torch
+_LAZY = {"FitConfig": "omniart.pipeline.config", "fit": "omniart.pipeline.fitting", "evaluate": "omniart.pipeline.fitting",
+         "load_run": "omniart.pipeline.run_dir", "Run": "omniart.pipeline.run_dir",
+         "RunConfig": "omniart.pipeline.end_to_end", "run_pipeline": "omniart.pipeline.end_to_end",
+         "LabelConfig": "omniart.pipeline.labels", "build_labels": "omniart.pipeline.labels"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'omniart.pipeline' has no attribute {name!r}")

@@ -1,28 +1,240 @@
-"""Click commands of the pipeline package (`omni-heads labels`)."""
+"""`omni-heads`: the thin click front end of phase two and the end-to-end run (defaults read from the configs)."""
+import dataclasses
 import json
-from dataclasses import fields
 
 import click
 
 from omniart.cache.errors import cli_errors
+from omniart.extract.backbones import BACKBONES
+from omniart.extract.config import ExtractConfig
+from omniart.pipeline.end_to_end import RunConfig
+from omniart.pipeline.config import FitConfig
 from omniart.pipeline.labels import LabelConfig, build_labels
 from omniart.pipeline.parsing import LANGUAGES
+from omniart.pipeline.predict import PredictConfig
 from omniart.pipeline.sources import FORMATS
 
-_DEFAULTS = {field.name: field.default for field in fields(LabelConfig)}  # LabelConfig owns the defaults
+__all__ = ["main"]
+
+_FIT_FIELDS = {f.name: f for f in dataclasses.fields(FitConfig)}
+_LABEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LabelConfig)}
+_EXTRACT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
+_PREDICT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PredictConfig)}
+
+# The phase-two options of `fit` (all) and `run` (the first part): help text and click type. The default shown is
+# FitConfig's (or the automatic rule in its field metadata, or LabelConfig's); an option left out keeps it.
+_FIT_OPTIONS = {
+    "tasks": ("Comma-separated subset of artist,type,material,year.", str),
+    "shared_size": ("Shared ReLU layer width; 0: linear heads on the features (a linear probe).", click.IntRange(min=0)),
+    "epochs": ("Training epochs.", click.IntRange(min=1)),
+    "batch_size": ("Training mini-batch size.", click.IntRange(min=1)),
+    "lr": ("Peak Adam learning rate (warm-up, then cosine decay).", float),
+    "patience": ("Early stopping: epochs without a better validation score; the best epoch is kept.", click.IntRange(min=1)),
+    "min_artist_samples": ("Labels: keep artists with at least this many samples.", click.IntRange(min=1)),
+    "min_class_samples": ("Labels: keep types/materials with at least this many samples.", click.IntRange(min=1)),
+    "seed": ("Seed of the label split and of training: same seed, same run.", int),
+    "weight_decay": ("L2 coefficient of the weight matrices on the mean loss.", float),
+    "dropout": ("Dropout after the shared layer.", float),
+    "year_scale": ("s_year on the year MAE in years (the paper: 0.1).", float),
+    "task_weights": ("equal, auto (from validation loss ratios), uncertainty, or artist=1,type=0.5,...", str),
+}
+_RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",
+                    "min_class_samples", "seed")
 
 
-@click.command()
+def _shown_default(name: str) -> str:
+    spec = _FIT_FIELDS[name]
+    if spec.default is not None and spec.default is not dataclasses.MISSING:
+        return str(spec.default)
+    return spec.metadata.get("auto") or str(_LABEL_DEFAULTS.get(name))
+
+
+def _fit_options(names, prefix: str = ""):
+    """Decorator adding the named phase-two options (default None: the config's own default applies)."""
+    def decorate(command):
+        for name in reversed(names):
+            text, kind = _FIT_OPTIONS[name]
+            command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
+                                   help=f"{prefix}{text} [default: {_shown_default(name)}]")(command)
+        return command
+    return decorate
+
+
+def _chosen(options: dict, names) -> dict:
+    """The named options the user gave (None: left to the config)."""
+    return {name: options[name] for name in names if options.get(name) is not None}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Train and use OmniArt's multi-task heads on a feature cache, or run both phases end to end."""
+
+
+@main.command()
+@click.argument("cache", type=click.Path(file_okay=False))
+@click.option("--metadata", required=True, type=click.Path(dir_okay=False), help="Collection metadata (rijksgt.mat, Met CSV, or a CSV).")
+@click.option("--format", "label_format", default=_FIT_FIELDS["format"].default, show_default=True,
+              type=click.Choice(FORMATS), help="Metadata format (how records join cache keys).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write (published whole).")
+@_fit_options(list(_FIT_OPTIONS))
+@click.option("--linear-path/--no-linear-path", default=None,
+              help="Heads also read the standardised features beside the shared layer; --no-linear-path: the "
+                   f"paper's network exactly [default: {'on' if _FIT_FIELDS['linear_path'].default else 'off'}].")
+@click.option("--class-weights/--no-class-weights", default=None,
+              help=f"Inverse-frequency artist class weights [default: {'on' if _FIT_FIELDS['class_weights'].default else 'off'}].")
+@click.option("--flip/--no-flip", default=None,
+              help=f"Use the cache's flipped features as random augmentation [default: {'on' if _FIT_FIELDS['flip'].default else 'off'}].")
+@click.option("--keep-all-samples", is_flag=True, default=None, help="Keep samples whose artist is filtered out (artist unlabelled).")
+@click.option("--label-option", "label_options", multiple=True, metavar="KEY=VALUE",
+              help="Any other label option, e.g. key_column=file (repeatable).")
+@click.option("--device", help=f"auto, cpu, cuda or cuda:N [default: {_shown_default('device')}].")
+@click.option("--single-task-baselines", is_flag=True, help="Also train each task alone and compare (metrics, time ratio).")
+@cli_errors
+def fit(cache, metadata, label_format, out, label_options, **options):
+    """Train the shared layer and task heads on CACHE with labels from --metadata; write the run to --out."""
+    from omniart.heads.metrics import markdown_table
+    from omniart.pipeline.fitting import comparison_table, fit as run_fit
+
+    names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "flip", "keep_all_samples", "device",
+                                  "single_task_baselines"]
+    config = FitConfig(cache=cache, metadata=metadata, format=label_format, out=out,
+                       label_options=_key_values(label_options), **_chosen(options, names))
+    result = run_fit(config)
+    metrics = result.metrics
+    click.echo(markdown_table({"val": metrics["val"], "test": metrics["test"]}))
+    click.echo(f"\n{metrics['epochs']} epochs (best {metrics['best_epoch']}) in {metrics['train_seconds']:.2f}s on "
+               f"{metrics['device']}; run written to {result.run_dir}")
+    if config.single_task_baselines:
+        click.echo("\n" + comparison_table(metrics))
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]), help="Split to evaluate.")
+@click.option("--cache", type=click.Path(file_okay=False), help="Feature cache (default: the one the run was trained on).")
+@click.option("--device", help="cpu, cuda or cuda:N [default: cpu].")
+@cli_errors
+def evaluate(run, split, cache, device):
+    """Recompute RUN's metrics on a split, print them as a table, update metrics.json and the plots."""
+    from omniart.heads.metrics import markdown_table
+    from omniart.pipeline.fitting import evaluate as run_evaluate
+
+    click.echo(markdown_table({split: run_evaluate(run, split=split, cache=cache, device=device)}))
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False),
+              help="Feature cache to predict (made with the run's backbone, weights and preprocessing).")
+@click.option("--images", type=click.Path(),
+              help="Image folder or table: features are extracted first with the run's backbone.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV to write, one row per key.")
+@click.option("--threshold", default=_PREDICT_DEFAULTS["threshold"], show_default=True, type=click.FloatRange(0, 1),
+              help="Types and materials with a probability at least this are listed.")
+@click.option("--top-k", default=_PREDICT_DEFAULTS["top_k"], show_default=True, type=click.IntRange(min=1),
+              help="Artists listed per row.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Backbone weights file, when the run's cache was extracted from one (its sha256 is checked).")
+@click.option("--work-cache", type=click.Path(file_okay=False),
+              help="With --images: keep the extracted features here (default: a temporary folder).")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU when present).")
+@click.option("--batch-size", default=_PREDICT_DEFAULTS["batch_size"], show_default=True, type=click.IntRange(min=1),
+              help="With --images: images per extraction batch.")
+@click.option("--workers", default=_PREDICT_DEFAULTS["workers"], show_default=True, type=click.IntRange(min=0),
+              help="With --images: image decoding processes (0: in this process).")
+@cli_errors
+def predict(run, cache_dir, images, out, threshold, top_k, weights, work_cache, device, batch_size, workers):
+    """Predict artist, type, material and year for every cached key (or image) with a trained RUN."""
+    from omniart.pipeline.predict import predict as run_predict
+
+    table = run_predict(PredictConfig(run=run, out=out, cache=cache_dir, images=images, threshold=threshold,
+                                      top_k=top_k, weights=weights, work_cache=work_cache, device=device,
+                                      batch_size=batch_size, workers=workers))
+    click.echo(f"wrote {len(table)} predictions to {out}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False),
+              help="Feature cache made with the run's backbone.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New cache folder for the shared-layer activations (must hold no shards yet).")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Also embed the flipped features when the source cache has them.")
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+              help="Storage type of the new cache.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU when present).")
+@cli_errors
+def embed(run, cache_dir, out, flip, dtype, device):
+    """Write the shared-layer activations (paper 3.3) of every cached row as a new cache."""
+    from omniart.pipeline.embed import embed as run_embed
+
+    summary = run_embed(run, cache_dir, out, flip=flip, dtype=dtype, device=device)
+    click.echo(f"wrote {summary['rows']} embeddings of dimension {summary['feature_dim']} to {out}")
+
+
+@main.command()
+@click.argument("cache_dir", metavar="CACHE", required=False, type=click.Path(file_okay=False))
+@click.option("--metadata", type=click.Path(), help="Metadata file (as for `omni-heads fit`).")
+@click.option("--format", "metadata_format", help="Metadata format: rijks14, met or csv.")
+@click.option("--grid", "grid", multiple=True, metavar="NAME=V1,V2",
+              help="A fit option and its values, e.g. shared-size=1024,2048 or lr=1e-3,3e-4; repeat for more. "
+                   "One value fixes the option for every configuration.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for results.csv.")
+@_fit_options(["epochs", "tasks", "seed"])
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU, or the local rank's GPU).")
+@click.option("--sequential", is_flag=True, help="Train configurations one by one instead of stacked.")
+@click.option("--num-shards", type=click.IntRange(min=1), help="Split the grid over this many workers.")
+@click.option("--shard-index", type=click.IntRange(min=0), help="This worker's part (0-based).")
+@click.option("--merge", "merge_only", is_flag=True, help="Only merge the results-*.csv parts in --out.")
+@cli_errors
+def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_shards, shard_index, merge_only, **options):
+    """Train every configuration of a hyperparameter grid on CACHE and rank them in OUT/results.csv."""
+    from omniart.pipeline.sweep import SweepConfig, merge_results, parse_grid, run_sweep
+
+    if merge_only:
+        table = merge_results(out)
+        click.echo(f"merged {len(table)} configurations into {out}/results.csv")
+        return
+    fixed = _chosen(options, ("epochs", "seed", "device"))
+    if options.get("tasks"):
+        fixed["tasks"] = tuple(task.strip() for task in options["tasks"].split(",") if task.strip())
+    result = run_sweep(SweepConfig(cache=cache_dir, metadata=metadata, format=metadata_format, out=out,
+                                   grid=parse_grid(grid), fixed=fixed, batched=not sequential,
+                                   num_shards=num_shards, shard_index=shard_index))
+    click.echo(result.summary())
+
+
+@main.command()
+@click.argument("cache_dir", metavar="CACHE", type=click.Path(file_okay=False))
+@click.argument("key")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours to list.")
+@click.option("--flip", is_flag=True, help="Compare the horizontally flipped features.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@cli_errors
+def neighbors(cache_dir, key, k, flip, as_json):
+    """The K cached artworks most similar to KEY by cosine similarity of their features (KEY excluded)."""
+    from omniart.cache import FeatureStore
+    from omniart.heads.neighbors import nearest_neighbors
+
+    hits = nearest_neighbors(FeatureStore(cache_dir), key, k=k, flip=flip)
+    if as_json:
+        click.echo(json.dumps({"query": key, "neighbors": [{"key": hit, "score": score} for hit, score in hits]}))
+        return
+    for rank, (hit, score) in enumerate(hits, 1):
+        click.echo(f"{rank:>3}  {score:.4f}  {hit}")
+
+@main.command()
 @click.argument("metadata", type=click.Path(dir_okay=False))
 @click.option("--format", "format_", type=click.Choice(FORMATS), required=True, help="Metadata format.")
-@click.option("--min-artist-samples", type=int, default=_DEFAULTS["min_artist_samples"], show_default=True,
+@click.option("--min-artist-samples", type=int, default=_LABEL_DEFAULTS["min_artist_samples"], show_default=True,
               help="Keep artists with at least K samples (paper: 100/300/700/1100).")
-@click.option("--min-class-samples", type=int, default=_DEFAULTS["min_class_samples"], show_default=True,
+@click.option("--min-class-samples", type=int, default=_LABEL_DEFAULTS["min_class_samples"], show_default=True,
               help="Keep type/material classes with at least N positives.")
 @click.option("--keep-all-samples", is_flag=True,
               help="Keep samples of dropped/anonymous artists (artist masked) instead of dropping them.")
-@click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seed of the 70/20/10 split.")
-@click.option("--key-column", default=_DEFAULTS["key_column"], show_default=True, help="csv: key column.")
+@click.option("--seed", type=int, default=_LABEL_DEFAULTS["seed"], show_default=True, help="Seed of the 70/20/10 split.")
+@click.option("--key-column", default=_LABEL_DEFAULTS["key_column"], show_default=True, help="csv: key column.")
 @click.option("--artist-column", default=None, help="csv: artist column [default: 'artist' if present].")
 @click.option("--type-column", default=None, help="csv: type column [default: 'type' if present].")
 @click.option("--material-column", default=None, help="csv: material/medium column [default: 'material'].")
@@ -30,9 +242,9 @@ _DEFAULTS = {field.name: field.default for field in fields(LabelConfig)}  # Labe
 @click.option("--begin-column", default=None, help="csv: creation interval begin column (with --end-column).")
 @click.option("--end-column", default=None, help="csv: creation interval end column.")
 @click.option("--split-column", default=None, help="csv: official split column (train/val/test or 1/2/3).")
-@click.option("--separator", default=_DEFAULTS["separator"], show_default=True,
+@click.option("--separator", default=_LABEL_DEFAULTS["separator"], show_default=True,
               help="csv: separator of multi-valued cells.")
-@click.option("--language", type=click.Choice(LANGUAGES), default=_DEFAULTS["language"], show_default=True,
+@click.option("--language", type=click.Choice(LANGUAGES), default=_LABEL_DEFAULTS["language"], show_default=True,
               help="Stemmer of free-text media and types (met, csv).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @cli_errors
@@ -62,3 +274,71 @@ def labels(metadata, format_, min_artist_samples, min_class_samples, keep_all_sa
         click.echo(f"years: none labelled, {years['unparsed']:,} unparsed dates")
     click.echo("splits: " + ", ".join(f"{name} {count:,}" for name, count in stats["splits"].items()))
     click.echo("coverage: " + ", ".join(f"{task} {share:.1%}" for task, share in stats["coverage"].items()))
+
+
+_EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip", "workers": "workers",
+                    "extract_batch_size": "batch_size", "device": "device"}
+
+
+@main.command()
+@click.argument("images", type=click.Path(path_type=str))
+@click.option("--metadata", required=True, type=click.Path(dir_okay=False),
+              help="Collection metadata: Met JSON/CSV, Rijks'14 rijksgt.mat, or a CSV table.")
+@click.option("--format", "label_format", required=True, type=click.Choice(FORMATS),
+              help="Metadata format (how records join the image keys).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: cache/, run/, report.md, run-config.json (a rerun reuses cache/).")
+@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=_EXTRACT_DEFAULTS["backbone"],
+              show_default=True, help="Phase one: frozen feature extractor.")
+@click.option("--weights", help="Phase one: torchvision weights name, a local state-dict file, or 'random'.")
+@click.option("--flip/--no-flip", default=_EXTRACT_DEFAULTS["flip"], show_default=True,
+              help="Phase one stores flipped features; phase two uses them as augmentation.")
+@click.option("--extract-batch-size", type=click.IntRange(min=1), default=_EXTRACT_DEFAULTS["batch_size"],
+              show_default=True, help="Phase one: images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=_EXTRACT_DEFAULTS["workers"], show_default=True,
+              help="Phase one: image decode processes (0 = decode in this process).")
+@_fit_options(_RUN_FIT_OPTIONS, prefix="Phase two: ")
+@click.option("--keep-all-samples", is_flag=True, default=None,
+              help="Labels: keep the samples of dropped artists, their artist masked.")
+@click.option("--device", help="Both phases: auto, cpu, cuda or cuda:N [default: the GPU when present].")
+@click.option("--gallery", type=click.IntRange(min=0), default=RunConfig.gallery, show_default=True,
+              help="Test paintings shown in the report with their true and predicted labels.")
+@click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
+@cli_errors
+def run(images, metadata, label_format, out, gallery, quiet, **options):
+    """Run both phases on IMAGES (a folder or a table) and --metadata: extract features into OUT/cache
+    (resuming), fit and evaluate the heads into OUT/run, predict a gallery and write OUT/report.md.
+    Phase-two and label options left out take the defaults of `omni-heads fit`."""
+    from omniart.pipeline.end_to_end import run_pipeline
+
+    extract = {field: options[name] for name, field in _EXTRACT_OPTIONS.items() if options[name] is not None}
+    fit_options = _chosen(options, _RUN_FIT_OPTIONS + ("keep_all_samples", "device"))
+    config = RunConfig.create(images, metadata, label_format, out, extract={**extract, "progress": not quiet},
+                              fit={**fit_options, "progress": not quiet}, gallery=gallery)
+    click.echo(str(run_pipeline(config)))
+
+
+def _key_values(pairs) -> dict:
+    """--label-option KEY=VALUE pairs as a dict (numbers as numbers)."""
+    from omniart.heads import HeadsError
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise HeadsError(f"bad --label-option {pair!r}: use KEY=VALUE, e.g. key_column=file.")
+        options[key.strip()] = _number_or_text(value)
+    return options
+
+
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+if __name__ == "__main__":  # `python -m omniart.pipeline.cli`
+    main()

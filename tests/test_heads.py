@@ -10,13 +10,14 @@ from click.testing import CliRunner
 
 from omniart.cache import write_features
 from omniart.heads import HeadsError
-from omniart.heads.cli import main
+from omniart.pipeline.cli import main
 from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights
 from omniart.heads.metrics import average_precision, imap_score, map_score, mca, task_metrics, top3_accuracy
 from omniart.heads.model import OmniArtHeads
-from omniart.heads.plots import confused_pairs
-from omniart.heads.runs import load_run
-from omniart.heads.train import FitConfig, evaluate, fit, parse_task_weights
+from omniart.pipeline.plots import confused_pairs
+from omniart.pipeline.run_dir import load_run
+from omniart.heads.config import parse_task_weights
+from omniart.pipeline import FitConfig, evaluate, fit
 
 D, ARTISTS, TYPES, MATERIALS = 16, 4, 3, 3
 TYPE_NAMES, MATERIAL_NAMES = ("print", "vase", "chair"), ("paper", "silver", "wood")  # stable under stemming
@@ -244,11 +245,34 @@ def test_load_run_errors(tmp_path, planted_run):
         load_run(tmp_path / "nowhere")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(HeadsError, match="model.pt missing"):
+    with pytest.raises(HeadsError, match="model.pt, labels.npz, vocab.json missing"):
         load_run(tmp_path / "half")
+    run_dir = planted_run[0]
+    for name in ("config.json", "labels.npz", "vocab.json"):
+        (tmp_path / "half" / name).write_bytes((run_dir / name).read_bytes())
     (tmp_path / "half" / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(HeadsError, match="damaged"):
+    with pytest.raises(HeadsError, match="model.pt is damaged"):
         load_run(tmp_path / "half")
+
+
+def test_load_run_refuses_a_model_and_labels_of_different_fits(tmp_path, planted_run):
+    """A run whose labels come from another fit (a killed rewrite in place, or files copied together) is refused
+    by name instead of failing later with an IndexError."""
+    run_dir, data, cache, metadata, _ = planted_run
+    other = fit(FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "other"),
+                          tasks=("artist",), shared_size=8, epochs=1, min_class_samples=1,
+                          min_artist_samples=int(np.sort(np.bincount(data["artist"]))[-2]),  # the two largest artists
+                          device="cpu", progress=False))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("config.json", "model.pt"):
+        (mixed / name).write_bytes((run_dir / name).read_bytes())
+    for name in ("labels.npz", "vocab.json"):
+        (mixed / name).write_bytes((other.run_dir / name).read_bytes())
+    names = len(other.labels.artist_names)
+    assert names != ARTISTS
+    with pytest.raises(HeadsError, match=f"artist head has {ARTISTS} outputs but the labels {names} names"):
+        load_run(mixed)
 
 
 def test_evaluate_cli_recomputes_metrics(planted_run):
@@ -281,7 +305,8 @@ def test_seed_makes_fits_repeatable_and_flip_features_are_used(tmp_path):
 
 
 def test_float16_cache_stays_float16_in_memory_and_trains_like_float32(tmp_path):
-    from omniart.heads.train import load_training_data
+    from omniart.cache import FeatureStore
+    from omniart.pipeline.fitting import open_labelled_cache, split_arrays
 
     data = planted(n=300, seed=4)
     data["x"] = data["x"].astype(np.float16).astype(np.float32)  # values a float16 cache holds exactly
@@ -291,8 +316,11 @@ def test_float16_cache_stays_float16_in_memory_and_trains_like_float32(tmp_path)
                    dtype="float16")
     base = dict(metadata=str(metadata), format="csv", shared_size=32, epochs=3, batch_size=32, min_artist_samples=1,
                 min_class_samples=1, device="cpu", progress=False)
-    held = {cache: load_training_data(FitConfig(cache=str(cache), **base), ("artist",))[3].x.dtype for cache in (wide, half)}
-    assert held == {wide: torch.float32, half: torch.float16}  # half the memory, nothing lost
+    held = {}
+    for cache in (wide, half):
+        store, labels, _ = open_labelled_cache(FitConfig(cache=str(cache), **base), ("artist",))
+        held[cache] = split_arrays(store, labels, ("artist",), "train").X.dtype
+    assert held == {wide: np.float32, half: np.float16}  # half the memory, nothing lost
     results = [fit(FitConfig(cache=str(cache), out=str(tmp_path / cache.name / "run"), **base)) for cache in (wide, half)]
     assert [row["train_loss"] for row in results[0].history] == [row["train_loss"] for row in results[1].history]
     assert results[0].metrics["test"] == results[1].metrics["test"]
@@ -573,7 +601,7 @@ def test_default_fit_beats_linear_probes_and_single_task_fits_at_a_realistic_sca
 
 
 def test_default_rules_scale_with_the_data():
-    from omniart.heads.train import auto_batch_size, auto_weight_decay, loss_scales
+    from omniart.heads.config import auto_batch_size, auto_weight_decay, loss_scales
 
     # ~128 steps an epoch, as a power of two between 16 and 1024
     assert [auto_batch_size(n) for n in (10, 1344, 36587, 78427, 1_000_000)] == [16, 16, 256, 512, 1024]
@@ -585,15 +613,20 @@ def test_default_rules_scale_with_the_data():
 def test_fit_learns_input_standardisation_and_starts_from_the_priors(tmp_path):
     """The model holds the training split's feature mean/std (predict applies them) and its heads start at zero
     weights with biases at the label priors, so epoch 0 is the constant prediction."""
-    from omniart.heads.train import ModelTraining, load_training_data
+    from omniart.heads.training import Trainer, device_data
+    from omniart.pipeline.fitting import open_labelled_cache, split_arrays
 
     data = planted(n=400, seed=2)
     data["x"] = data["x"] * 5.0 + 3.0  # far from standardised
     cache, metadata = write_planted(tmp_path, data)
     config = FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
                        min_artist_samples=1, min_class_samples=1, device="cpu", progress=False)
-    _, labels, _, training, _ = load_training_data(config, ("artist", "type", "material", "year"))
-    state = ModelTraining(training, ("artist", "type", "material", "year"), config, "cpu")
+    tasks = ("artist", "type", "material", "year")
+    store, labels, _ = open_labelled_cache(config, tasks)
+    part = split_arrays(store, labels, tasks, "train")
+    training = device_data(part.X, part.targets, tasks, "cpu", masks=part.masks,
+                           n_classes={"artist": len(labels.artist_names)})
+    state = Trainer(training, tasks, config.heads_config(tasks=tasks), "cpu")
     train = labels.split == "train"
     np.testing.assert_allclose(state.model.input_mean.numpy(), data["x"][train].mean(0), rtol=1e-5)
     np.testing.assert_allclose(state.model.input_std.numpy(), data["x"][train].std(0), rtol=1e-4)

@@ -9,10 +9,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from omniart.cache import FeatureStore, write_features
-from omniart.heads import FitConfig, HeadsError, fit, load_run
+from omniart.heads import HeadsError
+from omniart.pipeline import FitConfig, fit, load_run
 from omniart.heads.neighbors import nearest_neighbors
-from omniart.heads.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
-from omniart.heads.use_cli import embed, neighbors, predict, sweep
+from omniart.pipeline.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
+from omniart.pipeline.cli import embed, neighbors, predict, sweep
 
 ATTRS = {"backbone": "test-backbone", "weights": "random", "preprocessing": {"size": 8}}
 ARTISTS = ["rembrandt", "vermeer", "hals", "steen"]  # the csv reader lower-cases names

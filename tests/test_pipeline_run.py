@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from omniart.heads.cli import main as omni_heads
-from omniart.pipeline.run import RunConfig, run_pipeline
-from omniart.pipeline.run_cli import run as run_command
+from omniart.pipeline.cli import main as omni_heads
+from omniart.pipeline.end_to_end import RunConfig, run_pipeline
+from omniart.pipeline.cli import run as run_command
 
 SECTIONS = ("## Timings", "## Data set", "## Metrics", "## Learning curves", "## Artist confusion", "## Gallery")
 TINY_FIT = dict(shared_size=32, epochs=8, batch_size=8, min_artist_samples=2, min_class_samples=2,

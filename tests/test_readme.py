@@ -6,7 +6,7 @@ import click
 import pytest
 
 from omniart.extract.cli import main as omni_extract
-from omniart.heads.cli import main as omni_heads
+from omniart.pipeline.cli import main as omni_heads
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
@@ -22,7 +22,7 @@ def readme_commands():
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split("#", 1)[0] if not line.lstrip().startswith("#!") else ""
-            match = re.search(r"(omni-extract|omni-heads|-m extract\.cli)\b(.*)", line)
+            match = re.search(r"(omni-extract|omni-heads|-m omniart\.extract\.cli)\b(.*)", line)
             if match:
                 commands.append(("omni-extract" if "extract" in match.group(1) else "omni-heads", match.group(2)))
     return commands
@@ -77,6 +77,6 @@ def test_help_is_instant_because_torch_is_not_imported():
     import subprocess
     import sys
 
-    code = "import sys, omniart.heads.cli, omniart.extract.cli; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    code = "import sys, omniart.pipeline.cli, omniart.extract.cli; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

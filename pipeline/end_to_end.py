@@ -3,15 +3,13 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from omniart.cache.errors import OmniError
 from omniart.extract.config import ExtractConfig
-
-if TYPE_CHECKING:  # heads.train imports torch; the CLI imports this module for --help
-    from omniart.heads import FitConfig
+from omniart.pipeline.config import FitConfig
 
 __all__ = ["RunConfig", "RunSummary", "run_pipeline"]
 
@@ -28,7 +26,7 @@ class RunConfig:
 
     out: str
     extract: ExtractConfig
-    fit: "FitConfig"
+    fit: FitConfig
     gallery: int = 6  # test paintings shown with their true and predicted labels in the report
     split: str = "test"  # split whose metrics the report shows
 
@@ -36,8 +34,6 @@ class RunConfig:
     def create(cls, images, metadata, format, out, extract: Optional[dict] = None, fit: Optional[dict] = None,
                **options) -> "RunConfig":
         """Nested phase configs with their paths inside `out`; `extract`/`fit` hold the other phase options."""
-        from omniart.heads import FitConfig
-
         out = Path(out)
         cache = out / "cache"
         return cls(out=str(out),
@@ -50,7 +46,9 @@ class RunConfig:
         """Write `<out>/run-config.json`: every setting of both phases and of the run."""
         path = Path(self.out) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
+        from omniart.cache.environment import software_versions
+
+        path.write_text(json.dumps({**asdict(self), "software": software_versions()}, indent=2, default=str) + "\n")
         return path
 
 
@@ -76,7 +74,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     """Extract (resuming an existing cache), fit and evaluate the heads, predict a gallery, write the report."""
     from omniart.cache import FeatureStore
     from omniart.extract import run_extract
-    from omniart.heads import fit, load_run
+    from omniart.pipeline.fitting import fit
     from omniart.pipeline.report import write_report
 
     _check_inputs(config)
@@ -93,7 +91,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     timings["fit + evaluate"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    run = load_run(fitted.run_dir)
+    run = fitted.run()
     gallery = _predict_gallery(run, FeatureStore(config.extract.out), config, dict(extracted.images))
     timings["predict"] = time.perf_counter() - started
 
@@ -123,7 +121,7 @@ def _check_inputs(config: RunConfig) -> None:
 def _predict_gallery(run, store, config: RunConfig, paths: dict) -> List[dict]:
     """`gallery` paintings of the report's split, those with an artist label first: path (from `paths`, key ->
     image path), true and predicted labels."""
-    from omniart.heads.predict import predictions_table
+    from omniart.pipeline.predict import predictions_table
 
     labels = run.labels
     rows = np.flatnonzero(labels.split == config.split)

@@ -2,7 +2,7 @@
 import pytest
 
 from omniart.cache.errors import OmniError
-from omniart.extract.environment import WorkerShard, resolve_device, resolve_shard
+from omniart.cache.environment import WorkerShard, resolve_device, resolve_shard
 
 
 def test_single_worker_without_options_or_launcher():

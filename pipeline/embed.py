@@ -11,7 +11,7 @@ __all__ = ["embed", "embedding_attrs"]
 
 def embedding_attrs(run_dir, source_attrs: dict) -> dict:
     """Cache attrs of an embedding: backbone 'omniart-shared:<run>', the model's hash, and the source cache's attrs."""
-    from omniart.heads.predict import file_sha256
+    from omniart.pipeline.predict import file_sha256
 
     run_dir = Path(run_dir)
     source = {name: value for name, value in source_attrs.items() if name not in ("format_version", "dtype")}
@@ -27,14 +27,12 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
 
     Flipped features are embedded too when the source has them and `flip`. Returns rows, feature_dim, out.
     """
-    import torch
-
     from omniart.cache import FeatureStore, ShardWriter, cached_keys
-    from omniart.extract.environment import resolve_device
-    from omniart.heads import load_run
-    from omniart.heads.predict import check_cache_matches
+    from omniart.cache.environment import resolve_device
+    from omniart.pipeline.predict import check_cache_matches
+    from omniart.pipeline.run_dir import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=resolve_device(device))
     if not run.model.shared_size:
         raise HeadsError(f"run {run_dir} has linear heads (--shared-size 0): there is no shared layer to embed; "
                          "refit with --shared-size > 0, or use the cache's own features.")
@@ -42,15 +40,10 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
     check_cache_matches(run.cache_attrs, store.attrs, store.path)
     if cached_keys(out_dir):
         raise HeadsError(f"{out_dir} already holds feature shards; pass a new --out folder for the embeddings.")
-    device = resolve_device(device)
-    model = run.model.to(device).eval()
     with_flip = flip and store.has_flip
-    hidden = model.shared_size
+    hidden = run.model.shared_size
     attrs = embedding_attrs(run_dir, store.attrs)
-
-    def shared(block: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model.shared(torch.as_tensor(block, dtype=torch.float32, device=device)).float().cpu().numpy()
+    shared = run.estimator.embed
 
     batches = store.iter_batches(rows=rows)
     flipped = store.iter_batches(rows=rows, flip=True) if with_flip else None

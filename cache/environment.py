@@ -1,4 +1,4 @@
-"""Where a worker runs: its device and its part of the work, from options or torchrun/Slurm variables."""
+"""Where a worker runs (its device and its part of the work, from options or torchrun/Slurm variables): shared by both phases."""
 import os
 import warnings
 from dataclasses import dataclass
@@ -6,7 +6,7 @@ from typing import Mapping, Optional
 
 from omniart.cache.errors import OmniError
 
-__all__ = ["WorkerShard", "resolve_shard", "resolve_device"]
+__all__ = ["WorkerShard", "resolve_shard", "resolve_device", "software_versions"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,20 @@ def resolve_device(requested: Optional[str] = None, local_rank: Optional[int] = 
     except RuntimeError as error:
         raise OmniError(f"unknown --device {requested!r}: use auto, cpu, cuda or cuda:N ({error}).") from error
     return requested
+
+
+def software_versions() -> dict:
+    """Versions of what computes features and models (their numbers change with them), recorded with every
+    cache shard and trained model; None for a package that is not installed."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("omniart", "torch", "torchvision", "numpy", "pillow", "h5py"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _int_env(env: Mapping[str, str], name: str) -> Optional[int]:

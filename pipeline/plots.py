@@ -1,4 +1,4 @@
-"""Run plots (PNG, matplotlib Agg): learning curves, artist confusion with/without diagonal, confused pairs."""
+"""Run plots as PNG (matplotlib Figures: no pyplot, no backend switch): learning curves, artist confusion, pairs."""
 import csv
 from pathlib import Path
 from typing import Optional
@@ -38,13 +38,14 @@ def confused_pairs(true: np.ndarray, predicted: np.ndarray, names, top: int = 50
 
 def learning_curves(history: list, path: Path) -> None:
     """Per-task training (solid) and validation (dashed) losses, validation scores in [0, 1], and year errors."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in history]
     names = list(history[0]) if history else []
     # Year errors are in years (MSE in years squared): on the scores' 0..1 axis they would flatten every curve.
     year_errors = [name for name in ("val_year_mae",) if name in names]
-    figure, axes = plt.subplots(1, 2 + bool(year_errors), figsize=(5.2 * (2 + bool(year_errors)), 4.2))
+    figure = Figure(figsize=(5.2 * (2 + bool(year_errors)), 4.2))
+    axes = figure.subplots(1, 2 + bool(year_errors))
     losses, scores = axes[:2]
     for name in names:
         values = [row.get(name) for row in history]
@@ -66,14 +67,14 @@ def learning_curves(history: list, path: Path) -> None:
             axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def confusion_figure(matrix: np.ndarray, names: list, path: Path) -> None:
     """Paper Figures 3/5: the confusion matrix (left) and the same with its main diagonal removed (right)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    figure, axes = plt.subplots(1, 2, figsize=(15, 7))
+    figure = Figure(figsize=(15, 7))
+    axes = figure.subplots(1, 2)
     off_diagonal = matrix.copy()
     np.fill_diagonal(off_diagonal, 0)
     for axis, values, title in ((axes[0], matrix, "confusion"), (axes[1], off_diagonal, "without main diagonal")):
@@ -84,15 +85,11 @@ def confusion_figure(matrix: np.ndarray, names: list, path: Path) -> None:
         figure.colorbar(image, ax=axis, fraction=0.046)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def write_plots(out: Path, history: list, labels, artist_targets: Optional[np.ndarray],
                 artist_probs: Optional[np.ndarray], rows: Optional[np.ndarray]) -> list:
     """learning_curves.png, and with artist predictions confusion_artists.png + confused_pairs.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     written = []
     if history:
         learning_curves(history, out / "learning_curves.png")

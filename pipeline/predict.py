@@ -36,8 +36,8 @@ class PredictConfig:
 def predict(cfg: PredictConfig):
     """Write cfg.out and return it as a pandas DataFrame (key, artist_1, artist_1_prob, ..., type, material, year)."""
     from omniart.cache import FeatureStore
-    from omniart.extract.environment import resolve_device
-    from omniart.heads import load_run
+    from omniart.cache.environment import resolve_device
+    from omniart.pipeline.run_dir import load_run
 
     if (cfg.cache is None) == (cfg.images is None):
         raise HeadsError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "

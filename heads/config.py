@@ -1,0 +1,140 @@
+"""`HeadsConfig`: the hyperparameters of phase two and their default rules (no paths, no label rules, no torch)."""
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omniart.heads import HeadsError
+
+__all__ = ["HeadsConfig", "TASKS", "EVAL_BATCH_SIZE", "loss_scales", "auto_weight_decay", "auto_batch_size", "parse_task_weights",
+           "check_tasks"]
+
+TASKS = ("artist", "type", "material", "year")
+# auto_weight_decay's L2 coefficient times the training rows (bench_quality.py measures it against probes)
+_L2_PER_DATASET = 16.0
+# auto_batch_size: about this many optimiser steps per epoch, within these batch sizes
+_STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
+EVAL_BATCH_SIZE = 2048  # rows per inference pass: one (rows, H) float32 activation, 48 MiB at H = 6144
+
+
+@dataclass
+class HeadsConfig:
+    """Every hyperparameter of the shared layer and task heads; saved with each trained model.
+
+    A field whose default is None is chosen automatically; its metadata["auto"] says how (the CLI shows it).
+    """
+
+    tasks: Optional[tuple] = field(default=None, metadata={"auto": "every task given targets (all four in fit)"})
+    shared_size: int = 6144  # the paper's best shared-layer width; 0: linear heads on the features
+    epochs: int = 20
+    # auto_batch_size: enough optimiser steps at any data size
+    batch_size: Optional[int] = field(default=None, metadata={"auto": "the power of two giving ~128 steps an epoch, "
+                                                                      "16 to 1024"})
+    lr: float = 1e-3  # peak Adam learning rate
+    # L2 coefficient of the weight matrices (auto_weight_decay)
+    weight_decay: Optional[float] = field(default=None, metadata={"auto": f"{_L2_PER_DATASET:g} / training rows"})
+    dropout: float = 0.0
+    warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up before the cosine decay
+    # epochs without a better validation score before stopping, keeping the best epoch; None: every epoch runs and
+    # the last is kept (the cosine schedule's last, small steps settle at the L2-regularised optimum, and picking
+    # an epoch on a small validation split is mostly noise)
+    patience: Optional[int] = field(default=None, metadata={"auto": "none: every epoch runs, the last is kept"})
+    # s_year on the MAE in years; None: see loss_scales
+    year_scale: Optional[float] = field(default=None, metadata={"auto": "1 / std of the training years"})
+    linear_path: bool = True  # heads also read the standardised features beside the shared layer; False: the paper's net
+    task_weights: str = "equal"  # equal | auto | uncertainty | "artist=1,type=0.5,..."
+    class_weights: bool = False  # inverse-frequency artist class weights (paper 4.3.1, unbalanced splits)
+    flip: bool = True  # train on the mirrored images' features too (random per sample and epoch) when given
+    seed: int = 0
+    device: Optional[str] = field(default=None, metadata={"auto": "the GPU when present, else CPU with a warning"})
+    eval_batch_size: int = EVAL_BATCH_SIZE
+    progress: bool = True  # one line per epoch on stderr
+
+    def check(self) -> None:
+        """Raise HeadsError naming the first value out of range (before any training starts)."""
+        if self.tasks is not None:
+            check_tasks(self.tasks)
+        for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        if int(self.shared_size) < 0:
+            raise HeadsError(f"--shared-size must be 0 (linear heads) or more, got {self.shared_size}.")
+        if not self.lr > 0 or (self.weight_decay is not None and self.weight_decay < 0) or not 0 <= self.dropout < 1 or \
+                (self.year_scale is not None and not self.year_scale > 0) or not 0 <= self.warmup < 1:
+            raise HeadsError("need --lr > 0, --weight-decay >= 0, 0 <= --dropout < 1, --year-scale > 0 and 0 <= warmup < 1 "
+                             f"(got {self.lr}, {self.weight_decay}, {self.dropout}, {self.year_scale}, {self.warmup}).")
+        parse_task_weights(self.task_weights, self.tasks or TASKS)
+
+
+def check_tasks(tasks) -> tuple:
+    """'artist,year' or a sequence -> a tuple of known, distinct task names; HeadsError otherwise."""
+    tasks = tuple(tasks.split(",")) if isinstance(tasks, str) else tuple(tasks)
+    tasks = tuple(task.strip() for task in tasks if task.strip())
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise HeadsError(f"unknown task {', '.join(unknown) or '(none given)'}: --tasks takes a comma-separated subset "
+                         f"of {','.join(TASKS)}.")
+    if len(set(tasks)) != len(tasks):
+        raise HeadsError(f"--tasks lists a task twice ({','.join(tasks)}); name each once.")
+    return tasks
+
+
+def loss_scales(tasks, year_std: float, year_scale: Optional[float] = None) -> dict:
+    """The scale factors s_i of L = sum_i w_i s_i L_i: 1 for the classification losses, 1 / year_std for the year.
+
+    Then every s_i L_i has a gradient of norm about 1 per sample with respect to its head's outputs, whatever
+    the number of classes or the spread of the years: the cross-entropy's is softmax - one-hot, the summed
+    BCE's is sigmoid - target, and the year's MAE in standard deviations gives +-1. (The year in years would
+    pull on the shared layer ~100x harder; the paper's manual s_period = 1/10 tamed it by hand.) `year_scale`,
+    when given, is s_year on the MAE in years instead.
+    """
+    scales = {task: 1.0 for task in tasks}
+    if "year" in scales:
+        scales["year"] = float(year_scale) if year_scale is not None else 1.0 / year_std
+    return scales
+
+
+def auto_weight_decay(train_rows: int) -> float:
+    """The default L2 coefficient on the mean loss: 16 / training rows.
+
+    On the mean loss this is a fixed Gaussian prior on the weights against a likelihood that grows with the
+    data (scikit-learn's C works the same way): strong with a few samples per class, where a wide shared layer
+    would otherwise memorise them, and weak at a few hundred thousand rows. Measured: at 1,344 training rows
+    coefficients 0.01-0.1 matched the probes and 1e-3 did not; at 36,587 rows 3e-4-1e-3 did and 0.03 did not.
+    """
+    return _L2_PER_DATASET / max(int(train_rows), 1)
+
+
+def auto_batch_size(train_rows: int) -> int:
+    """The default batch size: the power of two giving about 128 steps an epoch, between 16 and 1024.
+
+    A fixed batch gives a few thousand rows a handful of steps (too few to learn) and a few hundred
+    thousand rows needless tiny steps; this keeps the number of updates in 20 epochs near 2,500.
+    """
+    target = max(1, train_rows // _STEPS_PER_EPOCH)
+    return int(min(_MAX_BATCH, max(_MIN_BATCH, 2 ** round(math.log2(target)))))
+
+
+def parse_task_weights(spec, tasks) -> object:
+    """'auto' | 'uncertainty' | 'equal' | 'artist=1,type=0.5' (unlisted tasks weigh 1) -> str or dict."""
+    if isinstance(spec, dict):
+        spec = ",".join(f"{task}={value}" for task, value in spec.items())
+    spec = str(spec).strip()
+    if spec in ("auto", "uncertainty"):
+        return spec
+    weights = {task: 1.0 for task in tasks}
+    if spec in ("equal", ""):
+        return weights
+    for part in spec.split(","):
+        task, sep, value = part.partition("=")
+        task = task.strip()
+        if not sep or task not in tasks:
+            raise HeadsError(f"bad --task-weights entry {part!r}: use auto, uncertainty, equal or TASK=NUMBER pairs "
+                             f"separated by commas, TASK one of the trained tasks {', '.join(tasks)} "
+                             "(e.g. artist=1,type=0.5).")
+        try:
+            weights[task] = float(value)
+        except ValueError as error:
+            raise HeadsError(f"bad --task-weights weight {value!r} for {task}: it must be a number (e.g. {task}=0.5).") from error
+        if not math.isfinite(weights[task]) or weights[task] < 0:
+            raise HeadsError(f"bad --task-weights weight {value!r} for {task}: it must be a finite number >= 0.")
+    return weights

@@ -1,0 +1,51 @@
+"""`FitConfig`: phase two's files, label rules and every HeadsConfig hyperparameter, saved in each run directory."""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omniart.heads import HeadsError
+from omniart.heads.config import TASKS, HeadsConfig, check_tasks
+
+__all__ = ["FitConfig"]
+
+
+@dataclass
+class FitConfig(HeadsConfig):
+    """Everything `omni-heads fit` needs: where features, metadata and the run go, the label rules, and every
+    HeadsConfig hyperparameter (same names, same defaults); saved as config.json["fit"] in the run directory."""
+
+    cache: str = ""
+    metadata: str = ""
+    format: str = "rijks14"  # label format: rijks14 | met | csv (pipeline.labels)
+    out: str = "run"
+    min_artist_samples: Optional[int] = None  # None: LabelConfig's default
+    min_class_samples: Optional[int] = None
+    keep_all_samples: Optional[bool] = None
+    label_options: dict = field(default_factory=dict)  # any other LabelConfig field (csv columns, separator...)
+    single_task_baselines: bool = False
+
+    def heads_config(self, **changes) -> HeadsConfig:
+        """The hyperparameters alone (what the estimator is built from), with `changes` applied."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(HeadsConfig)}
+        return HeadsConfig(**{**values, **changes})
+
+    def label_config(self):
+        """The LabelConfig this fit builds its labels with."""
+        from omniart.pipeline.labels import LabelConfig
+
+        options = {"format": self.format, **self.label_options}
+        for name in ("min_artist_samples", "min_class_samples", "keep_all_samples"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        options.setdefault("seed", self.seed)
+        try:
+            return LabelConfig(**options)
+        except TypeError as error:
+            valid = ", ".join(f.name for f in dataclasses.fields(LabelConfig))
+            raise HeadsError(f"bad label option ({error}); LabelConfig fields are: {valid}.") from error
+
+    def checked_tasks(self) -> tuple:
+        """The tasks to train (all four when none are named), every hyperparameter checked first."""
+        tasks = check_tasks(self.tasks) if self.tasks is not None else TASKS
+        self.heads_config(tasks=tasks).check()
+        return tasks

@@ -1,0 +1,214 @@
+"""`omni-heads fit` and `evaluate`: the heads trained and scored on a feature cache joined to collection metadata."""
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from omniart.heads import HeadsError
+from omniart.heads.config import HeadsConfig
+from omniart.pipeline.config import FitConfig
+
+__all__ = ["FitResult", "fit", "evaluate", "comparison_table", "split_arrays", "open_labelled_cache",
+           "class_counts"]
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the run directory, its metrics.json content, the per-epoch history and the estimator."""
+
+    run_dir: Path
+    metrics: dict
+    history: list
+    estimator: object  # heads.MultiTaskHeads
+    labels: object  # pipeline.labels.LabelSet
+    info: dict  # config.json
+
+    def run(self):
+        """The published run as `load_run` would read it, without reading it back."""
+        from omniart.pipeline.run_dir import Run
+
+        return Run(self.run_dir, self.estimator, FitConfig(**self.info["fit"]), self.labels,
+                   self.info["cache_attrs"], self.info, self.estimator.device_)
+
+
+@dataclass
+class SplitArrays:
+    """One split of a LabelSet as the estimator takes it: features (and mirrored ones), targets, masks, rows."""
+
+    rows: np.ndarray
+    X: np.ndarray
+    X_flip: Optional[np.ndarray]
+    targets: dict
+    masks: dict
+
+    def validation(self) -> tuple:
+        return self.X, self.targets, self.masks
+
+
+def split_arrays(store, labels, tasks, split: str, flip: bool = False) -> SplitArrays:
+    """The `split` rows of `labels` with their features from `store` (FeatureStore), in label order.
+
+    float16 stays float16 in memory when the cache stores it (half the bytes, nothing lost); the model casts each
+    batch. Each split is loaded on its own, so training holds no second copy of the features.
+    """
+    rows = np.flatnonzero(np.asarray(labels.split) == split)
+    keys = [str(labels.keys[i]) for i in rows]
+    dtype = np.float16 if store.attrs["dtype"] == "float16" else np.float32
+    targets = {"artist": np.asarray(labels.artist, np.int64), "type": np.asarray(labels.types),
+               "material": np.asarray(labels.materials), "year": np.asarray(labels.year, np.float32)}
+    return SplitArrays(rows=rows, X=store.load(keys, dtype=dtype),
+                       X_flip=store.load(keys, flip=True, dtype=dtype) if flip and store.has_flip else None,
+                       targets={task: targets[task][rows] for task in tasks},
+                       masks={task: np.asarray(labels.masks[task])[rows] for task in tasks})
+
+
+def open_labelled_cache(config: FitConfig, tasks: tuple) -> tuple:
+    """(store, labels, join report) of a fit: the cache opened and the metadata joined to its keys."""
+    from omniart.cache import FeatureStore
+    from omniart.pipeline.labels import build_labels
+
+    if not Path(config.cache).is_dir():
+        raise HeadsError(f"cache directory {config.cache!r} does not exist; pass the --out directory of omni-extract.")
+    if not Path(config.metadata).exists():
+        raise HeadsError(f"metadata file {config.metadata!r} does not exist; pass it with --metadata.")
+    store = FeatureStore(config.cache)
+    labels, report = build_labels(config.metadata, config.label_config(), cache_keys=store.keys)
+    if len(labels.keys) == 0:
+        raise HeadsError(f"no cache key matched a metadata record ({config.cache} vs {config.metadata}); check --format "
+                         "and the key/file-name rules of the label format.")
+    return store, labels, report
+
+
+def class_counts(labels) -> dict:
+    return {"artist": len(labels.artist_names), "type": len(labels.type_names), "material": len(labels.material_names)}
+
+
+def fit(config: FitConfig) -> FitResult:
+    """Train on `config.cache` with labels from `config.metadata`; publish and return the run directory."""
+    from omniart.cache.environment import software_versions
+    from omniart.heads import MultiTaskHeads
+    from omniart.pipeline.plots import write_plots
+    from omniart.pipeline.run_dir import publish_run, write_history
+
+    tasks = config.checked_tasks()
+    store, labels, report = open_labelled_cache(config, tasks)
+    for task in tasks:
+        if task != "year" and not class_counts(labels)[task]:
+            raise HeadsError(f"task {task} has no classes after the label filters; drop it from --tasks or lower "
+                             "--min-class-samples / --min-artist-samples.")
+    heads_config = config.heads_config(tasks=tasks)
+    train = split_arrays(store, labels, tasks, "train", flip=config.flip)
+    val = split_arrays(store, labels, tasks, "val")
+    estimator = MultiTaskHeads(heads_config).fit(train.X, train.targets, train.masks, X_flip=train.X_flip,
+                                                 validation=val.validation() if len(val.rows) else None,
+                                                 n_classes=class_counts(labels))
+    test = split_arrays(store, labels, tasks, "test")
+    scores = {"val": estimator.predict_scores(val.X), "test": estimator.predict_scores(test.X)}
+    metrics = {name: _split_metrics(estimator, scores[name], part) for name, part in (("val", val), ("test", test))}
+    year_baselines = {name: _year_baseline(train, part) for name, part in (("val", val), ("test", test))}
+    metrics.update({"epochs": estimator.epochs_run_, "batch_size": estimator.batch_size_,
+                    "weight_decay": estimator.weight_decay_, "loss_scales": estimator.loss_scales_,
+                    "best_epoch": estimator.best_epoch_, "train_seconds": estimator.train_seconds_,
+                    "seconds_per_epoch": estimator.train_seconds_ / estimator.epochs_run_, "device": estimator.device_,
+                    "samples": {name: int(len(part.rows)) for name, part in zip(SPLITS, (train, val, test))},
+                    "task_weights": estimator.task_weights_, "flip": train.X_flip is not None,
+                    "year_baseline_mae": year_baselines})
+    if estimator.log_vars_ is not None:
+        metrics["log_vars"] = estimator.log_vars_
+    if config.single_task_baselines:
+        metrics["single_task"] = _single_task_baselines(heads_config, tasks, train, val, test, class_counts(labels))
+        single_seconds = sum(entry["train_seconds"] for entry in metrics["single_task"].values())
+        metrics["single_task_seconds"] = single_seconds
+        metrics["speedup"] = single_seconds / estimator.train_seconds_
+    info = {"fit": {**dataclasses.asdict(config), "tasks": list(tasks)}, "tasks": list(tasks),
+            "cache_attrs": store.attrs, "labels": _plain(labels.config), "join": _plain(report),
+            "label_statistics": labels.statistics(), "model": estimator.model_.sizes(),
+            "software": software_versions()}
+
+    def build(folder: Path) -> None:
+        estimator.save(folder)
+        labels.save(folder)
+        (folder / "config.json").write_text(json.dumps(info, indent=2, default=str))
+        write_history(folder / "history.csv", estimator.history_)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        artist_targets = np.asarray(labels.artist)
+        write_plots(folder, estimator.history_, labels, artist_targets, scores["test"].get("artist") if len(test.rows) else None,
+                    test.rows if len(test.rows) else None)
+
+    out = publish_run(config.out, build)
+    return FitResult(out, metrics, estimator.history_, estimator, labels, info)
+
+
+def _split_metrics(estimator, scores: dict, part: SplitArrays) -> dict:
+    from omniart.heads.metrics import METRIC_NAMES, task_metrics
+
+    if not len(part.rows):
+        return {task: {name: None for name in METRIC_NAMES[task]} for task in scores}
+    return {task: task_metrics(task, value, part.targets[task]) for task, value in scores.items()}
+
+
+def _year_baseline(train: SplitArrays, held: SplitArrays) -> Optional[float]:
+    from omniart.heads.training import year_baseline
+
+    if "year" not in train.targets:
+        return None
+    return year_baseline(train.targets["year"], held.targets["year"])
+
+
+def _single_task_baselines(heads_config: HeadsConfig, tasks: tuple, train, val, test, n_classes: dict) -> dict:
+    """Each task trained alone with the same settings: test metrics and training seconds per task."""
+    from omniart.heads import MultiTaskHeads
+
+    results = {}
+    for task in tasks:
+        alone = MultiTaskHeads(dataclasses.replace(heads_config, tasks=(task,))).fit(
+            train.X, train.targets, train.masks, X_flip=train.X_flip,
+            validation=val.validation() if len(val.rows) else None, n_classes=n_classes, label=f"[{task} only] ")
+        test_metrics = _split_metrics(alone, alone.predict_scores(test.X), test)
+        results[task] = {"test": test_metrics[task], "train_seconds": alone.train_seconds_, "epochs": alone.epochs_run_}
+    return results
+
+
+def comparison_table(metrics: dict) -> str:
+    """Markdown: multi-task vs single-task test metrics, then the training-time ratio."""
+    from omniart.heads.metrics import markdown_table
+
+    single = {task: entry["test"] for task, entry in metrics["single_task"].items()}
+    table = markdown_table({"multi-task": metrics["test"], "single-task": single}, title="test")
+    return (f"{table}\n\ntraining seconds: multi-task {metrics['train_seconds']:.2f}, sum of single-task "
+            f"{metrics['single_task_seconds']:.2f} -> multi-task is {metrics['speedup']:.2f}x faster")
+
+
+def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: Optional[str] = None) -> dict:
+    """Recompute `split` metrics of a run from its cache (or `cache`); update metrics.json and the plots."""
+    from omniart.cache import FeatureStore
+    from omniart.heads.metrics import task_metrics
+    from omniart.pipeline.plots import write_plots
+    from omniart.pipeline.run_dir import load_run, read_history
+
+    if split not in SPLITS:
+        raise HeadsError(f"unknown split {split!r}: use train, val or test.")
+    run = load_run(run_dir, device=device or "cpu")
+    cache = cache or run.config.cache
+    if not Path(cache).is_dir():
+        raise HeadsError(f"cache directory {cache!r} of run {run_dir} does not exist; pass the cache with --cache.")
+    part = split_arrays(FeatureStore(cache), run.labels, run.tasks, split)
+    scores = run.predict(part.X)
+    result = {task: task_metrics(task, scores[task], part.targets[task]) for task in scores}
+    path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[split] = result
+    path.write_text(json.dumps(metrics, indent=2))
+    write_plots(Path(run_dir), read_history(Path(run_dir) / "history.csv"), run.labels, np.asarray(run.labels.artist),
+                scores.get("artist"), part.rows)
+    return result
+
+
+def _plain(value):
+    """A dataclass (LabelConfig, JoinReport) as a JSON-able dict; anything else as is."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value

@@ -1,0 +1,133 @@
+"""MultiTaskHeads from a notebook: fit on arrays, predict, score, embed, save/load, and the same numbers as the CLI."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_heads import D, planted, write_planted
+
+from omniart.heads import HeadsConfig, HeadsError, MultiTaskHeads, fit_many
+from omniart.pipeline import load_run
+from omniart.pipeline.cli import main
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+SPLIT = {"train": slice(0, 700), "val": slice(700, 850), "test": slice(850, 1000)}  # planted()'s split column
+
+
+def arrays(data, split):
+    rows = SPLIT[split]
+    return data["x"][rows], {"artist": data["artist"][rows], "type": data["type"][rows],
+                             "material": data["material"][rows], "year": data["year"][rows]}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    data = planted()
+    X, targets = arrays(data, "train")
+    estimator = MultiTaskHeads(shared_size=256, device="cpu", progress=False).fit(X, targets, validation=arrays(data, "val"))
+    return estimator, data
+
+
+def test_fit_on_arrays_predicts_scores_and_beats_the_constant_prediction(fitted):
+    estimator, data = fitted
+    X_test, truth = arrays(data, "test")
+    predicted = estimator.predict(X_test)
+    assert predicted["artist"].shape == (150,) and predicted["type"].shape == (150, 3) and predicted["type"].dtype == bool
+    assert predicted["year"].shape == (150,) and predicted["year"].dtype == np.float32
+    probabilities = estimator.predict_proba(X_test)
+    assert set(probabilities) == {"artist", "type", "material"}
+    np.testing.assert_allclose(probabilities["artist"].sum(1), 1.0, rtol=1e-5)
+    scores = estimator.score(X_test, truth)
+    majority = np.bincount(truth["artist"]).max() / len(truth["artist"])
+    assert scores["artist"]["accuracy"] > majority + 0.3
+    median_mae = np.abs(truth["year"] - np.median(data["year"][SPLIT["train"]])).mean()
+    assert scores["year"]["mae"] < 0.5 * median_mae
+    assert scores["type"]["map"] > truth["type"].mean() + 0.2
+    # the learned attributes, scikit-learn style
+    assert estimator.tasks_ == ("artist", "type", "material", "year") and estimator.n_features_in_ == D
+    assert len(estimator.history_) == estimator.epochs_run_ == 20 and estimator.best_epoch_ == 20
+    assert estimator.task_weights_ == {"artist": 1.0, "type": 1.0, "material": 1.0, "year": 1.0}
+    np.testing.assert_allclose(estimator.input_mean_, data["x"][SPLIT["train"]].mean(0), rtol=1e-4, atol=1e-6)
+    assert estimator.get_params()["shared_size"] == 256 and repr(estimator) == \
+        "MultiTaskHeads(shared_size=256, device='cpu', progress=False)"
+    assert estimator.embed(X_test).shape == (150, 256)
+
+
+def test_save_and_load_give_the_same_predictions(fitted, tmp_path):
+    estimator, data = fitted
+    estimator.save(tmp_path / "model")
+    loaded = MultiTaskHeads.load(tmp_path / "model")
+    X_test, _ = arrays(data, "test")
+    for task, value in estimator.predict_scores(X_test).items():
+        np.testing.assert_array_equal(loaded.predict_scores(X_test)[task], value)
+    assert loaded.config == estimator.config and loaded.history_ == estimator.history_
+    assert loaded.loss_scales_ == estimator.loss_scales_ and loaded.best_epoch_ == estimator.best_epoch_
+    info = (tmp_path / "model" / "heads.json").read_text()
+    assert '"shared_size": 256' in info and '"torch":' in info  # the config and the software versions, readable
+
+
+def test_a_subset_of_tasks_from_the_targets_given(fitted):
+    _, data = fitted
+    X, targets = arrays(data, "train")
+    alone = MultiTaskHeads(shared_size=0, epochs=5, device="cpu", progress=False).fit(X, {"year": targets["year"]})
+    assert alone.tasks_ == ("year",) and set(alone.predict(X)) == {"year"}
+    with pytest.warns(RuntimeWarning, match="no validation rows"):
+        MultiTaskHeads(shared_size=8, epochs=1, device="cpu", progress=False).fit(X, {"artist": targets["artist"]})
+
+
+def test_errors_name_the_problem(fitted):
+    estimator, data = fitted
+    X, targets = arrays(data, "train")
+    with pytest.raises(HeadsError, match="unknown hyperparameter shared_width"):
+        MultiTaskHeads(shared_width=3)
+    with pytest.raises(HeadsError, match="not fitted yet"):
+        MultiTaskHeads().predict(X)
+    with pytest.raises(HeadsError, match=rf"features of shape \(700, {D + 1}\) do not fit"):
+        estimator.predict(np.zeros((700, D + 1), np.float32))
+    with pytest.raises(HeadsError, match=r"targets\['year'\] has shape \(699,\), expected \(700,\)"):
+        MultiTaskHeads(device="cpu").fit(X, {"year": targets["year"][:-1]})
+    with pytest.raises(HeadsError, match="targets have no material"):
+        MultiTaskHeads(tasks=("artist", "material"), device="cpu").fit(X, {"artist": targets["artist"]})
+    with pytest.raises(HeadsError, match=r"ids \[7\] outside -1..3"):
+        MultiTaskHeads(device="cpu").fit(X, {"artist": targets["artist"]}, n_classes={"artist": 4},
+                                         validation=(X[:2], {"artist": np.array([7, 0])}))
+    with pytest.raises(HeadsError, match="--shared-size must be 0"):
+        MultiTaskHeads(shared_size=-1, device="cpu").fit(X, targets)
+    with pytest.raises(HeadsError, match="no shared layer to embed"):
+        MultiTaskHeads(shared_size=0, epochs=1, device="cpu", progress=False).fit(X, {"year": targets["year"]}).embed(X)
+
+
+def test_the_estimator_gives_the_numbers_of_omni_heads_fit(tmp_path):
+    """The notebook and the CLI are one method: fit on the run's own arrays with the run's hyperparameters gives
+    the same losses, epoch by epoch, and the same predictions."""
+    data = planted(n=600, seed=3)
+    cache, metadata = write_planted(tmp_path, data)
+    result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv", "--out",
+                                       str(tmp_path / "run"), "--shared-size", "256", "--epochs", "6", "--seed", "5",
+                                       "--min-artist-samples", "1", "--min-class-samples", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "run")
+    labels = run.labels
+    row_of = {key: i for i, key in enumerate(data["keys"])}
+    targets = {"artist": labels.artist, "type": labels.types, "material": labels.materials, "year": labels.year}
+
+    def part(split):
+        rows = np.flatnonzero(labels.split == split)
+        return data["x"][[row_of[str(labels.keys[i])] for i in rows]], {t: v[rows] for t, v in targets.items()}
+
+    X, y = part("train")
+    estimator = MultiTaskHeads(shared_size=256, epochs=6, seed=5, device="cpu", progress=False).fit(
+        X, y, validation=part("val"), n_classes={"artist": len(labels.artist_names)})
+    assert [row["train_loss"] for row in estimator.history_] == [row["train_loss"] for row in run.estimator.history_]
+    X_test, _ = part("test")
+    for task, value in run.predict(X_test).items():
+        np.testing.assert_array_equal(estimator.predict_scores(X_test)[task], value)
+
+
+def test_fit_many_stacks_configurations_and_matches_one_by_one(fitted):
+    _, data = fitted
+    X, targets = arrays(data, "train")
+    configs = [HeadsConfig(shared_size=32, epochs=3, lr=lr, device="cpu", progress=False) for lr in (1e-3, 3e-3)]
+    stacked = fit_many(configs, X, targets, validation=arrays(data, "val"))
+    alone = fit_many(configs, X, targets, validation=arrays(data, "val"), batched=False)
+    assert [e.stacked_ for e in stacked] == [2, 2] and [e.stacked_ for e in alone] == [1, 1]
+    for a, b in zip(stacked, alone):
+        np.testing.assert_allclose([r["train_loss"] for r in a.history_], [r["train_loss"] for r in b.history_], rtol=1e-4)

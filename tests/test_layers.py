@@ -1,0 +1,127 @@
+"""Package structure: one installed top-level package, layers that import one way, no module cycles."""
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("cache", "extract", "heads", "pipeline")
+# who may import whom (besides itself): pipeline -> heads -> cache, pipeline -> extract -> cache
+ALLOWED = {"cache": set(), "extract": {"cache"}, "heads": {"cache"}, "pipeline": {"cache", "extract", "heads"}}
+
+
+def _modules() -> dict:
+    """omniart module name -> source path, for every module of the four packages and the root."""
+    modules = {"omniart": ROOT / "__init__.py"}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).glob("*.py")):
+            name = f"omniart.{package}" if path.name == "__init__.py" else f"omniart.{package}.{path.stem}"
+            modules[name] = path
+    return modules
+
+
+def _imports(path: Path, modules: dict) -> set:
+    """The omniart modules a file imports anywhere in it (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in modules)
+    return found
+
+
+def _graph() -> dict:
+    modules = _modules()
+    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def _layer(module: str):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_no_import_runs_against_the_layers():
+    wrong = sorted(f"{source} imports {target}" for source, targets in _graph().items() for target in targets
+                   if _layer(source) and _layer(target) != _layer(source) and _layer(target) not in ALLOWED[_layer(source)])
+    assert not wrong, "imports against pipeline -> heads -> cache, pipeline -> extract -> cache:\n" + "\n".join(wrong)
+
+
+def test_no_module_cycle():
+    graph, state, cycles = _graph(), {}, []
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "module import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_graph_sees_the_imports_it_checks():
+    """The walker itself: a known function-level import and a known module-level one are found."""
+    graph = _graph()
+    assert "omniart.heads.training" in graph["omniart.heads.estimator"]  # inside MultiTaskHeads.fit
+    assert "omniart.pipeline.config" in graph["omniart.pipeline.fitting"]  # at module level
+    assert "omniart.cache.errors" in graph["omniart.heads"]
+
+
+def test_import_omniart_from_a_folder_with_generic_subfolders(tmp_path):
+    """A user's own cache/, extract/, heads/ and pipeline/ folders (the README writes --out cache/...) do not
+    shadow omniart's packages."""
+    for name in PACKAGES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('the user folder was imported')\n")
+    code = ("import omniart; from omniart import FeatureStore, MultiTaskHeads, load_run; "
+            "import omniart.cache, omniart.pipeline.cli; print(omniart.__version__, omniart.cache.__file__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    version, path = done.stdout.split()
+    assert version == omniart_version() and Path(path).resolve() == (ROOT / "cache" / "__init__.py").resolve()
+
+
+def omniart_version() -> str:
+    import omniart
+
+    return omniart.__version__
+
+
+def test_wheel_installs_exactly_one_top_level_package(tmp_path):
+    """Built from the tracked files alone (as a fresh clone has them), the wheel holds omniart/ and its metadata."""
+    pytest.importorskip("setuptools")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    source = tmp_path / "source"
+    for name in tracked.stdout.split("\n"):
+        if name and (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    out = tmp_path / "dist"
+    out.mkdir()
+    code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(out)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PIP_NO_INDEX": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = zipfile.ZipFile(out / done.stdout.split()[-1]).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"omniart", f"omniart-{omniart_version()}.dist-info"}, sorted(top)
+    for module in ("omniart/__init__.py", "omniart/cache/store.py", "omniart/extract/runner.py",
+                   "omniart/heads/estimator.py", "omniart/pipeline/cli.py"):
+        assert module in names
+    assert not [name for name in names if "/tests/" in name or "/benchmarks/" in name or name.endswith("setup.cfg")]
