@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from omniart.cache.environment import software_versions
 from omniart.cache.format import (FORMAT_VERSION, SHARD_NAME, CacheError, decode_attrs, describe, differing,
                           encode_attrs, list_shards, open_shard, read_keys, shard_header)
 
@@ -163,6 +164,8 @@ def _shard_attrs(attrs, feature_dim) -> dict:
     if attrs.get("feature_dim", feature_dim) != feature_dim:
         raise CacheError(f"attrs say feature_dim {attrs['feature_dim']} but the features have {feature_dim}")
     full = dict(attrs, format_version=FORMAT_VERSION, feature_dim=feature_dim)
+    # per shard and never compared: features change with these versions, and a resumed cache shows any mix
+    full.setdefault("software", software_versions())
     return decode_attrs(encode_attrs(full))
 
 

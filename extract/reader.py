@@ -187,7 +187,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if mode == "RGB" else image.convert("RGB")
 
 
-def _describe(error: Exception) -> str:
+def _failure_text(error: Exception) -> str:
     text = str(error) or type(error).__name__
     if isinstance(error, UnusableImage):
         return text
@@ -215,7 +215,7 @@ class ImageDataset:
         try:
             return key, decode_image(path, self.resize, self.crop, self.interpolation, self.max_pixels)
         except Exception as error:  # any bad file becomes a failure record; the run goes on
-            return key, _describe(error)
+            return key, _failure_text(error)
 
 
 def collate(samples) -> Batch:

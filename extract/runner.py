@@ -27,7 +27,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file."""
     from omniart.cache import FailureLog, FeatureStore, ShardWriter, cached_keys, read_failures
     from omniart.extract.backbones import backbone_spec, build_backbone
-    from omniart.cache.environment import resolve_device, resolve_shard, software_versions
+    from omniart.cache.environment import resolve_device, resolve_shard
     from omniart.extract.reader import list_images, make_loader, select_shard
 
     start = time.perf_counter()
@@ -66,8 +66,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
                               yield_cpu=not on_cuda))
     backbone = build_backbone(config.backbone, config.weights)
     attrs = {"backbone": backbone.name, "weights": backbone.weights, "feature_dim": backbone.feature_dim,
-             "preprocessing": backbone.preprocessing, "extract_config": config.to_dict(),
-             "software": software_versions()}  # per shard, not compared: a resumed cache may mix versions, visibly
+             "preprocessing": backbone.preprocessing, "extract_config": config.to_dict()}
     encoder = Encoder(backbone, device, config.flip)
     failures = FailureLog(out, shard.tag)
     extracted = failed = 0

@@ -161,7 +161,7 @@ def _centuries(text, bc):
     return min(s[0] for s in spans), max(s[1] for s in spans)
 
 
-def _years(text):
+def _year_interval(text):
     """Interval covered by the plain years, decades and year ranges in text, or None."""
     tokens = []  # (start, end, value_lo, value_hi, era) with era in {None, "bc", "ad"}
     for match in _NUMBER.finditer(text):
@@ -211,7 +211,7 @@ def parse_date(text):
     numbers_bc = re.search(_BC, text) is not None and re.search(_AD, text) is None
     interval = _centuries(text, numbers_bc) if re.search(r"centur|cent\b|c\.|eeuw|millenni", text) else None
     if interval is None:
-        interval = _years(text)
+        interval = _year_interval(text)
     if interval is None:
         return None
     begin, end = interval

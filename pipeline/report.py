@@ -113,7 +113,7 @@ def _gallery(gallery: List[dict], out: Path, split: str) -> str:
     for entry in gallery:
         image = _thumbnail(entry["path"], out / "gallery", entry["key"]) if entry["path"] else None
         cell = f"![{entry['key']}]({image})<br>`{entry['key']}`" if image else f"`{entry['key']}`"
-        lines.append(f"| {cell} | {_describe(entry['true'])} | {_describe(entry['predicted'])} |")
+        lines.append(f"| {cell} | {_labels_cell(entry['true'])} | {_labels_cell(entry['predicted'])} |")
     return "\n".join(lines)
 
 
@@ -130,7 +130,7 @@ def _thumbnail(source, folder: Path, key: str) -> str:
     return f"{folder.name}/{target.name}"
 
 
-def _describe(labels: dict) -> str:
+def _labels_cell(labels: dict) -> str:
     """One table cell: artist (probability), types, materials, year; '-' where there is no label."""
     artist = labels.get("artist") or "-"
     if labels.get("artist_prob") is not None and labels.get("artist"):

@@ -230,7 +230,7 @@ def _require(frame, columns, path, what):
         )
 
 
-def _cell(value):
+def _clean_text(value):
     """Stripped str of a table cell; None for missing/empty (None, NaN, '')."""
     if value is None or (isinstance(value, float) and value != value):
         return None
@@ -246,7 +246,7 @@ def _objects(values):
 
 def _text(column):
     """Object array of stripped str with None for missing values (cells of a Series or array)."""
-    return _objects([_cell(value) for value in column.tolist()])
+    return _objects([_clean_text(value) for value in column.tolist()])
 
 
 def _artist_codes(names, separator):
@@ -315,7 +315,7 @@ def _media(separator, language):
     return split
 
 
-def _years(begin, end, dates):
+def _interval_means(begin, end, dates):
     """Interval means from begin/end numbers, else parsed date text; also where a date text did not parse."""
     import pandas as pd
 
@@ -362,7 +362,7 @@ def _table_records(frame, path, keys, artist, types, materials, begin, end, date
     if begin is None and dates is None:
         year, unparsed = np.full(n, np.nan), np.zeros(n, bool)
     else:
-        year, unparsed = _years(begin, end, dates)
+        year, unparsed = _interval_means(begin, end, dates)
     official = None
     if split is not None:
         cells = _text(split)

@@ -138,7 +138,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     mine = [index for index in range(len(combos)) if index % shard.count == shard.index]
     rows = _train_all([(index, fits[index], tasks[index]) for index in mine], config.batched)
     for row in rows:
-        row.update({name: _cell(combos[row["config"]][name]) for name in config.grid})
+        row.update({name: _grid_value_text(combos[row["config"]][name]) for name in config.grid})
     part = _sorted_table(rows, list(config.grid))
     part_path = out / ("results.csv" if shard.count == 1 else f"results-{shard.tag}.csv")
     part.to_csv(part_path, index=False)
@@ -170,8 +170,8 @@ def merge_results(out) -> object:
 
 
 def _write_plan(out: Path, config: SweepConfig, configurations: int, shards: int) -> None:
-    plan = {"grid": {name: [_cell(value) for value in values] for name, values in config.grid.items()},
-            "fixed": {name: _cell(value) for name, value in config.fixed.items()}, "configurations": configurations,
+    plan = {"grid": {name: [_grid_value_text(value) for value in values] for name, values in config.grid.items()},
+            "fixed": {name: _grid_value_text(value) for name, value in config.fixed.items()}, "configurations": configurations,
             "shards": shards, "cache": str(config.cache), "metadata": str(config.metadata), "format": config.format}
     (out / "sweep.json").write_text(json.dumps(plan, indent=2, default=str))
 
@@ -180,7 +180,7 @@ def _all_parts(out: Path, count: int) -> bool:
     return all((out / f"results-{index:05d}-of-{count:05d}.csv").exists() for index in range(count))
 
 
-def _cell(value):
+def _grid_value_text(value):
     """A grid value as it goes into a CSV cell (tasks joined with '+')."""
     return "+".join(value) if isinstance(value, (tuple, list)) else value
 

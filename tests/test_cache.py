@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from omniart.cache import writer as cache_writer
+from omniart.cache.environment import software_versions
 from omniart.cache import (FORMAT_VERSION, CacheError, FailureLog, FeatureStore, OmniError, ShardWriter, cached_keys,
                    read_failures, write_features)
 
@@ -40,7 +41,9 @@ def test_round_trip_keys_features_flip_and_attrs(tmp_path, dtype):
     store = FeatureStore(tmp_path)
     assert store.keys == keys and len(store) == 10 and store.feature_dim == DIM and store.has_flip
     assert keys[3] in store and "nope.jpg" not in store
-    assert store.attrs == dict(ATTRS, format_version=FORMAT_VERSION, feature_dim=DIM, dtype=dtype)
+    software = software_versions()  # every shard records what made it
+    assert software["omniart"] and software["h5py"] == h5py.__version__ and software["numpy"] == np.__version__
+    assert store.attrs == dict(ATTRS, format_version=FORMAT_VERSION, feature_dim=DIM, dtype=dtype, software=software)
     loaded = store.load()
     assert loaded.dtype == np.float32 and np.array_equal(loaded, features)
     assert np.array_equal(store.load(flip=True, dtype=np.float64), -features)

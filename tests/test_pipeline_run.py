@@ -64,6 +64,13 @@ def test_run_writes_cache_run_metrics_and_report(first_run):
     saved = json.loads((out / "run-config.json").read_text())
     assert saved["extract"]["backbone"] == "tiny" and saved["fit"]["shared_size"] == 32
     assert saved["fit"]["cache"] == saved["extract"]["out"] == str(out / "cache")
+    import torch
+    import torchvision
+
+    run_info = json.loads((out / "run" / "config.json").read_text())
+    for versions in (saved["software"], run_info["software"], run_info["cache_attrs"]["software"]):  # how it was made
+        assert versions["torch"].split("+")[0] == torch.__version__.split("+")[0]
+        assert versions["torchvision"].split("+")[0] == torchvision.__version__.split("+")[0] and versions["omniart"]
 
     report = summary.report.read_text()
     positions = [report.index(section) for section in SECTIONS]
