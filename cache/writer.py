@@ -11,7 +11,7 @@ from omniart.cache.environment import software_versions
 from omniart.cache.format import (FORMAT_VERSION, SHARD_NAME, CacheError, decode_attrs, describe, differing,
                           encode_attrs, list_shards, open_shard, read_keys, shard_header)
 
-__all__ = ["ShardWriter", "write_features"]
+__all__ = ["ShardWriter", "write_features", "check_extends"]
 
 # Rows per HDF5 chunk: whole-chunk reads go straight into the caller's array (see benchmarks/bench_cache.py).
 CHUNK_ROWS = 1024
@@ -47,9 +47,14 @@ class ShardWriter:
         self.attrs = _shard_attrs(attrs, self.feature_dim)
         self.paths = []
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.cache_dir.glob(f".features-{self.worker_tag}-*.tmp"):
-            stale.unlink(missing_ok=True)
-        self._seen = self._check_existing(known_keys)
+        self._lock()  # before touching this tag's temporary files: they may be another live writer's
+        try:
+            for stale in self.cache_dir.glob(f".features-{self.worker_tag}-*.tmp"):
+                stale.unlink(missing_ok=True)
+            self._seen = self._check_existing(known_keys)
+        except BaseException:
+            self._unlock()
+            raise
         self._seq = 1 + max((int(match["seq"]) for match in map(SHARD_NAME.match, os.listdir(self.cache_dir))
                              if match and match["tag"] == self.worker_tag), default=-1)
         self._keys = []
@@ -58,20 +63,34 @@ class ShardWriter:
         self._closed = False
 
     def _check_existing(self, known_keys) -> set:
-        """Refuse shards whose attrs differ from ours; the keys already in the cache."""
+        """Refuse shards made otherwise than these features (check_extends); the keys already in the cache."""
         keys = set() if known_keys is None else set(known_keys)
-        for path in list_shards(self.cache_dir):
-            with open_shard(path) as shard:
-                existing = shard_header(shard, path).attrs
-                for name in differing(existing, self.attrs):
-                    raise CacheError(
-                        f"cannot add to the cache {self.cache_dir}: its shard {path.name} has {name} "
-                        f"{describe(existing.get(name))} but these features have {name} "
-                        f"{describe(self.attrs[name])}; use another --out directory, or options matching the "
-                        "existing cache")
-                if known_keys is None:
+        check_extends(self.cache_dir, self.attrs, self.dtype.name, self.with_flip)
+        if known_keys is None:
+            for path in list_shards(self.cache_dir):
+                with open_shard(path) as shard:
                     keys.update(read_keys(shard))
         return keys
+
+    def _lock(self) -> None:
+        """Hold an OS lock on this worker tag while open: a second writer with the tag refuses to start, and the
+        kernel releases the lock when the process dies (kill -9 leaves no stale lock)."""
+        import fcntl
+
+        self._lock_file = open(self.cache_dir / f".lock-{self.worker_tag}", "a+")
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise CacheError(f"another writer is adding to {self.cache_dir} as worker {self.worker_tag} right now (the "
+                             "same command started twice, or two jobs given the same shard index): wait for it, or "
+                             "give each job its own --shard-index / --num-shards") from None
+
+    def _unlock(self) -> None:
+        if getattr(self, "_lock_file", None) is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
 
     def add(self, keys, features, features_flip=None):
         """Buffer rows (numpy float arrays, one row per key); every full shard is published at once."""
@@ -138,10 +157,13 @@ class ShardWriter:
         self._keys = []
 
     def close(self):
-        """Publish the buffered rows as a last, partial shard."""
+        """Publish the buffered rows as a last, partial shard; release the worker tag."""
         if not self._closed:
-            self._publish()
-            self._closed = True
+            try:
+                self._publish()
+            finally:
+                self._closed = True
+                self._unlock()
 
     def __enter__(self):
         return self
@@ -149,6 +171,28 @@ class ShardWriter:
     def __exit__(self, *exc_info):
         # Rows added before an error are complete: publish them so a rerun need not recompute them.
         self.close()
+
+
+def check_extends(cache_dir, attrs: dict, dtype: str, with_flip: bool) -> None:
+    """Refuse to add features to cache_dir (or to reuse it) unless they were made exactly as its shards were:
+    the same COMPARED_ATTRS (backbone, weights, preprocessing, feature_dim), flip and storage dtype."""
+    for path in list_shards(cache_dir):
+        with open_shard(path) as shard:
+            existing = shard_header(shard, path)
+        for name in differing(existing.attrs, attrs):
+            raise CacheError(f"cannot add to the cache {cache_dir}: its shard {path.name} has {name} "
+                             f"{describe(existing.attrs.get(name))} but these features have {name} "
+                             f"{describe(attrs.get(name))}; use another --out directory, or options matching the "
+                             "existing cache")
+        if existing.has_flip != bool(with_flip):
+            have, want = ("--flip", "--no-flip") if existing.has_flip else ("--no-flip", "--flip")
+            raise CacheError(f"cannot add to the cache {cache_dir}: its shard {path.name} was extracted with {have} "
+                             f"(features_flip {'stored' if existing.has_flip else 'absent'}) but this run asks for "
+                             f"{want}; pass {have} to extend it, or another --out directory")
+        if existing.attrs["dtype"] != dtype:
+            raise CacheError(f"cannot add to the cache {cache_dir}: its shard {path.name} stores "
+                             f"{existing.attrs['dtype']} but this run asks for --dtype {dtype}; pass --dtype "
+                             f"{existing.attrs['dtype']} to extend it, or another --out directory")
 
 
 def _shard_name(worker_tag, seq) -> str:

@@ -25,7 +25,7 @@ class ExtractSummary:
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
     """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file."""
-    from omniart.cache import FailureLog, FeatureStore, ShardWriter, cached_keys, read_failures
+    from omniart.cache import FailureLog, FeatureStore, ShardWriter, cached_keys, check_extends, read_failures
     from omniart.extract.backbones import backbone_spec, build_backbone
     from omniart.cache.environment import resolve_device, resolve_shard
     from omniart.extract.reader import list_images, make_loader, select_shard
@@ -38,16 +38,16 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
-    cached = cached_keys(out)  # empty when out does not exist yet
-    # Cached keys are skipped whatever made them: with another backbone, a rerun would keep the old features.
-    stored = FeatureStore(out).attrs.get("backbone") if cached else None
-    if stored not in (None, config.backbone):
-        raise ExtractError(f"{out} already holds {stored} features but this run asks for backbone {config.backbone}: "
-                           f"pass --backbone {stored} to reuse them, or another --out.")
+    cached = set(FeatureStore(out).keys) if cached_keys(out) else set()  # the store refuses duplicated keys by name
     done = cached if config.retry_failed else cached | set(read_failures(out))
     todo = [item for item in mine if item.key not in done]
     skipped = len(mine) - len(todo)
     if not todo:
+        # Everything a cached row means is checked before it is reused: a rerun with other weights, flip or dtype
+        # must not keep the old features and report success. (With work to do, the ShardWriter checks the same.)
+        if cached:
+            check_extends(out, _cache_attrs(build_backbone(config.backbone, config.weights), config), config.dtype,
+                          config.flip)
         return ExtractSummary(0, 0, skipped, str(out), time.perf_counter() - start, images=listed)
 
     import torch
@@ -65,8 +65,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
                               config.max_image_pixels, pin_memory=on_cuda, timeout=config.timeout,
                               yield_cpu=not on_cuda))
     backbone = build_backbone(config.backbone, config.weights)
-    attrs = {"backbone": backbone.name, "weights": backbone.weights, "feature_dim": backbone.feature_dim,
-             "preprocessing": backbone.preprocessing, "extract_config": config.to_dict()}
+    attrs = _cache_attrs(backbone, config)
     encoder = Encoder(backbone, device, config.flip)
     failures = FailureLog(out, shard.tag)
     extracted = failed = 0
@@ -92,3 +91,9 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
             raise
     return ExtractSummary(extracted, failed, skipped, str(out), time.perf_counter() - start,
                           str(failures.path) if failed else None, listed)
+
+
+def _cache_attrs(backbone, config: ExtractConfig) -> dict:
+    """What every shard records of how its features were made (the writer adds the format and software)."""
+    return {"backbone": backbone.name, "weights": backbone.weights, "feature_dim": backbone.feature_dim,
+            "preprocessing": backbone.preprocessing, "extract_config": config.to_dict()}

@@ -16,6 +16,11 @@ ATTRS = {"backbone": "resnet50", "weights": "random",
 DIM = 16
 
 
+def visible(folder) -> list:
+    """A cache folder's entries, without the writers' .lock-<tag> files."""
+    return sorted(path.name for path in folder.iterdir() if not path.name.startswith(".lock-"))
+
+
 def foreign_shard(path, keys, features, attrs, **options):
     """A shard written with plain h5py, as another tool following the pinned format would write it."""
     with h5py.File(path, "w") as shard:
@@ -105,14 +110,12 @@ def test_killed_writer_leaves_no_visible_partial_shard(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_features(tmp_path, keys[4:], features[4:], ATTRS, worker_tag="w2")
     monkeypatch.undo()
-    assert sorted(path.name for path in tmp_path.iterdir()) == [".features-main-00001.h5.999.tmp",
-                                                                "features-main-00000.h5"]
+    assert visible(tmp_path) == [".features-main-00001.h5.999.tmp", "features-main-00000.h5"]
     store = FeatureStore(tmp_path)
     assert store.keys == keys[:4] and np.array_equal(store.load(), features[:4])
     assert cached_keys(tmp_path) == set(keys[:4])
     write_features(tmp_path, keys[4:], features[4:], ATTRS)  # the rerun removes its own stale temp
-    assert sorted(path.name for path in tmp_path.iterdir()) == [".omniart-index.json", "features-main-00000.h5",
-                                                                "features-main-00001.h5"]
+    assert visible(tmp_path) == [".omniart-index.json", "features-main-00000.h5", "features-main-00001.h5"]
     assert np.array_equal(FeatureStore(tmp_path).load(keys), features)
 
 
@@ -171,7 +174,10 @@ def test_duplicate_key_across_shards_is_refused(tmp_path):
 
 def test_writer_appends_with_next_sequence_and_refuses_known_keys(tmp_path):
     keys, features = planted(10)
-    write_features(tmp_path, keys[:5], features[:5], ATTRS, shard_rows=3, worker_tag="00000-of-00002")
+    write_features(tmp_path, keys[:5], features[:5], ATTRS, features_flip=-features[:5], shard_rows=3,
+                   worker_tag="00000-of-00002")
+    with pytest.raises(CacheError, match="was extracted with --flip .* asks for --no-flip"):
+        ShardWriter(tmp_path, "00000-of-00002", ATTRS, DIM, with_flip=False)  # would turn flip off for the cache
     with ShardWriter(tmp_path, "00000-of-00002", ATTRS, DIM, shard_rows=3, with_flip=True) as writer:
         with pytest.raises(CacheError, match=r"new to the cache .*'sub/00004_SK-A-4\.jpg'"):
             writer.add(keys[4:6], features[4:6], features[4:6])
@@ -183,8 +189,8 @@ def test_writer_appends_with_next_sequence_and_refuses_known_keys(tmp_path):
     assert [path.name for path in writer.paths] == ["features-00000-of-00002-00002.h5",
                                                     "features-00000-of-00002-00003.h5"]
     store = FeatureStore(tmp_path)
-    assert sorted(store.keys) == keys and np.array_equal(store.load(keys), features) and not store.has_flip
-    assert np.array_equal(store.load(keys[5:]), features[5:])
+    assert sorted(store.keys) == keys and np.array_equal(store.load(keys), features) and store.has_flip
+    assert np.array_equal(store.load(keys, flip=True), -features)
 
 
 def test_writer_takes_known_keys_instead_of_reading_them_again(tmp_path, monkeypatch):
@@ -211,7 +217,7 @@ def test_writer_refuses_incompatible_attrs_naming_shard_and_attribute(tmp_path):
         ShardWriter(tmp_path / "new", "w1", {"backbone": "resnet50"}, DIM)
     with pytest.raises(CacheError, match="dtype must be one of float16, float32"):
         ShardWriter(tmp_path / "new", "w1", ATTRS, DIM, dtype="int8")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["features-main-00000.h5"]
+    assert visible(tmp_path) == ["features-main-00000.h5"]
 
 
 def test_failures_round_trip_latest_wins_and_fixed_keys_excluded(tmp_path):
@@ -244,3 +250,34 @@ def test_missing_empty_and_shardless_dirs_say_what_a_cache_is(tmp_path):
     with pytest.raises(CacheError, match=r"features-w-00000\.h5 is not a readable HDF5 shard"):
         FeatureStore(tmp_path)
     assert cached_keys(tmp_path / "missing") == set()
+
+
+def test_a_second_writer_on_a_busy_worker_tag_refuses_and_kill_9_leaves_no_stale_lock(tmp_path):
+    """Two writers with one tag used to overwrite each other's shard files by name; now the second refuses to
+    start, and the OS lock dies with its process."""
+    import signal
+    import subprocess
+    import sys
+
+    keys, features = planted(8)
+    first = ShardWriter(tmp_path, "main", ATTRS, DIM, with_flip=False)
+    with pytest.raises(CacheError, match="another writer is adding to .* as worker main right now"):
+        ShardWriter(tmp_path, "main", ATTRS, DIM, with_flip=False)
+    with ShardWriter(tmp_path, "other", ATTRS, DIM, with_flip=False) as other:  # other tags are free
+        other.add(keys[4:], features[4:])
+    first.add(keys[:4], features[:4])
+    first.close()
+    ShardWriter(tmp_path, "main", ATTRS, DIM, with_flip=False).close()  # released by close()
+    code = ("import sys, time; from omniart.cache import ShardWriter; "
+            f"w = ShardWriter(sys.argv[1], 'main', {ATTRS!r}, {DIM}, with_flip=False); print('locked', flush=True); "
+            "time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(CacheError, match="another writer"):
+            ShardWriter(tmp_path, "main", ATTRS, DIM, with_flip=False)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    ShardWriter(tmp_path, "main", ATTRS, DIM, with_flip=False).close()  # kill -9 left no stale lock
+    assert sorted(FeatureStore(tmp_path).keys) == sorted(keys)

