@@ -65,9 +65,12 @@ def resolve_device(requested: Optional[str] = None, local_rank: Optional[int] = 
         raise OmniError(f"--device {requested} was asked for but torch sees no CUDA GPU "
                         f"(torch {torch.__version__}); pass --device cpu or install a CUDA build of torch.")
     try:
-        torch.device(requested)
+        kind = torch.device(requested).type
     except RuntimeError as error:
         raise OmniError(f"unknown --device {requested!r}: use auto, cpu, cuda or cuda:N ({error}).") from error
+    if kind not in ("cpu", "cuda"):  # meta holds no data; mps and others are untested paths here
+        raise OmniError(f"--device {requested} is not supported: omniart runs on cpu or cuda; use auto, cpu, cuda "
+                        "or cuda:N.")
     return requested
 
 

@@ -1,5 +1,6 @@
 """FeatureStore: one consistent, read-only view of a cache directory's shards, loaded by key into numpy."""
 import copy
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ class FeatureStore:
         if self._index is None:
             shard_keys = []
             for shard in self._shards:
-                with open_shard(shard.path) as handle:
+                with open_shard(shard.path) as handle, _damage_named(shard.path):
                     shard_keys.append(read_keys(handle))
             keys = [key for keys in shard_keys for key in keys]
             index = dict(zip(keys, range(len(keys))))
@@ -118,8 +119,9 @@ class FeatureStore:
             lo, hi = bounds[number], bounds[number + 1]
             if lo == hi:
                 continue
-            with self._reader(number, flip) as reader:
+            with self._reader(number, flip) as reader, _damage_named(shard.path):
                 reader.take(sorted_rows[lo:hi] - self._starts[number], out, order[lo:hi])
+        self._refuse_non_finite(out, rows, flip)
         return out
 
     def iter_batches(self, rows=65536, flip=False, dtype=np.float32):
@@ -166,12 +168,40 @@ class FeatureStore:
             lo, hi = max(start, self._starts[number]), min(stop, self._starts[number + 1])
             if lo >= hi:
                 continue
-            with self._reader(number, flip) as reader:
+            with self._reader(number, flip) as reader, _damage_named(shard.path):
                 local = lo - self._starts[number]
                 reader.read_into(local, local + hi - lo, out[lo - start:hi - start])
+        self._refuse_non_finite(out, np.arange(start, stop), flip)
         return out
+
+    def _refuse_non_finite(self, out: np.ndarray, rows: np.ndarray, flip: bool, block: int = 65536) -> None:
+        """A nan or inf row is damage (or a bad write): refused by key and shard, never handed to a model."""
+        bad = [start + np.flatnonzero(~np.isfinite(out[start:start + block]).all(axis=1))
+               for start in range(0, len(out), block)]
+        bad = np.concatenate(bad) if bad else np.empty(0, np.int64)
+        if not len(bad):
+            return
+        self._key_index()
+        cache_rows = rows[bad]
+        shards = sorted({self._shards[int(np.searchsorted(self._starts, row, side="right")) - 1].path.name
+                         for row in cache_rows[:100]})
+        raise CacheError(f"{len(bad)} {'flipped ' if flip else ''}feature row(s) of {self.path} hold nan or inf "
+                         f"(keys {[self._keys[row] for row in cache_rows[:5]]}, in {', '.join(shards[:3])}): the "
+                         "shard is damaged; delete it and re-run omni-extract to recompute its keys")
 
     def _reader(self, number, flip) -> ShardRows:
         name = "features_flip" if flip else "features"
         shard = self._shards[number]
         return ShardRows(shard, name, self._layouts[number][name], shard.attrs["dtype"], self.feature_dim)
+
+
+@contextmanager
+def _damage_named(path):
+    """HDF5's and the decoder's low-level errors as a CacheError naming the shard and what to do."""
+    try:
+        yield
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        if isinstance(error, CacheError):
+            raise
+        raise CacheError(f"shard {path} cannot be read ({type(error).__name__}: {error}): it is damaged; delete "
+                         "it and re-run omni-extract to recompute its keys") from None

@@ -97,13 +97,13 @@ class ShardWriter:
         if self._closed:
             raise CacheError(f"this ShardWriter for {self.cache_dir} is closed; open a new one to add rows")
         keys = [str(key) for key in keys]
-        features = self._check_rows("features", features, len(keys))
+        features = self._check_rows("features", features, keys)
         if self.with_flip != (features_flip is not None):
             raise CacheError("this writer was opened with with_flip=True: pass features_flip too" if self.with_flip
                              else "this writer was opened with with_flip=False: open it with with_flip=True "
                                   "to store features_flip")
         if features_flip is not None:
-            features_flip = self._check_rows("features_flip", features_flip, len(keys))
+            features_flip = self._check_rows("features_flip", features_flip, keys)
         clashes = [key for key in keys if key in self._seen or not key]
         if clashes or len(set(keys)) != len(keys):
             clashes = clashes or [key for key, count in Counter(keys).items() if count > 1]
@@ -122,12 +122,19 @@ class ShardWriter:
             if len(self._keys) == self.shard_rows:
                 self._publish()
 
-    def _check_rows(self, name, array, rows) -> np.ndarray:
+    def _check_rows(self, name, array, keys) -> np.ndarray:
         array = np.asarray(array)
-        if array.shape != (rows, self.feature_dim) or array.dtype.kind not in "fiu":
-            raise CacheError(f"{name} must be a numeric array of shape ({rows}, {self.feature_dim}) (one row "
+        if array.shape != (len(keys), self.feature_dim) or array.dtype.kind not in "fiu":
+            raise CacheError(f"{name} must be a numeric array of shape ({len(keys)}, {self.feature_dim}) (one row "
                              f"per key), got {array.dtype} {array.shape}")
-        return array
+        with np.errstate(over="ignore"):
+            stored = array.astype(self.dtype, copy=False)  # as it will be stored: float16 overflows to inf
+        bad = np.flatnonzero(~np.isfinite(stored).all(axis=1))
+        if len(bad):
+            limit = f" or beyond {self.dtype.name}'s range (+-{float(np.finfo(self.dtype).max):g})"
+            raise CacheError(f"{name} of {len(bad)} key(s) {[keys[i] for i in bad[:5]]} are nan or inf{limit}: "
+                             f"store only finite features (float32 caches hold larger values: --dtype float32)")
+        return stored
 
     def _publish(self):
         rows = len(self._keys)

@@ -47,6 +47,9 @@ def _load_state_file(path: str) -> Tuple[dict, str]:
     """State dict in a file (plain or under 'state_dict'/'model'; DDP 'module.' prefixes dropped) and its sha256."""
     import torch
 
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ExtractError(f"--weights {path!r} is not a regular file (a folder, pipe or device): pass a state-dict "
+                           "file, a torchvision weights name, or 'random'.")
     if not os.path.isfile(path):
         raise ExtractError(f"--weights file {path!r} does not exist: pass an existing state-dict file, a torchvision "
                            f"weights name, or 'random'.")

@@ -39,6 +39,8 @@ class ExtractConfig:
     progress: bool = True
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are recorded as failures (decompression bombs)
     timeout: float = 600.0  # seconds a DataLoader worker may take for one batch before the run stops
+    # folders never listed under a folder input: --out always, and a run's whole output folder (its gallery)
+    exclude: tuple = ()
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -55,4 +57,5 @@ class ExtractConfig:
         """JSON-able copy (paths as strings) for the cache attrs."""
         values = asdict(self)
         values["images"], values["out"] = str(self.images), str(self.out)
+        values["exclude"] = [str(path) for path in self.exclude]
         return values

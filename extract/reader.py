@@ -48,8 +48,9 @@ class Batch:
 
 
 def list_images(images: Union[str, Path], path_column: Optional[str] = None,
-                key_column: Optional[str] = None) -> List[ImageItem]:
-    """All images of a folder (recursive) or a table, sorted by key; keys are posix paths relative to the folder."""
+                key_column: Optional[str] = None, exclude: Sequence = ()) -> List[ImageItem]:
+    """All images of a folder (recursive, never inside the `exclude` folders) or a table, sorted by key; keys are
+    posix paths relative to the folder."""
     source = Path(images)
     if not source.exists():
         raise ExtractError(f"images folder or table {str(source)!r} does not exist: pass a folder of images "
@@ -58,8 +59,10 @@ def list_images(images: Union[str, Path], path_column: Optional[str] = None,
         if path_column or key_column:
             raise ExtractError("--path-column/--key-column apply to a CSV/parquet table, but "
                                f"{str(source)!r} is a folder.")
-        items = _list_folder(source)
+        items = _list_folder(source, {os.path.realpath(path) for path in exclude})
     elif source.suffix.lower() in TABLE_SUFFIXES:
+        if not source.is_file():  # a FIFO would block the table reader for ever
+            raise ExtractError(f"table {str(source)!r} is not a regular file (a pipe or device): pass the table file.")
         items = _list_table(source, path_column, key_column)
     else:
         raise ExtractError(f"{str(source)!r} is neither a folder nor a table: pass a folder of images or a "
@@ -70,9 +73,10 @@ def list_images(images: Union[str, Path], path_column: Optional[str] = None,
     return sorted(items)
 
 
-def _list_folder(folder: Path) -> List[ImageItem]:
+def _list_folder(folder: Path, exclude: set) -> List[ImageItem]:
     items = []
-    for root, _, files in os.walk(folder):
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if os.path.realpath(os.path.join(root, name)) not in exclude]
         for name in files:
             if name.lower().endswith(IMAGE_SUFFIXES):
                 path = Path(root, name)
@@ -84,7 +88,9 @@ def _list_table(table: Path, path_column: Optional[str], key_column: Optional[st
     import pandas as pd
 
     try:
-        frame = pd.read_parquet(table) if table.suffix.lower() != ".csv" else pd.read_csv(table, dtype=str)
+        # keep_default_na=False: keys such as "NA", "None" or "null" are keys, not missing values
+        frame = pd.read_parquet(table) if table.suffix.lower() != ".csv" else \
+            pd.read_csv(table, dtype=str, keep_default_na=False)
     except Exception as error:  # pandas raises many types for unreadable tables
         raise ExtractError(f"cannot read table {str(table)!r}: {error}") from error
     columns = [str(c) for c in frame.columns]
@@ -98,13 +104,21 @@ def _list_table(table: Path, path_column: Optional[str], key_column: Optional[st
             raise ExtractError(f"{option} {column!r} is not a column of {str(table)!r}; its columns are {columns}.")
     paths = frame[path_column]
     keys = frame[key_column] if key_column else paths
-    items = []
-    for key, path in zip(keys, paths):
-        if pd.isna(path) or pd.isna(key) or not str(path).strip() or not str(key).strip():
-            continue  # a row without a path has no image to extract
+    items, keyless = [], []
+    for row, (key, path) in enumerate(zip(keys, paths), start=2 if table.suffix.lower() == ".csv" else 0):
+        if key is None or (isinstance(key, float) and pd.isna(key)) or not str(key):
+            keyless.append(row)
+            continue
+        if path is None or (isinstance(path, float) and pd.isna(path)) or not str(path).strip():
+            items.append(ImageItem(str(key), ""))  # no image: a failure record for this key, not a silent drop
+            continue
         resolved = Path(str(path))
         items.append(ImageItem(Path(str(key)).as_posix() if not key_column else str(key),
                                str(resolved if resolved.is_absolute() else table.parent / resolved)))
+    if keyless:
+        where = "lines" if table.suffix.lower() == ".csv" else "rows"
+        raise ExtractError(f"table {str(table)!r} has {len(keyless)} row(s) without a key ({where} "
+                           f"{keyless[:10]}): give every row a key (or a path, when the key is the path).")
     counts = Counter(item.key for item in items)
     repeats = sorted(key for key, count in counts.items() if count > 1)
     if repeats:
@@ -113,8 +127,21 @@ def _list_table(table: Path, path_column: Optional[str], key_column: Optional[st
 
 
 def shard_of(key: str, count: int) -> int:
-    """Stable shard number of a key (crc32, not Python's salted hash): new images never move old ones."""
-    return zlib.crc32(key.encode("utf-8")) % count
+    """Stable shard number of a key (crc32, not Python's salted hash): new images never move old ones.
+
+    A file name that is not valid UTF-8 reaches Python with surrogate escapes; it hashes by its bytes."""
+    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % count
+
+
+def unstorable_key(key: str) -> Optional[str]:
+    """Why a key cannot go into a cache (HDF5 UTF-8 strings), or None when it can."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its file name is not valid UTF-8: rename the file (or give it a key in a table)"
+    if "\x00" in key:
+        return "its key holds a NUL character: rename the file (or give it a key in a table)"
+    return None
 
 
 def select_shard(items: Sequence[ImageItem], index: int, count: int) -> List[ImageItem]:
@@ -140,6 +167,8 @@ def _pixel_limit(max_pixels: int):
 def decode_image(path: str, resize: int, crop: int, interpolation: str = "bilinear",
                  max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """RGB uint8 (crop, crop, 3): EXIF-upright, shorter side scaled to `resize`, centre `crop`; raises on bad files."""
+    if not path:
+        raise UnusableImage("no image path in its table row")
     if not os.path.exists(path):
         raise UnusableImage("file does not exist" + (" (broken symbolic link)" if os.path.islink(path) else ""))
     if not os.path.isfile(path):

@@ -28,12 +28,13 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     from omniart.cache import FailureLog, FeatureStore, ShardWriter, cached_keys, check_extends, read_failures
     from omniart.extract.backbones import backbone_spec, build_backbone
     from omniart.cache.environment import resolve_device, resolve_shard
-    from omniart.extract.reader import list_images, make_loader, select_shard
+    from omniart.extract.reader import list_images, make_loader, select_shard, unstorable_key
 
     start = time.perf_counter()
     preprocessing = backbone_spec(config.backbone).preprocessing  # unknown names fail before any work
     shard = resolve_shard(config.num_shards, config.shard_index)
-    listed = list_images(config.images, config.path_column, config.key_column)
+    # outputs inside the images folder (the cache, a run's gallery) are never taken for inputs on a rerun
+    listed = list_images(config.images, config.path_column, config.key_column, exclude=(config.out, *config.exclude))
     mine = select_shard(listed, shard.index, shard.count)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
@@ -42,13 +43,20 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     done = cached if config.retry_failed else cached | set(read_failures(out))
     todo = [item for item in mine if item.key not in done]
     skipped = len(mine) - len(todo)
+    unstorable = [(item.key, unstorable_key(item.key)) for item in todo if unstorable_key(item.key)]
+    if unstorable:  # failure records, like any other bad file: the rest of the run goes on
+        failures = FailureLog(out, shard.tag)
+        for key, reason in unstorable:
+            failures.record(key, reason)
+        todo = [item for item in todo if not unstorable_key(item.key)]
     if not todo:
         # Everything a cached row means is checked before it is reused: a rerun with other weights, flip or dtype
         # must not keep the old features and report success. (With work to do, the ShardWriter checks the same.)
         if cached:
             check_extends(out, _cache_attrs(build_backbone(config.backbone, config.weights), config), config.dtype,
                           config.flip)
-        return ExtractSummary(0, 0, skipped, str(out), time.perf_counter() - start, images=listed)
+        return ExtractSummary(0, len(unstorable), skipped, str(out), time.perf_counter() - start,
+                              str(FailureLog(out, shard.tag).path) if unstorable else None, listed)
 
     import torch
     from tqdm import tqdm
@@ -68,7 +76,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     attrs = _cache_attrs(backbone, config)
     encoder = Encoder(backbone, device, config.flip)
     failures = FailureLog(out, shard.tag)
-    extracted = failed = 0
+    extracted, failed = 0, len(unstorable)
     with ShardWriter(out, shard.tag, attrs, backbone.feature_dim, dtype=config.dtype, shard_rows=config.shard_size,
                      with_flip=config.flip, known_keys=cached) as writer, \
             tqdm(total=len(todo), unit="img", desc=f"extract {shard.tag} on {device}", disable=not config.progress,
@@ -80,13 +88,23 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
                 failed += len(batch.failures)
                 if batch.keys:
                     features, flipped = encoder(batch.images)
-                    writer.add(batch.keys, features, flipped)
-                    extracted += len(batch.keys)
+                    keys, features, flipped, broken = _finite_rows(batch.keys, features, flipped, config.dtype)
+                    for key in broken:
+                        failures.record(key, f"the backbone's features are nan or inf as {config.dtype} (an extreme "
+                                             "image, or values beyond float16: try --dtype float32)")
+                    failed += len(broken)
+                    if keys:
+                        writer.add(keys, features, flipped)
+                    extracted += len(keys)
                 bar.update(len(batch.keys) + len(batch.failures))
         except RuntimeError as error:
             if "timed out" in str(error):  # a DataLoader worker stalled on one batch for config.timeout seconds
                 raise ExtractError(f"image decoding stalled for {config.timeout:.0f} s ({error}); rows so far are "
                                    "saved and a rerun resumes; check the input storage or raise the timeout."
+                                   ) from error
+            if "killed by signal" in str(error) or "exited unexpectedly" in str(error):
+                raise ExtractError(f"an image decoding process died ({error}), most often killed for memory; rows "
+                                   "so far are saved and a rerun resumes; lower --workers or --batch-size."
                                    ) from error
             raise
     return ExtractSummary(extracted, failed, skipped, str(out), time.perf_counter() - start,
@@ -97,3 +115,18 @@ def _cache_attrs(backbone, config: ExtractConfig) -> dict:
     """What every shard records of how its features were made (the writer adds the format and software)."""
     return {"backbone": backbone.name, "weights": backbone.weights, "feature_dim": backbone.feature_dim,
             "preprocessing": backbone.preprocessing, "extract_config": config.to_dict()}
+
+
+def _finite_rows(keys, features, flipped, dtype: str) -> tuple:
+    """(keys, features, flipped) of the rows that are finite as stored in `dtype`, and the other rows' keys."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(features.astype(dtype)).all(axis=1)
+        if flipped is not None:
+            finite &= np.isfinite(flipped.astype(dtype)).all(axis=1)
+    if finite.all():
+        return keys, features, flipped, []
+    kept = np.flatnonzero(finite)
+    return ([keys[i] for i in kept], features[kept], None if flipped is None else flipped[kept],
+            [keys[i] for i in np.flatnonzero(~finite)])

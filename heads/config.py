@@ -50,7 +50,8 @@ class HeadsConfig:
     progress: bool = True  # one line per epoch on stderr
 
     def check(self) -> None:
-        """Raise HeadsError naming the first value out of range (before any training starts)."""
+        """Raise HeadsError naming the first value out of range (before any training starts): fit, sweep and run
+        all pass through here."""
         if self.tasks is not None:
             check_tasks(self.tasks)
         for name in ("epochs", "batch_size", "eval_batch_size", "patience"):
@@ -58,11 +59,21 @@ class HeadsConfig:
                 raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if int(self.shared_size) < 0:
             raise HeadsError(f"--shared-size must be 0 (linear heads) or more, got {self.shared_size}.")
-        if not self.lr > 0 or (self.weight_decay is not None and self.weight_decay < 0) or not 0 <= self.dropout < 1 or \
-                (self.year_scale is not None and not self.year_scale > 0) or not 0 <= self.warmup < 1:
-            raise HeadsError("need --lr > 0, --weight-decay >= 0, 0 <= --dropout < 1, --year-scale > 0 and 0 <= warmup < 1 "
-                             f"(got {self.lr}, {self.weight_decay}, {self.dropout}, {self.year_scale}, {self.warmup}).")
+        for name, low, high, rule in _RANGES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low(value) and high(value)):
+                raise HeadsError(f"--{name.replace('_', '-')} {value!r} is out of range: it must be {rule}.")
         parse_task_weights(self.task_weights, self.tasks or TASKS)
+
+
+# (field, lower test, upper test, the rule in words): finite numbers in the ranges where training can work
+_RANGES = (("lr", lambda v: v > 0, lambda v: v <= 1, "a finite number in (0, 1], e.g. 1e-3"),
+           ("weight_decay", lambda v: v >= 0, lambda v: v <= 10, "a finite number in [0, 10], e.g. 1e-4"),
+           ("dropout", lambda v: v >= 0, lambda v: v < 1, "in [0, 1)"),
+           ("warmup", lambda v: v >= 0, lambda v: v < 1, "in [0, 1)"),
+           ("year_scale", lambda v: v > 0, lambda v: v <= 1e3, "a finite number in (0, 1000], e.g. 0.1"))
 
 
 def check_tasks(tasks) -> tuple:

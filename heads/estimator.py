@@ -1,8 +1,6 @@
 """`MultiTaskHeads`: the scikit-learn style estimator of phase two, fit on arrays, saved to and loaded from a folder."""
 import dataclasses
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -179,13 +177,15 @@ class MultiTaskHeads:
         """Write model.pt and heads.json into `folder` (created); each file is published atomically."""
         import torch
 
+        from omniart.cache.files import publish_file
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = self.state()
-        _publish(folder / MODEL_FILE, lambda path: torch.save(state, path))
+        publish_file(folder / MODEL_FILE, lambda path: torch.save(state, path))
         info = {key: state[key] for key in ("config", "learned", "software")}
         info["model"] = {key: value for key, value in state.items() if key not in ("state_dict", *info)}
-        _publish(folder / INFO_FILE, lambda path: Path(path).write_text(json.dumps(info, indent=2)))
+        publish_file(folder / INFO_FILE, lambda path: Path(path).write_text(json.dumps(info, indent=2)))
         return folder
 
     @classmethod
@@ -230,15 +230,3 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _publish(path: Path, write) -> None:
-    """write(temporary path) beside `path`, then rename it into place: readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)

@@ -71,6 +71,10 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
     x = np.asarray(x)
     if x.ndim != 2 or x.dtype.kind != "f":
         raise HeadsError(f"{where} features must be a 2-d float array (rows, feature_dim), got shape {x.shape} of {x.dtype}.")
+    bad = _non_finite_rows(x)
+    if len(bad):
+        raise HeadsError(f"{where} features hold nan or inf in {len(bad)} row(s) (first: {bad[:5].tolist()}); drop or "
+                         "re-extract those rows (their images may be broken).")
     missing = [task for task in tasks if task not in targets]
     if missing:
         raise HeadsError(f"{where} targets have no {', '.join(missing)}; pass them or train tasks="
@@ -97,6 +101,12 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
     return SplitTensors(x=on_device(x), x_flip=None if x_flip is None else on_device(x_flip),
                         targets={task: torch.from_numpy(value).to(device) for task, value in typed.items()},
                         masks={task: torch.from_numpy(value).to(device) for task, value in mask_arrays.items()})
+
+
+def _non_finite_rows(x: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Row numbers of `x` holding nan or inf, checked in blocks (no full-size boolean copy)."""
+    rows = [start + np.flatnonzero(~np.isfinite(x[start:start + block]).all(axis=1)) for start in range(0, len(x), block)]
+    return np.concatenate(rows) if rows else np.empty(0, np.int64)
 
 
 def device_data(X, targets: dict, tasks: tuple, device, masks: Optional[dict] = None, X_flip=None,
@@ -313,6 +323,12 @@ class Trainer:
         tasks, config = self.tasks, self.config
         train_losses = (self.sums / self.steps_per_epoch).tolist()
         self.sums = None
+        diverged = [t for t, value in zip(tasks, train_losses[1:]) if not math.isfinite(value)]
+        if diverged:  # every later step would only spread the nan: stop with what went wrong and where
+            verb = "loss is" if len(diverged) == 1 else "losses are"
+            raise HeadsError(f"{self.label}training diverged in epoch {epoch}: the {', '.join(diverged)} {verb} "
+                             f"{train_losses[1 + tasks.index(diverged[0])]}; lower --lr (now {config.lr}) or "
+                             "--year-scale, or check the features for extreme values.")
         row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_losses[0]}
         row.update({f"train_{t}_loss": value for t, value in zip(tasks, train_losses[1:])})
         row.update({f"weight_{t}": self.weights[t] * (math.exp(-float(self.log_vars[t].detach())) if self.log_vars is not None else 1.0)

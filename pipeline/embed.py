@@ -23,12 +23,14 @@ def embedding_attrs(run_dir, source_attrs: dict) -> dict:
 
 def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16", device: Optional[str] = None,
           rows: int = 65536) -> dict:
-    """Write model.shared(features) for every row of cache_dir into out_dir (same keys, order and format).
+    """Write model.shared(features) for every row of cache_dir as the new cache out_dir (same keys, order and
+    format), published whole.
 
     Flipped features are embedded too when the source has them and `flip`. Returns rows, feature_dim, out.
     """
     from omniart.cache import FeatureStore, ShardWriter, cached_keys
     from omniart.cache.environment import resolve_device
+    from omniart.cache.files import publish_folder
     from omniart.pipeline.predict import check_cache_matches
     from omniart.pipeline.run_dir import load_run
 
@@ -40,17 +42,25 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
     check_cache_matches(run.cache_attrs, store.attrs, store.path)
     if cached_keys(out_dir):
         raise HeadsError(f"{out_dir} already holds feature shards; pass a new --out folder for the embeddings.")
+    if Path(out_dir).exists() and (not Path(out_dir).is_dir() or any(Path(out_dir).iterdir())):
+        raise HeadsError(f"{out_dir} is not an empty folder; pass a new --out folder for the embeddings.")
     with_flip = flip and store.has_flip
     hidden = run.model.shared_size
     attrs = embedding_attrs(run_dir, store.attrs)
     shared = run.estimator.embed
-
-    batches = store.iter_batches(rows=rows)
-    flipped = store.iter_batches(rows=rows, flip=True) if with_flip else None
     written = 0
-    with ShardWriter(out_dir, "embed", attrs, hidden, dtype=dtype, with_flip=with_flip) as writer:
-        for keys, block in batches:
-            flip_block = shared(next(flipped)[1]) if with_flip else None
-            writer.add(keys, shared(block), flip_block)
-            written += len(keys)
+
+    def build(folder: Path) -> None:  # the whole cache beside out_dir: a killed embed leaves no partial cache
+        nonlocal written
+        batches = store.iter_batches(rows=rows)
+        flipped = store.iter_batches(rows=rows, flip=True) if with_flip else None
+        with ShardWriter(folder, "embed", attrs, hidden, dtype=dtype, with_flip=with_flip) as writer:
+            for keys, block in batches:
+                flip_block = shared(next(flipped)[1]) if with_flip else None
+                writer.add(keys, shared(block), flip_block)
+                written += len(keys)
+        for lock in folder.glob(".lock-*"):
+            lock.unlink()
+
+    publish_folder(out_dir, build)
     return {"rows": written, "feature_dim": hidden, "out": str(out_dir), "flip": with_flip}

@@ -37,7 +37,7 @@ class RunConfig:
         out = Path(out)
         cache = out / "cache"
         return cls(out=str(out),
-                   extract=ExtractConfig(images=str(images), out=str(cache), **(extract or {})),
+                   extract=ExtractConfig(images=str(images), out=str(cache), exclude=(str(out),), **(extract or {})),
                    fit=FitConfig(cache=str(cache), metadata=str(metadata), format=format, out=str(out / "run"),
                                  **(fit or {})),
                    **options)
@@ -110,6 +110,7 @@ def _check_inputs(config: RunConfig) -> None:
     (A cache made with another backbone is refused by run_extract itself, before it extracts anything.)
     """
     cache = Path(config.extract.out)
+    config.fit.checked_tasks()  # every phase-two option in range before the long extraction
     if Path(config.fit.cache) != cache:
         raise OmniError(f"fit.cache {config.fit.cache!r} differs from extract.out {str(cache)!r}: the fit "
                         f"must read the cache the run extracts; build the config with RunConfig.create().")

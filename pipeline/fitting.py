@@ -197,6 +197,10 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     cache = cache or run.config.cache
     if not Path(cache).is_dir():
         raise HeadsError(f"cache directory {cache!r} of run {run_dir} does not exist; pass the cache with --cache.")
+    if not (np.asarray(run.labels.split) == split).any():
+        present = sorted(set(np.asarray(run.labels.split).tolist()))
+        raise HeadsError(f"run {run_dir} has no {split} samples (its splits: {', '.join(present)}); evaluate another "
+                         "--split, or refit with metadata that gives this split samples.")
     part = split_arrays(FeatureStore(cache), run.labels, run.tasks, split)
     scores = run.predict(part.X)
     result = {task: task_metrics(task, scores[task], part.targets[task]) for task in scores}

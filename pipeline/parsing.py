@@ -177,8 +177,10 @@ def _year_interval(text):
     for prev, cur in zip(tokens, tokens[1:]):
         if _RANGE_SEP.match(text[prev[1]:cur[0]]) and cur[5] < prev[5] and prev[2] >= 0 and cur[4] is None:
             scale = 10 ** cur[5]
-            cur[2] = cur[3] = prev[2] // scale * scale + cur[2]
-            cur[5] = prev[5]
+            end = prev[2] // scale * scale + cur[2]
+            if end >= prev[2]:  # "1650-05" ends before it starts: a year and month, not a range
+                cur[2] = cur[3] = end
+                cur[5] = prev[5]
     # An era written once applies to the numbers before it ("300-200 B.C.").
     era = None
     for token in reversed(tokens):
@@ -194,12 +196,35 @@ def _year_interval(text):
     return min(values), max(values)
 
 
+_ISO_DATE = re.compile(r"^(?P<year>-?\d{4})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+                       r"(?:[t ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?$")
+# a thousands separator ("1,650") or an exponent ("1.65e+03"): machine-written numbers, not ranges
+_WRITTEN_NUMBER = re.compile(r"\d,\d{3}(?!\d)|\d(?:\.\d+)?e[+-]?\d")
+_WHOLE_NUMBER = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?(?:e[+-]?\d+)?)$")
+
+
+def _written_number_year(text):
+    """(year, year) of an ISO date/timestamp or of a number written with separators or an exponent; None when
+    such a number is not a plausible year; False when `text` is neither (the free-text rules apply)."""
+    iso = _ISO_DATE.match(text)
+    if iso:
+        year = int(iso.group("year"))
+        return (year, year) if year in _YEARS else None
+    if not _WRITTEN_NUMBER.search(text):
+        return False
+    if not _WHOLE_NUMBER.match(text):
+        return None  # "1,650-1,700" or a number inside words: counted as unparsed rather than guessed
+    value = float(text.replace(",", ""))
+    return parse_date(value) if value.is_integer() else None
+
+
 def parse_date(text):
     """Creation interval (begin, end), begin <= end, of a free-text date; None when nothing parses.
 
     Handles '1630-1650', 'ca. 1650', 'c. 1650', '1650s', '17th century', 'first half of the 14th century',
     'dated 1694-95', '14th-15th century', '300 B.C.', '-300', '100 B.C.-A.D. 100', Dutch 'eeuw' and 'v. Chr.'.
-    Plain numbers (int/float) are single years.
+    Plain numbers (int/float) are single years, and so are ISO dates and timestamps ('1650-05-16',
+    '2024-01-01T00:00:00') and numbers written '1,650' or '1.65E+03'.
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if not math.isfinite(text) or round(text) not in _YEARS:
@@ -208,6 +233,9 @@ def parse_date(text):
     text = _clean(text).translate(_DASHES)
     if not text:
         return None
+    written = _written_number_year(text)
+    if written is not False:
+        return written
     numbers_bc = re.search(_BC, text) is not None and re.search(_AD, text) is None
     interval = _centuries(text, numbers_bc) if re.search(r"centur|cent\b|c\.|eeuw|millenni", text) else None
     if interval is None:

@@ -1,5 +1,6 @@
 """The end-to-end run's markdown report: data set, timings, metrics, plots and a gallery of predictions."""
 import csv
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -122,7 +123,8 @@ def _thumbnail(source, folder: Path, key: str) -> str:
     from PIL import Image, ImageOps
 
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / (Path(key.replace("/", "_")).stem + ".jpg")
+    # named by a hash of the key: long keys stay under 255 bytes, and dup.jpg / dup.png get two thumbnails
+    target = folder / (hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".jpg")
     with Image.open(source) as image:
         image = ImageOps.exif_transpose(image).convert("RGB")
         image.thumbnail((THUMBNAIL, THUMBNAIL))

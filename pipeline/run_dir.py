@@ -2,9 +2,6 @@
 import csv
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,27 +81,15 @@ def load_run(run_dir, device: str = "cpu") -> Run:
 
 
 def publish_run(out, build) -> Path:
-    """build(folder) into a new folder beside `out`, then swap it into place: a killed fit leaves the old run
-    whole (or none), never a mix of two fits' files."""
+    """build(folder) beside `out`, then swapped into place (a killed fit leaves the old run whole, never a mix);
+    refuses an `out` that holds something other than a run, which the swap would delete."""
+    from omniart.cache.files import publish_folder
+
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise HeadsError(f"--out {str(out)!r} exists and is not a run directory (it would be replaced whole); "
                          "pass a new folder, an empty one, or an earlier run to overwrite.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
-        build(building)
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, retired / out.name)
-            os.replace(building, out)
-            shutil.rmtree(retired)
-        else:
-            os.replace(building, out)
-    finally:
-        if building.exists():
-            shutil.rmtree(building)
-    return out
+    return publish_folder(out, build)
 
 
 def write_history(path: Path, history: list) -> None:

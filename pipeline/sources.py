@@ -85,6 +85,9 @@ def read_records(path, config):
         raise LabelError(f"metadata file {path} does not exist; pass the {config.format} metadata file")
     if path.is_dir():
         raise LabelError(f"metadata path {path} is a directory; pass the {config.format} metadata file itself")
+    if not path.is_file():  # a FIFO or device would block the reader for ever
+        raise LabelError(f"metadata path {path} is not a regular file (a pipe or device); pass the "
+                         f"{config.format} metadata file itself")
     if path.stat().st_size == 0:
         raise LabelError(f"metadata file {path} is empty; expected {_EXPECTED[config.format]}")
     return _READERS[config.format](path, config)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from omniart.cache.files import publish_file
 from omniart.heads import HeadsError
 
 __all__ = ["SweepConfig", "SweepResult", "run_sweep", "merge_results", "parse_grid", "expand_grid"]
@@ -134,14 +135,14 @@ def run_sweep(config: SweepConfig) -> SweepResult:
     tasks = [fit_config.checked_tasks() for fit_config in fits]  # every configuration checked before any trains
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_plan(out, config, len(combos), shard.count)
+    _write_plan(out, _plan(config, len(combos), shard.count), shard.tag)
     mine = [index for index in range(len(combos)) if index % shard.count == shard.index]
     rows = _train_all([(index, fits[index], tasks[index]) for index in mine], config.batched)
     for row in rows:
         row.update({name: _grid_value_text(combos[row["config"]][name]) for name in config.grid})
     part = _sorted_table(rows, list(config.grid))
     part_path = out / ("results.csv" if shard.count == 1 else f"results-{shard.tag}.csv")
-    part.to_csv(part_path, index=False)
+    publish_file(part_path, lambda path: part.to_csv(path, index=False))
     merged = part if shard.count == 1 else (merge_results(out) if _all_parts(out, shard.count) else None)
     return SweepResult(part, part_path, merged, out)
 
@@ -158,6 +159,12 @@ def merge_results(out) -> object:
     parts = sorted(out.glob("results-*-of-*.csv"))
     if not parts:
         raise HeadsError(f"{out} holds no results-*.csv parts yet; run every shard of the sweep first.")
+    for path in parts:  # every part must come from the grid of sweep.json
+        tag = path.stem[len("results-"):]
+        part_plan = out / f"sweep-{tag}.json"
+        if part_plan.exists() and json.loads(part_plan.read_text()) != plan:
+            raise HeadsError(f"{path.name} in {out} was trained on another grid than sweep.json ({part_plan.name} "
+                             "differs); rerun that shard with the same --grid and options, or use another --out.")
     table = pd.concat([pd.read_csv(path) for path in parts], ignore_index=True)
     missing = sorted(set(range(plan["configurations"])) - set(table["config"]))
     if missing or table["config"].duplicated().any():
@@ -165,15 +172,27 @@ def merge_results(out) -> object:
                          f"(missing {missing[:10]}, duplicated {sorted(set(table['config'][table['config'].duplicated()]))[:10]}); "
                          f"run the missing shards (of {plan['shards']}) or delete stale parts.")
     table = _sorted_table(table.to_dict("records"), list(plan["grid"]))
-    table.to_csv(out / "results.csv", index=False)
+    publish_file(out / "results.csv", lambda path: table.to_csv(path, index=False))
     return table
 
 
-def _write_plan(out: Path, config: SweepConfig, configurations: int, shards: int) -> None:
-    plan = {"grid": {name: [_grid_value_text(value) for value in values] for name, values in config.grid.items()},
-            "fixed": {name: _grid_value_text(value) for name, value in config.fixed.items()}, "configurations": configurations,
-            "shards": shards, "cache": str(config.cache), "metadata": str(config.metadata), "format": config.format}
-    (out / "sweep.json").write_text(json.dumps(plan, indent=2, default=str))
+def _plan(config: SweepConfig, configurations: int, shards: int) -> dict:
+    """What makes sweep parts belong together: the grid, the fixed options, the data and the split into shards."""
+    return {"grid": {name: [_grid_value_text(value) for value in values] for name, values in config.grid.items()},
+            "fixed": {name: _grid_value_text(value) for name, value in config.fixed.items()},
+            "configurations": configurations, "shards": shards, "cache": str(config.cache),
+            "metadata": str(config.metadata), "format": config.format}
+
+
+def _write_plan(out: Path, plan: dict, tag: str) -> None:
+    """sweep.json (refusing an --out that holds another sweep) and this part's own copy, sweep-<tag>.json."""
+    plan = json.loads(json.dumps(plan, default=str))  # as it reads back
+    shared = out / "sweep.json"
+    if shared.exists() and json.loads(shared.read_text()) != plan:
+        raise HeadsError(f"{out} holds a sweep of another grid or options (sweep.json differs); use another --out, "
+                         "or delete that folder to start over.")
+    for path in (shared, out / f"sweep-{tag}.json"):
+        publish_file(path, lambda temporary: Path(temporary).write_text(json.dumps(plan, indent=2)))
 
 
 def _all_parts(out: Path, count: int) -> bool:

@@ -137,6 +137,22 @@ def test_index_is_an_optimisation_rebuilt_when_missing_broken_or_stale(tmp_path)
     assert np.array_equal(FeatureStore(tmp_path).load(flip=False), features[[0, 1, 4, 5, 6, 7]])
 
 
+def test_an_index_edited_by_hand_with_the_file_stamp_kept_is_not_trusted(tmp_path):
+    """Offsets changed in the index (stamp untouched) used to give other rows silently."""
+    keys, features = planted(8)
+    write_features(tmp_path, keys, features, ATTRS, features_flip=-features, shard_rows=8)
+    assert len(FeatureStore(tmp_path)) == 8
+    index = tmp_path / ".omniart-index.json"
+    content = json.loads(index.read_text())
+    entry = content["shards"]["features-main-00000.h5"]
+    entry["layouts"]["features"][1][0] = entry["layouts"]["features_flip"][1][0]  # the flipped rows' bytes
+    index.write_text(json.dumps(content))
+    assert np.array_equal(FeatureStore(tmp_path).load(keys), features)  # the shard itself was read again
+    content["shards"]["features-main-00000.h5"]["rows"] = 6
+    index.write_text(json.dumps(content))
+    assert FeatureStore(tmp_path).keys == keys
+
+
 def test_mixed_shards_are_refused_naming_both_and_the_attribute(tmp_path):
     keys, features = planted(6)
     write_features(tmp_path, keys[:3], features[:3], ATTRS, worker_tag="a")
@@ -281,3 +297,62 @@ def test_a_second_writer_on_a_busy_worker_tag_refuses_and_kill_9_leaves_no_stale
         child.wait()
     ShardWriter(tmp_path, "main", ATTRS, DIM, with_flip=False).close()  # kill -9 left no stale lock
     assert sorted(FeatureStore(tmp_path).keys) == sorted(keys)
+
+
+def test_a_failures_log_torn_inside_a_quoted_key_gives_no_phantom_key(tmp_path):
+    """A worker killed inside `"a,b.jpg"` used to leave an open quote that swallowed the next run's records."""
+    log = FailureLog(tmp_path, "w0")
+    log.record("first.jpg", "truncated image file")
+    with open(log.path, "a", encoding="utf-8") as handle:
+        handle.write('"a,b.jp')  # the kill: half a record, no newline
+    log.record("c.jpg", "empty file (0 bytes)")
+    log.record("d,e.jpg", "not an image")
+    assert read_failures(tmp_path) == {"first.jpg": "truncated image file", "c.jpg": "empty file (0 bytes)",
+                                       "d,e.jpg": "not an image"}
+    assert log.path.read_text(encoding="utf-8").splitlines()[0] == "key,error"
+
+
+def test_non_finite_features_are_refused_where_they_are_written(tmp_path):
+    keys, features = planted(6)
+    bad = features.copy()
+    bad[1, 0], bad[4, 3] = np.nan, np.inf
+    with pytest.raises(CacheError, match=r"features of 2 key\(s\) \['sub/00001_SK-A-1.jpg', 'sub/00004_SK-A-4.jpg'\] "
+                                         r"are nan or inf"):
+        write_features(tmp_path / "a", keys, bad, ATTRS, dtype="float32")
+    huge = features.copy()
+    huge[2, 0] = 1e6  # fine in float32, inf in float16
+    with pytest.raises(CacheError, match=r"beyond float16's range \(\+-65504\).*--dtype float32"):
+        write_features(tmp_path / "b", keys, huge, ATTRS, dtype="float16")
+    write_features(tmp_path / "c", keys, huge, ATTRS, dtype="float32")
+    assert list_published(tmp_path / "a") == list_published(tmp_path / "b") == []
+
+
+def list_published(folder):
+    return sorted(path.name for path in folder.glob("*.h5")) if folder.exists() else []
+
+
+def test_damaged_shards_give_a_cache_error_naming_the_shard(tmp_path):
+    """Bytes flipped in the feature data came back as nan silently; bytes flipped in the keys gave a raw h5py
+    traceback. Both are now a CacheError naming the shard and the fix."""
+    keys, features = planted(8)
+    (shard,) = write_features(tmp_path, keys, features, ATTRS, shard_rows=8)
+    data = bytearray(shard.read_bytes())
+    with h5py.File(shard, "r") as handle:
+        offset = handle["features"].id.get_offset() or handle["features"].id.get_chunk_info(0).byte_offset
+    row_bytes = DIM * 2  # float16
+    data[offset + 3 * row_bytes:offset + 3 * row_bytes + 2] = b"\xff\xff"  # row 3, column 0: a float16 nan
+    shard.write_bytes(bytes(data))
+    store = FeatureStore(tmp_path)
+    with pytest.raises(CacheError, match=r"1 feature row\(s\) of .* hold nan or inf \(keys \['sub/00003_SK-A-3.jpg'\], "
+                                         r"in features-main-00000.h5\): the shard is damaged"):
+        store.load()
+    assert np.array_equal(store.load(keys[:3]), features[:3].astype(np.float16).astype(np.float32))  # others fine
+    with pytest.raises(CacheError, match="hold nan or inf"):
+        list(store.iter_batches(rows=4))
+    other = tmp_path / "keys"
+    (shard,) = write_features(other, keys, features, ATTRS, shard_rows=8)
+    data = shard.read_bytes()
+    position = data.index(keys[5].encode())
+    shard.write_bytes(data[:position] + b"\xff\xfe" + data[position + 2:])  # not UTF-8 any more
+    with pytest.raises(CacheError, match=r"shard .*features-main-00000.h5 cannot be read .* delete it and re-run"):
+        FeatureStore(other).keys

@@ -52,3 +52,6 @@ def test_cpu_fallback_warns_and_unknown_device_is_refused():
     assert resolve_device("cpu") == "cpu"
     with pytest.raises(OmniError, match="unknown --device 'gpu0'"):
         resolve_device("gpu0")
+    for device in ("meta", "mps"):  # used to end in tracebacks deep in torch
+        with pytest.raises(OmniError, match=f"--device {device} is not supported: omniart runs on cpu or cuda"):
+            resolve_device(device)

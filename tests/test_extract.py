@@ -265,6 +265,57 @@ def test_resume_with_another_flip_or_dtype_is_refused(tmp_path, new_image):
     assert store.has_flip and store.attrs["dtype"] == "float16" and len(store) == 2
 
 
+def test_an_image_whose_features_are_not_finite_is_a_failure_record(tmp_path, monkeypatch):
+    """float16 overflow used to be stored as inf without a word; now that image is a failure, the run goes on."""
+    from omniart.extract import encoder as encoder_module
+
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg", "c.jpg"])
+    real_call = encoder_module.Encoder.__call__
+
+    def overflowing(self, batch):
+        features, flipped = real_call(self, batch)
+        features[1, 0] = 1e6  # the second image of the batch: beyond float16
+        return features, flipped
+
+    monkeypatch.setattr(encoder_module.Encoder, "__call__", overflowing)
+    summary = run_extract(tiny_config(tmp_path / "images", tmp_path / "cache", batch_size=3))
+    assert (summary.extracted, summary.failed) == (2, 1)
+    store = FeatureStore(tmp_path / "cache")
+    assert sorted(store.keys) == ["a.jpg", "c.jpg"] and np.isfinite(store.load()).all()
+    assert "nan or inf as float16" in store.failures()["b.jpg"]
+
+
+def test_file_names_that_are_not_utf8_or_hold_nul_are_failures_not_aborts(tmp_path):
+    """A non-UTF-8 file name aborted the whole extraction before any work; a key with a NUL byte raised and its
+    batch was never published, so every rerun failed the same way."""
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    raw = os.fsencode(str(images)) + b"/caf\xe9.jpg"  # Latin-1 bytes: not valid UTF-8
+    shutil.copyfile(os.fsencode(str(images / "a.jpg")), raw)
+    table = tmp_path / "objects.csv"
+    table.write_text(f"key,path\nnul\x00key,{images / 'a.jpg'}\nfine,{images / 'b.jpg'}\n")
+    summary = run_extract(tiny_config(images, tmp_path / "cache"))
+    assert (summary.extracted, summary.failed) == (2, 1)
+    (failed_key, reason), = FeatureStore(tmp_path / "cache").failures().items()
+    assert os.fsencode(failed_key).endswith(b"caf\xe9.jpg") and "not valid UTF-8" in reason
+    again = run_extract(tiny_config(images, tmp_path / "cache"))  # the failure is remembered, not redone
+    assert (again.extracted, again.failed, again.skipped) == (0, 0, 3)
+    by_table = run_extract(tiny_config(table, tmp_path / "from-table", key_column="key"))
+    assert (by_table.extracted, by_table.failed) == (1, 1)
+    assert "NUL character" in FeatureStore(tmp_path / "from-table").failures()["nul\x00key"]
+
+
+def test_pipes_are_refused_instead_of_hanging(tmp_path):
+    images = make_images(tmp_path / "images", ["a.jpg"])
+    fifo = tmp_path / "table.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(ExtractError, match="is not a regular file \\(a pipe or device\\)"):
+        run_extract(tiny_config(fifo, tmp_path / "cache"))
+    weights = tmp_path / "weights.pth"
+    os.mkfifo(weights)
+    with pytest.raises(ExtractError, match="--weights .*weights.pth' is not a regular file"):
+        run_extract(tiny_config(images, tmp_path / "cache", backbone="resnet50", weights=str(weights)))
+
+
 def test_rerun_reports_keys_stored_twice(tmp_path):
     """Two writers that shared a worker tag before the lock existed left keys twice: a rerun names them."""
     images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
@@ -340,6 +391,22 @@ def test_table_input_keys_and_relative_paths(tmp_path):
     assert FeatureStore(tmp_path / "from-parquet").keys == ["pics/p1.jpg", "pics/p2.jpg"]
     with pytest.raises(ExtractError, match="'img' is not a column.*'object', 'path'"):
         run_extract(tiny_config(table, tmp_path / "cache2", path_column="img"))
+
+
+def test_table_keys_are_read_literally_and_rows_without_an_image_are_failures(tmp_path):
+    """Keys `NA`, `None`, `null` and whitespace used to vanish (pandas' NA strings); a row without a path was
+    dropped without a word. Now: literal keys, a failure record per pathless row, an error for keyless rows."""
+    make_images(tmp_path / "pics", ["p1.jpg", "p2.jpg", "p3.jpg", "p4.jpg"])
+    table = tmp_path / "objects.csv"
+    table.write_text("object,path\nNA,pics/p1.jpg\nNone,pics/p2.jpg\nnull,pics/p3.jpg\n ,pics/p4.jpg\nSK-5,\n")
+    summary = run_extract(tiny_config(table, tmp_path / "cache", key_column="object"))
+    assert (summary.extracted, summary.failed) == (4, 1)
+    store = FeatureStore(tmp_path / "cache")
+    assert sorted(store.keys) == [" ", "NA", "None", "null"]
+    assert store.failures() == {"SK-5": "no image path in its table row"}
+    table.write_text("object,path\nA,pics/p1.jpg\n,pics/p2.jpg\n")
+    with pytest.raises(ExtractError, match=r"1 row\(s\) without a key \(lines \[3\]\)"):
+        run_extract(tiny_config(table, tmp_path / "cache2", key_column="object"))
 
 
 def invoke(*args):

