@@ -1,10 +1,13 @@
 """Atomic publishing: a file or a whole folder is built beside its final name, then renamed into place."""
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 __all__ = ["publish_file", "publish_folder"]
+
+_HOST = socket.gethostname().replace("-", "_").replace(".", "_") or "host"
 
 
 def publish_file(path, write) -> Path:
@@ -15,6 +18,7 @@ def publish_file(path, write) -> Path:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would make the published file owner-only
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -28,15 +32,22 @@ def publish_folder(out, build) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _clear_dead(out)
-    tag = f"{os.getpid()}-"
+    tag = f"{_HOST}-{os.getpid()}-"  # the host too: on a shared filesystem a pid names a process of one node
     building = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-{tag}"))
     try:
         build(building)
+        os.chmod(building, 0o777 & ~_umask())  # mkdtemp's 0700 would make the published folder owner-only
         if out.exists():
             retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{tag}"))
             os.replace(out, retired / out.name)
-            os.replace(building, out)  # between these two renames (microseconds) `out` is missing; see _clear_dead
-            shutil.rmtree(retired)
+            try:
+                os.replace(building, out)  # between the two renames (microseconds) `out` is missing; see _clear_dead
+            except BaseException:
+                os.replace(retired / out.name, out)
+                raise
+            finally:
+                if out.exists():  # the new folder, or the old one put back: what is left aside can go
+                    shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(building, out)
     finally:
@@ -50,9 +61,10 @@ def _clear_dead(out: Path) -> None:
     `out` back first. Folders of a live process (its pid in the name) are left alone."""
     for kind in ("old", "building"):  # "old" first: it may hold the only copy of `out`
         for folder in out.parent.glob(f".{out.name}.{kind}-*"):
-            pid = folder.name[len(f".{out.name}.{kind}-"):].split("-")[0]
-            if pid.isdigit() and _alive(int(pid)):
-                continue
+            host, _, rest = folder.name[len(f".{out.name}.{kind}-"):].partition("-")
+            pid = rest.split("-")[0]
+            if host != _HOST or not pid.isdigit() or _alive(int(pid)):
+                continue  # another node's, or a live process's
             if kind == "old" and (folder / out.name).is_dir() and not out.exists():
                 os.replace(folder / out.name, out)
             shutil.rmtree(folder, ignore_errors=True)
@@ -66,3 +78,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux reports it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -65,7 +65,7 @@ class HeadsConfig:
                 continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low(value) and high(value)):
                 raise HeadsError(f"--{name.replace('_', '-')} {value!r} is out of range: it must be {rule}.")
-        parse_task_weights(self.task_weights, self.tasks or TASKS)
+        parse_task_weights(self.task_weights, check_tasks(self.tasks) if self.tasks is not None else TASKS)
 
 
 # (field, lower test, upper test, the rule in words): finite numbers in the ranges where training can work

@@ -40,8 +40,8 @@ class MultiTaskHeads:
         return params
 
     def get_params(self, deep: bool = True) -> dict:
-        """The hyperparameters (scikit-learn's contract)."""
-        return dataclasses.asdict(self.config)
+        """The hyperparameters (scikit-learn's contract: the values themselves, so `clone` sees the same objects)."""
+        return {f.name: getattr(self.config, f.name) for f in dataclasses.fields(HeadsConfig)}
 
     def set_params(self, **params) -> "MultiTaskHeads":
         self.config = dataclasses.replace(self.config, **self._checked_names(params))

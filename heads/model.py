@@ -97,7 +97,9 @@ class OmniArtHeads(nn.Module):
                     parts[task].append(value.float())
         finally:  # an interrupted or failed pass must not leave a training model in eval mode
             self.train(was_training)
-        return {task: torch.cat(values) if values else torch.empty(0, device=x.device) for task, values in parts.items()}
+        return {task: torch.cat(values) if values else
+                torch.empty((0,) if task == "year" else (0, self.task_sizes[task]), device=x.device)
+                for task, values in parts.items()}
 
     def predict(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> dict:
         """Task -> numpy array: artist softmax (N,A), type/material sigmoid (N,K), year in years (N,)."""

@@ -29,7 +29,7 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
                       include_self: bool = False, rows: int = 65536):
     """The k cached rows most cosine-similar to each query key, best first, as (key, score) pairs.
 
-    `store` is a `cache.FeatureStore`. One key (str) gives one list of pairs; a list of keys gives one list
+    `store` is a `omniart.cache.FeatureStore`. One key (str) gives one list of pairs; a list of keys gives one list
     per key. The query itself is left out unless `include_self`; other rows with identical features stay.
     Streams the cache in blocks of `rows`, so memory is one block plus (queries x k), whatever its size.
     """

@@ -64,7 +64,8 @@ def _groups(members: list, key) -> dict:
 def _stack_key(config: HeadsConfig) -> str:
     """Configurations with the same key (and the same data) train as one stacked model."""
     values = dataclasses.asdict(config)
-    return json.dumps({name: value for name, value in values.items() if name not in STACKABLE}, default=str, sort_keys=True)
+    ignored = STACKABLE + ("progress", "device")  # the device is resolved per data group already
+    return json.dumps({name: value for name, value in values.items() if name not in ignored}, default=str, sort_keys=True)
 
 
 def _train_stacked(data, tasks: tuple, configs: list, device) -> list:

@@ -71,10 +71,16 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
     x = np.asarray(x)
     if x.ndim != 2 or x.dtype.kind != "f":
         raise HeadsError(f"{where} features must be a 2-d float array (rows, feature_dim), got shape {x.shape} of {x.dtype}.")
-    bad = _non_finite_rows(x)
-    if len(bad):
-        raise HeadsError(f"{where} features hold nan or inf in {len(bad)} row(s) (first: {bad[:5].tolist()}); drop or "
-                         "re-extract those rows (their images may be broken).")
+    for name, values in (("features", x), ("X_flip features", x_flip)):
+        if values is None:
+            continue
+        values = np.asarray(values)
+        if values.dtype.kind != "f":
+            raise HeadsError(f"{where} {name} must be float, got {values.dtype}.")
+        bad = _non_finite_rows(values)
+        if len(bad):
+            raise HeadsError(f"{where} {name} hold nan or inf in {len(bad)} row(s) (first: {bad[:5].tolist()}); drop or "
+                             "re-extract those rows (their images may be broken).")
     missing = [task for task in tasks if task not in targets]
     if missing:
         raise HeadsError(f"{where} targets have no {', '.join(missing)}; pass them or train tasks="
@@ -92,8 +98,11 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
         if x_flip.shape != x.shape:
             raise HeadsError(f"{where} X_flip has shape {x_flip.shape} but X has {x.shape}: one mirrored row per row.")
     # On CPU torch.from_numpy shares the arrays' memory (no copy of a float16 cache); a GPU holds float16, which
-    # bf16 autocast reads anyway: half the device memory, nothing lost for pooled features.
-    dtype = torch.float16 if torch.device(device).type == "cuda" else None
+    # bf16 autocast reads anyway (half the device memory), unless float32 values lie beyond float16's range.
+    dtype = None
+    if torch.device(device).type == "cuda":
+        peaks = [float(np.abs(values).max(initial=0.0)) for values in (x, x_flip) if values is not None]
+        dtype = torch.float16 if max(peaks) <= float(np.finfo(np.float16).max) else None
 
     def on_device(values):
         return torch.from_numpy(np.ascontiguousarray(values)).to(device, dtype=dtype)

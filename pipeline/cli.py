@@ -1,5 +1,6 @@
 """`omni-heads`: the thin click front end of phase two and the end-to-end run (defaults read from the configs)."""
 import dataclasses
+import inspect
 import json
 
 import click
@@ -7,8 +8,11 @@ import click
 from omniart.cache.errors import cli_errors
 from omniart.extract.backbones import BACKBONES
 from omniart.extract.config import ExtractConfig
+from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline.end_to_end import RunConfig
 from omniart.pipeline.config import FitConfig
+from omniart.pipeline.embed import embed as embed_cache
+from omniart.pipeline.fitting import SPLITS
 from omniart.pipeline.labels import LabelConfig, build_labels
 from omniart.pipeline.parsing import LANGUAGES
 from omniart.pipeline.predict import PredictConfig
@@ -20,6 +24,8 @@ _FIT_FIELDS = {f.name: f for f in dataclasses.fields(FitConfig)}
 _LABEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LabelConfig)}
 _EXTRACT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
 _PREDICT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PredictConfig)}
+_EMBED_DEFAULTS = {name: p.default for name, p in inspect.signature(embed_cache).parameters.items()}
+_NEIGHBORS_DEFAULTS = {name: p.default for name, p in inspect.signature(nearest_neighbors).parameters.items()}
 
 # The phase-two options of `fit` (all) and `run` (the first part): help text and click type. The default shown is
 # FitConfig's (or the automatic rule in its field metadata, or LabelConfig's); an option left out keeps it.
@@ -110,7 +116,7 @@ def fit(cache, metadata, label_format, out, label_options, **options):
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]), help="Split to evaluate.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS), help="Split to evaluate.")
 @click.option("--cache", type=click.Path(file_okay=False), help="Feature cache (default: the one the run was trained on).")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cpu].")
 @cli_errors
@@ -159,17 +165,15 @@ def predict(run, cache_dir, images, out, threshold, top_k, weights, work_cache, 
               help="Feature cache made with the run's backbone.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="New cache folder for the shared-layer activations (must hold no shards yet).")
-@click.option("--flip/--no-flip", default=True, show_default=True,
+@click.option("--flip/--no-flip", default=_EMBED_DEFAULTS["flip"], show_default=True,
               help="Also embed the flipped features when the source cache has them.")
-@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+@click.option("--dtype", default=_EMBED_DEFAULTS["dtype"], show_default=True, type=click.Choice(["float16", "float32"]),
               help="Storage type of the new cache.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU when present).")
 @cli_errors
 def embed(run, cache_dir, out, flip, dtype, device):
     """Write the shared-layer activations (paper 3.3) of every cached row as a new cache."""
-    from omniart.pipeline.embed import embed as run_embed
-
-    summary = run_embed(run, cache_dir, out, flip=flip, dtype=dtype, device=device)
+    summary = embed_cache(run, cache_dir, out, flip=flip, dtype=dtype, device=device)
     click.echo(f"wrote {summary['rows']} embeddings of dimension {summary['feature_dim']} to {out}")
 
 
@@ -208,14 +212,13 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_shard
 @main.command()
 @click.argument("cache_dir", metavar="CACHE", type=click.Path(file_okay=False))
 @click.argument("key")
-@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours to list.")
+@click.option("-k", "k", default=_NEIGHBORS_DEFAULTS["k"], show_default=True, type=click.IntRange(min=1), help="Neighbours to list.")
 @click.option("--flip", is_flag=True, help="Compare the horizontally flipped features.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @cli_errors
 def neighbors(cache_dir, key, k, flip, as_json):
     """The K cached artworks most similar to KEY by cosine similarity of their features (KEY excluded)."""
     from omniart.cache import FeatureStore
-    from omniart.heads.neighbors import nearest_neighbors
 
     hits = nearest_neighbors(FeatureStore(cache_dir), key, k=k, flip=flip)
     if as_json:
@@ -227,9 +230,9 @@ def neighbors(cache_dir, key, k, flip, as_json):
 @main.command()
 @click.argument("metadata", type=click.Path(dir_okay=False))
 @click.option("--format", "format_", type=click.Choice(FORMATS), required=True, help="Metadata format.")
-@click.option("--min-artist-samples", type=int, default=_LABEL_DEFAULTS["min_artist_samples"], show_default=True,
+@click.option("--min-artist-samples", type=click.IntRange(min=1), default=_LABEL_DEFAULTS["min_artist_samples"], show_default=True,
               help="Keep artists with at least K samples (paper: 100/300/700/1100).")
-@click.option("--min-class-samples", type=int, default=_LABEL_DEFAULTS["min_class_samples"], show_default=True,
+@click.option("--min-class-samples", type=click.IntRange(min=1), default=_LABEL_DEFAULTS["min_class_samples"], show_default=True,
               help="Keep type/material classes with at least N positives.")
 @click.option("--keep-all-samples", is_flag=True,
               help="Keep samples of dropped/anonymous artists (artist masked) instead of dropping them.")

@@ -2,8 +2,6 @@
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from omniart.heads import HeadsError
 
 __all__ = ["embed", "embedding_attrs"]

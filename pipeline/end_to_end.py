@@ -85,7 +85,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     config.save()  # after extract has accepted the images, so a wrong path leaves no output folder behind
 
     # fit builds the labels, loads the features once, trains, then evaluates val and test itself:
-    # calling heads.evaluate afterwards would load the features and predict a second time.
+    # calling pipeline.fitting.evaluate afterwards would load the features and predict a second time.
     started = time.perf_counter()
     fitted = fit(config.fit)
     timings["fit + evaluate"] = time.perf_counter() - started

@@ -187,8 +187,10 @@ def comparison_table(metrics: dict) -> str:
 def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: Optional[str] = None) -> dict:
     """Recompute `split` metrics of a run from its cache (or `cache`); update metrics.json and the plots."""
     from omniart.cache import FeatureStore
+    from omniart.cache.files import publish_file
     from omniart.heads.metrics import task_metrics
     from omniart.pipeline.plots import write_plots
+    from omniart.pipeline.predict import check_cache_matches
     from omniart.pipeline.run_dir import load_run, read_history
 
     if split not in SPLITS:
@@ -201,13 +203,18 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
         present = sorted(set(np.asarray(run.labels.split).tolist()))
         raise HeadsError(f"run {run_dir} has no {split} samples (its splits: {', '.join(present)}); evaluate another "
                          "--split, or refit with metadata that gives this split samples.")
-    part = split_arrays(FeatureStore(cache), run.labels, run.tasks, split)
+    store = FeatureStore(cache)
+    check_cache_matches(run.cache_attrs, store.attrs, store.path)  # features made as the run's, or wrong metrics
+    part = split_arrays(store, run.labels, run.tasks, split)
     scores = run.predict(part.X)
     result = {task: task_metrics(task, scores[task], part.targets[task]) for task in scores}
     path = Path(run_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        metrics = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as error:
+        raise HeadsError(f"{path} is damaged ({error}); rerun `omni-heads fit --out {run_dir}`.") from error
     metrics[split] = result
-    path.write_text(json.dumps(metrics, indent=2))
+    publish_file(path, lambda temporary: Path(temporary).write_text(json.dumps(metrics, indent=2)))
     write_plots(Path(run_dir), read_history(Path(run_dir) / "history.csv"), run.labels, np.asarray(run.labels.artist),
                 scores.get("artist"), part.rows)
     return result

@@ -141,12 +141,24 @@ def test_a_publish_killed_between_its_two_renames_is_put_back(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out = tmp_path / "run"
-    retired = tmp_path / f".run.old-{dead.pid}-abc"
+    from omniart.cache.files import _HOST
+
+    retired = tmp_path / f".run.old-{_HOST}-{dead.pid}-abc"
     (retired / "run").mkdir(parents=True)
     (retired / "run" / "config.json").write_text("old")
-    (tmp_path / f".run.building-{dead.pid}-def").mkdir()
+    (tmp_path / f".run.building-{_HOST}-{dead.pid}-def").mkdir()
     seen = []
     publish_folder(out, lambda folder: (seen.append((out / "config.json").read_text()),
                                         (folder / "config.json").write_text("new")))
     assert seen == ["old"] and (out / "config.json").read_text() == "new"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+def test_published_files_and_folders_get_the_usual_permissions(tmp_path):
+    """mkstemp/mkdtemp create 0600/0700: published runs would have been owner-only."""
+    from omniart.cache.files import _umask, publish_file, publish_folder
+
+    publish_file(tmp_path / "a.json", lambda path: Path(path).write_text("{}"))
+    publish_folder(tmp_path / "run", lambda folder: (folder / "x").write_text("1"))
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~_umask()

@@ -140,3 +140,19 @@ def test_non_finite_features_are_refused_by_row(fitted):
     X[[3, 17], 2] = [np.nan, np.inf]
     with pytest.raises(HeadsError, match=r"training features hold nan or inf in 2 row\(s\) \(first: \[3, 17\]\)"):
         MultiTaskHeads(device="cpu").fit(X, targets)
+
+
+def test_empty_input_keeps_the_output_shapes_and_clone_works(fitted):
+    from sklearn.base import clone
+
+    estimator, data = fitted
+    empty = estimator.predict_proba(np.empty((0, D), np.float32))
+    assert empty["artist"].shape == (0, 4) and empty["type"].shape == (0, 3)
+    assert estimator.predict(np.empty((0, D), np.float32))["artist"].shape == (0,)
+    twin = clone(MultiTaskHeads(tasks=("artist", "year"), shared_size=8))
+    assert twin.get_params() == {**HeadsConfig().__dict__, "tasks": ("artist", "year"), "shared_size": 8}
+    X, targets = arrays(data, "train")
+    flipped = X.copy()
+    flipped[5, 1] = np.nan
+    with pytest.raises(HeadsError, match=r"X_flip features hold nan or inf in 1 row\(s\) \(first: \[5\]\)"):
+        MultiTaskHeads(device="cpu").fit(X, targets, X_flip=flipped)

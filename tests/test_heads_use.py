@@ -13,6 +13,7 @@ from omniart.heads import HeadsError
 from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline import FitConfig, fit, load_run
 from omniart.pipeline.cli import embed, neighbors, predict, sweep
+from omniart.pipeline.cli import main as omni_heads
 from omniart.pipeline.embed import embed as embed_cache
 from omniart.pipeline.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
 
@@ -157,6 +158,8 @@ def test_predict_refuses_a_cache_of_another_backbone(trained, tmp_path):
     assert both.exit_code == 1 and "exactly one of --cache" in both.output
     missing = runner.invoke(predict, [str(tmp_path / "no-run"), "--cache", str(other), "--out", str(tmp_path / "p.csv")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+    evaluated = runner.invoke(omni_heads, ["evaluate", str(run_dir), "--cache", str(other)])  # same keys and dim
+    assert evaluated.exit_code == 1 and "backbone='resnet50'" in evaluated.output  # not silently wrong metrics
 
 
 def _images(folder, count):
