@@ -1,6 +1,7 @@
 """The pinned shard format: file names, root attributes and the checks readers and writers share."""
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,6 +16,8 @@ FORMAT_VERSION = 1
 # Shards that differ in any of these hold features that cannot be mixed in one matrix.
 COMPARED_ATTRS = ("backbone", "weights", "preprocessing", "feature_dim")
 REQUIRED_ATTRS = ("format_version",) + COMPARED_ATTRS
+# dataset `features` has `features_crc32`: the crc32 of each block of CHECKSUM rows' stored bytes
+CHECKSUM_SUFFIX = "_crc32"
 SHARD_NAME = re.compile(r"^features-(?P<tag>.+)-(?P<seq>\d{5,})\.h5$")
 CACHE_HELP = ("a feature cache is a directory of features-*.h5 shard files written by `omni-extract IMAGES "
               "--out DIR` (or cache.write_features)")
@@ -105,6 +108,13 @@ def shard_header(shard, path: Path) -> ShardInfo:
                          f"feature datasets of shape {', '.join(map(str, shapes))}")
     attrs["dtype"] = features.dtype.name
     return ShardInfo(path, attrs, rows, "features_flip" in shard)
+
+
+def block_checksums(values: np.ndarray, rows: int) -> np.ndarray:
+    """uint32 crc32 of the C-order bytes of each block of `rows` rows (the last block may be shorter)."""
+    values = np.ascontiguousarray(values)
+    return np.array([zlib.crc32(memoryview(values[start:start + rows]).cast("B"))
+                     for start in range(0, len(values), rows)], dtype=np.uint32)
 
 
 def describe(value) -> str:

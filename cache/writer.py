@@ -8,8 +8,9 @@ import h5py
 import numpy as np
 
 from omniart.cache.environment import software_versions
-from omniart.cache.format import (FORMAT_VERSION, SHARD_NAME, CacheError, decode_attrs, describe, differing,
-                          encode_attrs, list_shards, open_shard, read_keys, shard_header)
+from omniart.cache.format import (CHECKSUM_SUFFIX, FORMAT_VERSION, SHARD_NAME, CacheError, block_checksums,
+                                  decode_attrs, describe, differing, encode_attrs, list_shards, open_shard,
+                                  read_keys, shard_header)
 
 __all__ = ["ShardWriter", "write_features", "check_extends"]
 
@@ -150,9 +151,11 @@ class ShardWriter:
                 shard.create_dataset("keys", data=np.array(self._keys, dtype=object),
                                      dtype=h5py.string_dtype("utf-8"))
                 chunks = (min(rows, CHUNK_ROWS), self.feature_dim)
-                shard.create_dataset("features", data=self._features[:rows], chunks=chunks)
-                if self.with_flip:
-                    shard.create_dataset("features_flip", data=self._flip[:rows], chunks=chunks)
+                for name, values in (("features", self._features), ("features_flip", self._flip)):
+                    if name == "features" or self.with_flip:
+                        shard.create_dataset(name, data=values[:rows], chunks=chunks)
+                        # per-chunk crc32 beside the data (HDF5's fletcher32 filter would turn off the raw reads)
+                        shard.create_dataset(f"{name}{CHECKSUM_SUFFIX}", data=block_checksums(values[:rows], chunks[0]))
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(temp, final)

@@ -39,7 +39,10 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
-    cached = set(FeatureStore(out).keys) if cached_keys(out) else set()  # the store refuses duplicated keys by name
+    existing = FeatureStore(out) if cached_keys(out) else None  # the store refuses duplicated keys by name
+    if existing is not None:
+        existing.verify()  # checksums: a damaged shard is named before it is reused or extended (cheap vs extraction)
+    cached = set(existing.keys) if existing is not None else set()
     done = cached if config.retry_failed else cached | set(read_failures(out))
     todo = [item for item in mine if item.key not in done]
     skipped = len(mine) - len(todo)

@@ -356,3 +356,26 @@ def test_damaged_shards_give_a_cache_error_naming_the_shard(tmp_path):
     shard.write_bytes(data[:position] + b"\xff\xfe" + data[position + 2:])  # not UTF-8 any more
     with pytest.raises(CacheError, match=r"shard .*features-main-00000.h5 cannot be read .* delete it and re-run"):
         FeatureStore(other).keys
+
+
+def test_checksums_catch_finite_damage_that_loads_do_not_see(tmp_path):
+    """Flipped bytes that stay finite (0.5 -> 0.25) are caught by the per-block crc32 stored beside the data."""
+    keys, features = planted(3000)
+    paths = write_features(tmp_path, keys, features, ATTRS, features_flip=-features, shard_rows=2500)
+    store = FeatureStore(tmp_path)
+    report = store.verify()
+    assert report == {"shards": 2, "datasets": 4, "without_checksums": 0, "bytes": 2 * 3000 * DIM * 2}
+    with h5py.File(paths[0], "r") as handle:
+        assert handle["features_crc32"].shape == (3,)  # blocks of 1024 rows: 1024, 1024, 452
+        offset = handle["features_flip"].id.get_chunk_info(1).byte_offset
+    data = bytearray(paths[0].read_bytes())
+    data[offset + 10] ^= 0x04  # one exponent bit of one float16 of row 1024 of features_flip: still finite
+    paths[0].write_bytes(bytes(data))
+    assert np.isfinite(FeatureStore(tmp_path).load(flip=True)).all()  # loads stay fast and do not see it
+    with pytest.raises(CacheError, match=r"features-main-00000.h5 is damaged: rows 1024..2047 of features_flip do "
+                                         r"not match their checksum"):
+        FeatureStore(tmp_path).verify()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    foreign_shard(foreign / "features-x-00000.h5", keys[:5], features[:5], ATTRS)
+    assert FeatureStore(foreign).verify()["without_checksums"] == 1  # other tools' shards: nothing to check

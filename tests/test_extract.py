@@ -316,6 +316,22 @@ def test_pipes_are_refused_instead_of_hanging(tmp_path):
         run_extract(tiny_config(images, tmp_path / "cache", backbone="resnet50", weights=str(weights)))
 
 
+def test_a_rerun_verifies_the_checksums_before_it_reuses_the_cache(tmp_path):
+    import h5py
+
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    cache = tmp_path / "cache"
+    run_extract(tiny_config(images, cache))
+    (shard,) = cache.glob("features-*.h5")
+    with h5py.File(shard, "r") as handle:
+        offset = handle["features"].id.get_chunk_info(0).byte_offset
+    data = bytearray(shard.read_bytes())
+    data[offset] ^= 0x01  # the lowest mantissa bit of the first value: finite, silently different
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="is damaged: rows 0..1 of features do not match their checksum"):
+        run_extract(tiny_config(images, cache))
+
+
 def test_rerun_reports_keys_stored_twice(tmp_path):
     """Two writers that shared a worker tag before the lock existed left keys twice: a rerun names them."""
     images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
