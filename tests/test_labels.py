@@ -398,7 +398,7 @@ def test_cli_text_and_json(tmp_path):
     ("{not json", ["--format", "met"], 1, "cannot read"),
     ('{"objects": 3}', ["--format", "met"], 1, "expected a JSON list of records"),
     ("just text", ["--format", "rijks14"], 1, "cannot read"),
-    ("key,artist\na,x\n", ["--format", "csv", "--min-artist-samples", "0"], 1, "min_artist_samples must be"),
+    ("key,artist\na,x\n", ["--format", "csv", "--min-artist-samples", "0"], 2, "0 is not in the range x>=1"),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, content, args, code, message):
     path = tmp_path / ("meta.json" if "met" in args else "meta.mat" if "rijks14" in args else "meta.csv")
