@@ -66,7 +66,7 @@ def _load_state_file(path: str) -> Tuple[dict, str]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}, f"sha256:{digest}"
 
 
-def _load_into(model, state: dict, path: str, ignore_prefix: str) -> None:
+def _load_into(model, state: dict, path: str, ignore_prefix) -> None:
     """Strict load apart from the classifier (`ignore_prefix`), with an error that names the mismatching keys."""
     state = {k: v for k, v in state.items() if not k.startswith(ignore_prefix)}
     try:
@@ -128,18 +128,58 @@ def _torchvision_weights(urls: Dict[str, str], name: str) -> dict:
                            "--weights FILE.") from error
 
 
-def _build_resnet50(weights: str):
-    from omniart.extract.resnet import RESNET50_WEIGHTS, ResNet50Trunk
-
-    model = _seeded(ResNet50Trunk)  # the pooled 2048-d feature, no ImageNet classifier
+def _with_weights(model, weights: str, urls: Dict[str, str], ignore_prefix) -> tuple:
+    """(model, weights record) with `weights` loaded: 'random' (as built), a state-dict file, or a torchvision
+    weights name from `urls`; the classifier's entries (`ignore_prefix`) are not needed."""
     if weights == "random":
         return model, "random"
     if _looks_like_file(weights):
         state, record = _load_state_file(weights)
     else:
-        state, record = _torchvision_weights(RESNET50_WEIGHTS, weights), weights.split(".")[-1]
-    _load_into(model, state, weights, ignore_prefix="fc.")
+        state, record = _torchvision_weights(urls, weights), weights.split(".")[-1]
+    _load_into(model, state, weights, ignore_prefix=ignore_prefix)
     return model, record
+
+
+def _build_resnet50(weights: str):
+    from omniart.extract.resnet import RESNET50_WEIGHTS, ResNet50Trunk
+
+    # the pooled 2048-d feature, no ImageNet classifier
+    return _with_weights(_seeded(ResNet50Trunk), weights, RESNET50_WEIGHTS, "fc.")
+
+
+# torchvision.models weights urls (checked against torchvision in tests/test_extract.py)
+VGG_WEIGHTS = {"vgg16": {"IMAGENET1K_V1": "https://download.pytorch.org/models/vgg16-397923af.pth"},
+               "vgg19": {"IMAGENET1K_V1": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"}}
+INCEPTION_V3_WEIGHTS = {"IMAGENET1K_V1": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"}
+
+
+def _vgg_builder(name: str):
+    def build(weights: str):
+        import torchvision
+
+        def trunk():
+            model = getattr(torchvision.models, name)()
+            # fc6, ReLU, Dropout, fc7, ReLU: the 4096-d fc7 feature, the last layer before the ImageNet classifier
+            model.classifier = model.classifier[:5]
+            return model
+
+        return _with_weights(_seeded(trunk), weights, VGG_WEIGHTS[name], "classifier.6.")
+    return build
+
+
+def _build_inception_v3(weights: str):
+    import torchvision
+    from torch import nn
+
+    def trunk():
+        # transform_input: torchvision's ImageNet weights expect its re-normalisation of ImageNet-normalised input;
+        # aux_logits: their AuxLogits entries load (the branch is unused in eval mode)
+        model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True, transform_input=True)
+        model.fc = nn.Identity()  # the pooled 2048-d feature
+        return model
+
+    return _with_weights(_seeded(trunk), weights, INCEPTION_V3_WEIGHTS, "fc.")
 
 
 def _build_efficientnet_lite0(weights: str):
@@ -202,6 +242,11 @@ BACKBONES: Dict[str, BackboneSpec] = {
     # TF-Lite EfficientNet normalisation: (x - 127) / 128.
     "efficientnet_lite0": BackboneSpec(_build_efficientnet_lite0, 1280, LITE0_WHEEL,
                                        _preprocessing(256, 224, mean=(0.498,) * 3, std=(0.502,) * 3)),
+    # the paper's Stage 1 candidates (section 4.4) from torchvision, with its IMAGENET1K_V1 evaluation transforms;
+    # inception_v3 is the closest torchvision has to the paper's Inception v2
+    "vgg16": BackboneSpec(_vgg_builder("vgg16"), 4096, "IMAGENET1K_V1", _preprocessing(256, 224)),
+    "vgg19": BackboneSpec(_vgg_builder("vgg19"), 4096, "IMAGENET1K_V1", _preprocessing(256, 224)),
+    "inception_v3": BackboneSpec(_build_inception_v3, 2048, "IMAGENET1K_V1", _preprocessing(342, 299)),
     "tiny": BackboneSpec(_build_tiny, 16, "random", _preprocessing(36, 32)),
 }
 

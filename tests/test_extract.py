@@ -92,6 +92,39 @@ def test_resnet50_trunk_computes_what_torchvision_resnet50_computes():
     assert RESNET50_WEIGHTS == {w.name: w.url for w in torchvision.models.ResNet50_Weights}
 
 
+@pytest.mark.parametrize("name, dim, size, weights_enum", [
+    ("vgg16", 4096, 224, "VGG16_Weights"), ("vgg19", 4096, 224, "VGG19_Weights"),
+    ("inception_v3", 2048, 299, "Inception_V3_Weights")])
+def test_paper_stage_1_backbones_compute_torchvision_features(name, dim, size, weights_enum):
+    """The paper's candidates (section 4.4) with random weights: the registry's shape and preprocessing, the same
+    features on a second build (fixed seed), and exactly the layer before torchvision's own classifier."""
+    import torch
+    import torchvision
+
+    from omniart.extract.backbones import INCEPTION_V3_WEIGHTS, VGG_WEIGHTS
+
+    spec = BACKBONES[name]
+    assert spec.feature_dim == dim and spec.preprocessing["image_size"] == size and spec.default_weights == "IMAGENET1K_V1"
+    ours = build_backbone(name, "random").model
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        features = ours(x)
+        assert features.shape == (2, dim)
+        np.testing.assert_array_equal(build_backbone(name, "random").model(x).numpy(), features.numpy())
+    reference = getattr(torchvision.models, name)(**({"aux_logits": True, "init_weights": True, "transform_input": True}
+                                                     if name == "inception_v3" else {})).eval()
+    missing = reference.load_state_dict(ours.state_dict(), strict=False).missing_keys
+    assert missing == (["fc.weight", "fc.bias"] if name == "inception_v3" else ["classifier.6.weight", "classifier.6.bias"])
+    captured = {}
+    before_classifier = reference.fc if name == "inception_v3" else reference.classifier[6]
+    before_classifier.register_forward_hook(lambda module, inputs, output: captured.update(x=inputs[0]))
+    with torch.inference_mode():
+        reference(x)
+    np.testing.assert_allclose(features.numpy(), captured["x"].numpy(), rtol=1e-4, atol=1e-5)
+    urls = VGG_WEIGHTS[name] if name.startswith("vgg") else INCEPTION_V3_WEIGHTS
+    assert urls == {w.name: w.url for w in getattr(torchvision.models, weights_enum) if w.name == "IMAGENET1K_V1"}
+
+
 def _zero_byte(path):
     path.write_bytes(b"")
 
