@@ -1,4 +1,5 @@
 """Backbone registry: name -> how to build the frozen feature extractor, its feature size and preprocessing."""
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from omniart.extract.config import ExtractError
 
-__all__ = ["BackboneSpec", "Backbone", "BACKBONES", "backbone_spec", "build_backbone"]
+__all__ = ["BackboneSpec", "Backbone", "BACKBONES", "TIMM_PREFIX", "backbone_spec", "build_backbone"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -251,15 +252,94 @@ BACKBONES: Dict[str, BackboneSpec] = {
 }
 
 
+TIMM_PREFIX = "timm:"  # --backbone timm:NAME: any timm model, its pooled num_classes=0 features
+
+
 def backbone_spec(name: str) -> BackboneSpec:
-    """The registry entry of `name`, or an error listing the registered names."""
+    """The registry entry of `name` (or of timm:NAME), or an error listing the registered names."""
+    if str(name).startswith(TIMM_PREFIX):
+        return _timm_spec(name[len(TIMM_PREFIX):])
     if name not in BACKBONES:
-        raise ExtractError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}.")
+        raise ExtractError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, or timm:NAME for a timm "
+                           "model (pip install 'omniart[timm]').")
     return BACKBONES[name]
 
 
+@functools.lru_cache(maxsize=None)
+def _timm_spec(architecture: str) -> BackboneSpec:
+    """A registry entry for timm model `architecture`: pooled features (num_classes=0), preprocessing from its
+    pretrained config (timm's own eval transform: resize to crop / crop_pct, centre crop), weights as below."""
+    timm = _timm()
+    if architecture not in timm.list_models(pretrained=False) and architecture.split(".")[0] not in timm.list_models():
+        close = timm.list_models(f"*{architecture.split('.')[0][:6]}*")[:8]
+        raise ExtractError(f"unknown timm model {architecture!r}; similar names: {', '.join(close) or 'none'} "
+                           "(timm.list_models() lists them all).")
+    model = timm.create_model(architecture, pretrained=False, num_classes=0)
+    config = model.pretrained_cfg
+    _, height, width = config.get("input_size", (3, 224, 224))
+    interpolation = config.get("interpolation", "bilinear")
+    if height != width or interpolation not in ("bilinear", "bicubic"):
+        raise ExtractError(f"timm model {architecture!r} wants {height}x{width} input with {interpolation} resizing; "
+                           "omniart's decoder does square centre crops with bilinear or bicubic resizing.")
+    preprocessing = _preprocessing(int(height / config.get("crop_pct", 0.875)), height, mean=config["mean"],
+                                   std=config["std"], interpolation=interpolation)
+    return BackboneSpec(lambda weights: _build_timm(architecture, weights), int(model.num_features), "pretrained",
+                        preprocessing)
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError as error:
+        raise ExtractError("--backbone timm:NAME needs the timm package: pip install 'omniart[timm]'.") from error
+    return timm
+
+
+def _build_timm(architecture: str, weights: str):
+    """'random' (a seeded init), 'pretrained' (timm's default tag; needs the network or timm's cache), or a state
+    dict / .safetensors file (recorded by its sha256)."""
+    timm = _timm()
+    if weights == "pretrained":
+        try:
+            model = timm.create_model(architecture, pretrained=True, num_classes=0)
+        except Exception as error:  # offline nodes: hub and download errors of many types
+            raise ExtractError(f"timm's pretrained weights of {architecture!r} are not cached and could not be "
+                               f"downloaded ({type(error).__name__}: {error}); download them on a machine with "
+                               "internet and pass --weights FILE (.safetensors or a state dict).") from error
+        tag = model.pretrained_cfg.get("tag")
+        return model, f"timm-pretrained:{architecture}" + (f".{tag}" if tag and "." not in architecture else "")
+    model = _seeded(lambda: timm.create_model(architecture, pretrained=False, num_classes=0))
+    if weights == "random":
+        return model, "random"
+    if str(weights).endswith(".safetensors"):
+        state, record = _load_safetensors(weights)
+    elif _looks_like_file(weights):
+        state, record = _load_state_file(weights)
+    else:
+        raise ExtractError(f"--weights {weights!r} for timm:{architecture}: use pretrained, random, or a file "
+                           "(.safetensors or a torch state dict).")
+    classifier = model.pretrained_cfg.get("classifier", "head")
+    prefixes = tuple(f"{name}." for name in ([classifier] if isinstance(classifier, str) else classifier))
+    _load_into(model, state, weights, ignore_prefix=prefixes or ("head.",))
+    return model, record
+
+
+def _load_safetensors(path: str) -> Tuple[dict, str]:
+    if not os.path.isfile(path):
+        raise ExtractError(f"--weights file {path!r} does not exist (or is not a regular file): pass a .safetensors "
+                           "file, a torch state dict, pretrained or random.")
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    try:
+        return load_file(path), f"sha256:{digest}"
+    except Exception as error:  # a file that is not safetensors: several error types
+        raise ExtractError(f"--weights file {path!r} is not a readable safetensors file ({error}).") from error
+
+
 def build_backbone(name: str, weights: Optional[str] = None) -> Backbone:
-    """The frozen, eval-mode backbone `name` with `weights` (None = its default), on the CPU."""
+    """The frozen, eval-mode backbone `name` (a BACKBONES name or timm:NAME) with `weights` (None = its default),
+    on the CPU."""
     spec = backbone_spec(name)
     model, record = spec.builder(weights or spec.default_weights)
     model.eval().requires_grad_(False)

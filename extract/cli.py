@@ -4,20 +4,35 @@ from dataclasses import fields
 import click
 
 from omniart.cache.errors import cli_errors
-from omniart.extract.backbones import BACKBONES
+from omniart.extract.backbones import BACKBONES, TIMM_PREFIX
 from omniart.extract.config import DTYPES, ExtractConfig
 
 DEFAULTS = {field.name: field.default for field in fields(ExtractConfig)}
+
+
+class BackboneName(click.ParamType):
+    """A BACKBONES name or timm:NAME (checked against timm when the run builds it, so --help stays instant)."""
+
+    name = "backbone"
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join(sorted(BACKBONES)) + f"|{TIMM_PREFIX}NAME]"
+
+    def convert(self, value, param, ctx):
+        if value in BACKBONES or (str(value).startswith(TIMM_PREFIX) and len(value) > len(TIMM_PREFIX)):
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(sorted(BACKBONES))}, nor timm:NAME (any timm model).", param, ctx)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", type=click.Path(path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Feature cache directory (created; an existing cache is resumed).")
-@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=DEFAULTS["backbone"], show_default=True,
-              help="Frozen feature extractor.")
+@click.option("--backbone", type=BackboneName(), default=DEFAULTS["backbone"], show_default=True,
+              help="Frozen feature extractor; timm:NAME takes any timm model (pip install 'omniart[timm]').")
 @click.option("--weights", default=None,
-              help="Torchvision weights name (resnet50 default IMAGENET1K_V2), a local state-dict file, or 'random'.")
+              help="Torchvision weights name (resnet50 default IMAGENET1K_V2), a local state-dict file, or 'random'; "
+                   "for timm:NAME 'pretrained' (default), 'random' or a .safetensors / state-dict file.")
 @click.option("--flip/--no-flip", default=DEFAULTS["flip"], show_default=True,
               help="Also store features of the horizontally mirrored image.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS["batch_size"], show_default=True,

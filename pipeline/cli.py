@@ -6,7 +6,7 @@ import json
 import click
 
 from omniart.cache.errors import cli_errors
-from omniart.extract.backbones import BACKBONES
+from omniart.extract.cli import BackboneName
 from omniart.extract.config import ExtractConfig
 from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline.end_to_end import RunConfig
@@ -291,7 +291,7 @@ _EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip"
               help="Metadata format (how records join the image keys).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: cache/, run/, report.md, run-config.json (a rerun reuses cache/).")
-@click.option("--backbone", type=click.Choice(sorted(BACKBONES)), default=_EXTRACT_DEFAULTS["backbone"],
+@click.option("--backbone", type=BackboneName(), default=_EXTRACT_DEFAULTS["backbone"],
               show_default=True, help="Phase one: frozen feature extractor.")
 @click.option("--weights", help="Phase one: torchvision weights name, a local state-dict file, or 'random'.")
 @click.option("--flip/--no-flip", default=_EXTRACT_DEFAULTS["flip"], show_default=True,

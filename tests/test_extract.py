@@ -14,6 +14,7 @@ from PIL import Image, ImageFile
 
 from omniart.cache import CacheError, FeatureStore, ShardWriter, read_failures
 from omniart.extract import BACKBONES, ExtractConfig, ExtractError, build_backbone, run_extract
+from omniart.extract.backbones import backbone_spec
 from omniart.extract.cli import main
 from omniart.extract.reader import decode_image, list_images, select_shard
 
@@ -123,6 +124,40 @@ def test_paper_stage_1_backbones_compute_torchvision_features(name, dim, size, w
     np.testing.assert_allclose(features.numpy(), captured["x"].numpy(), rtol=1e-4, atol=1e-5)
     urls = VGG_WEIGHTS[name] if name.startswith("vgg") else INCEPTION_V3_WEIGHTS
     assert urls == {w.name: w.url for w in getattr(torchvision.models, weights_enum) if w.name == "IMAGENET1K_V1"}
+
+
+def test_any_timm_model_as_a_backbone(tmp_path):
+    """timm:NAME: pooled num_classes=0 features, the preprocessing of its pretrained config, seeded random weights,
+    and a .safetensors weights file recorded by its sha256 (a small timm test model, no download)."""
+    import torch
+    from safetensors.torch import save_file
+
+    pytest.importorskip("timm")
+    spec = backbone_spec("timm:test_vit")
+    assert spec.feature_dim == 64 and spec.default_weights == "pretrained"
+    assert spec.preprocessing["crop"] == 160 and spec.preprocessing["resize"] == int(160 / 0.95)
+    assert spec.preprocessing["interpolation"] == "bicubic"
+    backbone = build_backbone("timm:test_vit", "random")
+    x = torch.randn(2, 3, 160, 160)
+    with torch.inference_mode():
+        features = backbone.model(x)
+        assert features.shape == (2, 64)
+        np.testing.assert_array_equal(build_backbone("timm:test_vit", "random").model(x).numpy(), features.numpy())
+    weights = tmp_path / "vit.safetensors"
+    state = {name: value * 1.5 if value.is_floating_point() else value for name, value in backbone.model.state_dict().items()}
+    save_file(state, str(weights))
+    loaded = build_backbone("timm:test_vit", str(weights))
+    assert loaded.weights.startswith("sha256:") and len(loaded.weights) == len("sha256:") + 64
+    with torch.inference_mode():
+        assert not np.allclose(loaded.model(x).numpy(), features.numpy())
+    images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+    run_extract(tiny_config(images, tmp_path / "cache", backbone="timm:test_vit", weights="random", batch_size=2))
+    store = FeatureStore(tmp_path / "cache")
+    assert store.feature_dim == 64 and store.attrs["backbone"] == "timm:test_vit"
+    with pytest.raises(ExtractError, match="unknown timm model 'test_vitt'"):
+        backbone_spec("timm:test_vitt")
+    result = CliRunner().invoke(main, [str(images), "--out", str(tmp_path / "c2"), "--backbone", "vit"])
+    assert result.exit_code == 2 and "nor timm:NAME" in result.output
 
 
 def _zero_byte(path):
