@@ -13,7 +13,7 @@ from omniart.pipeline.end_to_end import RunConfig
 from omniart.pipeline.config import FitConfig
 from omniart.pipeline.embed import embed as embed_cache
 from omniart.pipeline.fitting import SPLITS
-from omniart.pipeline.labels import LabelConfig, build_labels
+from omniart.pipeline.labels import PROTOCOLS, LabelConfig, build_labels
 from omniart.pipeline.parsing import LANGUAGES
 from omniart.pipeline.predict import PredictConfig
 from omniart.pipeline.sources import FORMATS
@@ -91,6 +91,9 @@ def main():
 @click.option("--flip/--no-flip", default=None,
               help=f"Use the cache's flipped features as random augmentation [default: {'on' if _FIT_FIELDS['flip'].default else 'off'}].")
 @click.option("--keep-all-samples", is_flag=True, default=None, help="Keep samples whose artist is filtered out (artist unlabelled).")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
+              help="Label rules: omniart's (the options above), or rijks14-challenge: the Rijksmuseum Challenge "
+                   f"2014's own classes (--format rijks14) [default: {_LABEL_DEFAULTS['protocol']}].")
 @click.option("--label-option", "label_options", multiple=True, metavar="KEY=VALUE",
               help="Any other label option, e.g. key_column=file (repeatable).")
 @click.option("--device", help=f"auto, cpu, cuda or cuda:N [default: {_shown_default('device')}].")
@@ -101,7 +104,7 @@ def fit(cache, metadata, label_format, out, label_options, **options):
     from omniart.heads.metrics import markdown_table
     from omniart.pipeline.fitting import comparison_table, fit as run_fit
 
-    names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "flip", "keep_all_samples", "device",
+    names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "flip", "keep_all_samples", "protocol", "device",
                                   "single_task_baselines"]
     config = FitConfig(cache=cache, metadata=metadata, format=label_format, out=out,
                        label_options=_key_values(label_options), **_chosen(options, names))
@@ -119,13 +122,24 @@ def fit(cache, metadata, label_format, out, label_options, **options):
 @click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS), help="Split to evaluate.")
 @click.option("--cache", type=click.Path(file_okay=False), help="Feature cache (default: the one the run was trained on).")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cpu].")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=_LABEL_DEFAULTS["protocol"], show_default=True,
+              help="rijks14-challenge: the challenge's metrics (MCA@k on creator subsets, 11-point mAP/imAP, year "
+                   "RMSE/MAE) for a run fit under that protocol.")
+@click.option("--table", type=click.Choice(["challenge", "paper"]), default="challenge", show_default=True,
+              help="With --protocol rijks14-challenge: the challenge's tables, or the paper's Table 2 rows with its "
+                   "published figures beside ours.")
 @cli_errors
-def evaluate(run, split, cache, device):
+def evaluate(run, split, cache, device, protocol, table):
     """Recompute RUN's metrics on a split, print them as a table, update metrics.json and the plots."""
     from omniart.heads.metrics import markdown_table
+    from omniart.pipeline.challenge import challenge_tables, paper_table
     from omniart.pipeline.fitting import evaluate as run_evaluate
 
-    click.echo(markdown_table({split: run_evaluate(run, split=split, cache=cache, device=device)}))
+    result = run_evaluate(run, split=split, cache=cache, device=device, protocol=protocol)
+    if protocol != "rijks14-challenge":
+        click.echo(markdown_table({split: result}))
+        return
+    click.echo(paper_table(result) if table == "paper" else challenge_tables(result, split))
 
 
 @main.command()
@@ -249,18 +263,20 @@ def neighbors(cache_dir, key, k, flip, as_json):
               help="csv: separator of multi-valued cells.")
 @click.option("--language", type=click.Choice(LANGUAGES), default=_LABEL_DEFAULTS["language"], show_default=True,
               help="Stemmer of free-text media and types (met, csv).")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=_LABEL_DEFAULTS["protocol"], show_default=True,
+              help="rijks14-challenge: the Rijksmuseum Challenge 2014's own classes (the options above do not apply).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @cli_errors
 def labels(metadata, format_, min_artist_samples, min_class_samples, keep_all_samples, seed, key_column,
            artist_column, type_column, material_column, year_column, begin_column, end_column, split_column,
-           separator, language, as_json):
+           separator, language, protocol, as_json):
     """Print label statistics of collection METADATA: samples, classes, years, splits, coverage."""
     config = LabelConfig(
         format=format_, min_artist_samples=min_artist_samples, min_class_samples=min_class_samples,
         keep_all_samples=keep_all_samples, seed=seed, key_column=key_column, artist_column=artist_column,
         type_column=type_column, material_column=material_column, year_column=year_column,
         begin_column=begin_column, end_column=end_column, split_column=split_column, separator=separator,
-        language=language,
+        language=language, protocol=protocol,
     )
     stats = build_labels(metadata, config)[0].statistics()
     if as_json:
@@ -268,8 +284,12 @@ def labels(metadata, format_, min_artist_samples, min_class_samples, keep_all_sa
         return
     years = stats["years"]
     click.echo(f"{stats['samples']:,} samples (of {stats['source_rows']:,} metadata rows), format {stats['format']}")
-    click.echo(f"classes: {stats['artists']} artists (>= {stats['min_artist_samples']} samples), "
-               f"{stats['types']} types, {stats['materials']} materials (>= {stats['min_class_samples']} positives)")
+    if stats["protocol"] == "rijks14-challenge":
+        click.echo(f"classes (Rijksmuseum Challenge 2014 rules): {stats['artists'] - 1} creators + rest, "
+                   f"{stats['types']} types, {stats['materials']} materials")
+    else:
+        click.echo(f"classes: {stats['artists']} artists (>= {stats['min_artist_samples']} samples), "
+                   f"{stats['types']} types, {stats['materials']} materials (>= {stats['min_class_samples']} positives)")
     if years["labelled"]:
         click.echo(f"years: {years['min']:g} .. {years['max']:g} (mean {years['mean']:g}), "
                    f"{years['labelled']:,} labelled, {years['unparsed']:,} unparsed dates")

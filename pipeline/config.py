@@ -21,6 +21,7 @@ class FitConfig(HeadsConfig):
     min_artist_samples: Optional[int] = None  # None: LabelConfig's default
     min_class_samples: Optional[int] = None
     keep_all_samples: Optional[bool] = None
+    protocol: Optional[str] = None  # None: LabelConfig's (omniart); rijks14-challenge: the challenge's own classes
     label_options: dict = field(default_factory=dict)  # any other LabelConfig field (csv columns, separator...)
     single_task_baselines: bool = False
 
@@ -34,7 +35,7 @@ class FitConfig(HeadsConfig):
         from omniart.pipeline.labels import LabelConfig
 
         options = {"format": self.format, **self.label_options}
-        for name in ("min_artist_samples", "min_class_samples", "keep_all_samples"):
+        for name in ("min_artist_samples", "min_class_samples", "keep_all_samples", "protocol"):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         options.setdefault("seed", self.seed)

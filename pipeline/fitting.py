@@ -120,6 +120,8 @@ def fit(config: FitConfig) -> FitResult:
                     "year_baseline_mae": year_baselines})
     if estimator.log_vars_ is not None:
         metrics["log_vars"] = estimator.log_vars_
+    if labels.config.protocol == CHALLENGE and len(test.rows):
+        metrics[CHALLENGE_KEY] = {"test": _challenge(scores["test"], test, labels)}
     if config.single_task_baselines:
         metrics["single_task"] = _single_task_baselines(heads_config, tasks, train, val, test, class_counts(labels))
         single_seconds = sum(entry["train_seconds"] for entry in metrics["single_task"].values())
@@ -142,6 +144,18 @@ def fit(config: FitConfig) -> FitResult:
 
     out = publish_run(config.out, build)
     return FitResult(out, metrics, estimator.history_, estimator, labels, info)
+
+
+CHALLENGE, CHALLENGE_KEY = "rijks14-challenge", "rijks14_challenge"  # the protocol and its metrics.json entry
+
+
+def _challenge(scores: dict, part: SplitArrays, labels) -> dict:
+    """The challenge's metric tables of one split (heads.challenge_metrics), the year baseline from training."""
+    from omniart.heads.challenge_metrics import challenge_metrics
+
+    years = np.asarray(labels.year)[np.asarray(labels.split) == "train"]
+    mean = float(np.nanmean(years)) if np.isfinite(years).any() else None
+    return challenge_metrics(scores, part.targets, mean)
 
 
 def _split_metrics(estimator, scores: dict, part: SplitArrays) -> dict:
@@ -184,8 +198,11 @@ def comparison_table(metrics: dict) -> str:
             f"{metrics['single_task_seconds']:.2f} -> multi-task is {metrics['speedup']:.2f}x faster")
 
 
-def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: Optional[str] = None) -> dict:
-    """Recompute `split` metrics of a run from its cache (or `cache`); update metrics.json and the plots."""
+def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: Optional[str] = None,
+             protocol: Optional[str] = None) -> dict:
+    """Recompute `split` metrics of a run from its cache (or `cache`); update metrics.json and the plots.
+    protocol="rijks14-challenge": the challenge's tables instead (heads.challenge_metrics), for a run fit under
+    that protocol, stored as metrics.json["rijks14_challenge"][split]."""
     from omniart.cache import FeatureStore
     from omniart.cache.files import publish_file
     from omniart.heads.metrics import task_metrics
@@ -195,7 +212,12 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
 
     if split not in SPLITS:
         raise HeadsError(f"unknown split {split!r}: use train, val or test.")
+    if protocol not in (None, "omniart", CHALLENGE):
+        raise HeadsError(f"unknown --protocol {protocol!r}: use omniart or {CHALLENGE}.")
     run = load_run(run_dir, device=device or "cpu")
+    if protocol == CHALLENGE and run.labels.config.protocol != CHALLENGE:
+        raise HeadsError(f"run {run_dir} was fit with omniart's labels ({len(run.labels.artist_names)} artists), not the "
+                         f"challenge's classes; refit with `omni-heads fit ... --protocol {CHALLENGE}`.")
     cache = cache or run.config.cache
     if not Path(cache).is_dir():
         raise HeadsError(f"cache directory {cache!r} of run {run_dir} does not exist; pass the cache with --cache.")
@@ -207,13 +229,19 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     check_cache_matches(run.cache_attrs, store.attrs, store.path)  # features made as the run's, or wrong metrics
     part = split_arrays(store, run.labels, run.tasks, split)
     scores = run.predict(part.X)
-    result = {task: task_metrics(task, scores[task], part.targets[task]) for task in scores}
+    if protocol == CHALLENGE:
+        result = _challenge(scores, part, run.labels)
+    else:
+        result = {task: task_metrics(task, scores[task], part.targets[task]) for task in scores}
     path = Path(run_dir) / "metrics.json"
     try:
         metrics = json.loads(path.read_text()) if path.exists() else {}
     except ValueError as error:
         raise HeadsError(f"{path} is damaged ({error}); rerun `omni-heads fit --out {run_dir}`.") from error
-    metrics[split] = result
+    if protocol == CHALLENGE:
+        metrics.setdefault(CHALLENGE_KEY, {})[split] = result
+    else:
+        metrics[split] = result
     publish_file(path, lambda temporary: Path(temporary).write_text(json.dumps(metrics, indent=2)))
     write_plots(Path(run_dir), read_history(Path(run_dir) / "history.csv"), run.labels, np.asarray(run.labels.artist),
                 scores.get("artist"), part.rows)

@@ -11,11 +11,16 @@ import numpy as np
 from omniart.pipeline.parsing import LANGUAGES, LabelError
 from omniart.pipeline.sources import FORMATS, SPLIT_NAMES, read_records, record_key_of
 
-__all__ = ["TASKS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels", "stratified_split"]
+__all__ = ["TASKS", "PROTOCOLS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels",
+           "challenge_labels", "stratified_split"]
 
 TASKS = ("artist", "type", "material", "year")
 SPLIT_FRACTIONS = (0.7, 0.2, 0.1)  # paper section 4.1: train / validation / test, stratified per artist
 LABELS_FILE, VOCAB_FILE = "labels.npz", "vocab.json"
+PROTOCOLS = ("omniart", "rijks14-challenge")
+# the challenge's rules (tmensink/rijkschallenge rijks_load.m): a class needs an object in every split and this
+# many test objects; these creator names are no creator
+CHALLENGE_MIN_TEST, CHALLENGE_NOT_CREATORS, CHALLENGE_MAX_INTERVAL = 10, ("anoniem", "unknown"), 100
 _EXAMPLES = 5
 
 
@@ -47,10 +52,16 @@ class LabelConfig:
     split_column: Optional[str] = None
     separator: str = "|"
     language: str = "english"
+    # omniart: the rules above; rijks14-challenge: the Rijksmuseum Challenge 2014's own classes (challenge_labels)
+    protocol: str = "omniart"
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise LabelError(f"unknown metadata format {self.format!r}; valid formats: {', '.join(FORMATS)}")
+        if self.protocol not in PROTOCOLS:
+            raise LabelError(f"unknown --protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        if self.protocol == "rijks14-challenge" and self.format != "rijks14":
+            raise LabelError(f"--protocol rijks14-challenge needs --format rijks14 (its rijksgt.mat), not {self.format}")
         if self.language not in LANGUAGES:
             raise LabelError(f"unknown stemming language {self.language!r}; valid: {', '.join(LANGUAGES)}")
         for name in ("min_artist_samples", "min_class_samples"):
@@ -121,6 +132,7 @@ class LabelSet:
         years = self.year[~np.isnan(self.year)]
         return {
             "format": self.config.format,
+            "protocol": self.config.protocol,
             "source_rows": self.source_rows,
             "samples": n,
             "artists": len(self.artist_names),
@@ -181,6 +193,8 @@ def build_labels(metadata_path, config=None, cache_keys=None):
     `stratified_split`. Returns (LabelSet, JoinReport or None).
     """
     config = config or LabelConfig()
+    if config.protocol == "rijks14-challenge":
+        return challenge_labels(metadata_path, config, cache_keys)
     records = read_records(metadata_path, config)
     source_rows = len(records)
     _refuse_duplicates(records.keys, "metadata key")
@@ -221,6 +235,60 @@ def build_labels(metadata_path, config=None, cache_keys=None):
         year=records.year.astype(np.float32), split=np.asarray(split).astype(str), config=config,
         year_unparsed=int(records.year_unparsed.sum()), source_rows=source_rows,
     )
+    return labels, report
+
+
+def challenge_labels(metadata_path, config, cache_keys=None):
+    """The Rijksmuseum Challenge 2014's labels, as its evaluation code builds them from rijksgt.mat.
+
+    Creators with an object in each split and >= 10 test objects (not `anoniem`/`unknown`) are classes, ordered
+    by test objects (most first, so the top-N subsets are the first N columns); every other object is class
+    "rest" (the last). Types/materials (a count > 0 is a positive) with a positive in each split and >= 10 test
+    positives, ordered the same way. The year is the mean of the interval when it is shorter than 100 years.
+    Classes come from the whole ground truth; with cache_keys the rows are then restricted to the joined ones.
+    Returns (LabelSet, JoinReport or None).
+    """
+    from omniart.pipeline.sources import _mat_strings, load_rijks14_gt, rijks14_keys
+
+    gt, n = load_rijks14_gt(metadata_path)
+    split_code = np.asarray(gt["set"]).ravel()
+    in_split = [split_code == code for code in (1, 2, 3)]
+
+    def eligible(counts_per_split):  # (3, classes) -> the kept classes, most test positives first
+        train, val, test = counts_per_split
+        keep = np.flatnonzero((train > 0) & (val > 0) & (test >= CHALLENGE_MIN_TEST))
+        return keep[np.argsort(-test[keep], kind="stable")]
+
+    creator = np.asarray(gt["C"]).ravel().astype(np.int64) - 1
+    creator_names = _mat_strings(gt["Cnames"])
+    counts = np.stack([np.bincount(creator[rows & (creator >= 0)], minlength=len(creator_names)) for rows in in_split])
+    counts[:, [i for i, name in enumerate(creator_names) if name.strip().lower() in CHALLENGE_NOT_CREATORS]] = 0
+    classes = eligible(counts)
+    code = np.full(len(creator_names) + 1, len(classes), np.int64)  # everything else: "rest"
+    code[classes] = np.arange(len(classes))
+    artist = code[np.where(creator >= 0, creator, len(creator_names))]
+
+    def multi_label(field, names_field):
+        positive = np.asarray(gt[field]) > 0
+        kept = eligible(np.stack([positive[rows].sum(axis=0) for rows in in_split]))
+        names = _mat_strings(gt[names_field])
+        return positive[:, kept].astype(np.uint8), [names[i] for i in kept]
+
+    types, type_names = multi_label("T", "Tnames")
+    materials, material_names = multi_label("M", "Mnames")
+    interval = np.asarray(gt["Y"], dtype=np.float64)
+    year = np.where(np.abs(interval[:, 0] - interval[:, 1]) < CHALLENGE_MAX_INTERVAL, interval.mean(axis=1), np.nan)
+    keys, rows, report = rijks14_keys(n), np.arange(n), None
+    if cache_keys is not None:
+        rows, keys, report = _join("rijks14", keys, cache_keys)
+        if not report.n_joined:
+            raise LabelError(f"no cache key joins a rijks14 record ({report}); check that the cache was extracted "
+                             "from the Rijks'14 images")
+    labels = LabelSet(
+        keys=np.asarray(keys).astype(str), artist=artist[rows], artist_names=[creator_names[i] for i in classes] + ["rest"],
+        types=types[rows], type_names=type_names, materials=materials[rows], material_names=material_names,
+        year=year[rows].astype(np.float32), split=np.array(SPLIT_NAMES)[split_code[rows] - 1], config=config,
+        source_rows=n)
     return labels, report
 
 

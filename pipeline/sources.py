@@ -128,9 +128,9 @@ def _nonzero(matrix):
     return rows, cols
 
 
-def _read_rijks14(path, config):
+def load_rijks14_gt(path):
+    """The `gt` struct of a Rijks'14 rijksgt.mat (fields checked, one row per object) and its object count."""
     import scipy.io
-    import scipy.sparse
 
     try:
         mat = scipy.io.loadmat(str(path))
@@ -148,11 +148,28 @@ def _read_rijks14(path, config):
             f"{path}: gt lacks field(s) {', '.join(missing)}; expected fields {', '.join(RIJKS_FIELDS)}"
         )
     gt = gt[0, 0]
-    creator = np.asarray(gt["C"]).ravel().astype(np.int64) - 1
-    n = len(creator)
+    n = np.asarray(gt["C"]).size
     shapes = {f: np.asarray(gt[f]).shape[0] for f in ("T", "M", "Y", "set")}
     if any(rows != n for rows in shapes.values()):
         raise LabelError(f"{path}: fields C, T, M, Y, set must have one row per object; rows: {shapes}, C: {n}")
+    official = np.asarray(gt["set"]).ravel()
+    bad = ~np.isin(official, (1, 2, 3))
+    if bad.any():
+        raise LabelError(f"{path}: field 'set' has values {sorted(set(official[bad].tolist()))[:5]}; "
+                         "expected 1 (train), 2 (validation) or 3 (test)")
+    return gt, n
+
+
+def rijks14_keys(n: int) -> np.ndarray:
+    """The record keys of a Rijks'14 ground truth: the 7-digit object numbers 0000001 ... (row + 1)."""
+    return np.char.zfill(np.arange(1, n + 1).astype(str), 7)
+
+
+def _read_rijks14(path, config):
+    import scipy.sparse
+
+    gt, n = load_rijks14_gt(path)
+    creator = np.asarray(gt["C"]).ravel().astype(np.int64) - 1
 
     # Normalise the 6,622 names once, then map codes; names that normalise alike merge into one class.
     names = _mat_strings(gt["Cnames"])
@@ -179,11 +196,7 @@ def _read_rijks14(path, config):
     year = interval.mean(axis=1)
     year[(interval == 0).all(axis=1)] = np.nan  # [0, 0] marks an unknown date in this file
     official = np.asarray(gt["set"]).ravel()
-    bad = ~np.isin(official, (1, 2, 3))
-    if bad.any():
-        raise LabelError(f"{path}: field 'set' has values {sorted(set(official[bad].tolist()))[:5]}; "
-                         "expected 1 (train), 2 (validation) or 3 (test)")
-    keys = np.char.zfill(np.arange(1, n + 1).astype(str), 7)
+    keys = rijks14_keys(n)
     return Records(
         keys=keys, artist=artist, artist_names=unique,
         types=types, type_ids=type_ids, type_display=list(type_ids),

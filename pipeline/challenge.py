@@ -1,0 +1,77 @@
+"""The Rijksmuseum Challenge 2014 tables of a run: the challenge's metrics in its layout, and the paper's Table 2
+with the published figures beside ours."""
+from typing import Optional
+
+__all__ = ["challenge_tables", "paper_table", "PAPER_TABLE_2"]
+
+# OmniArt paper Table 2 (Rijks'14, challenge protocol): artist MCA@1 % on 374+u, 374, 300, 200, 100 creators;
+# type and material iMAP %; period MAE in years
+PAPER_ROWS = ("374+u", "374", "300", "200", "100", "type iMAP", "material iMAP", "year MAE")
+PAPER_TABLE_2 = {
+    "OmniArt (paper)": (52.2, 67.0, 70.8, 74.0, 78.5, 93.7, 98.0, 70.1),
+    "Mensink et al. (paper)": (52.8, 66.5, 68.7, 72.1, 76.3, 91.4, 94.7, 72.4),
+    "single-task CNN (paper)": (50.3, 63.9, 69.5, 72.5, 76.7, 91.7, 97.2, 71.2),
+}
+
+
+def _cell(value, percent: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if percent else f"{value:.1f}"
+
+
+def challenge_tables(result: dict, split: str = "test") -> str:
+    """Markdown: creator MCA@1..5 per subset (with data usage), type/material interpolated mAP/imAP per class
+    subset, year RMSE/MAE/within-50 against the training mean."""
+    parts = []
+    creator = result.get("creator")
+    if creator:
+        lines = [f"creators ({split}) | classes | data usage % | MCA@1 | MCA@2 | MCA@3 | MCA@4 | MCA@5",
+                 "|".join(["---"] * 8)]
+        for name, row in creator.items():
+            label = f"{row['classes'] - 1}+u (all)" if name == "all" else name
+            lines.append(" | ".join([label, str(row["classes"]), _cell(row["data_usage"])]
+                                    + [_cell(row[f"mca@{k}"]) for k in range(1, 6)]))
+        parts.append("\n".join("| " + line + " |" for line in lines))
+    for task in ("type", "material"):
+        if task in result:
+            lines = [f"{task} ({split}) | classes | objects | mAP (11-pt) | imAP (11-pt) | mAP (plain) | imAP (plain)",
+                     "|".join(["---"] * 7)]
+            for name, row in result[task].items():
+                lines.append(" | ".join([name, str(row["classes"]), str(row["objects"]), _cell(row["map"]),
+                                         _cell(row["imap"]), _cell(row["map_plain"]), _cell(row["imap_plain"])]))
+            parts.append("\n".join("| " + line + " |" for line in lines))
+    year = result.get("year")
+    if year and year["model"]:
+        lines = [f"year ({split}, {year['objects']} objects) | RMSE (sqLoss) | MAE (absLoss) | within 50 years %",
+                 "|".join(["---"] * 4)]
+        for name, row in (("model", year["model"]), ("training mean", year["training_mean"])):
+            lines.append(" | ".join([name, _cell(row["rmse"], False), _cell(row["mae"], False), _cell(row["within_50"])]))
+        parts.append("\n".join("| " + line + " |" for line in lines))
+    return "\n\n".join(parts)
+
+
+def _ours(result: dict) -> tuple:
+    creator, year = result.get("creator", {}), result.get("year") or {}
+
+    def mca(name: str) -> Optional[float]:
+        row = creator.get(name)
+        return None if row is None else 100 * row["mca@1"]
+
+    def imap(task: str) -> Optional[float]:
+        row = result.get(task, {}).get("all")
+        return None if row is None or row["imap"] is None else 100 * row["imap"]
+
+    return (mca("all"), mca("374"), mca("300"), mca("200"), mca("100"), imap("type"), imap("material"),
+            (year.get("model") or {}).get("mae"))
+
+
+def paper_table(result: dict) -> str:
+    """The paper's Table 2 rows with its OmniArt, Mensink et al. and single-task figures beside this run's."""
+    columns = {"this run": _ours(result), **PAPER_TABLE_2}
+    lines = ["| row | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for index, row in enumerate(PAPER_ROWS):
+        cells = ["-" if values[index] is None else f"{values[index]:.1f}" for values in columns.values()]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n(artist rows: creator MCA@1 %, on 374 creators + the rest class and on the top-N " \
+                              "subsets; type/material: 11-point interpolated iMAP %; year: MAE in years)"
