@@ -1,8 +1,8 @@
-"""The Rijksmuseum Challenge 2014 tables of a run: the challenge's metrics in its layout, and the paper's Table 2
-with the published figures beside ours."""
+"""Tables of runs: the Rijksmuseum Challenge 2014's metrics in its layout, the paper's Table 2 with the published
+figures beside ours, and one row per run for comparing backbones (the paper's Stage 1)."""
 from typing import Optional
 
-__all__ = ["challenge_tables", "paper_table", "PAPER_TABLE_2"]
+__all__ = ["challenge_tables", "paper_table", "compare_runs", "comparison_markdown", "PAPER_TABLE_2"]
 
 # OmniArt paper Table 2 (Rijks'14, challenge protocol): artist MCA@1 % on 374+u, 374, 300, 200, 100 creators;
 # type and material iMAP %; period MAE in years
@@ -75,3 +75,52 @@ def paper_table(result: dict) -> str:
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n(artist rows: creator MCA@1 %, on 374 creators + the rest class and on the top-N " \
                               "subsets; type/material: 11-point interpolated iMAP %; year: MAE in years)"
+
+
+_COMPARED = (("artist", "accuracy", "artist accuracy"), ("type", "map", "type MAP"), ("material", "map", "material MAP"),
+             ("year", "mae", "year MAE"))
+
+
+def compare_runs(runs: list) -> list:
+    """One row per run directory: its backbone, weights, feature size, shared size, test metrics (omniart's, and
+    the challenge's creator MCA@1 / type and material imAP when the run has them) and training seconds."""
+    import json
+    from pathlib import Path
+
+    from omniart.heads import HeadsError
+
+    rows = []
+    for run in runs:
+        run = Path(run)
+        try:
+            info = json.loads((run / "config.json").read_text())
+            metrics = json.loads((run / "metrics.json").read_text())
+        except (OSError, ValueError) as error:
+            raise HeadsError(f"{run} is not a readable run ({type(error).__name__}: {error}); pass --out folders of "
+                             "`omni-heads fit`.") from error
+        attrs, test = info.get("cache_attrs", {}), metrics.get("test", {})
+        row = {"run": str(run), "backbone": attrs.get("backbone"), "weights": attrs.get("weights"),
+               "feature_dim": attrs.get("feature_dim"), "shared_size": info.get("model", {}).get("shared_size"),
+               "protocol": info.get("labels", {}).get("protocol", "omniart")}
+        for task, metric, name in _COMPARED:
+            row[name] = (test.get(task) or {}).get(metric)
+        challenge = (metrics.get("rijks14_challenge") or {}).get("test")
+        if challenge:
+            row["MCA@1 374+u"] = challenge.get("creator", {}).get("all", {}).get("mca@1")
+            for task in ("type", "material"):
+                row[f"{task} iMAP (11-pt)"] = (challenge.get(task, {}).get("all") or {}).get("imap")
+        row["train seconds"] = metrics.get("train_seconds")
+        rows.append(row)
+    return rows
+
+
+def comparison_markdown(rows: list) -> str:
+    """compare_runs' rows as one markdown table (columns present in any row)."""
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+
+    def cell(value):
+        return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(name)) for name in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -224,6 +224,18 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_shard
 
 
 @main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+@cli_errors
+def compare(runs, as_json):
+    """One table of several RUNS (e.g. the same fit on caches of different backbones: the paper's Stage 1)."""
+    from omniart.pipeline.challenge import compare_runs, comparison_markdown
+
+    rows = compare_runs(runs)
+    click.echo(json.dumps(rows, indent=2) if as_json else comparison_markdown(rows))
+
+
+@main.command()
 @click.argument("cache_dir", metavar="CACHE", type=click.Path(file_okay=False))
 @click.argument("key")
 @click.option("-k", "k", default=_NEIGHBORS_DEFAULTS["k"], show_default=True, type=click.IntRange(min=1), help="Neighbours to list.")

@@ -136,3 +136,10 @@ def test_the_shared_images_run_under_the_challenge_protocol(rijks14_dir, tmp_pat
                                       "--epochs", "1", "--device", "cpu"]).exit_code == 0
     refused = runner.invoke(omni_heads, ["evaluate", str(omniart_run), "--protocol", "rijks14-challenge"])
     assert refused.exit_code == 1 and "refit with `omni-heads fit ... --protocol rijks14-challenge`" in refused.output
+    compared = runner.invoke(omni_heads, ["compare", str(tmp_path / "run"), str(omniart_run)])
+    assert compared.exit_code == 0 and compared.output.startswith("| run | backbone | weights | feature_dim |")
+    assert "MCA@1 374+u" in compared.output and compared.output.count("| tiny | random | 16 |") == 2
+    rows = json.loads(runner.invoke(omni_heads, ["compare", str(tmp_path / "run"), str(omniart_run), "--json"]).output)
+    assert [row["protocol"] for row in rows] == ["rijks14-challenge", "omniart"] and rows[1]["artist accuracy"] is None
+    missing = runner.invoke(omni_heads, ["compare", str(tmp_path / "nothing")])
+    assert missing.exit_code == 1 and "is not a readable run" in missing.output
