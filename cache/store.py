@@ -166,6 +166,13 @@ class FeatureStore:
         return ((self._keys[start:start + step], self._load_range(start, min(start + step, len(self)), flip, dtype))
                 for start in range(0, len(self), step))
 
+    def iter_shards(self, flip=False, dtype=np.float32):
+        """(keys, features) of each shard in turn, in cache order: what an export writes as one part."""
+        dtype = self._check_request(flip, dtype)
+        self._key_index()
+        return ((self._keys[start:stop], self._load_range(start, stop, flip, dtype))
+                for start, stop in zip(self._starts[:-1], self._starts[1:]))
+
     def _check_request(self, flip, dtype) -> np.dtype:
         dtype = np.dtype(dtype)
         if dtype.kind != "f":

@@ -6,6 +6,7 @@ import json
 import click
 
 from omniart.cache.errors import cli_errors
+from omniart.cache.exchange import EXPORT_FORMATS, export_cache, import_embeddings
 from omniart.extract.cli import BackboneName
 from omniart.extract.config import ExtractConfig
 from omniart.heads.neighbors import nearest_neighbors
@@ -25,6 +26,8 @@ _LABEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LabelConfig)}
 _EXTRACT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
 _PREDICT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PredictConfig)}
 _EMBED_DEFAULTS = {name: p.default for name, p in inspect.signature(embed_cache).parameters.items()}
+_EXPORT_DEFAULTS = {name: p.default for name, p in inspect.signature(export_cache).parameters.items()}
+_IMPORT_DEFAULTS = {name: p.default for name, p in inspect.signature(import_embeddings).parameters.items()}
 _NEIGHBORS_DEFAULTS = {name: p.default for name, p in inspect.signature(nearest_neighbors).parameters.items()}
 
 # The phase-two options of `fit` (all) and `run` (the first part): help text and click type. The default shown is
@@ -221,6 +224,44 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_shard
                                    grid=parse_grid(grid), fixed=fixed, batched=not sequential,
                                    num_shards=num_shards, shard_index=shard_index))
     click.echo(result.summary())
+
+
+@main.command()
+@click.argument("cache_dir", metavar="CACHE", type=click.Path(file_okay=False))
+@click.option("--to", "out", required=True, type=click.Path(file_okay=False), help="New folder for the export.")
+@click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default=_EXPORT_DEFAULTS["format"],
+              show_default=True, help="npy: img_emb/img_emb_N.npy + metadata/metadata_N.parquet (clip-retrieval, "
+                                      "embedding-reader, autofaiss); parquet: one file of key + embedding.")
+@click.option("--flip", is_flag=True, help="Also export the mirrored images' features.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="Export dtype [default: the cache's].")
+@cli_errors
+def export(cache_dir, out, export_format, flip, dtype):
+    """Write CACHE's features where other tools read them, shard by shard, with its attrs in omniart-cache.json."""
+    from omniart.cache import FeatureStore
+    from omniart.cache.exchange import export_cache
+
+    summary = export_cache(FeatureStore(cache_dir), out, format=export_format, flip=flip, dtype=dtype)
+    click.echo(f"exported {summary['rows']} rows in {summary['parts']} part(s) as {export_format} to {out}")
+
+
+@main.command(name="import")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New feature cache folder.")
+@click.option("--backbone", help="What made the embeddings (e.g. clip-vit-b32) [default: the export's sidecar].")
+@click.option("--weights", help="Its weights (name or sha256:...) [default: the export's sidecar].")
+@click.option("--key-column", default=_IMPORT_DEFAULTS["key_column"], show_default=True,
+              help="Metadata column holding each embedding's key.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=_IMPORT_DEFAULTS["dtype"],
+              show_default=True, help="Storage dtype of the new cache.")
+@cli_errors
+def import_(folder, out, backbone, weights, key_column, dtype):
+    """Turn embeddings another tool made (img_emb/ + metadata/, or one parquet) into an omniart cache."""
+    from omniart.cache.exchange import import_embeddings
+
+    summary = import_embeddings(folder, out, attrs={"backbone": backbone, "weights": weights}, dtype=dtype,
+                                key_column=key_column)
+    click.echo(f"imported {summary['rows']} embeddings of dimension {summary['feature_dim']} into {out}")
 
 
 @main.command()
