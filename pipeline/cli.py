@@ -9,6 +9,7 @@ from omniart.cache.errors import cli_errors
 from omniart.cache.exchange import EXPORT_FORMATS, export_cache, import_embeddings
 from omniart.extract.cli import BackboneName
 from omniart.extract.config import ExtractConfig
+from omniart.heads.duplicates import near_duplicates
 from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline.end_to_end import RunConfig
 from omniart.pipeline.config import FitConfig
@@ -28,6 +29,7 @@ _PREDICT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PredictConfig
 _EMBED_DEFAULTS = {name: p.default for name, p in inspect.signature(embed_cache).parameters.items()}
 _EXPORT_DEFAULTS = {name: p.default for name, p in inspect.signature(export_cache).parameters.items()}
 _IMPORT_DEFAULTS = {name: p.default for name, p in inspect.signature(import_embeddings).parameters.items()}
+_DUPLICATE_DEFAULTS = {name: p.default for name, p in inspect.signature(near_duplicates).parameters.items()}
 _NEIGHBORS_DEFAULTS = {name: p.default for name, p in inspect.signature(nearest_neighbors).parameters.items()}
 
 # The phase-two options of `fit` (all) and `run` (the first part): help text and click type. The default shown is
@@ -101,6 +103,9 @@ def main():
               help="Any other label option, e.g. key_column=file (repeatable).")
 @click.option("--device", help=f"auto, cpu, cuda or cuda:N [default: {_shown_default('device')}].")
 @click.option("--single-task-baselines", is_flag=True, help="Also train each task alone and compare (metrics, time ratio).")
+@click.option("--leakage-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Count validation/test samples with a training sample at least this cosine-similar (leaked "
+                   f"near-duplicates) [default: {_FIT_FIELDS['leakage_threshold'].default}].")
 @cli_errors
 def fit(cache, metadata, label_format, out, label_options, **options):
     """Train the shared layer and task heads on CACHE with labels from --metadata; write the run to --out."""
@@ -108,7 +113,7 @@ def fit(cache, metadata, label_format, out, label_options, **options):
     from omniart.pipeline.fitting import comparison_table, fit as run_fit
 
     names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "flip", "keep_all_samples", "protocol", "device",
-                                  "single_task_baselines"]
+                                  "single_task_baselines", "leakage_threshold"]
     config = FitConfig(cache=cache, metadata=metadata, format=label_format, out=out,
                        label_options=_key_values(label_options), **_chosen(options, names))
     result = run_fit(config)
@@ -118,6 +123,10 @@ def fit(cache, metadata, label_format, out, label_options, **options):
                f"{metrics['device']}; run written to {result.run_dir}")
     if config.single_task_baselines:
         click.echo("\n" + comparison_table(metrics))
+    leakage = metrics.get("leakage")
+    if leakage and (leakage["val"] or leakage["test"]):
+        click.echo(f"\nsplit leakage: {leakage['val']} validation and {leakage['test']} test samples have a training "
+                   f"sample with cosine similarity >= {leakage['threshold']} (metrics.json: test_without_leaked)")
 
 
 @main.command()
@@ -262,6 +271,31 @@ def import_(folder, out, backbone, weights, key_column, dtype):
     summary = import_embeddings(folder, out, attrs={"backbone": backbone, "weights": weights}, dtype=dtype,
                                 key_column=key_column)
     click.echo(f"imported {summary['rows']} embeddings of dimension {summary['feature_dim']} into {out}")
+
+
+@main.command()
+@click.argument("cache_dir", metavar="CACHE", type=click.Path(file_okay=False))
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=_DUPLICATE_DEFAULTS["threshold"],
+              show_default=True, help="Cosine similarity at or above which two images count as near-duplicates.")
+@click.option("--out", type=click.Path(dir_okay=False), help="CSV of the pairs: key_a, key_b, similarity, exact.")
+@cli_errors
+def duplicates(cache_dir, threshold, out):
+    """Near-duplicate images of CACHE (re-photographed, cropped copies) by cosine similarity, with their groups."""
+    import csv
+
+    from omniart.cache import FeatureStore
+    from omniart.cache.files import publish_file
+    from omniart.heads.duplicates import near_duplicates
+
+    report = near_duplicates(FeatureStore(cache_dir), threshold)
+    if out:
+        def write(path):
+            with open(path, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["key_a", "key_b", "similarity", "exact"])
+                writer.writerows(report.pairs)
+        publish_file(out, write)
+    click.echo(report.summary() + (f"; pairs written to {out}" if out else ""))
 
 
 @main.command()

@@ -24,6 +24,9 @@ class FitConfig(HeadsConfig):
     protocol: Optional[str] = None  # None: LabelConfig's (omniart); rijks14-challenge: the challenge's own classes
     label_options: dict = field(default_factory=dict)  # any other LabelConfig field (csv columns, separator...)
     single_task_baselines: bool = False
+    # validation/test samples with a training sample this cosine-similar count as leaked (duplicates across splits
+    # inflate every figure); None: not checked
+    leakage_threshold: Optional[float] = 0.95
 
     def heads_config(self, **changes) -> HeadsConfig:
         """The hyperparameters alone (what the estimator is built from), with `changes` applied."""

@@ -120,6 +120,8 @@ def fit(config: FitConfig) -> FitResult:
                     "year_baseline_mae": year_baselines})
     if estimator.log_vars_ is not None:
         metrics["log_vars"] = estimator.log_vars_
+    if config.leakage_threshold is not None and len(train.rows):
+        metrics["leakage"] = _leakage(estimator, scores, train, val, test, config.leakage_threshold)
     if labels.config.protocol == CHALLENGE and len(test.rows):
         metrics[CHALLENGE_KEY] = {"test": _challenge(scores["test"], test, labels)}
     if config.single_task_baselines:
@@ -144,6 +146,24 @@ def fit(config: FitConfig) -> FitResult:
 
     out = publish_run(config.out, build)
     return FitResult(out, metrics, estimator.history_, estimator, labels, info)
+
+
+def _leakage(estimator, scores: dict, train, val, test, threshold: float) -> dict:
+    """How many validation and test samples have a near-duplicate in the training split, and the test metrics
+    without them."""
+    from omniart.heads.duplicates import has_near_duplicate
+
+    report = {"threshold": threshold}
+    for name, part in (("val", val), ("test", test)):
+        leaked = has_near_duplicate(part.X, train.X, threshold) if len(part.rows) else np.zeros(0, bool)
+        report[name] = int(leaked.sum())
+        if name == "test" and leaked.any():
+            kept = ~leaked
+            clean = dataclasses.replace(part, rows=part.rows[kept], X=part.X[kept],
+                                        targets={t: v[kept] for t, v in part.targets.items()},
+                                        masks={t: v[kept] for t, v in part.masks.items()}, X_flip=None)
+            report["test_without_leaked"] = _split_metrics(estimator, {t: v[kept] for t, v in scores["test"].items()}, clean)
+    return report
 
 
 CHALLENGE, CHALLENGE_KEY = "rijks14-challenge", "rijks14_challenge"  # the protocol and its metrics.json entry

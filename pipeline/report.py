@@ -79,6 +79,11 @@ def _metrics(metrics: dict, split: str) -> str:
     baseline = (metrics.get("year_baseline_mae") or {}).get(split)
     if baseline is not None:
         lines.append(f"Predicting the training median year gives a {split} year MAE of {baseline:.1f}.")
+    leakage = metrics.get("leakage")
+    if leakage:
+        lines.append(f"Split leakage: {leakage['val']} validation and {leakage['test']} test images have a training "
+                     f"image with cosine similarity >= {leakage['threshold']} (near-duplicates inflate the figures"
+                     f"{'; metrics.json holds the test metrics without them' if leakage['test'] else ''}).")
     return "\n".join(lines)
 
 

@@ -52,3 +52,8 @@ def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_pat
         assert set(run["goals"]["every_task_at_least_probe"]) == {"artist", "type", "material", "year"}
     assert "multi_better_than_probe" in report["runs"][1]["goals"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_duplicates_finds_the_planted_copies_like_numpy():
+    report = run_bench("bench_duplicates.py", "--rows", "3000", "--dim", "64", "--copies", "20")
+    assert report["found"] == report["baseline_found"] == 20 and report["seconds"] > 0

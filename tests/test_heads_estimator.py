@@ -156,3 +156,48 @@ def test_empty_input_keeps_the_output_shapes_and_clone_works(fitted):
     flipped[5, 1] = np.nan
     with pytest.raises(HeadsError, match=r"X_flip features hold nan or inf in 1 row\(s\) \(first: \[5\]\)"):
         MultiTaskHeads(device="cpu").fit(X, targets, X_flip=flipped)
+
+
+def test_near_duplicates_are_found_grouped_and_counted_as_leakage(tmp_path):
+    """Planted copies (exact, and re-photographed: small noise) are found and grouped; distinct rows are not."""
+    from omniart.cache import FeatureStore, write_features
+    from omniart.heads.duplicates import has_near_duplicate, near_duplicates
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((300, 64)).astype(np.float32)  # distinct: cosine near 0 between rows
+    copies = np.concatenate([base[:5], base[5:10] + 0.05 * rng.standard_normal((5, 64)).astype(np.float32)])
+    features = np.concatenate([base, copies, base[:1]])  # row 0 has two copies: a group of three
+    keys = [f"{i:04d}.jpg" for i in range(len(features))]
+    write_features(tmp_path / "cache", keys, features, {"backbone": "b", "weights": "w", "preprocessing": {}},
+                   dtype="float32")
+    report = near_duplicates(FeatureStore(tmp_path / "cache"))
+    assert len(report.pairs) == 5 + 5 + 2 and report.exact == 5 + 2
+    assert report.groups[0] == ["0000.jpg", "0300.jpg", "0310.jpg"] and len(report.groups) == 10
+    assert "12 pairs with cosine similarity >= 0.95 (7 of them identical vectors) in 10 groups" in report.summary()
+    write_features(tmp_path / "distinct", keys[:300], base, {"backbone": "b", "weights": "w", "preprocessing": {}})
+    assert near_duplicates(FeatureStore(tmp_path / "distinct")).pairs == []  # distinct images: none found
+    leaked = has_near_duplicate(copies, base[20:])
+    assert not leaked.any() and has_near_duplicate(copies, base).all()
+    with pytest.raises(HeadsError, match="--threshold 1.5 must be a cosine similarity in \\(0, 1\\]"):
+        near_duplicates(FeatureStore(tmp_path / "cache"), threshold=1.5)
+
+
+def test_fit_reports_split_leakage_and_the_duplicates_command(tmp_path):
+    import json
+
+    data = planted(n=400, seed=8)
+    test_rows = np.flatnonzero(data["split"] == "test")[:6]
+    data["x"][test_rows] = data["x"][:6]  # six test images are copies of training images
+    cache, metadata = write_planted(tmp_path, data)
+    result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv", "--out",
+                                       str(tmp_path / "run"), "--shared-size", "16", "--epochs", "2",
+                                       "--min-artist-samples", "1", "--min-class-samples", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    leakage = json.loads((tmp_path / "run" / "metrics.json").read_text())["leakage"]
+    assert leakage["val"] == 0 and leakage["test"] == 6 and leakage["threshold"] == 0.95
+    assert set(leakage["test_without_leaked"]) == {"artist", "type", "material", "year"}
+    assert "split leakage: 0 validation and 6 test samples" in result.output
+    pairs = tmp_path / "pairs.csv"
+    found = CliRunner().invoke(main, ["duplicates", str(cache), "--out", str(pairs)])
+    assert found.exit_code == 0 and "6 pairs with cosine similarity >= 0.95 (6 of them identical vectors)" in found.output
+    assert pairs.read_text().splitlines()[0] == "key_a,key_b,similarity,exact" and len(pairs.read_text().splitlines()) == 7
