@@ -400,6 +400,28 @@ def test_a_rerun_verifies_the_checksums_before_it_reuses_the_cache(tmp_path):
         run_extract(tiny_config(images, cache))
 
 
+def test_a_decode_worker_killed_for_memory_gives_a_clear_error_and_the_rerun_resumes(tmp_path, monkeypatch):
+    import signal
+
+    from omniart.extract import reader
+
+    images = make_images(tmp_path / "images", [f"{i:02d}.jpg" for i in range(12)])
+    real = reader.decode_image
+
+    def oom_killed(path, *args, **kwargs):  # what the kernel's OOM killer does to a decode process
+        if path.endswith("09.jpg"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(reader, "decode_image", oom_killed)
+    with pytest.raises(ExtractError, match="an image decoding process died .* a rerun resumes; lower --workers"):
+        run_extract(tiny_config(images, tmp_path / "cache", workers=1, shard_size=2, batch_size=2))
+    monkeypatch.undo()
+    again = run_extract(tiny_config(images, tmp_path / "cache", workers=1))
+    assert again.extracted + again.skipped == 12 and again.skipped > 0  # published rows were kept
+    assert sorted(FeatureStore(tmp_path / "cache").keys) == [f"{i:02d}.jpg" for i in range(12)]
+
+
 def test_rerun_reports_keys_stored_twice(tmp_path):
     """Two writers that shared a worker tag before the lock existed left keys twice: a rerun names them."""
     images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
