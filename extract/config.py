@@ -20,7 +20,9 @@ class ExtractError(OmniError):
 class ExtractConfig:
     """Options of `omni-extract`; the CLI takes its defaults from here."""
 
-    images: Union[str, Path]  # a folder (searched recursively) or a CSV/parquet table with a path column
+    # a folder (searched recursively), a CSV/parquet table with a path column, or WebDataset tar shards (a .tar, a
+    # folder of them, or a brace pattern shards/{00000..00127}.tar)
+    images: Union[str, Path]
     out: Union[str, Path]  # cache directory (created; an existing one is resumed)
     backbone: str = "resnet50"
     weights: Optional[str] = None  # None = the backbone's default; a torchvision weights name, a file, or "random"
@@ -36,6 +38,7 @@ class ExtractConfig:
     strict: bool = False  # the CLI exits non-zero when any image failed
     path_column: Optional[str] = None  # table input: column of image paths (default "path" or the only column)
     key_column: Optional[str] = None  # table input: column of keys (default: the path as written)
+    key_field: Optional[str] = None  # tar input: field of each sample's KEY.json to use as its key (default: __key__)
     progress: bool = True
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are recorded as failures (decompression bombs)
     timeout: float = 600.0  # seconds a DataLoader worker may take for one batch before the run stops

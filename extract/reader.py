@@ -1,5 +1,6 @@
 """Reading side of phase one: list keyed images, pick this worker's part, decode them robustly in DataLoader workers."""
 import functools
+import io
 import os
 import re
 import warnings
@@ -30,8 +31,14 @@ class UnusableImage(Exception):
 
 
 class ImageItem(NamedTuple):
+    """One image to decode: a file, or the `size` bytes at `offset` of a tar shard (`group`: the shard's number,
+    which splits the work between workers)."""
+
     key: str
     path: str
+    offset: int = -1
+    size: int = -1
+    group: int = -1
 
 
 @dataclass
@@ -48,9 +55,21 @@ class Batch:
 
 
 def list_images(images: Union[str, Path], path_column: Optional[str] = None,
-                key_column: Optional[str] = None, exclude: Sequence = ()) -> List[ImageItem]:
-    """All images of a folder (recursive, never inside the `exclude` folders) or a table, sorted by key; keys are
-    posix paths relative to the folder."""
+                key_column: Optional[str] = None, exclude: Sequence = (), key_field: Optional[str] = None) -> List[ImageItem]:
+    """All images of a folder (recursive, never inside the `exclude` folders), a table, or WebDataset tar shards
+    (a .tar, a folder of them, or a brace pattern such as shards/{00000..00127}.tar), sorted by key. Keys are posix
+    paths relative to the folder, the table's key column, or a tar member's __key__ (or `key_field` of its JSON)."""
+    tars = _tar_shards(str(images))
+    if tars:
+        if path_column or key_column:
+            raise ExtractError("--path-column/--key-column apply to a table; for tar shards use --key-field.")
+        items = _list_tars(tars, key_field)
+        if not items:
+            raise ExtractError(f"no images found in the tar shards {str(images)!r}: looked for members ending in "
+                               f"{', '.join(IMAGE_SUFFIXES)}.")
+        return sorted(items)
+    if key_field:
+        raise ExtractError("--key-field applies to WebDataset tar shards; for a table use --key-column.")
     source = Path(images)
     if not source.exists():
         raise ExtractError(f"images folder or table {str(source)!r} does not exist: pass a folder of images "
@@ -71,6 +90,78 @@ def list_images(images: Union[str, Path], path_column: Optional[str] = None,
         raise ExtractError(f"no images found in {str(source)!r}: looked for files ending in "
                            f"{', '.join(IMAGE_SUFFIXES)} (any case), searching sub-folders too.")
     return sorted(items)
+
+
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def _tar_shards(images: str) -> List[str]:
+    """The tar files `images` names (a .tar, a brace pattern, or a folder holding only .tar files), else []."""
+    match = _BRACES.search(images)
+    if match:
+        first, last = match.group(1), match.group(2)
+        paths = [images[:match.start()] + str(number).zfill(len(first)) + images[match.end():]
+                 for number in range(int(first), int(last) + 1)]
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            raise ExtractError(f"the brace pattern {images!r} names {len(missing)} missing tar file(s), e.g. "
+                               f"{missing[0]!r}: check the range.")
+        return paths
+    source = Path(images)
+    if source.suffix.lower() in (".tgz", ".gz", ".bz2", ".xz", ".zst") and ".tar" in source.name.lower():
+        raise ExtractError(f"{images!r} is a compressed tar: members cannot be read in place; use uncompressed .tar "
+                           "shards (img2dataset writes them).")
+    if source.is_file() and source.suffix.lower() == ".tar":
+        return [str(source)]
+    if source.is_dir():
+        entries = [entry for entry in source.iterdir() if not entry.name.startswith(".")]
+        if entries and all(entry.is_file() and entry.suffix.lower() == ".tar" for entry in entries):
+            return sorted(str(entry) for entry in entries)
+    return []
+
+
+def _list_tars(paths: List[str], key_field: Optional[str]) -> List[ImageItem]:
+    """Image members of each tar, read from the headers only (nothing extracted); a truncated tar lists the members
+    before the cut (a cut member then fails to decode, a failure record like any bad file)."""
+    import json
+    import tarfile
+
+    items = []
+    for group, path in enumerate(paths):
+        members, texts = {}, {}
+        try:
+            with tarfile.open(path, "r:") as archive:
+                while True:
+                    try:
+                        member = archive.next()
+                    except (tarfile.ReadError, EOFError, OSError):
+                        break  # truncated or damaged from here on
+                    if member is None:
+                        break
+                    if not member.isfile():
+                        continue
+                    directory, _, name = member.name.rpartition("/")
+                    key = (directory + "/" if directory else "") + name.split(".", 1)[0]
+                    if member.name.lower().endswith(IMAGE_SUFFIXES):
+                        members.setdefault(key, (member.offset_data, member.size))
+                    elif key_field and member.name.lower().endswith(".json") and member.size < 1 << 20:
+                        texts[key] = archive.extractfile(member).read()
+        except tarfile.ReadError as error:
+            raise ExtractError(f"{path!r} is not a readable tar file ({error}).") from error
+        for key, (offset, size) in members.items():
+            if key_field:
+                try:
+                    value = json.loads(texts[key]).get(key_field)
+                except (KeyError, ValueError, AttributeError):
+                    value = None
+                key = str(value) if value not in (None, "") else key  # no such field: the member's own key
+            items.append(ImageItem(key, path, offset, size, group))
+    counts = Counter(item.key for item in items)
+    repeats = sorted(key for key, count in counts.items() if count > 1)
+    if repeats:
+        raise ExtractError(f"the tar shards repeat keys {repeats[:5]}: keys must be unique (with --key-field, pick a "
+                           "field unique per sample).")
+    return items
 
 
 def _list_folder(folder: Path, exclude: set) -> List[ImageItem]:
@@ -145,8 +236,9 @@ def unstorable_key(key: str) -> Optional[str]:
 
 
 def select_shard(items: Sequence[ImageItem], index: int, count: int) -> List[ImageItem]:
-    """This worker's disjoint part; the parts of index 0..count-1 together cover every item once."""
-    return [item for item in items if shard_of(item.key, count) == index]
+    """This worker's disjoint part; the parts of index 0..count-1 together cover every item once. Tar members
+    split by tar file (a worker reads whole shards), other items by a stable hash of the key."""
+    return [item for item in items if (item.group % count if item.group >= 0 else shard_of(item.key, count)) == index]
 
 
 @contextmanager
@@ -165,19 +257,28 @@ def _pixel_limit(max_pixels: int):
 
 
 def decode_image(path: str, resize: int, crop: int, interpolation: str = "bilinear",
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """RGB uint8 (crop, crop, 3): EXIF-upright, shorter side scaled to `resize`, centre `crop`; raises on bad files."""
+                 max_pixels: int = MAX_IMAGE_PIXELS, offset: int = -1, size: int = -1) -> np.ndarray:
+    """RGB uint8 (crop, crop, 3): EXIF-upright, shorter side scaled to `resize`, centre `crop`; raises on bad files.
+    With `offset` >= 0 the image is the `size` bytes there in `path` (a tar member, read in place)."""
     if not path:
         raise UnusableImage("no image path in its table row")
     if not os.path.exists(path):
         raise UnusableImage("file does not exist" + (" (broken symbolic link)" if os.path.islink(path) else ""))
     if not os.path.isfile(path):
         raise UnusableImage("not a regular file (a folder, device or pipe)")
-    if os.path.getsize(path) == 0:
+    if (size if offset >= 0 else os.path.getsize(path)) == 0:
         raise UnusableImage("empty file (0 bytes)")
+    source = path
+    if offset >= 0:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(size)
+        if len(data) < size:
+            raise UnusableImage(f"truncated tar member ({len(data)} of {size} bytes): the tar file ends early")
+        source = io.BytesIO(data)
     with _pixel_limit(max_pixels):
         try:
-            image = Image.open(path)
+            image = Image.open(source)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
             size = re.search(r"\((\d+) pixels\)", str(error))
             raise UnusableImage(f"{size[1] if size else 'too many'} pixels is over the limit of {max_pixels} "
@@ -240,9 +341,11 @@ class ImageDataset:
         return len(self.items)
 
     def __getitem__(self, index: int):
-        key, path = self.items[index]
+        item = self.items[index]
+        key = item.key
         try:
-            return key, decode_image(path, self.resize, self.crop, self.interpolation, self.max_pixels)
+            return key, decode_image(item.path, self.resize, self.crop, self.interpolation, self.max_pixels,
+                                     item.offset, item.size)
         except Exception as error:  # any bad file becomes a failure record; the run goes on
             return key, _failure_text(error)
 

@@ -34,7 +34,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     preprocessing = backbone_spec(config.backbone).preprocessing  # unknown names fail before any work
     shard = resolve_shard(config.num_shards, config.shard_index)
     # outputs inside the images folder (the cache, a run's gallery) are never taken for inputs on a rerun
-    listed = list_images(config.images, config.path_column, config.key_column, exclude=(config.out, *config.exclude))
+    listed = list_images(config.images, config.path_column, config.key_column, exclude=(config.out, *config.exclude),
+                         key_field=config.key_field)
     mine = select_shard(listed, shard.index, shard.count)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
