@@ -1,4 +1,5 @@
-"""Benchmark: `omni-extract` end to end (a whole process) vs the bare backbone forward on ready tensors; prints JSON."""
+"""Benchmark: `omni-extract` end to end (a whole process) vs the bare backbone forward on ready tensors, and the same
+images read from a WebDataset tar shard vs the folder (same run); prints JSON."""
 import argparse
 import functools
 import json
@@ -26,6 +27,24 @@ def make_jpegs(folder: Path, count: int, size=(500, 400)) -> None:
         field = np.stack([np.sin(xx * (3 + i % 7) + yy * (2 + c) + phase[c]) for c in range(3)], -1)
         pixels = (field * 90 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"img{i:06d}.jpg", quality=90)
+
+
+def make_tar(folder: Path, tar: Path) -> None:
+    """The folder's JPEGs as one WebDataset shard (KEY.jpg members), as img2dataset writes them."""
+    import tarfile
+
+    with tarfile.open(tar, "w") as archive:
+        for path in sorted(folder.glob("*.jpg")):
+            archive.add(path, arcname=path.name)
+
+
+def extract_seconds(command: list) -> tuple:
+    """(wall seconds, CPU seconds of the process and its workers) of one omni-extract run."""
+    start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
 
 
 def bare_forward(backbone: str, weights: str, batch_size: int, device: str, flip: bool, batches: int):
@@ -77,11 +96,11 @@ def main():
                    str(args.batch_size), "--device", args.device, "--flip" if args.flip else "--no-flip", "--quiet"]
         if args.workers is not None:
             command += ["--workers", str(args.workers)]
-        start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        seconds = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_seconds = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        seconds, cpu_seconds = extract_seconds(command)
+        make_tar(work / "images", work / "images.tar")
+        tar_command = [str(work / "images.tar") if part == str(work / "images") else
+                       str(work / "tar-cache") if part == str(work / "cache") else part for part in command]
+        tar_seconds, _ = extract_seconds(tar_command)
         # Measured before and after the extraction: on a shared machine the load drifts during a long run.
         later = measure()
         forward, forward_cpu = (before[0] + later[0]) / 2, (before[1] + later[1]) / 2
@@ -98,6 +117,8 @@ def main():
         "end_to_end_images_per_cpu_s": round(args.images / cpu_seconds, 2),
         "bare_forward_images_per_cpu_s": round(forward_cpu, 2),
         "cpu_ratio": round(args.images / cpu_seconds / forward_cpu, 3),
+        "tar_input_images_per_s": round(args.images / tar_seconds, 2),
+        "tar_vs_folder": round(seconds / tar_seconds, 3),
         "goal": "ratio >= 0.9 (CPU, many images); >= 0.75 for 128 images; >= 0.8 on GPU",
     }, indent=2))
 

@@ -20,7 +20,7 @@ class ExtractSummary:
     cache_dir: str
     seconds: float
     failures_log: Optional[str] = None  # this worker's failures-*.csv when anything failed in this run
-    images: List = field(default_factory=list, repr=False)  # every (key, path) listed, so callers need not list again
+    images: List = field(default_factory=list, repr=False)  # every ImageItem listed, so callers need not list again
 
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
