@@ -9,8 +9,8 @@ import numpy as np
 
 from omniart.cache.environment import software_versions
 from omniart.cache.format import (CHECKSUM_SUFFIX, FORMAT_VERSION, SHARD_NAME, CacheError, block_checksums,
-                                  decode_attrs, describe, differing, encode_attrs, list_shards, open_shard,
-                                  read_keys, shard_header)
+                                  decode_attrs, describe, differing, encode_attrs, list_shards,
+                                  non_finite_rows, open_shard, read_keys, shard_header)
 
 __all__ = ["ShardWriter", "write_features", "check_extends"]
 
@@ -130,7 +130,7 @@ class ShardWriter:
                              f"per key), got {array.dtype} {array.shape}")
         with np.errstate(over="ignore"):
             stored = array.astype(self.dtype, copy=False)  # as it will be stored: float16 overflows to inf
-        bad = np.flatnonzero(~np.isfinite(stored).all(axis=1))
+        bad = non_finite_rows(stored)
         if len(bad):
             limit = f" or beyond {self.dtype.name}'s range (+-{float(np.finfo(self.dtype).max):g})"
             raise CacheError(f"{name} of {len(bad)} key(s) {[keys[i] for i in bad[:5]]} are nan or inf{limit}: "

@@ -25,7 +25,8 @@ class ExtractSummary:
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
     """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file."""
-    from omniart.cache import FailureLog, FeatureStore, ShardWriter, cached_keys, check_extends, read_failures
+    from omniart.cache import FailureLog, FeatureStore, ShardWriter, check_extends, read_failures
+    from omniart.cache.format import list_shards
     from omniart.extract.backbones import backbone_spec, build_backbone
     from omniart.cache.environment import resolve_device, resolve_shard
     from omniart.extract.reader import list_images, make_loader, select_shard, unstorable_key
@@ -40,7 +41,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
-    existing = FeatureStore(out) if cached_keys(out) else None  # the store refuses duplicated keys by name
+    existing = FeatureStore(out) if list_shards(out) else None  # the store refuses duplicated keys by name
     if existing is not None:
         existing.verify()  # checksums: a damaged shard is named before it is reused or extended (cheap vs extraction)
     cached = set(existing.keys) if existing is not None else set()
@@ -125,10 +126,13 @@ def _finite_rows(keys, features, flipped, dtype: str) -> tuple:
     """(keys, features, flipped) of the rows that are finite as stored in `dtype`, and the other rows' keys."""
     import numpy as np
 
+    from omniart.cache.format import non_finite_rows
+
+    finite = np.ones(len(keys), bool)
     with np.errstate(over="ignore"):
-        finite = np.isfinite(features.astype(dtype)).all(axis=1)
-        if flipped is not None:
-            finite &= np.isfinite(flipped.astype(dtype)).all(axis=1)
+        for values in (features, flipped):
+            if values is not None:
+                finite[non_finite_rows(values.astype(dtype))] = False
     if finite.all():
         return keys, features, flipped, []
     kept = np.flatnonzero(finite)

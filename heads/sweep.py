@@ -7,7 +7,7 @@ from typing import Optional
 from omniart.heads import HeadsError
 from omniart.heads.config import HeadsConfig
 
-__all__ = ["fit_many", "STACKABLE"]
+__all__ = ["fit_many", "group_by", "STACKABLE"]
 
 # Options that may differ between configurations trained in one stacked model: they change neither the
 # parameter shapes nor the data order. Everything else (shared_size, seed, batch size, ...) splits stacks.
@@ -31,11 +31,11 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
     for estimator in estimators:
         estimator.config.check()
     members = [(index, estimator, estimator._tasks(targets), estimator._device()) for index, estimator in enumerate(estimators)]
-    for group in _groups(members, lambda e, tasks, device: json.dumps([list(tasks), e.config.flip, device])).values():
+    for group in group_by(members, lambda e, tasks, device: json.dumps([list(tasks), e.config.flip, device])).values():
         _, first, tasks, device = group[0]
         data = device_data(X, targets, tasks, device, masks=masks, X_flip=X_flip if first.config.flip else None,
                            validation=validation, n_classes=n_classes)
-        for stack in _groups(group, lambda e, tasks, device: _stack_key(e.config)).values():
+        for stack in group_by(group, lambda e, tasks, device: _stack_key(e.config)).values():
             if batched and len(stack) > 1:
                 started = time.perf_counter()
                 outcomes = _train_stacked(data, tasks, [e.config for _, e, _, _ in stack], device)
@@ -53,8 +53,8 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
     return estimators
 
 
-def _groups(members: list, key) -> dict:
-    """(index, estimator, tasks, device) members grouped by key(estimator, tasks, device), in order."""
+def group_by(members: list, key) -> dict:
+    """Members (index, *rest) grouped by key(*rest), each group and the groups in their first order."""
     groups = {}
     for member in members:
         groups.setdefault(key(*member[1:]), []).append(member)

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from omniart.cache.format import non_finite_rows
 from omniart.heads import HeadsError
 from omniart.heads.config import HeadsConfig, auto_batch_size, auto_weight_decay, loss_scales, parse_task_weights
 from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights, task_losses
@@ -77,7 +78,7 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
         values = np.asarray(values)
         if values.dtype.kind != "f":
             raise HeadsError(f"{where} {name} must be float, got {values.dtype}.")
-        bad = _non_finite_rows(values)
+        bad = non_finite_rows(values)
         if len(bad):
             raise HeadsError(f"{where} {name} hold nan or inf in {len(bad)} row(s) (first: {bad[:5].tolist()}); drop or "
                              "re-extract those rows (their images may be broken).")
@@ -110,12 +111,6 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
     return SplitTensors(x=on_device(x), x_flip=None if x_flip is None else on_device(x_flip),
                         targets={task: torch.from_numpy(value).to(device) for task, value in typed.items()},
                         masks={task: torch.from_numpy(value).to(device) for task, value in mask_arrays.items()})
-
-
-def _non_finite_rows(x: np.ndarray, block: int = 65536) -> np.ndarray:
-    """Row numbers of `x` holding nan or inf, checked in blocks (no full-size boolean copy)."""
-    rows = [start + np.flatnonzero(~np.isfinite(x[start:start + block]).all(axis=1)) for start in range(0, len(x), block)]
-    return np.concatenate(rows) if rows else np.empty(0, np.int64)
 
 
 def device_data(X, targets: dict, tasks: tuple, device, masks: Optional[dict] = None, X_flip=None,

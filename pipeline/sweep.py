@@ -223,10 +223,11 @@ def _sorted_table(rows: list, grid_names: list):
 def _train_all(members: list, batched: bool) -> list:
     """Result rows of (index, FitConfig, tasks) triples; data loaded once per label setting, stacks per shape."""
     from omniart.heads import fit_many
+    from omniart.heads.sweep import group_by
     from omniart.pipeline.fitting import class_counts, open_labelled_cache, split_arrays
 
     rows = []
-    for group in _groups(members, _data_key).values():
+    for group in group_by(members, _data_key).values():
         _, first, tasks = group[0]
         store, labels, _ = open_labelled_cache(first, tasks)
         train = split_arrays(store, labels, tasks, "train", flip=first.flip)
@@ -237,14 +238,6 @@ def _train_all(members: list, batched: bool) -> list:
         rows.extend(_row(index, estimator) for (index, _, _), estimator in zip(group, fitted))
         del train, val, fitted  # before the next label setting's features are loaded
     return rows
-
-
-def _groups(members: list, key) -> dict:
-    """(index, fit, tasks) triples grouped by key(fit, tasks), in order."""
-    groups = {}
-    for member in members:
-        groups.setdefault(key(*member[1:]), []).append(member)
-    return groups
 
 
 def _data_key(fit, tasks) -> str:
