@@ -51,23 +51,30 @@ class BackboneName(click.ParamType):
 @click.option("--retry-failed", is_flag=True, help="Re-attempt images listed in the cache's failures-*.csv.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any image failed.")
 @click.option("--path-column", default=None, help="Table input: column with image paths (default 'path').")
-@click.option("--key-column", default=None, help="Table input: column with keys (default: the path).")
+@click.option("--key-column", default=None,
+              help="Table input: column with keys (default: the path; image tables: the image's path, else the row "
+                   "number).")
+@click.option("--image-column", default=None,
+              help="IMAGES are parquet/Arrow tables holding the images: this column's encoded bytes or Hugging Face "
+                   "image structs {bytes, path}.")
 @click.option("--key-field", default=None,
               help="Tar input: field of each sample's KEY.json to use as its key, e.g. url (default: __key__).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @cli_errors
 def main(images, out, backbone, weights, flip, batch_size, workers, device, dtype, shard_size, num_shards,
-         shard_index, retry_failed, strict, path_column, key_column, key_field, quiet):
-    """Extract pooled backbone features of every image in IMAGES (a folder, a CSV/parquet table, or WebDataset
-    tar shards: a .tar, a folder of them, or shards/{00000..00127}.tar) into the HDF5 feature cache OUT. Reruns
-    resume; bad images are listed in OUT/failures-*.csv."""
+         shard_index, retry_failed, strict, path_column, key_column, image_column, key_field, quiet):
+    """Extract pooled backbone features of every image in IMAGES (a folder, a CSV/parquet table of paths,
+    WebDataset tar shards: a .tar, a folder of them, or shards/{00000..00127}.tar, or with --image-column
+    parquet/Arrow tables holding the images) into the HDF5 feature cache OUT. Reruns resume; bad images are
+    listed in OUT/failures-*.csv."""
     from omniart.extract.runner import run_extract
 
     config = ExtractConfig(images=images, out=out, backbone=backbone, weights=weights, flip=flip,
                            batch_size=batch_size, workers=workers, device=device, dtype=dtype,
                            shard_size=shard_size, num_shards=num_shards, shard_index=shard_index,
                            retry_failed=retry_failed, strict=strict, path_column=path_column,
-                           key_column=key_column, key_field=key_field, progress=not quiet)
+                           key_column=key_column, image_column=image_column, key_field=key_field,
+                           progress=not quiet)
     summary = run_extract(config)
     click.echo(f"{summary.extracted} extracted, {summary.failed} failed, {summary.skipped} skipped "
                f"in {summary.seconds:.1f} s -> {summary.cache_dir}")

@@ -20,8 +20,9 @@ class ExtractError(OmniError):
 class ExtractConfig:
     """Options of `omni-extract`; the CLI takes its defaults from here."""
 
-    # a folder (searched recursively), a CSV/parquet table with a path column, or WebDataset tar shards (a .tar, a
-    # folder of them, or a brace pattern shards/{00000..00127}.tar)
+    # a folder (searched recursively), a CSV/parquet table with a path column, WebDataset tar shards (a .tar, a
+    # folder of them, or a brace pattern shards/{00000..00127}.tar), or with image_column parquet/Arrow tables of
+    # encoded images (a file, a folder of them, or a brace pattern)
     images: Union[str, Path]
     out: Union[str, Path]  # cache directory (created; an existing one is resumed)
     backbone: str = "resnet50"
@@ -37,7 +38,10 @@ class ExtractConfig:
     retry_failed: bool = False  # re-attempt keys listed in failures-*.csv
     strict: bool = False  # the CLI exits non-zero when any image failed
     path_column: Optional[str] = None  # table input: column of image paths (default "path" or the only column)
-    key_column: Optional[str] = None  # table input: column of keys (default: the path as written)
+    # table input: column of keys (default: the path as written; image tables: the image's path, else the row number)
+    key_column: Optional[str] = None
+    # parquet/Arrow input: column of encoded image bytes or Hugging Face image structs {"bytes", "path"}
+    image_column: Optional[str] = None
     key_field: Optional[str] = None  # tar input: field of each sample's KEY.json to use as its key (default: __key__)
     progress: bool = True
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are recorded as failures (decompression bombs)

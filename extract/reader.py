@@ -31,14 +31,21 @@ class UnusableImage(Exception):
 
 
 class ImageItem(NamedTuple):
-    """One image to decode: a file, or the `size` bytes at `offset` of a tar shard (`group`: the shard's number,
-    which splits the work between workers)."""
+    """One image to decode: a file; the `size` bytes at `offset` of a tar shard; or, with `column`, the encoded
+    image in that column of row `size` of record batch (row group) `offset` of a parquet/Arrow table. `group`
+    (the tar's or row group's number over all inputs) splits the work between workers."""
 
     key: str
     path: str
     offset: int = -1
     size: int = -1
     group: int = -1
+    column: str = ""
+
+    @property
+    def is_file(self) -> bool:
+        """The image is a file of its own (not a tar member nor a table row)."""
+        return self.offset < 0
 
 
 @dataclass
@@ -55,10 +62,19 @@ class Batch:
 
 
 def list_images(images: Union[str, Path], path_column: Optional[str] = None,
-                key_column: Optional[str] = None, exclude: Sequence = (), key_field: Optional[str] = None) -> List[ImageItem]:
-    """All images of a folder (recursive, never inside the `exclude` folders), a table, or WebDataset tar shards
-    (a .tar, a folder of them, or a brace pattern such as shards/{00000..00127}.tar), sorted by key. Keys are posix
-    paths relative to the folder, the table's key column, or a tar member's __key__ (or `key_field` of its JSON)."""
+                key_column: Optional[str] = None, exclude: Sequence = (), key_field: Optional[str] = None,
+                image_column: Optional[str] = None) -> List[ImageItem]:
+    """All images of a folder (recursive, never inside the `exclude` folders), a table of paths, WebDataset tar
+    shards (a .tar, a folder of them, or a brace pattern such as shards/{00000..00127}.tar), sorted by key; or,
+    with `image_column`, the rows of parquet/Arrow tables holding encoded images (a file, a folder of them or a
+    brace pattern), in table order so that each row group is read once. Keys are posix paths relative to the
+    folder, the table's key column, a tar member's __key__ (or `key_field` of its JSON), or for image tables
+    `key_column`, else the image struct's path, else the row's number over all the tables."""
+    if image_column:
+        if path_column or key_field:
+            raise ExtractError("--image-column reads images stored in a table; --path-column (a table of paths) and "
+                               "--key-field (tar shards) do not apply to it: use --key-column for the keys.")
+        return _list_image_tables(_image_tables(str(images)), image_column, key_column)
     tars = _tar_shards(str(images))
     if tars:
         if path_column or key_column:
@@ -95,17 +111,25 @@ def list_images(images: Union[str, Path], path_column: Optional[str] = None,
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
+def _expand_braces(pattern: str, kind: str) -> Optional[List[str]]:
+    """The files a brace pattern such as shards/{00000..00127}.tar names (all must exist), or None if no pattern."""
+    match = _BRACES.search(pattern)
+    if not match:
+        return None
+    first, last = match.group(1), match.group(2)
+    paths = [pattern[:match.start()] + str(number).zfill(len(first)) + pattern[match.end():]
+             for number in range(int(first), int(last) + 1)]
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise ExtractError(f"the brace pattern {pattern!r} names {len(missing)} missing {kind} file(s), e.g. "
+                           f"{missing[0]!r}: check the range.")
+    return paths
+
+
 def _tar_shards(images: str) -> List[str]:
     """The tar files `images` names (a .tar, a brace pattern, or a folder holding only .tar files), else []."""
-    match = _BRACES.search(images)
-    if match:
-        first, last = match.group(1), match.group(2)
-        paths = [images[:match.start()] + str(number).zfill(len(first)) + images[match.end():]
-                 for number in range(int(first), int(last) + 1)]
-        missing = [path for path in paths if not os.path.isfile(path)]
-        if missing:
-            raise ExtractError(f"the brace pattern {images!r} names {len(missing)} missing tar file(s), e.g. "
-                               f"{missing[0]!r}: check the range.")
+    paths = _expand_braces(images, "tar")
+    if paths is not None:
         return paths
     source = Path(images)
     if source.suffix.lower() in (".tgz", ".gz", ".bz2", ".xz", ".zst") and ".tar" in source.name.lower():
@@ -164,6 +188,155 @@ def _list_tars(paths: List[str], key_field: Optional[str]) -> List[ImageItem]:
     return items
 
 
+IMAGE_TABLE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather")
+
+
+def _image_tables(images: str) -> List[str]:
+    """The parquet/Arrow files `images` names: one file, a brace pattern, or every such file of a folder."""
+    paths = _expand_braces(images, "table")
+    if paths is not None:
+        return paths
+    source = Path(images)
+    if source.is_file() and source.suffix.lower() in IMAGE_TABLE_SUFFIXES:
+        return [str(source)]
+    if source.is_dir():
+        paths = sorted(str(entry) for entry in source.iterdir()
+                       if entry.is_file() and entry.suffix.lower() in IMAGE_TABLE_SUFFIXES)
+        if paths:
+            return paths
+    raise ExtractError(f"--image-column reads parquet/Arrow tables, but {images!r} is "
+                       f"{'a folder without any' if source.is_dir() else 'not one of'} {'/'.join(IMAGE_TABLE_SUFFIXES)} "
+                       "files: pass a table file, a folder of them, or a brace pattern (data/{00000..00009}.parquet).")
+
+
+class _Table:
+    """A parquet file (its row groups) or an Arrow IPC file or stream (its record batches), read one batch at a
+    time: only the batch asked for is in memory, and only its asked-for columns."""
+
+    def __init__(self, path: str):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = path
+        try:
+            if path.lower().endswith((".parquet", ".pq")):
+                self._parquet = pq.ParquetFile(path)
+                self.schema, self.batches = self._parquet.schema_arrow, self._parquet.num_row_groups
+                self.rows = [self._parquet.metadata.row_group(i).num_rows for i in range(self.batches)]
+            else:  # memory-mapped: batches are read in place, a stream's skipped ones cost only their headers
+                self._parquet = None
+                with self._open_arrow() as reader:
+                    self.schema = reader.schema
+                    self.rows = [len(batch) for batch in self._arrow_batches(reader)]
+                self.batches = len(self.rows)
+        except (OSError, pa.ArrowException) as error:
+            raise ExtractError(f"cannot read the table {path!r} ({error}): pass an intact parquet or Arrow IPC file.") from error
+
+    def _open_arrow(self):
+        import pyarrow as pa
+
+        source = pa.memory_map(self.path)
+        try:
+            return pa.ipc.open_file(source)
+        except pa.ArrowInvalid:  # not the random-access file format: the stream format (Hugging Face's .arrow)
+            return pa.ipc.open_stream(source)
+
+    @staticmethod
+    def _arrow_batches(reader):
+        if hasattr(reader, "num_record_batches"):
+            return (reader.get_batch(index) for index in range(reader.num_record_batches))
+        return iter(reader)
+
+    def read(self, batch: int, columns: List[str]):
+        """Batch number `batch` with only `columns` (nested fields as "image.path") as a pyarrow Table."""
+        import pyarrow as pa
+
+        if self._parquet is not None:  # a nested name reads that field alone (not the struct's image bytes)
+            table = self._parquet.read_row_group(batch, columns=columns)
+        else:
+            with self._open_arrow() as reader:
+                table = next(pa.Table.from_batches([record_batch]) for index, record_batch
+                             in enumerate(self._arrow_batches(reader)) if index == batch)
+        return pa.table({name: _nested(table, name) for name in columns})
+
+
+def _nested(table, name: str):
+    """Column `name` of a pyarrow Table, "image.path" naming a struct's field."""
+    import pyarrow.compute as pc
+
+    column, _, field_name = name.partition(".")
+    values = table.column(column)
+    return pc.struct_field(values, field_name) if field_name else values
+
+
+def _image_column_kind(table: _Table, column: str) -> str:
+    """'bytes' (a binary column) or 'struct' (Hugging Face's {"bytes", "path"} image); ExtractError otherwise."""
+    import pyarrow as pa
+
+    names = table.schema.names
+    if column not in names:
+        raise ExtractError(f"--image-column {column!r} is not a column of {table.path!r}; its columns are {names}.")
+    kind = table.schema.field(column).type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return "bytes"
+    if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+        return "struct"
+    raise ExtractError(f"--image-column {column!r} of {table.path!r} holds {kind}, not encoded images: it must be "
+                       "binary (the image file's bytes) or a struct with a 'bytes' field (Hugging Face's Image).")
+
+
+def _list_image_tables(paths: List[str], image_column: str, key_column: Optional[str]) -> List[ImageItem]:
+    """One item per table row (reading only the key column or the image path, one row group at a time)."""
+    items, keyless, number, group = [], [], 0, 0
+    for path in paths:
+        table = _Table(path)
+        kind = _image_column_kind(table, image_column)
+        if key_column is not None and key_column not in table.schema.names:
+            raise ExtractError(f"--key-column {key_column!r} is not a column of {path!r}; its columns are "
+                               f"{table.schema.names}.")
+        has_path = kind == "struct" and table.schema.field(image_column).type.get_field_index("path") >= 0
+        column = f"{image_column}.bytes" if kind == "struct" else image_column
+        source = key_column if key_column else f"{image_column}.path" if has_path else None
+        for batch in range(table.batches):
+            keys = table.read(batch, [source]).column(0).to_pylist() if source else [None] * table.rows[batch]
+            for row, key in enumerate(keys):
+                if key_column and (key is None or str(key) == ""):
+                    keyless.append(number)
+                # no path: the row's number over all the tables (a Hugging Face dataset's index)
+                key = str(number) if key is None or str(key) == "" else str(key)
+                items.append(ImageItem(key, path, batch, row, group, column))
+                number += 1
+            group += 1
+    if keyless:
+        raise ExtractError(f"--key-column {key_column!r} is empty in {len(keyless)} row(s) (rows {keyless[:10]} over "
+                           "all the tables): give every row a key, or leave out --key-column to key rows by their "
+                           "image path, else their row number.")
+    counts = Counter(item.key for item in items)
+    repeats = sorted(key for key, count in counts.items() if count > 1)
+    if repeats:
+        raise ExtractError(f"the image tables repeat keys {repeats[:5]}: keys must be unique; pick a unique column "
+                           "with --key-column.")
+    return items
+
+
+def read_table_image(item: ImageItem, cache: dict) -> bytes:
+    """The encoded image of a table row; `cache` keeps the last row group read (one per decode process)."""
+    place = (item.path, item.offset)
+    if cache.get("place") != place:
+        cache.clear()
+        try:
+            cache["values"] = _Table(item.path).read(item.offset, [item.column]).column(0).to_pylist()
+        except Exception as error:  # a damaged row group: every row of it becomes a failure record
+            cache["error"] = f"cannot read row group {item.offset} of {item.path!r}: {error}"
+        cache["place"] = place
+    if "error" in cache:
+        raise UnusableImage(cache["error"])
+    data = cache["values"][item.size]
+    if not data:
+        raise UnusableImage(f"no image bytes in its table row ({item.column!r} is empty)")
+    return data
+
+
 def _list_folder(folder: Path, exclude: set) -> List[ImageItem]:
     items = []
     for root, folders, files in os.walk(folder):
@@ -189,7 +362,7 @@ def _list_table(table: Path, path_column: Optional[str], key_column: Optional[st
         path_column = "path" if "path" in columns else (columns[0] if len(columns) == 1 else None)
         if path_column is None:
             raise ExtractError(f"table {str(table)!r} has columns {columns}: say which holds the image paths "
-                               f"with --path-column.")
+                               f"with --path-column (or, when a column holds the images themselves, name it with --image-column).")
     for option, column in (("--path-column", path_column), ("--key-column", key_column)):
         if column is not None and column not in columns:
             raise ExtractError(f"{option} {column!r} is not a column of {str(table)!r}; its columns are {columns}.")
@@ -257,25 +430,12 @@ def _pixel_limit(max_pixels: int):
 
 
 def decode_image(path: str, resize: int, crop: int, interpolation: str = "bilinear",
-                 max_pixels: int = MAX_IMAGE_PIXELS, offset: int = -1, size: int = -1) -> np.ndarray:
+                 max_pixels: int = MAX_IMAGE_PIXELS, offset: int = -1, size: int = -1,
+                 data: Optional[bytes] = None) -> np.ndarray:
     """RGB uint8 (crop, crop, 3): EXIF-upright, shorter side scaled to `resize`, centre `crop`; raises on bad files.
-    With `offset` >= 0 the image is the `size` bytes there in `path` (a tar member, read in place)."""
-    if not path:
-        raise UnusableImage("no image path in its table row")
-    if not os.path.exists(path):
-        raise UnusableImage("file does not exist" + (" (broken symbolic link)" if os.path.islink(path) else ""))
-    if not os.path.isfile(path):
-        raise UnusableImage("not a regular file (a folder, device or pipe)")
-    if (size if offset >= 0 else os.path.getsize(path)) == 0:
-        raise UnusableImage("empty file (0 bytes)")
-    source = path
-    if offset >= 0:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read(size)
-        if len(data) < size:
-            raise UnusableImage(f"truncated tar member ({len(data)} of {size} bytes): the tar file ends early")
-        source = io.BytesIO(data)
+    With `offset` >= 0 the image is the `size` bytes there in `path` (a tar member, read in place); with `data`,
+    those encoded bytes (a table row)."""
+    source = io.BytesIO(data) if data is not None else _file_source(path, offset, size)
     with _pixel_limit(max_pixels):
         try:
             image = Image.open(source)
@@ -297,6 +457,26 @@ def decode_image(path: str, resize: int, crop: int, interpolation: str = "biline
             image = image.resize((crop, crop), INTERPOLATIONS[interpolation],
                                  box=(left, top, left + box_w, top + box_h))
             return np.asarray(image, dtype=np.uint8)
+
+
+def _file_source(path: str, offset: int, size: int):
+    """What Pillow opens for a file or a tar member: the path, or the member's bytes; UnusableImage when unusable."""
+    if not path:
+        raise UnusableImage("no image path in its table row")
+    if not os.path.exists(path):
+        raise UnusableImage("file does not exist" + (" (broken symbolic link)" if os.path.islink(path) else ""))
+    if not os.path.isfile(path):
+        raise UnusableImage("not a regular file (a folder, device or pipe)")
+    if (size if offset >= 0 else os.path.getsize(path)) == 0:
+        raise UnusableImage("empty file (0 bytes)")
+    if offset < 0:
+        return path
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(size)
+    if len(data) < size:
+        raise UnusableImage(f"truncated tar member ({len(data)} of {size} bytes): the tar file ends early")
+    return io.BytesIO(data)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -321,7 +501,7 @@ def _failure_text(error: Exception) -> str:
     text = str(error) or type(error).__name__
     if isinstance(error, UnusableImage):
         return text
-    if "truncated" in text:
+    if "truncated" in text.lower():
         return f"truncated image file ({text})"
     if type(error).__name__ == "UnidentifiedImageError":
         return f"not an image Pillow can read ({text})"
@@ -336,6 +516,7 @@ class ImageDataset:
         self.resize, self.crop = int(preprocessing["resize"]), int(preprocessing["crop"])
         self.interpolation = preprocessing.get("interpolation", "bilinear")
         self.max_pixels = max_pixels
+        self._table_batch = {}  # the table row group this process read last (items come in table order)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -344,8 +525,9 @@ class ImageDataset:
         item = self.items[index]
         key = item.key
         try:
+            data = read_table_image(item, self._table_batch) if item.column else None
             return key, decode_image(item.path, self.resize, self.crop, self.interpolation, self.max_pixels,
-                                     item.offset, item.size)
+                                     item.offset, item.size, data)
         except Exception as error:  # any bad file becomes a failure record; the run goes on
             return key, _failure_text(error)
 

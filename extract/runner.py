@@ -36,7 +36,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     shard = resolve_shard(config.num_shards, config.shard_index)
     # outputs inside the images folder (the cache, a run's gallery) are never taken for inputs on a rerun
     listed = list_images(config.images, config.path_column, config.key_column, exclude=(config.out, *config.exclude),
-                         key_field=config.key_field)
+                         key_field=config.key_field, image_column=config.image_column)
     mine = select_shard(listed, shard.index, shard.count)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
@@ -108,12 +108,17 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
                                    "saved and a rerun resumes; check the input storage or raise the timeout."
                                    ) from error
             if "killed by signal" in str(error) or "exited unexpectedly" in str(error):
-                raise ExtractError(f"an image decoding process died ({error}), most often killed for memory; rows "
-                                   "so far are saved and a rerun resumes; lower --workers or --batch-size."
-                                   ) from error
+                raise _decoder_died(error) from error
             raise
+        except (ConnectionError, EOFError) as error:  # it died while handing over a batch's shared memory
+            raise _decoder_died(error) from error
     return ExtractSummary(extracted, failed, skipped, str(out), time.perf_counter() - start,
                           str(failures.path) if failed else None, listed)
+
+
+def _decoder_died(error: Exception) -> ExtractError:
+    return ExtractError(f"an image decoding process died ({type(error).__name__}: {error}), most often killed for "
+                        "memory; rows so far are saved and a rerun resumes; lower --workers or --batch-size.")
 
 
 def _cache_attrs(backbone, config: ExtractConfig) -> dict:

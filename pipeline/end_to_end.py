@@ -93,7 +93,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     started = time.perf_counter()
     run = fitted.run()
     # key -> image file for the thumbnails (a tar member has no file of its own: no thumbnail)
-    paths = {item.key: item.path for item in extracted.images if item.offset < 0}
+    paths = {item.key: item.path for item in extracted.images if item.is_file}
     gallery = _predict_gallery(run, FeatureStore(config.extract.out), config, paths)
     timings["predict"] = time.perf_counter() - started
 

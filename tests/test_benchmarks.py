@@ -26,6 +26,7 @@ def test_bench_extract_reports_end_to_end_vs_bare_forward():
                        "--workers", "0", "--forward-batches", "1")
     assert report["images"] == 8 and report["end_to_end_images_per_s"] > 0 and report["bare_forward_images_per_s"] > 0
     assert 0 <= report["ratio"] <= 2 and "cpu_ratio" in report and report["tar_input_images_per_s"] > 0
+    assert report["parquet_input_images_per_s"] > 0 and report["parquet_vs_folder"] > 0
 
 
 def test_bench_heads_reports_every_cpu_figure(tmp_path):

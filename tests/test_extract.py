@@ -660,3 +660,99 @@ def test_webdataset_tar_shards_stream_with_failures_resume_and_split_by_tar(tmp_
     assert cut.extracted == 1 and cut.failed <= 1  # what precedes the cut is kept, nothing is fatal
     with pytest.raises(ExtractError, match="is a compressed tar"):
         run_extract(tiny_config(tmp_path / "x.tar.gz", tmp_path / "gz"))
+
+
+def _image_table(path, rows, row_group_size=2, arrow_stream=False):
+    """A parquet file (or an Arrow IPC stream, Hugging Face's .arrow) of rows {"image": {"bytes", "path"}, "id"}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"image": pa.array([{"bytes": data, "path": name} for name, data in rows],
+                                        pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                      "id": [f"obj-{number}" for number in range(len(rows))],
+                      "raw": pa.array([data for _, data in rows], pa.binary())})
+    if arrow_stream:
+        with pa.ipc.new_stream(str(path), table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=row_group_size):
+                writer.write_batch(batch)
+    else:
+        pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_and_arrow_tables_of_image_bytes_extract_like_files_with_failures_resume_and_split(tmp_path):
+    from omniart.extract.reader import ImageDataset
+
+    files = make_images(tmp_path / "files", [f"{i}.jpg" for i in range(4)])
+    rows = [(f"pics/{i}.jpg", (files / f"{i}.jpg").read_bytes()) for i in range(4)]
+    rows += [(None, (files / "3.jpg").read_bytes()[:300]), ("pics/empty.jpg", None), ("pics/junk.jpg", b"not an image")]
+    table = _image_table(tmp_path / "train-00000-of-00001.parquet", rows)
+    summary = run_extract(tiny_config(table, tmp_path / "cache", image_column="image"))
+    assert (summary.extracted, summary.failed) == (4, 3)
+    store = FeatureStore(tmp_path / "cache")
+    # keys: the struct's path, else the row's number; the same features as the image files themselves
+    assert sorted(store.keys) == [f"pics/{i}.jpg" for i in range(4)]
+    failures = store.failures()
+    assert sorted(failures) == ["4", "pics/empty.jpg", "pics/junk.jpg"]
+    assert "truncated" in failures["4"] and "no image bytes" in failures["pics/empty.jpg"]
+    run_extract(tiny_config(files, tmp_path / "from-files"))
+    np.testing.assert_array_equal(store.load([f"pics/{i}.jpg" for i in range(4)]),
+                                  FeatureStore(tmp_path / "from-files").load([f"{i}.jpg" for i in range(4)]))
+    again = run_extract(tiny_config(table, tmp_path / "cache", image_column="image"))  # resume by key
+    assert (again.extracted, again.skipped) == (0, 7)
+    # workers split by row group: disjoint, covering, whole row groups each; one row group in memory at a time
+    items = list_images(table, image_column="image")
+    parts = [select_shard(items, index, 2) for index in range(2)]
+    assert sorted(item.key for part in parts for item in part) == sorted(item.key for item in items)
+    assert [{item.offset for item in part} for part in parts] == [{0, 2}, {1, 3}]
+    dataset = ImageDataset(items, TINY, 10 ** 8)
+    assert [dataset[index][0] for index in range(3)] == ["pics/0.jpg", "pics/1.jpg", "pics/2.jpg"]
+    assert len(dataset._table_batch["values"]) == 2  # row group 1 only, not the file
+    # an Arrow IPC stream, a binary column, keys from --key-column
+    (tmp_path / "data").mkdir()
+    _image_table(tmp_path / "data" / "part.arrow", rows[:3], arrow_stream=True)
+    by_id = run_extract(tiny_config(tmp_path / "data", tmp_path / "ids", image_column="raw", key_column="id"))
+    assert by_id.extracted == 3 and sorted(FeatureStore(tmp_path / "ids").keys) == ["obj-0", "obj-1", "obj-2"]
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "ids").load(["obj-1"]), store.load(["pics/1.jpg"]))
+
+
+def test_image_tables_refuse_bad_columns_keys_and_options_naming_them(tmp_path):
+    rows = [("a.jpg", _jpeg(0)), ("a.jpg", _jpeg(1))]
+    table = _image_table(tmp_path / "t.parquet", rows)
+    with pytest.raises(ExtractError, match=r"--image-column 'picture' is not a column of .*'image', 'id', 'raw'"):
+        list_images(table, image_column="picture")
+    with pytest.raises(ExtractError, match="holds string, not encoded images"):
+        list_images(table, image_column="id")
+    with pytest.raises(ExtractError, match=r"repeat keys \['a.jpg'\].*--key-column"):
+        list_images(table, image_column="image")
+    assert [item.key for item in list_images(table, image_column="image", key_column="id")] == ["obj-0", "obj-1"]
+    common = ["--backbone", "tiny", "--workers", "0", "--device", "cpu", "--quiet"]
+    by_cli = invoke(table, "--out", tmp_path / "cli", "--image-column", "image", "--key-column", "id", *common)
+    assert by_cli.exit_code == 0 and "2 extracted, 0 failed" in by_cli.output, by_cli.output
+    wrong = invoke(table, "--out", tmp_path / "cli2", "--image-column", "picture", *common)
+    assert wrong.exit_code == 1 and "'picture' is not a column" in wrong.output
+    assert "--image-column" in invoke(table, "--out", tmp_path / "cli3", *common).output  # no path column: the hint
+    with pytest.raises(ExtractError, match="--key-column 'nope' is not a column"):
+        list_images(table, image_column="image", key_column="nope")
+    with pytest.raises(ExtractError, match="--path-column .* do not apply"):
+        list_images(table, image_column="image", path_column="path")
+    with pytest.raises(ExtractError, match="not one of .parquet/.pq/.arrow/.feather"):
+        list_images(make_images(tmp_path / "pics", ["x.jpg"]) / "x.jpg", image_column="image")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(table.read_bytes()[:-20])  # the footer is gone: the rows cannot even be listed
+    with pytest.raises(ExtractError, match="cannot read the table .*broken.parquet"):
+        list_images(broken, image_column="image")
+
+
+def test_a_damaged_row_group_fails_its_rows_only(tmp_path):
+    import pyarrow.parquet as pq
+
+    table = _image_table(tmp_path / "t.parquet", [(f"{i}.jpg", _jpeg(i)) for i in range(4)])
+    chunk = pq.ParquetFile(table).metadata.row_group(1).column(0)  # image.bytes of rows 2 and 3
+    data = bytearray(table.read_bytes())
+    data[chunk.data_page_offset:chunk.data_page_offset + 16] = b"\xff" * 16  # the page header: unreadable
+    table.write_bytes(bytes(data))
+    summary = run_extract(tiny_config(table, tmp_path / "cache", image_column="image"))
+    assert (summary.extracted, summary.failed) == (2, 2)
+    failures = FeatureStore(tmp_path / "cache").failures()
+    assert sorted(failures) == ["2.jpg", "3.jpg"] and "cannot read row group 1" in failures["2.jpg"]
