@@ -2,6 +2,7 @@
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -395,27 +396,52 @@ def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, fo
     n_train, batch = len(train), trainers[0].batch_size
     flip = train.x_flip is not None and config.flip
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        active = [index for index, trainer in enumerate(trainers) if not trainer.done]
-        if not active:
-            break
-        for trainer in trainers:
-            trainer.model.train()
-        order = torch.randperm(n_train, generator=generator, device=device)
-        # the paper's horizontal-flip augmentation: flipped or original vector per sample and epoch
-        use_flip = torch.rand(n_train, generator=generator, device=device) < 0.5 if flip else None
-        for start in range(0, n_train, batch):
-            rows = order[start:start + batch]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                outputs = forward(_batch_features(train, rows, use_flip))
-            update(active, outputs, {t: train.targets[t][rows] for t in tasks}, {t: train.masks[t][rows] for t in tasks})
-        for index in active:
-            trainers[index].end_epoch(epoch, epoch_start)
+    with _denormals_flushed(cuda):
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            active = [index for index, trainer in enumerate(trainers) if not trainer.done]
+            if not active:
+                break
+            for trainer in trainers:
+                trainer.model.train()
+            order = torch.randperm(n_train, generator=generator, device=device)
+            # the paper's horizontal-flip augmentation: flipped or original vector per sample and epoch
+            use_flip = torch.rand(n_train, generator=generator, device=device) < 0.5 if flip else None
+            for start in range(0, n_train, batch):
+                rows = order[start:start + batch]
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    outputs = forward(_batch_features(train, rows, use_flip))
+                update(active, outputs, {t: train.targets[t][rows] for t in tasks},
+                       {t: train.masks[t][rows] for t in tasks})
+            for index in active:
+                trainers[index].end_epoch(epoch, epoch_start)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return [trainer.result(seconds) for trainer in trainers]
+
+
+def denormals_flushed_now() -> bool:
+    """Whether this thread's CPU arithmetic treats denormal floats as zero (torch has no getter for the flag)."""
+    return bool(torch.tensor([1e-39]) * 1.0 == 0)
+
+
+@contextmanager
+def _denormals_flushed(cuda: bool):
+    """CPU training with denormal floats flushed to zero, the caller's setting restored afterwards.
+
+    Adam's squared gradients of nearly idle weights and L2-shrunk weights fall below float32's normal range,
+    where x86 arithmetic is ~100x slower: measured, --weight-decay 2e-3 at H = 1024 made epochs 25 s instead of 7 s.
+    Values under 1e-38 change nothing else."""
+    if cuda:
+        yield
+        return
+    before = denormals_flushed_now()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def train_one(data: DeviceData, tasks: tuple, config: HeadsConfig, device, label: str = "") -> Outcome:

@@ -201,3 +201,23 @@ def test_fit_reports_split_leakage_and_the_duplicates_command(tmp_path):
     found = CliRunner().invoke(main, ["duplicates", str(cache), "--out", str(pairs)])
     assert found.exit_code == 0 and "6 pairs with cosine similarity >= 0.95 (6 of them identical vectors)" in found.output
     assert pairs.read_text().splitlines()[0] == "key_a,key_b,similarity,exact" and len(pairs.read_text().splitlines()) == 7
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_cpu_training_flushes_denormals_and_restores_the_callers_setting(fitted, monkeypatch, before):
+    import torch
+
+    from omniart.heads import training
+
+    _, data = fitted
+    seen = []
+    real_step = training.Trainer.step
+    monkeypatch.setattr(training.Trainer, "step", lambda self: (seen.append(training.denormals_flushed_now()),
+                                                                real_step(self)))
+    torch.set_flush_denormal(before)
+    try:
+        MultiTaskHeads(shared_size=16, epochs=1, device="cpu", progress=False).fit(*arrays(data, "train"))
+        assert training.denormals_flushed_now() is before  # the caller's setting is back
+    finally:
+        torch.set_flush_denormal(False)
+    assert seen and all(seen)  # every training step ran with denormals flushed (~100x faster on x86 CPUs)
