@@ -221,16 +221,25 @@ class _Table:
         try:
             if path.lower().endswith((".parquet", ".pq")):
                 self._parquet = pq.ParquetFile(path)
-                self.schema, self.batches = self._parquet.schema_arrow, self._parquet.num_row_groups
-                self.rows = [self._parquet.metadata.row_group(i).num_rows for i in range(self.batches)]
+                self.schema = self._parquet.schema_arrow
             else:  # memory-mapped: batches are read in place, a stream's skipped ones cost only their headers
                 self._parquet = None
                 with self._open_arrow() as reader:
                     self.schema = reader.schema
-                    self.rows = [len(batch) for batch in self._arrow_batches(reader)]
-                self.batches = len(self.rows)
         except (OSError, pa.ArrowException) as error:
             raise ExtractError(f"cannot read the table {path!r} ({error}): pass an intact parquet or Arrow IPC file.") from error
+
+    def batch_rows(self) -> List[int]:
+        """Rows of each row group (record batch)."""
+        import pyarrow as pa
+
+        if self._parquet is not None:
+            return [self._parquet.metadata.row_group(i).num_rows for i in range(self._parquet.num_row_groups)]
+        try:
+            with self._open_arrow() as reader:
+                return [len(batch) for batch in self._arrow_batches(reader)]
+        except (OSError, pa.ArrowException) as error:
+            raise ExtractError(f"cannot read the table {self.path!r} ({error}): pass an intact Arrow IPC file.") from error
 
     def _open_arrow(self):
         import pyarrow as pa
@@ -297,8 +306,8 @@ def _list_image_tables(paths: List[str], image_column: str, key_column: Optional
         has_path = kind == "struct" and table.schema.field(image_column).type.get_field_index("path") >= 0
         column = f"{image_column}.bytes" if kind == "struct" else image_column
         source = key_column if key_column else f"{image_column}.path" if has_path else None
-        for batch in range(table.batches):
-            keys = table.read(batch, [source]).column(0).to_pylist() if source else [None] * table.rows[batch]
+        for batch, rows in enumerate(table.batch_rows()):
+            keys = table.read(batch, [source]).column(0).to_pylist() if source else [None] * rows
             for row, key in enumerate(keys):
                 if key_column and (key is None or str(key) == ""):
                     keyless.append(number)
