@@ -88,7 +88,8 @@ def _train_stacked(data, tasks: tuple, configs: list, device) -> list:
         for name, tensor in [*member.model.named_parameters(), *member.model.named_buffers()]:
             tensor.data = stacked[name].data[index]
     base = members[0].model
-    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None), randomness="different")
+    # randomness "same": every member gets the dropout mask its one-by-one fit draws (they share the seed)
+    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None), randomness="same")
 
     def update(active, outputs, targets, masks):
         total = sum(members[i].loss({t: outputs[t][i] for t in tasks}, targets, masks) for i in active)

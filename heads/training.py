@@ -396,7 +396,9 @@ def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, fo
     n_train, batch = len(train), trainers[0].batch_size
     flip = train.x_flip is not None and config.flip
     started = time.perf_counter()
-    with _denormals_flushed(cuda):
+    # dropout draws from torch's global generator: seeded here, in a fork that leaves the caller's state alone
+    with _denormals_flushed(cuda), torch.random.fork_rng(devices=[_cuda_index(device)] if cuda else []):
+        torch.manual_seed(config.seed)
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             active = [index for index, trainer in enumerate(trainers) if not trainer.done]
@@ -419,6 +421,11 @@ def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, fo
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return [trainer.result(seconds) for trainer in trainers]
+
+
+def _cuda_index(device) -> int:
+    device = torch.device(device)
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def denormals_flushed_now() -> bool:
