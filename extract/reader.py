@@ -180,12 +180,7 @@ def _list_tars(paths: List[str], key_field: Optional[str]) -> List[ImageItem]:
                     value = None
                 key = str(value) if value not in (None, "") else key  # no such field: the member's own key
             items.append(ImageItem(key, path, offset, size, group))
-    counts = Counter(item.key for item in items)
-    repeats = sorted(key for key, count in counts.items() if count > 1)
-    if repeats:
-        raise ExtractError(f"the tar shards repeat keys {repeats[:5]}: keys must be unique (with --key-field, pick a "
-                           "field unique per sample).")
-    return items
+    return _unique_keys(items, "the tar shards repeat", "(with --key-field, pick a field unique per sample)")
 
 
 IMAGE_TABLE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather")
@@ -320,12 +315,7 @@ def _list_image_tables(paths: List[str], image_column: str, key_column: Optional
         raise ExtractError(f"--key-column {key_column!r} is empty in {len(keyless)} row(s) (rows {keyless[:10]} over "
                            "all the tables): give every row a key, or leave out --key-column to key rows by their "
                            "image path, else their row number.")
-    counts = Counter(item.key for item in items)
-    repeats = sorted(key for key, count in counts.items() if count > 1)
-    if repeats:
-        raise ExtractError(f"the image tables repeat keys {repeats[:5]}: keys must be unique; pick a unique column "
-                           "with --key-column.")
-    return items
+    return _unique_keys(items, "the image tables repeat", "(pick a unique column with --key-column)")
 
 
 def read_table_image(item: ImageItem, cache: dict) -> bytes:
@@ -392,10 +382,16 @@ def _list_table(table: Path, path_column: Optional[str], key_column: Optional[st
         where = "lines" if table.suffix.lower() == ".csv" else "rows"
         raise ExtractError(f"table {str(table)!r} has {len(keyless)} row(s) without a key ({where} "
                            f"{keyless[:10]}): give every row a key (or a path, when the key is the path).")
+    return _unique_keys(items, f"table {str(table)!r} repeats", "(give each row its own key)")
+
+
+def _unique_keys(items: List[ImageItem], where: str, fix: str) -> List[ImageItem]:
+    """`items`, or ExtractError naming the keys listed more than once."""
     counts = Counter(item.key for item in items)
     repeats = sorted(key for key, count in counts.items() if count > 1)
     if repeats:
-        raise ExtractError(f"table {str(table)!r} repeats keys {repeats[:5]}: keys must be unique.")
+        raise ExtractError(f"{where} keys {repeats[:5]}" + (f" and {len(repeats) - 5} more" if len(repeats) > 5 else "")
+                           + f": keys must be unique {fix}.")
     return items
 
 
