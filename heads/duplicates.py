@@ -31,12 +31,15 @@ def similar_pairs(features, others=None, threshold: float = DEFAULT_THRESHOLD) -
     (each unordered pair once, i < j) or between `features` and `others`."""
     _check(threshold)
     a = _unit(np.asarray(features))
-    b = a if others is None else _unit(np.asarray(others))
+    # `others` (fit's whole training split) is scaled one block at a time: a float32 copy of it all would be
+    # twice a float16 split's own memory
+    count = len(a) if others is None else len(others)
     found = ([], [], [])
-    for i in range(0, len(a), _BLOCK):
-        left = a[i:i + _BLOCK]
-        for j in range(i if others is None else 0, len(b), _BLOCK):
-            scores = left @ b[j:j + _BLOCK].T
+    for j in range(0, count, _BLOCK):
+        right = a[j:j + _BLOCK] if others is None else _unit(np.asarray(others[j:j + _BLOCK]))
+        for i in range(0, min(j + 1, len(a)) if others is None else len(a), _BLOCK):
+            left = a[i:i + _BLOCK]
+            scores = left @ right.T
             close = scores >= threshold
             if others is None and i == j:
                 close[np.tril_indices(len(close), 0, close.shape[1])] = False  # each pair once, no self pairs

@@ -226,3 +226,20 @@ def test_cpu_training_flushes_denormals_leaves_the_callers_state_and_repeats_dro
     # dropout drew from a seeded fork: the same fit twice, and the caller's generator untouched
     assert torch.equal(torch.get_rng_state(), generator_state)
     assert [{**row, "seconds": 0} for row in fits[0].history_] == [{**row, "seconds": 0} for row in fits[1].history_]
+
+
+def test_similar_pairs_over_many_blocks_match_a_brute_force_search(monkeypatch):
+    from omniart.heads import duplicates
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((23, 8)).astype(np.float16)
+    features = np.concatenate([base, base[:6] + np.float16(0.01)])  # 6 planted copies among 29 rows
+    others = np.concatenate([base[10:14], rng.standard_normal((9, 8)).astype(np.float16)])
+    unit = lambda m: m.astype(np.float32) / np.linalg.norm(m.astype(np.float32), axis=1, keepdims=True)
+    within, between = unit(features) @ unit(features).T, unit(features) @ unit(others).T
+    monkeypatch.setattr(duplicates, "_BLOCK", 4)  # 8 x 4 tiles: the diagonal, both triangles and ragged ends
+    rows, cols, _ = duplicates.similar_pairs(features, threshold=0.99)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(i, j) for i, j in zip(*np.nonzero(np.triu(within >= 0.99, 1)))]
+    rows, cols, _ = duplicates.similar_pairs(features, others, threshold=0.99)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(zip(*np.nonzero(between >= 0.99)))
+    assert len(rows) == 4
