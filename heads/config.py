@@ -33,7 +33,7 @@ class HeadsConfig:
     # L2 coefficient of the weight matrices (auto_weight_decay)
     weight_decay: Optional[float] = field(default=None, metadata={"auto": f"{_L2_PER_DATASET:g} / training rows"})
     # after the shared ReLU: with the L2 penalty alone the wide layer fits noise for the year (bench_quality.py,
-    # additive, H = 1024: year MAE 14.67 without, 14.16 at 0.25; 0.5 cost the non-linear material MAP 0.02)
+    # additive, H = 1024: year MAE 14.67 without, 14.22 at 0.25; 0.5 cost the non-linear material MAP 0.02)
     dropout: float = 0.25
     warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up before the cosine decay
     # epochs without a better validation score before stopping, keeping the best epoch; None: every epoch runs and

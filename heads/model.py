@@ -13,13 +13,14 @@ MODEL_VERSION = 2
 
 
 class OmniArtHeads(nn.Module):
-    """Standardise, shared Linear(D->H)+ReLU(+dropout), then artist/type/material logits and a year in years.
+    """Standardise, shared Linear(D->H)+ReLU+dropout, then artist/type/material logits and a year in years.
 
     `task_sizes` maps task name to output width (artist: A, type: K, material: M, year: 1). The inputs are
     standardised with `input_mean`/`input_std` (buffers set from the training split), so predict, embed and
     evaluate apply exactly what training learnt. `shared_size` 0 leaves out the shared layer: linear heads on
-    the standardised features (the linear-probe baseline). The year head predicts a standardised value
-    (`standardised_year`) that `year_mean`/`year_std` (buffers, from the training labels) turn into years.
+    the standardised features (the linear-probe baseline; dropout then applies to the features). The year head
+    predicts a standardised value (`standardised_year`) that `year_mean`/`year_std` (buffers, from the training
+    labels) turn into years.
     """
 
     def __init__(self, feature_dim: int, shared_size: int, task_sizes: dict, dropout: float = 0.0,

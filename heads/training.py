@@ -398,7 +398,9 @@ def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, fo
     started = time.perf_counter()
     # dropout draws from torch's global generator: seeded here, in a fork that leaves the caller's state alone
     with _denormals_flushed(cuda), torch.random.fork_rng(devices=[_cuda_index(device)] if cuda else []):
-        torch.manual_seed(config.seed)
+        torch.default_generator.manual_seed(config.seed)
+        if cuda:  # this device's generator only: the fork restores no other
+            torch.cuda.default_generators[_cuda_index(device)].manual_seed(config.seed)
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             active = [index for index, trainer in enumerate(trainers) if not trainer.done]

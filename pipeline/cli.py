@@ -45,7 +45,8 @@ _FIT_OPTIONS = {
     "min_class_samples": ("Labels: keep types/materials with at least this many samples.", click.IntRange(min=1)),
     "seed": ("Seed of the label split and of training: same seed, same run.", int),
     "weight_decay": ("L2 coefficient of the weight matrices on the mean loss.", float),
-    "dropout": ("Dropout after the shared layer.", float),
+    "dropout": ("Dropout on what the heads read: the shared layer's output (with --shared-size 0, the "
+                "features).", float),
     "year_scale": ("s_year on the year MAE in years (the paper: 0.1).", float),
     "task_weights": ("equal, auto (from validation loss ratios), uncertainty, or artist=1,type=0.5,...", str),
 }
