@@ -277,9 +277,7 @@ def _image_column_kind(table: _Table, column: str) -> str:
     """'bytes' (a binary column) or 'struct' (Hugging Face's {"bytes", "path"} image); ExtractError otherwise."""
     import pyarrow as pa
 
-    names = table.schema.names
-    if column not in names:
-        raise ExtractError(f"--image-column {column!r} is not a column of {table.path!r}; its columns are {names}.")
+    _check_columns(table.path, table.schema.names, (("--image-column", column),))
     kind = table.schema.field(column).type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return "bytes"
@@ -295,9 +293,7 @@ def _list_image_tables(paths: List[str], image_column: str, key_column: Optional
     for path in paths:
         table = _Table(path)
         kind = _image_column_kind(table, image_column)
-        if key_column is not None and key_column not in table.schema.names:
-            raise ExtractError(f"--key-column {key_column!r} is not a column of {path!r}; its columns are "
-                               f"{table.schema.names}.")
+        _check_columns(path, table.schema.names, (("--key-column", key_column),))
         has_path = kind == "struct" and table.schema.field(image_column).type.get_field_index("path") >= 0
         column = f"{image_column}.bytes" if kind == "struct" else image_column
         source = key_column if key_column else f"{image_column}.path" if has_path else None
@@ -361,10 +357,9 @@ def _list_table(table: Path, path_column: Optional[str], key_column: Optional[st
         path_column = "path" if "path" in columns else (columns[0] if len(columns) == 1 else None)
         if path_column is None:
             raise ExtractError(f"table {str(table)!r} has columns {columns}: say which holds the image paths "
-                               f"with --path-column (or, when a column holds the images themselves, name it with --image-column).")
-    for option, column in (("--path-column", path_column), ("--key-column", key_column)):
-        if column is not None and column not in columns:
-            raise ExtractError(f"{option} {column!r} is not a column of {str(table)!r}; its columns are {columns}.")
+                               "with --path-column (or, when a column holds the images themselves, name it with "
+                               "--image-column).")
+    _check_columns(str(table), columns, (("--path-column", path_column), ("--key-column", key_column)))
     paths = frame[path_column]
     keys = frame[key_column] if key_column else paths
     items, keyless = [], []
@@ -383,6 +378,13 @@ def _list_table(table: Path, path_column: Optional[str], key_column: Optional[st
         raise ExtractError(f"table {str(table)!r} has {len(keyless)} row(s) without a key ({where} "
                            f"{keyless[:10]}): give every row a key (or a path, when the key is the path).")
     return _unique_keys(items, f"table {str(table)!r} repeats", "(give each row its own key)")
+
+
+def _check_columns(where: str, columns: List[str], options) -> None:
+    """ExtractError naming the first (option, column) pair whose column (when given) the table lacks."""
+    for option, column in options:
+        if column is not None and column not in columns:
+            raise ExtractError(f"{option} {column!r} is not a column of {where!r}; its columns are {columns}.")
 
 
 def _unique_keys(items: List[ImageItem], where: str, fix: str) -> List[ImageItem]:
