@@ -30,7 +30,7 @@ class HeadsConfig:
     batch_size: Optional[int] = field(default=None, metadata={"auto": "the power of two giving ~128 steps an epoch, "
                                                                       "16 to 1024"})
     lr: float = 1e-3  # peak Adam learning rate
-    # L2 coefficient of the weight matrices (auto_weight_decay)
+    # L2 coefficient of the heads' weight matrices (auto_weight_decay); the shared layer gets it once per task
     weight_decay: Optional[float] = field(default=None, metadata={"auto": f"{_L2_PER_DATASET:g} / training rows"})
     # after the shared ReLU: with the L2 penalty alone the wide layer fits noise for the year (bench_quality.py,
     # additive, H = 1024: year MAE 14.67 without, 14.22 at 0.25; 0.5 cost the non-linear material MAP 0.02)

@@ -269,14 +269,23 @@ class Trainer:
         # An L2 penalty (Adam's coupled weight decay) on the weight matrices only: biases start at the label
         # priors and stay free. Coupled, not AdamW's decoupled decay: the fixed point is then the L2-regularised
         # optimum, the same objective as scikit-learn's probes, whatever Adam's per-coordinate step sizes.
-        matrices = [p for name, p in self.model.named_parameters() if name.endswith("weight")]
-        vectors = [p for name, p in self.model.named_parameters() if not name.endswith("weight")]
-        vectors += list(self.log_vars.values()) if self.log_vars is not None else []
+        # The shared layer serves every task, so it carries every task's prior (n_tasks x the coefficient): the
+        # multi-task objective is then the sum of the single-task objectives with the layer tied, and a
+        # single-task fit is unchanged. With one coefficient n tasks' losses pulled on a layer regularised as
+        # for one (measured: the year fitted noise; at K = 10, 1,196 artists, type and material trailed their
+        # single-task fits by 0.020 / 0.015 MAP).
+        self.weight_decay = auto_weight_decay(train_rows) if config.weight_decay is None else float(config.weight_decay)
+        self.shared_weight_decay = self.weight_decay * len(tasks)
+        groups = {"shared": [], "task": [], "free": []}
+        for name, parameter in self.model.named_parameters():
+            group = "free" if not name.endswith("weight") else "shared" if name.startswith("trunk.") else "task"
+            groups[group].append(parameter)
+        groups["free"] += list(self.log_vars.values()) if self.log_vars is not None else []
         # fused: one kernel for all parameters; on CPU ~10x faster than the default per-tensor loops (8 -> 0.7 ms
         # a step at H = 512, a seventh of a training step)
-        self.weight_decay = auto_weight_decay(train_rows) if config.weight_decay is None else float(config.weight_decay)
-        self.optimizer = torch.optim.Adam([{"params": matrices, "weight_decay": self.weight_decay},
-                                           {"params": vectors, "weight_decay": 0.0}], lr=config.lr, fused=True)
+        decay = {"shared": self.shared_weight_decay, "task": self.weight_decay, "free": 0.0}
+        self.optimizer = torch.optim.Adam([{"params": params, "weight_decay": decay[group]}
+                                           for group, params in groups.items() if params], lr=config.lr, fused=True)
         self.batch_size = int(config.batch_size) if config.batch_size else auto_batch_size(train_rows)
         self.steps_per_epoch = math.ceil(train_rows / self.batch_size)
         total_steps = self.steps_per_epoch * config.epochs

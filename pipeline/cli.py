@@ -44,7 +44,8 @@ _FIT_OPTIONS = {
     "min_artist_samples": ("Labels: keep artists with at least this many samples.", click.IntRange(min=1)),
     "min_class_samples": ("Labels: keep types/materials with at least this many samples.", click.IntRange(min=1)),
     "seed": ("Seed of the label split and of training: same seed, same run.", int),
-    "weight_decay": ("L2 coefficient of the weight matrices on the mean loss.", float),
+    "weight_decay": ("L2 coefficient of the heads' weight matrices on the mean loss; the shared layer, which "
+                     "serves every task, gets it once per trained task.", float),
     "dropout": ("Dropout on what the heads read: the shared layer's output (with --shared-size 0, the "
                 "features).", float),
     "year_scale": ("s_year on the year MAE in years (the paper: 0.1).", float),
