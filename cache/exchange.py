@@ -84,7 +84,7 @@ def import_embeddings(folder, out, attrs: Optional[dict] = None, dtype: str = "f
     the new cache `out`. attrs: backbone, weights and preprocessing of the features (default: the folder's
     omniart-cache.json). Refuses rows without a key, repeated keys, and parts whose rows or widths disagree."""
     from omniart.cache.format import cached_keys
-    from omniart.cache.writer import ShardWriter
+    from omniart.cache.writer import ShardWriter, publish_cache
 
     folder = Path(folder)
     sidecar = json.loads((folder / SIDECAR).read_text()) if (folder / SIDECAR).is_file() else {}
@@ -133,10 +133,8 @@ def import_embeddings(folder, out, attrs: Optional[dict] = None, dtype: str = "f
         finally:
             if writer is not None:
                 writer.close()
-        for lock in target.glob(".lock-*"):
-            lock.unlink()
 
-    publish_folder(out, build)
+    publish_cache(out, build)
     return {"rows": rows, "feature_dim": dim, "out": str(out)}
 
 

@@ -8,11 +8,12 @@ import h5py
 import numpy as np
 
 from omniart.cache.environment import software_versions
+from omniart.cache.files import publish_folder
 from omniart.cache.format import (CHECKSUM_SUFFIX, FORMAT_VERSION, SHARD_NAME, CacheError, block_checksums,
                                   decode_attrs, describe, differing, encode_attrs, list_shards,
                                   non_finite_rows, open_shard, read_keys, shard_header)
 
-__all__ = ["ShardWriter", "write_features", "check_extends"]
+__all__ = ["ShardWriter", "write_features", "check_extends", "publish_cache"]
 
 # Rows per HDF5 chunk: whole-chunk reads go straight into the caller's array (see benchmarks/bench_cache.py).
 CHUNK_ROWS = 1024
@@ -233,3 +234,14 @@ def write_features(cache_dir, keys, features, attrs, features_flip=None, dtype="
                      with_flip=features_flip is not None) as writer:
         writer.add(keys, features, features_flip)
     return writer.paths
+
+
+def publish_cache(out, build) -> Path:
+    """publish_folder for a cache that build(folder) writes whole with ShardWriters: the writers' lock files are
+    removed before it is published (they guard a cache being extended; a finished new one has no writer)."""
+    def build_cache(folder: Path) -> None:
+        build(folder)
+        for lock in folder.glob(".lock-*"):
+            lock.unlink()
+
+    return publish_folder(out, build_cache)

@@ -26,9 +26,8 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
 
     Flipped features are embedded too when the source has them and `flip`. Returns rows, feature_dim, out.
     """
-    from omniart.cache import FeatureStore, ShardWriter, cached_keys
+    from omniart.cache import FeatureStore, ShardWriter, cached_keys, publish_cache
     from omniart.cache.environment import resolve_device
-    from omniart.cache.files import publish_folder
     from omniart.pipeline.predict import check_cache_matches
     from omniart.pipeline.run_dir import load_run
 
@@ -57,8 +56,6 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
                 flip_block = shared(next(flipped)[1]) if with_flip else None
                 writer.add(keys, shared(block), flip_block)
                 written += len(keys)
-        for lock in folder.glob(".lock-*"):
-            lock.unlink()
 
-    publish_folder(out_dir, build)
+    publish_cache(out_dir, build)
     return {"rows": written, "feature_dim": hidden, "out": str(out_dir), "flip": with_flip}

@@ -55,6 +55,7 @@ def test_export_then_import_gives_the_same_keys_and_values(cache, tmp_path, layo
     store = FeatureStore(tmp_path / f"{layout}-cache")
     assert store.keys == keys and store.attrs["backbone"] == "resnet50" and store.attrs["weights"] == "random"
     np.testing.assert_array_equal(store.load(keys), features)
+    assert not list((tmp_path / f"{layout}-cache").glob(".lock-*"))  # a finished cache has no writer
 
 
 def test_import_of_another_tools_embeddings_needs_their_origin_and_refuses_bad_parts(tmp_path):

@@ -222,6 +222,7 @@ def test_embed_writes_the_shared_layer_as_a_cache(trained, tmp_path):
     source, embedded = FeatureStore(cache), FeatureStore(out)
     run = load_run(run_dir)
     assert embedded.keys == source.keys and embedded.feature_dim == run.model.shared_size == 16
+    assert not list(out.glob(".lock-*"))  # a finished cache has no writer
     with torch.no_grad():
         expected = run.model.shared(torch.from_numpy(source.load())).numpy()
         expected_flip = run.model.shared(torch.from_numpy(source.load(flip=True))).numpy()
