@@ -51,6 +51,7 @@ def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_pat
         for row in run["test"].values():
             assert set(row) == {"artist", "type", "material", "year"} and all(value > 0 for value in row.values())
         assert set(run["goals"]["every_task_at_least_probe"]) == {"artist", "type", "material", "year"}
+        assert 1 <= run["probe_details"]["artist"]["lbfgs_iterations"] <= 300
     assert "multi_better_than_probe" in report["runs"][1]["goals"]
     assert list(tmp_path.iterdir()) == []
 
