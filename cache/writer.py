@@ -19,6 +19,7 @@ __all__ = ["ShardWriter", "write_features", "check_extends", "publish_cache"]
 CHUNK_ROWS = 1024
 STORAGE_DTYPES = ("float16", "float32")
 WORKER_TAG = re.compile(r"[A-Za-z0-9_.-]+")
+LOCK_PREFIX = ".lock-"  # + worker tag: the file a live writer holds its OS lock on
 
 
 class ShardWriter:
@@ -79,7 +80,7 @@ class ShardWriter:
         kernel releases the lock when the process dies (kill -9 leaves no stale lock)."""
         import fcntl
 
-        self._lock_file = open(self.cache_dir / f".lock-{self.worker_tag}", "a+")
+        self._lock_file = open(self.cache_dir / f"{LOCK_PREFIX}{self.worker_tag}", "a+")
         try:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -241,7 +242,7 @@ def publish_cache(out, build) -> Path:
     removed before it is published (they guard a cache being extended; a finished new one has no writer)."""
     def build_cache(folder: Path) -> None:
         build(folder)
-        for lock in folder.glob(".lock-*"):
+        for lock in folder.glob(f"{LOCK_PREFIX}*"):
             lock.unlink()
 
     return publish_folder(out, build_cache)
