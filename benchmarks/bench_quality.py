@@ -120,6 +120,8 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
     cache = tmp / f"cache-{min_samples}-{generator}"
     write_features(cache, list(labels.keys), features, {"backbone": f"planted-{generator}", "weights": "random",
                                                       "preprocessing": {"generated": True}})
+    if args.epochs is not None:
+        base["epochs"] = args.epochs
     overrides = {"shared_size": args.shared_size} if args.shared_size is not None else {}
     start = time.perf_counter()
     multi = fit(FitConfig(cache=str(cache), out=str(tmp / "multi"), single_task_baselines=True, **overrides, **base))
@@ -172,6 +174,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--generators", default=",".join(GENERATORS), help="planted feature generators")
     parser.add_argument("--dim", type=int, default=2048, help="feature dimension (ResNet-50: 2048)")
     parser.add_argument("--shared-size", type=int, default=None, help="fit's --shared-size (default: fit's default)")
+    parser.add_argument("--epochs", type=int, default=None, help="fit's --epochs (default: fit's default; fewer only for a quick look)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--workdir", default=None, help="where the generated caches go (default: a temp dir)")
