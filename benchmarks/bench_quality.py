@@ -114,14 +114,14 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
 
     base = dict(metadata=str(RIJKS14), format="rijks14", min_artist_samples=min_samples, device=args.device,
                 progress=False)
+    if args.epochs is not None:
+        base["epochs"] = args.epochs
     # The rows the fit will keep (its label rules); the cache holds exactly those, so every cache key joins.
     labels, _ = build_labels(RIJKS14, LabelConfig(format="rijks14", min_artist_samples=min_samples), cache_keys=all_keys())
     features = planted_features(labels, generator, args.dim, args.seed)
     cache = tmp / f"cache-{min_samples}-{generator}"
     write_features(cache, list(labels.keys), features, {"backbone": f"planted-{generator}", "weights": "random",
                                                       "preprocessing": {"generated": True}})
-    if args.epochs is not None:
-        base["epochs"] = args.epochs
     overrides = {"shared_size": args.shared_size} if args.shared_size is not None else {}
     start = time.perf_counter()
     multi = fit(FitConfig(cache=str(cache), out=str(tmp / "multi"), single_task_baselines=True, **overrides, **base))
