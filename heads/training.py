@@ -276,8 +276,9 @@ class Trainer:
         # single-task fits by 0.020 / 0.015 MAP).
         self.weight_decay = auto_weight_decay(train_rows) if config.weight_decay is None else float(config.weight_decay)
         groups = {"shared": [], "task": [], "free": []}
-        for name, parameter in self.model.named_parameters():
-            group = "free" if not name.endswith("weight") else "shared" if name.startswith("trunk.") else "task"
+        shared = {id(parameter) for parameter in self.model.trunk.parameters()}
+        for parameter in self.model.parameters():  # matrices carry the prior; biases (vectors) stay free
+            group = "free" if parameter.ndim < 2 else "shared" if id(parameter) in shared else "task"
             groups[group].append(parameter)
         groups["free"] += list(self.log_vars.values()) if self.log_vars is not None else []
         # fused: one kernel for all parameters; on CPU ~10x faster than the default per-tensor loops (8 -> 0.7 ms

@@ -27,13 +27,14 @@ class FitResult:
     estimator: object  # heads.MultiTaskHeads
     labels: object  # pipeline.labels.LabelSet
     info: dict  # config.json
+    config: FitConfig  # what trained it, its tasks resolved (config.json["fit"])
 
     def run(self):
         """The published run as `load_run` would read it, without reading it back."""
         from omniart.pipeline.run_dir import Run
 
-        return Run(self.run_dir, self.estimator, FitConfig(**self.info["fit"]), self.labels,
-                   self.info["cache_attrs"], self.info, self.estimator.device_)
+        return Run(self.run_dir, self.estimator, self.config, self.labels, self.info["cache_attrs"], self.info,
+                   self.estimator.device_)
 
 
 @dataclass
@@ -129,7 +130,8 @@ def fit(config: FitConfig) -> FitResult:
         single_seconds = sum(entry["train_seconds"] for entry in metrics["single_task"].values())
         metrics["single_task_seconds"] = single_seconds
         metrics["speedup"] = single_seconds / estimator.train_seconds_
-    info = {"fit": {**dataclasses.asdict(config), "tasks": list(tasks)}, "tasks": list(tasks),
+    config = dataclasses.replace(config, tasks=list(tasks))
+    info = {"fit": dataclasses.asdict(config), "tasks": list(tasks),
             "cache_attrs": store.attrs, "labels": _plain(labels.config), "join": _plain(report),
             "label_statistics": labels.statistics(), "model": estimator.model_.sizes(),
             "software": software_versions()}
@@ -145,7 +147,7 @@ def fit(config: FitConfig) -> FitResult:
                     test.rows if len(test.rows) else None)
 
     out = publish_run(config.out, build)
-    return FitResult(out, metrics, estimator.history_, estimator, labels, info)
+    return FitResult(out, metrics, estimator.history_, estimator, labels, info, config)
 
 
 def _leakage(estimator, scores: dict, train, val, test, threshold: float) -> dict:

@@ -338,7 +338,12 @@ def test_uncertainty_weighting_and_task_subset(tmp_path):
                            batch_size=32, lr=1e-2, device="cpu", min_artist_samples=1, min_class_samples=1, progress=False))
     assert set(result.metrics["test"]) == {"artist", "year"} and set(result.metrics["log_vars"]) == {"artist", "year"}
     assert result.metrics["test"]["artist"]["accuracy"] > 0.6
-    assert set(load_run(tmp_path / "run").predict(data["x"][:3])) == {"artist", "year"}
+    loaded = load_run(tmp_path / "run")
+    assert set(loaded.predict(data["x"][:3])) == {"artist", "year"}
+    # the run fit() hands back is the one load_run reads: same config (tasks resolved), same predictions
+    assert result.run().config == loaded.config and result.config.tasks == ["artist", "year"]
+    np.testing.assert_allclose(result.run().predict(data["x"][:3])["year"], loaded.predict(data["x"][:3])["year"],
+                               rtol=1e-6)
 
 
 def test_uncertainty_weighting_learns_a_log_variance_for_every_task(tmp_path):
