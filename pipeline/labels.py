@@ -3,13 +3,13 @@ import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from omniart.pipeline.parsing import LANGUAGES, LabelError
-from omniart.pipeline.sources import FORMATS, SPLIT_NAMES, read_records, record_key_of
+from omniart.pipeline.sources import FORMATS, SPLIT_NAMES, key_stem, read_records, record_key_of
 
 __all__ = ["TASKS", "PROTOCOLS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels",
            "challenge_labels", "stratified_split"]
@@ -352,7 +352,7 @@ def _join(fmt, record_keys, cache_keys):
     index = pd.Index(record_keys)
     if fmt == "csv":
         rows = index.get_indexer(cache_keys)
-        stems = np.array([PurePosixPath(k).stem for k in cache_keys], dtype=object)
+        stems = np.array([key_stem(k) for k in cache_keys], dtype=object)
         rows = np.where(rows >= 0, rows, index.get_indexer(stems))
     else:
         wanted = np.array([record_key_of(fmt, k) or "" for k in cache_keys], dtype=object)

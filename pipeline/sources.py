@@ -3,7 +3,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
@@ -64,15 +64,33 @@ class Records:
         )
 
 
+_RIJKS14_NUMBER = re.compile(r"\d{7}")
+
+
+def key_stem(cache_key) -> str:
+    """PurePosixPath(cache_key).stem by string operations: a join builds one per cache key (1.4 s per 112k keys
+    as path objects, 0.1 s as strings)."""
+    name = key_name(cache_key)
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
+def key_name(cache_key) -> str:
+    """PurePosixPath(cache_key).name: the last non-empty component."""
+    for part in reversed(str(cache_key).split("/")):
+        if part not in ("", "."):
+            return part
+    return ""
+
+
 def record_key_of(fmt, cache_key):
     """The record key a cache key (an image path) joins to: rijks14 -> its file name's 7-digit number,
     met -> file stem (the object ID); csv -> None (csv matches the whole key first, then the stem)."""
-    name = PurePosixPath(str(cache_key)).name
     if fmt == "rijks14":
-        match = re.match(r"\d{7}", name)
+        match = _RIJKS14_NUMBER.match(key_name(cache_key))
         return match.group(0) if match else None
     if fmt == "met":
-        return PurePosixPath(name).stem
+        return key_stem(cache_key)
     return None
 
 

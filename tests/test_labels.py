@@ -205,6 +205,17 @@ def write_mat(path, n=12, drop=()):
     return path
 
 
+@given(st.text(alphabet="/.a1_", max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_join_names_and_stems_are_purepath_s(key):
+    """The join's string-only file name and stem (one per cache key) agree with PurePosixPath's on any key."""
+    from pathlib import PurePosixPath
+
+    from omniart.pipeline.sources import key_name, key_stem
+
+    assert (key_name(key), key_stem(key)) == (PurePosixPath(key).name, PurePosixPath(key).stem)
+
+
 def test_rijks14_join_by_file_name_number(tmp_path):
     mat = write_mat(tmp_path / "gt.mat")
     cache_keys = ["sub/0000001_SK-A-1.jpg", "0000007_RP-P-7.jpg", "0000012_X.jpg", "0000099_missing.jpg",
