@@ -67,20 +67,20 @@ class Records:
 _RIJKS14_NUMBER = re.compile(r"\d{7}")
 
 
-def key_stem(cache_key) -> str:
-    """PurePosixPath(cache_key).stem by string operations: a join builds one per cache key (1.4 s per 112k keys
-    as path objects, 0.1 s as strings)."""
-    name = key_name(cache_key)
-    dot = name.rfind(".")
-    return name[:dot] if 0 < dot < len(name) - 1 else name
-
-
 def key_name(cache_key) -> str:
-    """PurePosixPath(cache_key).name: the last non-empty component."""
+    """PurePosixPath(cache_key).name by string operations: a join takes one per cache key (Rijks'14's 112k keys:
+    0.46 s as path objects, 0.12 s as strings)."""
     for part in reversed(str(cache_key).split("/")):
         if part not in ("", "."):
             return part
     return ""
+
+
+def key_stem(cache_key) -> str:
+    """PurePosixPath(cache_key).stem, by string operations as key_name."""
+    name = key_name(cache_key)
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
 def record_key_of(fmt, cache_key):

@@ -207,7 +207,7 @@ def write_mat(path, n=12, drop=()):
 
 @given(st.text(alphabet="/.a1_", max_size=12))
 @settings(max_examples=300, deadline=None)
-def test_join_names_and_stems_are_purepath_s(key):
+def test_join_file_names_and_stems_match_purepath(key):
     """The join's string-only file name and stem (one per cache key) agree with PurePosixPath's on any key."""
     from pathlib import PurePosixPath
 
