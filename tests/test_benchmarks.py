@@ -43,7 +43,7 @@ def test_bench_heads_reports_every_cpu_figure(tmp_path):
 
 def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_path):
     report = run_bench("bench_quality.py", "--splits", "1100", "--generators", "additive,nonlinear", "--dim", "32",
-                       "--shared-size", "16", "--epochs", "2", "--device", "cpu", "--workdir", str(tmp_path))
+                       "--shared-size", "16", "--epochs", "2", "--fit-seeds", "2", "--device", "cpu", "--workdir", str(tmp_path))
     assert [(run["min_artist_samples"], run["generator"]) for run in report["runs"]] == [(1100, "additive"), (1100, "nonlinear")]
     for run in report["runs"]:
         assert run["classes"]["artist"] == 6 and run["samples"]["train"] > 5000  # the real Rijks'14 labels
@@ -52,6 +52,12 @@ def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_pat
             assert set(row) == {"artist", "type", "material", "year"} and all(value > 0 for value in row.values())
         assert set(run["goals"]["every_task_at_least_probe"]) == {"artist", "type", "material", "year"}
         assert 1 <= run["probe_details"]["artist"]["lbfgs_iterations"] <= 300
+        # every fit once per seed, the goals judged on the mean; seeds give different models, one set of probes
+        seeds = run["test_per_seed"]
+        assert run["fit_seeds"] == len(seeds) == 2 and seeds[0]["multi_task"] != seeds[1]["multi_task"]
+        for name in ("multi_task", "single_task", "linear_heads"):
+            for task, value in run["test"][name].items():
+                assert abs(value - (seeds[0][name][task] + seeds[1][name][task]) / 2) < 1e-3
     assert "multi_better_than_probe" in report["runs"][1]["goals"]
     assert list(tmp_path.iterdir()) == []
 
