@@ -9,7 +9,8 @@ For each split (K = minimum samples per artist: 100 is the paper's Table 3 row, 
 samples each) and generator, one run: the default multi-task fit with `--single-task-baselines` (the four
 single-task fits), the same fit with `--shared-size 0` (linear heads), and the scikit-learn probes on the very
 rows, classes and metric code of the fit (standardised features; multinomial LogisticRegression for the
-artist, one LogisticRegression per type and material class, Ridge for the year), with the seconds of each.
+artist, one LogisticRegression per type and material class, Ridge for the year), with the seconds of each;
+with `--fit-seeds N` every fit runs with N seeds and the goals are judged on the means.
 Prints one JSON object with the goals checked.
 """
 import argparse
