@@ -234,6 +234,33 @@ def test_rijks14_join_by_file_name_number(tmp_path):
         build_labels(mat, LabelConfig(min_artist_samples=1), cache_keys=["a/b.jpg"])
 
 
+def test_rijks14_records_are_read_once_per_file_version_and_read_only(tmp_path, monkeypatch):
+    """A sweep reads rijksgt.mat once, not once per fit; a rewritten file is read again; no caller can alter it."""
+    import os
+
+    from omniart.pipeline import sources
+
+    reads = []
+    original = sources._read_rijks14
+    monkeypatch.setattr(sources, "_read_rijks14", lambda path: reads.append(path) or original(path))
+    sources._rijks14_records.cache_clear()
+    mat = write_mat(tmp_path / "gt.mat")
+    config = LabelConfig(min_artist_samples=1, min_class_samples=1)
+    first, _ = build_labels(mat, config)
+    again, _ = build_labels(mat, config)
+    assert len(reads) == 1 and list(again.keys) == list(first.keys) and list(again.year) == list(first.year)
+    records = sources.read_records(mat, config)
+    with pytest.raises(ValueError, match="read-only"):
+        records.year[0] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        records.types.data[0] = False
+    write_mat(mat, n=9)
+    os.utime(mat, ns=(0, 10 ** 18))  # a new modification time even where the clock's resolution is coarse
+    rewritten, _ = build_labels(mat, config)
+    assert len(reads) == 2 and len(rewritten.keys) == 9
+    sources._rijks14_records.cache_clear()
+
+
 def test_duplicate_keys_are_named(tmp_path):
     mat = write_mat(tmp_path / "gt.mat")
     with pytest.raises(LabelError, match=r"0000003_a\.jpg.*b/0000003_b\.jpg.*'0000003'"):
