@@ -80,7 +80,7 @@ def bare_forward(backbone: str, weights: str, batch_size: int, device: str, flip
     return images_done / (time.perf_counter() - start), images_done / (time.process_time() - cpu)
 
 
-def main():
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--weights", default="random", help="random keeps the benchmark offline")
@@ -91,7 +91,7 @@ def main():
     parser.add_argument("--flip", action="store_true", help="both sides also compute mirrored features")
     parser.add_argument("--forward-batches", type=int, default=None,
                         help="batches timed for the bare forward, before and after the extraction (default: up to 4)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     try:
@@ -123,7 +123,7 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     end_to_end = args.images / seconds
-    print(json.dumps({
+    report = {
         "backbone": args.backbone, "device": args.device, "images": args.images, "image_size": "500x400 JPEG",
         "batch_size": args.batch_size, "flip": args.flip, "workers": args.workers, "cpu_count": os.cpu_count(),
         "end_to_end_images_per_s": round(end_to_end, 2), "end_to_end_seconds": round(seconds, 2),
@@ -138,7 +138,9 @@ def main():
         "parquet_input_images_per_s": round(args.images / parquet_seconds, 2),
         "parquet_vs_folder": round(seconds / parquet_seconds, 3),
         "goal": "ratio >= 0.9 (CPU, many images); >= 0.75 for 128 images; >= 0.8 on GPU",
-    }, indent=2))
+    }
+    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -92,7 +92,6 @@ def _fit_child(job: dict, queue) -> None:
     import torch._dynamo  # noqa: F401  (the optimizer imports it on first use)
 
     import omniart.pipeline.labels  # noqa: F401
-    import omniart.pipeline.plots  # noqa: F401
     from omniart.pipeline import FitConfig, fit
     from omniart.pipeline.sweep import SweepConfig, run_sweep
 
@@ -195,7 +194,8 @@ def main(argv=None) -> dict:
         base = {"cache": data["cache"], "metadata": data["metadata"], "format": data["format"],
                 "shared_size": args.shared_size, "epochs": args.epochs, "batch_size": args.batch_size, "device": device,
                 "patience": args.epochs + 1,
-                "min_artist_samples": args.min_artist_samples or max(5, round(100 * args.rows / 112039)), "progress": False}
+                "min_artist_samples": args.min_artist_samples or max(5, round(100 * args.rows / 112039)), "progress": False,
+                "plots": False}  # the figures are not what is measured
         _progress(report)
         # Child 1: one multi-task fit in a fresh process, for its peak memory.
         first = run_in_child({"device": device, "kind": "fits", "fits": [dict(base, out=str(tmp / "multi"))]})

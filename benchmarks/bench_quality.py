@@ -113,7 +113,7 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
     from omniart.pipeline.labels import LabelConfig, LabelSet, build_labels
 
     base = dict(metadata=str(RIJKS14), format="rijks14", min_artist_samples=min_samples, device=args.device,
-                progress=False)
+                progress=False, plots=False)  # the figures are not what is compared
     if args.epochs is not None:
         base["epochs"] = args.epochs
     # The rows the fit will keep (its label rules); the cache holds exactly those, so every cache key joins.

@@ -105,6 +105,9 @@ def main():
               help="Any other label option, e.g. key_column=file (repeatable).")
 @click.option("--device", help=f"auto, cpu, cuda or cuda:N [default: {_shown_default('device')}].")
 @click.option("--single-task-baselines", is_flag=True, help="Also train each task alone and compare (metrics, time ratio).")
+@click.option("--plots/--no-plots", default=None,
+              help="Learning curves, artist confusion figure and confused pairs in the run directory "
+                   f"[default: {'on' if _FIT_FIELDS['plots'].default else 'off'}].")
 @click.option("--leakage-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Count validation/test samples with a training sample at least this cosine-similar (leaked "
                    f"near-duplicates) [default: {_FIT_FIELDS['leakage_threshold'].default}].")
@@ -115,7 +118,7 @@ def fit(cache, metadata, label_format, out, label_options, **options):
     from omniart.pipeline.fitting import comparison_table, fit as run_fit
 
     names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "flip", "keep_all_samples", "protocol", "device",
-                                  "single_task_baselines", "leakage_threshold"]
+                                  "single_task_baselines", "plots", "leakage_threshold"]
     config = FitConfig(cache=cache, metadata=metadata, format=label_format, out=out,
                        label_options=_key_values(label_options), **_chosen(options, names))
     result = run_fit(config)

@@ -27,6 +27,9 @@ class FitConfig(HeadsConfig):
     # validation/test samples with a training sample this cosine-similar count as leaked (duplicates across splits
     # inflate every figure); None: not checked
     leakage_threshold: Optional[float] = 0.95
+    # learning curves, the artist confusion figure and confused pairs in the run directory; off: no matplotlib
+    # (about 1 s a fit), for benchmarks and scripted fits that read metrics.json alone
+    plots: bool = True
 
     def heads_config(self, **changes) -> HeadsConfig:
         """The hyperparameters alone (what the estimator is built from), with `changes` applied."""

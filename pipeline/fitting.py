@@ -93,7 +93,6 @@ def fit(config: FitConfig) -> FitResult:
     """Train on `config.cache` with labels from `config.metadata`; publish and return the run directory."""
     from omniart.cache.environment import software_versions
     from omniart.heads import MultiTaskHeads
-    from omniart.pipeline.plots import write_plots
     from omniart.pipeline.run_dir import publish_run, write_history
 
     tasks = config.checked_tasks()
@@ -137,14 +136,16 @@ def fit(config: FitConfig) -> FitResult:
             "software": software_versions()}
 
     def build(folder: Path) -> None:
+        from omniart.pipeline.plots import write_plots
+
         estimator.save(folder)
         labels.save(folder)
         (folder / "config.json").write_text(json.dumps(info, indent=2, default=str))
         write_history(folder / "history.csv", estimator.history_)
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        artist_targets = np.asarray(labels.artist)
-        write_plots(folder, estimator.history_, labels, artist_targets, scores["test"].get("artist") if len(test.rows) else None,
-                    test.rows if len(test.rows) else None)
+        if config.plots:
+            write_plots(folder, estimator.history_, labels, np.asarray(labels.artist),
+                        scores["test"].get("artist") if len(test.rows) else None, test.rows if len(test.rows) else None)
 
     out = publish_run(config.out, build)
     return FitResult(out, metrics, estimator.history_, estimator, labels, info, config)
@@ -265,8 +266,9 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     else:
         metrics[split] = result
     publish_file(path, lambda temporary: Path(temporary).write_text(json.dumps(metrics, indent=2)))
-    write_plots(Path(run_dir), read_history(Path(run_dir) / "history.csv"), run.labels, np.asarray(run.labels.artist),
-                scores.get("artist"), part.rows)
+    if run.config.plots:
+        write_plots(Path(run_dir), read_history(Path(run_dir) / "history.csv"), run.labels, np.asarray(run.labels.artist),
+                    scores.get("artist"), part.rows)
     return result
 
 

@@ -2,6 +2,7 @@
 
 A GPU session has minutes to run them; a script that broke since it was last run would waste them.
 """
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,18 +12,30 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run_bench(script: str, *args: str) -> dict:
+    """The script's JSON report, from a fresh interpreter (bench_heads: its children are spawned by module name)."""
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
-def test_bench_cache_reports_load_ratio():
-    report = run_bench("bench_cache.py", "--rows", "2000", "--dim", "32", "--repeats", "1")
+def run_bench_here(capsys, script: str, *args: str) -> dict:
+    """The script's `main(argv)` in this process (no second start-up of torch); what it prints is its report."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{Path(script).stem}", BENCHMARKS / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    report = module.main(list(args))
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))
+    return report
+
+
+def test_bench_cache_reports_load_ratio(capsys):
+    report = run_bench_here(capsys, "bench_cache.py", "--rows", "2000", "--dim", "32", "--repeats", "1")
     assert report["rows"] == 2000 and report["dim"] == 32 and report["ratio"] > 0 and report["goal_ratio"] == 0.5
 
 
-def test_bench_extract_reports_end_to_end_vs_bare_forward():
-    report = run_bench("bench_extract.py", "--backbone", "tiny", "--images", "8", "--batch-size", "4", "--device", "cpu",
+def test_bench_extract_reports_end_to_end_vs_bare_forward(capsys):
+    report = run_bench_here(capsys, "bench_extract.py", "--backbone", "tiny", "--images", "8", "--batch-size", "4", "--device", "cpu",
                        "--workers", "0", "--forward-batches", "1")
     assert report["images"] == 8 and report["end_to_end_images_per_s"] > 0 and report["bare_forward_images_per_s"] > 0
     assert 0 <= report["ratio"] <= 2 and "cpu_ratio" in report and report["tar_input_images_per_s"] > 0
@@ -41,8 +54,8 @@ def test_bench_heads_reports_every_cpu_figure(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the generated cache and runs are removed
 
 
-def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_path):
-    report = run_bench("bench_quality.py", "--splits", "1100", "--generators", "additive,nonlinear", "--dim", "32",
+def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_path, capsys):
+    report = run_bench_here(capsys, "bench_quality.py", "--splits", "1100", "--generators", "additive,nonlinear", "--dim", "32",
                        "--shared-size", "16", "--epochs", "1", "--fit-seeds", "2", "--device", "cpu", "--workdir", str(tmp_path))
     assert [(run["min_artist_samples"], run["generator"]) for run in report["runs"]] == [(1100, "additive"), (1100, "nonlinear")]
     for run in report["runs"]:
@@ -62,6 +75,6 @@ def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bench_duplicates_finds_the_planted_copies_like_numpy():
-    report = run_bench("bench_duplicates.py", "--rows", "3000", "--dim", "64", "--copies", "20")
+def test_bench_duplicates_finds_the_planted_copies_like_numpy(capsys):
+    report = run_bench_here(capsys, "bench_duplicates.py", "--rows", "3000", "--dim", "64", "--copies", "20")
     assert report["found"] == report["baseline_found"] == 20 and report["seconds"] > 0

@@ -292,6 +292,18 @@ def test_evaluate_cli_recomputes_metrics(planted_run):
     assert evaluate(run, "test")["artist"]["accuracy"] == pytest.approx(saved["test"]["artist"]["accuracy"], abs=1e-6)
 
 
+def test_no_plots_leaves_out_the_figures_in_fit_and_evaluate(planted_run, tmp_path):
+    _, _, cache, metadata, _ = planted_run
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv", "--out", str(run),
+                                       "--epochs", "2", "--no-plots", *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["fit"]["plots"] is False
+    assert CliRunner().invoke(main, ["evaluate", str(run), "--split", "val"]).exit_code == 0
+    assert {"metrics.json", "history.csv", "model.pt"} <= {path.name for path in run.iterdir()}
+    assert not [path.name for path in run.iterdir() if path.suffix == ".png" or path.name == "confused_pairs.csv"]
+
+
 def test_seed_makes_fits_repeatable_and_flip_features_are_used(tmp_path):
     data = planted(n=300, seed=2)
     rng = np.random.default_rng(3)
