@@ -531,7 +531,7 @@ def fold_config(cache, metadata, out, tasks, seed=0) -> FitConfig:
     """Default options on one fold's CSV (Dutch type and material names, as Rijks'14 has them)."""
     return FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(out), tasks=tasks, seed=seed,
                      min_class_samples=1, keep_all_samples=True, label_options={"language": "dutch"}, device="cpu",
-                     progress=False)
+                     progress=False, plots=False)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -647,7 +647,7 @@ def test_default_fit_beats_linear_probes_and_single_task_fits_at_a_realistic_sca
     cache, metadata = realistic_planted(tmp_path)
     result = fit(FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
                            shared_size=512, min_artist_samples=1, min_class_samples=1, single_task_baselines=True,
-                           device="cpu", progress=False))
+                           device="cpu", progress=False, plots=False))
     metrics = result.metrics
     assert metrics["samples"] == {"train": 1344, "val": 288, "test": 288} and metrics["batch_size"] == 16
     probes = sklearn_probes(tmp_path / "run", cache)
