@@ -96,7 +96,10 @@ def record_key_of(fmt, cache_key):
 
 
 def read_records(path, config):
-    """Read metadata at `path` in `config.format` into Records; LabelError on anything unreadable."""
+    """Read metadata at `path` in `config.format` into Records; LabelError on anything unreadable.
+
+    rijks14 Records are shared by every read of the same file version, their arrays read-only: take() a copy to
+    change them."""
     path = Path(path)
     if config.format not in FORMATS:
         raise LabelError(f"unknown metadata format {config.format!r}; valid formats: {', '.join(FORMATS)}")
@@ -122,11 +125,13 @@ def _rijks14_records(path: str, inode: int, size: int, mtime_ns: int):
     return _frozen(_read_rijks14(Path(path)))
 
 
+_CSR_BUFFERS = ("data", "indices", "indptr")
+
+
 def _frozen(records):
     """`records` with its arrays and its sparse matrices' buffers made read-only."""
     for value in vars(records).values():
-        buffers = ("data", "indices", "indptr")
-        arrays = [value] if isinstance(value, np.ndarray) else [getattr(value, name, None) for name in buffers]
+        arrays = [value] if isinstance(value, np.ndarray) else [getattr(value, name, None) for name in _CSR_BUFFERS]
         for array in arrays:
             if isinstance(array, np.ndarray):
                 array.flags.writeable = False
