@@ -9,6 +9,7 @@ from omniart.cache.errors import cli_errors
 from omniart.cache.exchange import EXPORT_FORMATS, export_cache, import_embeddings
 from omniart.extract.cli import BackboneName
 from omniart.extract.config import ExtractConfig
+from omniart.heads.config import ARTIST_INITS
 from omniart.heads.duplicates import near_duplicates
 from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline.end_to_end import RunConfig
@@ -50,6 +51,8 @@ _FIT_OPTIONS = {
                 "features).", float),
     "year_scale": ("s_year on the year MAE in years (the paper: 0.1).", float),
     "task_weights": ("equal, auto (from validation loss ratios), uncertainty, or artist=1,type=0.5,...", str),
+    "artist_init": ("lda: the artist's linear weights on the features start at the training split's shrinkage LDA, "
+                    "their L2 prior centred there; zero: at zero, like the other heads.", click.Choice(ARTIST_INITS)),
 }
 _RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",
                     "min_class_samples", "seed")

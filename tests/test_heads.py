@@ -695,7 +695,8 @@ def test_the_shared_layer_carries_every_tasks_l2_prior():
 
 def test_fit_learns_input_standardisation_and_starts_from_the_priors(tmp_path):
     """The model holds the training split's feature mean/std (predict applies them) and its heads start at zero
-    weights with biases at the label priors, so epoch 0 is the constant prediction."""
+    weights with biases at the label priors, so epoch 0 is the constant prediction (artist_init zero; the
+    default LDA start of the artist is tested below)."""
     from omniart.heads.training import Trainer, device_data
     from omniart.pipeline.fitting import open_labelled_cache, split_arrays
 
@@ -703,7 +704,7 @@ def test_fit_learns_input_standardisation_and_starts_from_the_priors(tmp_path):
     data["x"] = data["x"] * 5.0 + 3.0  # far from standardised
     cache, metadata = write_planted(tmp_path, data)
     config = FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
-                       min_artist_samples=1, min_class_samples=1, device="cpu", progress=False)
+                       min_artist_samples=1, min_class_samples=1, device="cpu", progress=False, artist_init="zero")
     tasks = ("artist", "type", "material", "year")
     store, labels, _ = open_labelled_cache(config, tasks)
     part = split_arrays(store, labels, tasks, "train")
@@ -720,6 +721,71 @@ def test_fit_learns_input_standardisation_and_starts_from_the_priors(tmp_path):
     np.testing.assert_allclose(before["type"][0], labels.types[typed].mean(0), rtol=1e-3)
     assert before["year"][0] == pytest.approx(float(np.median(labels.year[train])), abs=1e-2)
     assert (before["year"] == before["year"][0]).all()  # the same for every row: zero head weights
+
+
+def _lda_problem(rows=500, dim=24, classes=9, seed=0):
+    """Features far from standardised, one large class and small ones, a constant feature, unlabelled rows and a
+    class without any row (id classes - 1)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes - 1, rows)
+    y[:150] = 0
+    x = (rng.normal(size=(rows, dim)) + 1.5 * rng.normal(size=(classes, dim))[y]) * 4.0 + 10.0
+    x[:, 5] = 2.0
+    y[-7:] = -1
+    return x.astype(np.float32), y
+
+
+def test_shrinkage_lda_is_scikit_learns_lsqr_auto_lda():
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from omniart.heads.lda import shrinkage_lda
+
+    x, y = _lda_problem()
+    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x[y >= 0], y[y >= 0])
+    coef, intercept = shrinkage_lda(torch.from_numpy(x), torch.from_numpy(y), 9, block=64)
+    assert coef.shape == (9, 24) and intercept.shape == (9,)
+    np.testing.assert_allclose(coef[:8].numpy(), reference.coef_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(intercept[:8].numpy(), reference.intercept_, rtol=1e-4, atol=1e-4)
+    assert not coef[8].any() and intercept[8] == pytest.approx(math.log(1e-4))  # no rows: the prior floor
+
+
+def test_the_artist_head_starts_at_the_lda_and_its_l2_prior_centres_there():
+    """Default (linear path): the model's first prediction is the LDA's of the standardised features, and a step
+    whose loss gradient is zero leaves the LDA rows where they are (the penalty is centred there, not at zero).
+    artist_init zero starts at the prior; the paper's net cannot take lda."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from omniart.heads.config import HeadsConfig
+    from omniart.heads.training import Trainer, device_data
+
+    x, y = _lda_problem()
+    rng = np.random.default_rng(1)
+    targets = {"type": rng.integers(0, 2, (len(x), 3)), "artist": y}
+    data = device_data(x, targets, ("type", "artist"), "cpu", n_classes={"artist": 9})
+    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(
+        (x[y >= 0] - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0), y[y >= 0])
+    for shared_size in (8, 0):
+        trainer = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=shared_size, weight_decay=0.5), "cpu")
+        first = trainer.model.predict(torch.from_numpy(x[:40]))["artist"]
+        np.testing.assert_allclose(first[:, :8], reference.predict_proba((x[:40] - x.mean(0)) /
+                                   np.where(x.std(0) > 0, x.std(0), 1.0)), atol=2e-4)
+        before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+        for parameter in trainer.model.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        trainer.step()
+        weight = "direct.weight" if shared_size else "heads.artist_head.weight"
+        after = dict(trainer.model.named_parameters())
+        assert before[weight].abs().max() > 0.1
+        torch.testing.assert_close(after[weight], before[weight], rtol=0, atol=1e-7)
+    assert data.artist_lda is not None  # computed once: both trainers read the same discriminant
+    zero = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=8, artist_init="zero"), "cpu")
+    assert not zero.model.direct.weight.any()
+    paper = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=8, linear_path=False), "cpu")
+    assert not paper.model.heads["artist_head"].weight.any()  # auto: zero without a linear path
+    with pytest.raises(HeadsError, match="--artist-init lda needs the artist head to read the features linearly"):
+        HeadsConfig(shared_size=8, linear_path=False, artist_init="lda").check()
+    with pytest.raises(HeadsError, match="--artist-init 'pca' is unknown: use lda or zero"):
+        HeadsConfig(artist_init="pca").check()
 
 
 def test_models_saved_before_input_standardisation_still_load(planted_run, tmp_path):
