@@ -9,7 +9,8 @@ For each split (K = minimum samples per artist: 100 is the paper's Table 3 row, 
 samples each) and generator, one run: the default multi-task fit with `--single-task-baselines` (the four
 single-task fits), the same fit with `--shared-size 0` (linear heads), and the scikit-learn probes on the very
 rows, classes and metric code of the fit (standardised features; multinomial LogisticRegression for the
-artist, one LogisticRegression per type and material class, Ridge for the year), with the seconds of each;
+artist, one LogisticRegression per type and material class, Ridge for the year; and the artist's shrinkage
+LinearDiscriminantAnalysis, the generative baseline), with the seconds of each;
 with `--fit-seeds N` every fit runs with N seeds and the goals are judged on the means.
 Prints one JSON object with the goals checked.
 """
@@ -71,6 +72,7 @@ def planted_features(labels, generator: str, dim: int = 2048, seed: int = 0, noi
 
 def probes(labels, features: np.ndarray, tasks=TASKS) -> dict:
     """scikit-learn probes on the LabelSet's train split, scored on its test split with heads.metrics."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
 
@@ -92,6 +94,14 @@ def probes(labels, features: np.ndarray, tasks=TASKS) -> dict:
             # lbfgs stops on its gradient tolerance (1e-4 on the mean loss) far before max_iter (K = 10: after 20
             # iterations): recorded so the figure says how it was reached
             extra = {"lbfgs_iterations": int(model.n_iter_.max())}
+            # the generative baseline the fit starts its artist at (--artist-init lda), scikit-learn's own: the
+            # strongest simple artist read-out measured on these features (K = 10 non-linear: 0.700 against 0.677)
+            lda_start = time.perf_counter()
+            lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x_train[rows], y)
+            lda_prediction = np.zeros_like(prediction)
+            lda_prediction[:, lda.classes_] = lda.predict_proba(x_test)
+            extra["lda"] = dict(task_metrics(task, lda_prediction, targets[task][test]),
+                                seconds=round(time.perf_counter() - lda_start, 2))
         elif task == "year":
             prediction = Ridge(alpha=1.0).fit(x_train[rows], y).predict(x_test).astype(np.float32)
         else:
@@ -101,8 +111,8 @@ def probes(labels, features: np.ndarray, tasks=TASKS) -> dict:
                     prediction[:, k] = y[0, k]
                     continue
                 prediction[:, k] = LogisticRegression(max_iter=300).fit(x_train[rows], y[:, k]).predict_proba(x_test)[:, 1]
-        results[task] = dict(task_metrics(task, prediction, targets[task][test]), seconds=round(time.perf_counter() - start, 2),
-                             **extra)
+        results[task] = dict(task_metrics(task, prediction, targets[task][test]),
+                             seconds=round(time.perf_counter() - start - extra.get("lda", {}).get("seconds", 0), 2), **extra)
         print(json.dumps({"probe": task, **results[task]}), file=sys.stderr, flush=True)  # a long run shows its way
     return results
 
@@ -134,6 +144,7 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
     # the cheap ridge first; each probe prints its figures as it ends (type: 122 logistic regressions at K = 10, 3 min)
     probe = probes(run_labels, features, tasks=("year", "type", "material", "artist"))
     rows["probe"] = {task: probe[task][SCORE[task]] for task in TASKS}
+    rows["lda_probe"] = {"artist": probe["artist"]["lda"]["accuracy"]}
     seconds = _mean([run[1] for run in runs])
     seconds.update(probe={task: probe[task]["seconds"] for task in TASKS},
                    probes_total=round(sum(probe[task]["seconds"] for task in TASKS), 2))
@@ -184,6 +195,7 @@ def goals(rows: dict, seconds: dict, generator: str) -> dict:
         "every_task_at_least_probe": {task: _at_least(multi[task], probe[task], task) for task in TASKS},
         "multi_at_least_single": {task: _at_least(multi[task], single[task], task, year_ratio=1.01) for task in TASKS},
         "multi_faster_than_probes": seconds["multi_task_train"] < seconds["probes_total"],
+        "artist_at_least_lda": _at_least(multi["artist"], rows["lda_probe"]["artist"], "artist"),
     }
     if generator == "nonlinear":  # a hidden layer should pay off here: better than the probe (not just within noise)
         checked["multi_better_than_probe"] = {task: (multi[task] < 0.98 * probe[task]) if task == "year"

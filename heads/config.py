@@ -47,7 +47,7 @@ class HeadsConfig:
     # lda: the artist's linear weights on the standardised features (its linear-path rows, or its head with
     # shared_size 0) start at the training split's shrinkage LDA (heads.lda) and their L2 prior centres there, not
     # at zero; zero: they start at zero like every other head. bench_quality.py, K = 10 non-linear, 1,196 artists
-    # with ~48 training rows each: artist accuracy 0.678 from zero, below the logistic probe's 0.677 + 0.01.
+    # with ~48 training rows each, H = 1024: artist accuracy 0.678 from zero, 0.704 from the LDA (probe 0.677).
     artist_init: Optional[str] = field(default=None, metadata={"auto": "lda where the artist head reads the features "
                                                                        "linearly (the linear path or shared size 0), "
                                                                        "else zero"})

@@ -60,9 +60,11 @@ def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_pat
     assert [(run["min_artist_samples"], run["generator"]) for run in report["runs"]] == [(1100, "additive"), (1100, "nonlinear")]
     for run in report["runs"]:
         assert run["classes"]["artist"] == 6 and run["samples"]["train"] > 5000  # the real Rijks'14 labels
-        assert set(run["test"]) == {"multi_task", "single_task", "linear_heads", "probe"} and run["epochs"] == 1
-        for row in run["test"].values():
-            assert set(row) == {"artist", "type", "material", "year"} and all(value > 0 for value in row.values())
+        assert set(run["test"]) == {"multi_task", "single_task", "linear_heads", "probe", "lda_probe"} and run["epochs"] == 1
+        assert 0 < run["test"]["lda_probe"]["artist"] <= 1 and isinstance(run["goals"]["artist_at_least_lda"], bool)
+        for name, row in run["test"].items():
+            assert set(row) == ({"artist"} if name == "lda_probe" else {"artist", "type", "material", "year"})
+            assert all(value > 0 for value in row.values())
         assert set(run["goals"]["every_task_at_least_probe"]) == {"artist", "type", "material", "year"}
         assert 1 <= run["probe_details"]["artist"]["lbfgs_iterations"] <= 300
         # every fit once per seed, the goals judged on the mean; seeds give different models, one set of probes
