@@ -50,7 +50,8 @@ _FIT_OPTIONS = {
     "dropout": ("Dropout on what the heads read: the shared layer's output (with --shared-size 0, the "
                 "features).", float),
     "year_scale": ("s_year on the year MAE in years (the paper: 0.1).", float),
-    "task_weights": ("equal, auto (from validation loss ratios), uncertainty, or artist=1,type=0.5,...", str),
+    "task_weights": ("balanced (1 for artist, type and material, 0.5 for the year), equal (all 1), auto (from validation "
+                     "loss ratios), uncertainty, or artist=1,type=0.5,...", str),
     "artist_init": ("lda: the artist's linear weights on the features start at the training split's shrinkage LDA, "
                     "their L2 prior centred there; zero: at zero, like the other heads.", click.Choice(ARTIST_INITS)),
 }

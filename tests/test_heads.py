@@ -138,6 +138,9 @@ def test_auto_task_weights_rule():
 def test_parse_task_weights():
     tasks = ("artist", "type", "year")
     assert parse_task_weights("auto", tasks) == "auto"
+    assert parse_task_weights("balanced", tasks) == {"artist": 1.0, "type": 1.0, "year": 0.5}
+    assert parse_task_weights("balanced", ("artist",)) == {"artist": 1.0}  # a fit without the year
+    assert parse_task_weights("equal", tasks) == {"artist": 1.0, "type": 1.0, "year": 1.0}
     assert parse_task_weights("artist=2,year=0.5", tasks) == {"artist": 2.0, "type": 1.0, "year": 0.5}
     for bad, text in (("colour=1", "colour"), ("artist=heavy", "'heavy'"), ("artist", "TASK=NUMBER")):
         with pytest.raises(HeadsError, match=text):
