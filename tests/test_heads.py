@@ -811,3 +811,20 @@ def test_models_saved_before_input_standardisation_still_load(planted_run, tmp_p
         hidden = torch.relu(x @ state["trunk.0.weight"].T + state["trunk.0.bias"])
         year = (hidden @ state["heads.year_head.weight"].T + state["heads.year_head.bias"]).squeeze(1) * 40 + 1650
     np.testing.assert_allclose(loaded.predict(data["x"][:7])["year"], year.numpy(), rtol=1e-5)
+
+
+def test_shrinkage_lda_with_fewer_rows_than_features_is_finite_and_scikit_learns():
+    """Singular covariance (12 rows, 40 features, classes of one or two rows): the minimum-norm solution that
+    scikit-learn's lstsq gives, not the 1e30 coefficients of a plain solve that made the demo's first loss nan."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from omniart.heads.lda import shrinkage_lda
+
+    rng = np.random.default_rng(1)
+    y = np.array([0, 0, 1, 1, 2, 3, 4, 4, 5, 6, 7, 7])
+    x = (rng.normal(size=(12, 40)) + 2 * rng.normal(size=(8, 40))[y]).astype(np.float32)
+    reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(x, y)
+    coef, intercept = shrinkage_lda(torch.from_numpy(x), torch.from_numpy(y), 8)
+    assert torch.isfinite(coef).all() and torch.isfinite(intercept).all()
+    np.testing.assert_allclose(coef.numpy(), reference.coef_, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(intercept.numpy(), reference.intercept_, rtol=1e-3, atol=1e-3)
