@@ -6,6 +6,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -475,7 +476,7 @@ def denormals_flushed_now() -> bool:
 
 def cpu_threads_flushing() -> list:
     """denormals_flushed_now() of every thread of torch's CPU pool (this thread first)."""
-    return _on_every_cpu_thread(denormals_flushed_now)
+    return _on_every_cpu_thread(lambda _: denormals_flushed_now())
 
 
 @contextmanager
@@ -492,18 +493,24 @@ def _denormals_flushed(cuda: bool):
     if cuda:
         yield
         return
-    before = _on_every_cpu_thread(lambda: (denormals_flushed_now(), torch.set_flush_denormal(True))[0])
+
+    def flush(_):  # this thread's setting, before it is set
+        flushed = denormals_flushed_now()
+        torch.set_flush_denormal(True)
+        return flushed
+
+    before = _on_every_cpu_thread(flush)
     try:
         yield
     finally:
-        _on_every_cpu_thread(lambda: torch.set_flush_denormal(before[min(_thread_number(), len(before) - 1)]))
+        _on_every_cpu_thread(lambda thread: torch.set_flush_denormal(before[min(thread, len(before) - 1)]))
 
 
 @functools.lru_cache(maxsize=None)
 def _openmp():
     """torch's own OpenMP runtime (libgomp, loaded with torch on Linux), or None where it cannot be found."""
     try:
-        maps = open("/proc/self/maps").read().split()
+        maps = Path("/proc/self/maps").read_text().split()
     except OSError:
         return None
     paths = [word for word in maps if word.startswith("/") and "/libgomp" in word]
@@ -517,22 +524,18 @@ def _openmp():
 _OPENMP_TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
-def _thread_number() -> int:
-    library = _openmp()
-    return library.omp_get_thread_num() if library is not None else 0
-
-
 def _on_every_cpu_thread(function) -> list:
-    """[function() on each of torch's torch.get_num_threads() CPU threads], by OpenMP thread number (the caller's
-    is 0); only on this thread where torch's runtime is not libgomp (the flag then reaches the pool's threads
-    only as torch's kernels inherit it, if at all)."""
+    """[function(thread number) on each of torch's torch.get_num_threads() CPU threads], by OpenMP thread number
+    (the caller's is 0); only on this thread (number 0) where torch's runtime is not libgomp (the flag then
+    reaches the pool's threads only as torch's kernels inherit it, if at all)."""
     library, threads = _openmp(), torch.get_num_threads()
     if library is None or threads == 1:
-        return [function()]
+        return [function(0)]
     results = [None] * threads
 
     def task(_):  # runs on each pool thread, which takes the GIL for it (ctypes releases it for the call)
-        results[library.omp_get_thread_num()] = function()
+        thread = library.omp_get_thread_num()
+        results[thread] = function(thread)
 
     library.GOMP_parallel(_OPENMP_TASK(task), None, threads, 0)
     return results

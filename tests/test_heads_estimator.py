@@ -214,14 +214,14 @@ def test_cpu_training_flushes_denormals_leaves_the_callers_state_and_repeats_dro
     real_step = training.Trainer.step
     monkeypatch.setattr(training.Trainer, "step", lambda self: (seen.append(training.cpu_threads_flushing()),
                                                                 real_step(self)))
-    training._on_every_cpu_thread(lambda: torch.set_flush_denormal(before))
+    training._on_every_cpu_thread(lambda _: torch.set_flush_denormal(before))
     generator_state = torch.get_rng_state()
     try:
         fits = [MultiTaskHeads(shared_size=16, epochs=1, dropout=0.5, device="cpu", progress=False).fit(
             *arrays(data, "train")) for _ in range(2)]
         assert training.cpu_threads_flushing() == [before] * torch.get_num_threads()  # each thread's setting is back
     finally:
-        training._on_every_cpu_thread(lambda: torch.set_flush_denormal(False))
+        training._on_every_cpu_thread(lambda _: torch.set_flush_denormal(False))
     # every training step ran with denormals flushed on every thread of torch's pool (~100x faster on x86 CPUs)
     assert seen and all(flags == [True] * torch.get_num_threads() for flags in seen)
     # dropout drew from a seeded fork: the same fit twice, and the caller's generator untouched
