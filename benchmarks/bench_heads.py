@@ -218,6 +218,10 @@ def main(argv=None) -> dict:
                                          "multi_task_train_seconds": round(multi_seconds, 3),
                                          "every_round_train_seconds": [round(entry["train_seconds"], 3) for entry in warm["fits"]],
                                          "speedup": round(sum(single_seconds.values()) / multi_seconds, 3),
+                                         # What the speed-up can be when every fit runs at the same FLOP rate: the
+                                         # heads and their linear path from the features are not shared.
+                                         "speedup_flop_bound": round(sum(_epoch_flops(entry, args) for entry in fastest[:-1])
+                                                                     / _epoch_flops(fastest[-1], args), 3),
                                          "speedup_goal": 3.0, "paper": 2.6}
         _progress(report)
         if device.startswith("cuda"):
@@ -242,13 +246,19 @@ def _progress(report: dict) -> None:
     print(json.dumps(report), file=sys.stderr, flush=True)
 
 
-def _throughput(fitted: dict, args, reference: float) -> dict:
-    """Seconds per epoch (median after the first) and training FLOP/s against a bare matmul of the shared layer."""
+def _epoch_flops(fitted: dict, args) -> float:
+    """One epoch's training and validation FLOPs of a fit, by the formula in the module docstring."""
     train_rows, val_rows = fitted["samples"]["train"], fitted["samples"]["val"]
     outputs = sum(fitted["task_sizes"].values())
     shared, heads = args.dim * args.shared_size, args.shared_size * outputs
     direct = args.dim * outputs if fitted["linear_path"] else 0
-    epoch_flops = train_rows * (4.0 * shared + 6.0 * heads + 4.0 * direct) + 2.0 * val_rows * (shared + heads + direct)
+    return train_rows * (4.0 * shared + 6.0 * heads + 4.0 * direct) + 2.0 * val_rows * (shared + heads + direct)
+
+
+def _throughput(fitted: dict, args, reference: float) -> dict:
+    """Seconds per epoch (median after the first) and training FLOP/s against a bare matmul of the shared layer."""
+    train_rows, val_rows = fitted["samples"]["train"], fitted["samples"]["val"]
+    epoch_flops = _epoch_flops(fitted, args)
     steady = fitted["epoch_seconds"][1:] or fitted["epoch_seconds"]
     epoch_seconds = float(np.median(steady))
     return {"seconds_per_epoch": round(epoch_seconds, 4), "epoch_seconds": [round(v, 3) for v in fitted["epoch_seconds"]],
