@@ -531,13 +531,18 @@ def _on_every_cpu_thread(function) -> list:
     library, threads = _openmp(), torch.get_num_threads()
     if library is None or threads == 1:
         return [function(0)]
-    results = [None] * threads
+    results, errors = [None] * threads, []
 
     def task(_):  # runs on each pool thread, which takes the GIL for it (ctypes releases it for the call)
         thread = library.omp_get_thread_num()
-        results[thread] = function(thread)
+        try:
+            results[thread] = function(thread)
+        except BaseException as error:  # a ctypes callback would print it and drop it: raised below instead
+            errors.append(error)
 
     library.GOMP_parallel(_OPENMP_TASK(task), None, threads, 0)
+    if errors:
+        raise errors[0]
     return results
 
 

@@ -204,11 +204,13 @@ def test_fit_reports_split_leakage_and_the_duplicates_command(tmp_path):
 
 
 @pytest.mark.parametrize("before", [False, True])
-def test_cpu_training_flushes_denormals_leaves_the_callers_state_and_repeats_dropout(fitted, monkeypatch, before):
+def test_cpu_training_flushes_denormals_leaves_the_callers_state_and_repeats_dropout(fitted, monkeypatch, before,
+                                                                                   torch_all_threads):
     import torch
 
     from omniart.heads import training
 
+    torch.set_num_threads(2)  # a pool thread beside this one, whatever the machine: the flag must reach it too
     _, data = fitted
     seen = []
     real_step = training.Trainer.step
@@ -244,3 +246,19 @@ def test_similar_pairs_over_many_blocks_match_a_brute_force_search(monkeypatch):
     rows, cols, _ = duplicates.similar_pairs(features, others, threshold=0.99)
     assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(zip(*np.nonzero(between >= 0.99)))
     assert len(rows) == 4
+
+
+def test_an_error_on_a_cpu_pool_thread_reaches_the_caller(torch_all_threads):
+    """ctypes prints and drops an exception raised in a callback: the pool helper must raise it instead."""
+    import torch
+
+    from omniart.heads import training
+
+    torch.set_num_threads(2)
+
+    def fails(thread):
+        raise ValueError(f"thread {thread} failed")
+
+    with pytest.raises(ValueError, match="thread [01] failed"):
+        training._on_every_cpu_thread(fails)
+    assert training._on_every_cpu_thread(lambda thread: thread) == [0, 1]
