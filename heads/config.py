@@ -6,19 +6,20 @@ from typing import Optional
 from omniart.heads import HeadsError
 
 __all__ = ["HeadsConfig", "TASKS", "ARTIST_INITS", "EVAL_BATCH_SIZE", "artist_init", "loss_scales", "auto_weight_decay",
-           "auto_batch_size", "parse_task_weights", "check_tasks"]
+           "auto_batch_size", "balanced_year_weight", "parse_task_weights", "check_tasks"]
 
 TASKS = ("artist", "type", "material", "year")
 # auto_weight_decay's L2 coefficient times the training rows (bench_quality.py measures it against probes)
 _L2_PER_DATASET = 16.0
 # auto_batch_size: about this many optimiser steps per epoch, within these batch sizes
 _STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
-# The year's MAE pulls on the shared layer with a gradient of +-1 per sample however well its training rows are
-# fitted, while the likelihood losses' gradients fade as theirs are (the LDA-started artist's from the first
-# epoch): at equal weights the year ends up driving the layer and fitting its noise. bench_quality.py, H = 1024,
-# additive generator, year MAE at w_year 1 / 0.5 against the ridge's: K = 100 14.18 / 13.99 (13.90), K = 10
-# 15.54 / 15.30 (15.05); non-linear K = 10 27.02 at 0.5, within 1 % of the year-only fit (26.87).
-_BALANCED_YEAR_WEIGHT = 0.5
+# balanced_year_weight: w_year = min(1, sqrt(_YEAR_WEIGHT_WIDTH / H)). The year is one output reading H shared
+# units: the wider the layer, the more noise its regression fits there (the likelihood losses' gradients fade as
+# their rows are fitted; the year's stays +-1 per sample beyond its Huber threshold). bench_quality.py, K = 10,
+# year MAE against the ridge's 15.05 (additive) and the year-only fit's (non-linear): at H = 6,144 w_year 0.5
+# gave the additive 15.38 (1.022x) and 0.25 15.23; at H = 512 0.5 gave the non-linear 1.022x its year-only fit,
+# 0.71 1.003-1.008x with the additive at 15.23.
+_YEAR_WEIGHT_WIDTH = 256
 ARTIST_INITS = ("lda", "zero")  # HeadsConfig.artist_init's choices
 EVAL_BATCH_SIZE = 2048  # rows per inference pass: one (rows, H) float32 activation, 48 MiB at H = 6144
 
@@ -47,8 +48,13 @@ class HeadsConfig:
     # the last is kept (the cosine schedule's last, small steps settle at the L2-regularised optimum, and picking
     # an epoch on a small validation split is mostly noise)
     patience: Optional[int] = field(default=None, metadata={"auto": "none: every epoch runs, the last is kept"})
-    # s_year on the MAE in years; None: see loss_scales
+    # s_year on the year loss in years; None: see loss_scales
     year_scale: Optional[float] = field(default=None, metadata={"auto": "1 / std of the training years"})
+    # the year loss is Huber's (smooth L1): squared below this many standard deviations of the training years, the
+    # paper's absolute error above; 0: the MAE throughout. The MAE's gradient stays +-1 per sample however close a
+    # training row is fitted, so the shared layer keeps fitting the year's noise (bench_quality.py, K = 10, H = 512:
+    # additive year MAE 15.21 with the MAE, 15.11 with 0.25; the ridge 15.05).
+    year_huber: float = 0.25
     linear_path: bool = True  # heads also read the standardised features beside the shared layer; False: the paper's net
     # lda: the artist's linear weights on the standardised features (its linear-path rows, or its head with
     # shared_size 0) start at the training split's shrinkage LDA (heads.lda) and their L2 prior centres there, not
@@ -57,7 +63,7 @@ class HeadsConfig:
     artist_init: Optional[str] = field(default=None, metadata={"auto": "lda where the artist head reads the features "
                                                                        "linearly (the linear path or shared size 0), "
                                                                        "else zero"})
-    task_weights: str = "balanced"  # balanced | equal | auto | uncertainty | "artist=1,type=0.5,..." (parse_task_weights)
+    task_weights: str = "balanced"  # balanced (balanced_year_weight) | equal | auto | uncertainty | "artist=1,type=0.5,..." (parse_task_weights)
     class_weights: bool = False  # inverse-frequency artist class weights (paper 4.3.1, unbalanced splits)
     flip: bool = True  # train on the mirrored images' features too (random per sample and epoch) when given
     seed: int = 0
@@ -86,7 +92,8 @@ class HeadsConfig:
         if self.artist_init == "lda" and not self.linear_path and int(self.shared_size):
             raise HeadsError("--artist-init lda needs the artist head to read the features linearly: keep the linear "
                              "path (drop --no-linear-path), use --shared-size 0, or pass --artist-init zero.")
-        parse_task_weights(self.task_weights, check_tasks(self.tasks) if self.tasks is not None else TASKS)
+        parse_task_weights(self.task_weights, check_tasks(self.tasks) if self.tasks is not None else TASKS,
+                           int(self.shared_size))
 
 
 # (field, lower test, upper test, the rule in words): finite numbers in the ranges where training can work
@@ -94,7 +101,9 @@ _RANGES = (("lr", lambda v: v > 0, lambda v: v <= 1, "a finite number in (0, 1],
            ("weight_decay", lambda v: v >= 0, lambda v: v <= 10, "a finite number in [0, 10], e.g. 1e-4"),
            ("dropout", lambda v: v >= 0, lambda v: v < 1, "in [0, 1)"),
            ("warmup", lambda v: v >= 0, lambda v: v < 1, "in [0, 1)"),
-           ("year_scale", lambda v: v > 0, lambda v: v <= 1e3, "a finite number in (0, 1000], e.g. 0.1"))
+           ("year_scale", lambda v: v > 0, lambda v: v <= 1e3, "a finite number in (0, 1000], e.g. 0.1"),
+           ("year_huber", lambda v: v >= 0, lambda v: v <= 10, "in [0, 10] standard deviations of the years, e.g. 0.25 "
+                                                                "(0: the MAE)"))
 
 
 def artist_init(config: HeadsConfig) -> str:
@@ -153,10 +162,18 @@ def auto_batch_size(train_rows: int) -> int:
     return int(min(_MAX_BATCH, max(_MIN_BATCH, 2 ** round(math.log2(target)))))
 
 
-def parse_task_weights(spec, tasks) -> object:
+def balanced_year_weight(shared_size: int) -> float:
+    """The `balanced` rule's year weight: min(1, sqrt(256 / H)), H the shared layer's width (0.71 at 512, 0.5 at
+    1,024, 0.2 at 6,144; 1 without a shared layer, where no task's noise reaches another)."""
+    shared_size = int(shared_size)
+    return 1.0 if shared_size <= _YEAR_WEIGHT_WIDTH else math.sqrt(_YEAR_WEIGHT_WIDTH / shared_size)
+
+
+def parse_task_weights(spec, tasks, shared_size: int) -> object:
     """'auto' | 'uncertainty' | 'balanced' | 'equal' | 'artist=1,type=0.5' (unlisted tasks weigh 1) -> str or dict.
 
-    balanced: w = 1 for the artist, type and material, _BALANCED_YEAR_WEIGHT for the year; equal: w = 1 for all."""
+    balanced: w = 1 for the artist, type and material, balanced_year_weight(shared_size) for the year; equal: w = 1
+    for all."""
     if isinstance(spec, dict):
         spec = ",".join(f"{task}={value}" for task, value in spec.items())
     spec = str(spec).strip()
@@ -166,7 +183,7 @@ def parse_task_weights(spec, tasks) -> object:
     if spec in ("equal", ""):
         return weights
     if spec == "balanced":
-        return dict(weights, **({"year": _BALANCED_YEAR_WEIGHT} if "year" in tasks else {}))
+        return dict(weights, **({"year": balanced_year_weight(shared_size)} if "year" in tasks else {}))
     for part in spec.split(","):
         task, sep, value = part.partition("=")
         task = task.strip()

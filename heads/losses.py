@@ -14,13 +14,15 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor, sample_weights: Optio
 
 
 def task_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-                masks: Mapping[str, torch.Tensor], class_weights: Optional[torch.Tensor] = None) -> dict:
+                masks: Mapping[str, torch.Tensor], class_weights: Optional[torch.Tensor] = None,
+                year_huber: float = 0.0) -> dict:
     """Unweighted, unscaled per-task losses L_i over the labelled rows of the batch.
 
     artist: softmax cross-entropy (targets int64, -1 = none; `class_weights` (A,) weights each row by its
     class, normalised like torch's weighted mean); type/material: sigmoid BCE summed over the classes (the
-    negative log-likelihood of the sample's label set; targets multi-hot); year: mean absolute error in
-    years (targets float, nan = none).
+    negative log-likelihood of the sample's label set; targets multi-hot); year: Huber's loss in years
+    (smooth L1: r^2 / (2 year_huber) below `year_huber` years, |r| - year_huber / 2 above, so its gradient is
+    the MAE's +-1 beyond the threshold; 0: the mean absolute error; targets float, nan = none).
     """
     losses = {}
     for task, output in outputs.items():
@@ -33,7 +35,7 @@ def task_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch
             losses[task] = _masked_mean(per_row, mask, row_weights)
         elif task == "year":
             target = torch.where(mask, targets[task], output.detach().float())
-            losses[task] = _masked_mean((output.float() - target).abs(), mask)
+            losses[task] = _masked_mean(F.smooth_l1_loss(output.float(), target, reduction="none", beta=year_huber), mask)
         else:
             per_row = F.binary_cross_entropy_with_logits(output.float(), targets[task].float(), reduction="none").sum(1)
             losses[task] = _masked_mean(per_row, mask)
@@ -43,15 +45,15 @@ def task_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch
 def combined_loss(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
                   masks: Mapping[str, torch.Tensor], weights: Optional[Mapping[str, float]] = None,
                   scales: Optional[Mapping[str, float]] = None, log_vars: Optional[Mapping[str, torch.Tensor]] = None,
-                  class_weights: Optional[torch.Tensor] = None):
+                  class_weights: Optional[torch.Tensor] = None, year_huber: float = 0.0):
     """(total, per_task) with total = sum_i w_i s_i L_i over the tasks in `outputs`.
 
     s_i comes from `scales` and w_i from `weights` (each default 1). With `log_vars` (task -> learned scalar
     log-variance, Kendall et al. 2018) each term becomes exp(-log_var_i) w_i s_i L_i + log_var_i. A task with
     no labelled row in the batch adds exactly zero to the total and to every gradient. `per_task` holds the
-    unweighted L_i.
+    unweighted L_i (`year_huber`: see task_losses).
     """
-    per_task = task_losses(outputs, targets, masks, class_weights)
+    per_task = task_losses(outputs, targets, masks, class_weights, year_huber)
     total = None
     for task, loss in per_task.items():
         term = (1.0 if weights is None else float(weights.get(task, 1.0))) * \

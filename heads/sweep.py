@@ -11,7 +11,7 @@ __all__ = ["fit_many", "group_by", "STACKABLE"]
 
 # Options that may differ between configurations trained in one stacked model: they change neither the
 # parameter shapes nor the data order. Everything else (shared_size, seed, batch size, ...) splits stacks.
-STACKABLE = ("lr", "weight_decay", "warmup", "patience", "year_scale", "task_weights", "class_weights")
+STACKABLE = ("lr", "weight_decay", "warmup", "patience", "year_scale", "year_huber", "task_weights", "class_weights")
 
 
 def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_flip=None, validation=None,

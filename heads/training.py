@@ -210,10 +210,11 @@ def _batch_features(split: SplitTensors, rows: torch.Tensor, use_flip: Optional[
     return x if use_flip is None else torch.where(use_flip[rows, None], split.x_flip[rows], x)
 
 
-def split_metrics(model: OmniArtHeads, split: SplitTensors, batch_size: int) -> tuple:
-    """(metrics task -> dict, raw losses task -> float) of one split, computed on the device (no copy back)."""
+def split_metrics(model: OmniArtHeads, split: SplitTensors, batch_size: int, year_huber: float = 0.0) -> tuple:
+    """(metrics task -> dict, raw losses task -> float) of one split, computed on the device (no copy back);
+    `year_huber`: the year loss's threshold in years (task_losses)."""
     raw = model.forward_batched(split.x, batch_size)
-    losses = task_losses(raw, split.targets, split.masks)
+    losses = task_losses(raw, split.targets, split.masks, year_huber=year_huber)
     metrics = {task: task_metrics(task, probabilities(task, value), split.targets[task]) for task, value in raw.items()}
     return metrics, {task: float(value) for task, value in losses.items()}
 
@@ -271,7 +272,8 @@ class Trainer:
         self._start_at_priors()
         train_rows = len(data.train)
         self.scales = loss_scales(tasks, float(self.model.year_std), config.year_scale)
-        self.mode = parse_task_weights(config.task_weights, tasks)
+        self.year_huber = float(config.year_huber) * float(self.model.year_std)  # in years, as the year loss is
+        self.mode = parse_task_weights(config.task_weights, tasks, config.shared_size)
         self.weights = dict(self.mode) if isinstance(self.mode, dict) else {task: 1.0 for task in tasks}
         # A plain dict: nn.ParameterDict refuses the key "type" (a Module method name).
         self.log_vars = {t: torch.nn.Parameter(torch.zeros((), device=device)) for t in tasks} \
@@ -347,7 +349,7 @@ class Trainer:
     def loss(self, outputs: dict, targets: dict, masks: dict) -> torch.Tensor:
         """This model's weighted batch loss (added to the epoch's sums)."""
         total, per_task = combined_loss(outputs, targets, masks, self.weights, self.scales, self.log_vars,
-                                        self.class_weights)
+                                        self.class_weights, self.year_huber)
         values = torch.stack([total.detach()] + [per_task[t].detach() for t in self.tasks])
         self.sums = values if self.sums is None else self.sums + values
         return total
@@ -379,7 +381,7 @@ class Trainer:
                     for t in tasks})
         score = None
         if self.has_val:
-            metrics, val_losses = split_metrics(self.model, self.data.val, config.eval_batch_size)
+            metrics, val_losses = split_metrics(self.model, self.data.val, config.eval_batch_size, self.year_huber)
             row.update({f"val_{t}_loss": val_losses[t] for t in tasks})
             row.update({f"val_{t}_{name}": value for t in tasks for name, value in metrics[t].items()})
             score = _score(metrics, self.year_baseline)

@@ -49,9 +49,12 @@ _FIT_OPTIONS = {
                      "serves every task, gets it once per trained task.", float),
     "dropout": ("Dropout on what the heads read: the shared layer's output (with --shared-size 0, the "
                 "features).", float),
-    "year_scale": ("s_year on the year MAE in years (the paper: 0.1).", float),
-    "task_weights": ("balanced (1 for artist, type and material, 0.5 for the year), equal (all 1), auto (from validation "
-                     "loss ratios), uncertainty, or artist=1,type=0.5,...", str),
+    "year_scale": ("s_year on the year loss in years (the paper: 0.1).", float),
+    "year_huber": ("The year loss: squared below this many standard deviations of the training years, absolute "
+                   "error above (Huber); 0: the paper's MAE.", float),
+    "task_weights": ("balanced (1 for artist, type and material; the year min(1, sqrt(256 / shared size)): 0.5 at "
+                     "1024, 0.2 at 6144), equal (all 1), auto (from validation loss ratios), uncertainty, or "
+                     "artist=1,type=0.5,...", str),
     "artist_init": ("lda: the artist's linear weights on the features start at the training split's shrinkage LDA, "
                     "their L2 prior centred there; zero: at zero, like the other heads.", click.Choice(ARTIST_INITS)),
 }

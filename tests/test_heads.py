@@ -92,6 +92,18 @@ def test_combined_loss_weights_and_scales_on_hand_made_tensors():
     assert total.item() == pytest.approx(2.0 * artist + 2 * np.log(2.0) + 0.5 * 0.1 * 30.0, rel=1e-5)
 
 
+def test_year_huber_loss_is_squared_inside_its_threshold_and_the_mae_beyond():
+    years = torch.tensor([1600.0, 1700.0], requires_grad=True)
+    targets, masks = {"year": torch.tensor([1650.0, 1690.0])}, {"year": torch.tensor([True, True])}
+    _, per_task = combined_loss({"year": years}, targets, masks, year_huber=20.0)
+    # |r| = 50 beyond 20 years: 50 - 20 / 2; |r| = 10 within: 10^2 / (2 * 20)
+    assert per_task["year"].item() == pytest.approx(((50 - 10) + 100 / 40) / 2)
+    per_task["year"].backward()
+    # the MAE's gradient (+-1 per row, here / 2 rows) beyond the threshold, r / threshold inside it
+    assert years.grad.tolist() == pytest.approx([-0.5, 10 / 20 / 2])
+    assert combined_loss({"year": years}, targets, masks)[1]["year"].item() == pytest.approx(30.0)  # 0: the MAE
+
+
 def test_task_without_labels_in_batch_adds_exactly_zero_loss_and_gradient():
     torch.manual_seed(0)
     model = OmniArtHeads(8, 16, {"artist": 3, "type": 2, "material": 2, "year": 1})
@@ -137,14 +149,18 @@ def test_auto_task_weights_rule():
 
 def test_parse_task_weights():
     tasks = ("artist", "type", "year")
-    assert parse_task_weights("auto", tasks) == "auto"
-    assert parse_task_weights("balanced", tasks) == {"artist": 1.0, "type": 1.0, "year": 0.5}
-    assert parse_task_weights("balanced", ("artist",)) == {"artist": 1.0}  # a fit without the year
-    assert parse_task_weights("equal", tasks) == {"artist": 1.0, "type": 1.0, "year": 1.0}
-    assert parse_task_weights("artist=2,year=0.5", tasks) == {"artist": 2.0, "type": 1.0, "year": 0.5}
+    assert parse_task_weights("auto", tasks, 6144) == "auto"
+    # balanced: the year's weight falls with the shared layer's width, min(1, sqrt(256 / H))
+    assert parse_task_weights("balanced", tasks, 1024) == {"artist": 1.0, "type": 1.0, "year": 0.5}
+    assert parse_task_weights("balanced", tasks, 6144)["year"] == pytest.approx(0.2041, abs=1e-4)
+    assert parse_task_weights("balanced", tasks, 512)["year"] == pytest.approx(0.7071, abs=1e-4)
+    assert parse_task_weights("balanced", tasks, 0)["year"] == parse_task_weights("balanced", tasks, 256)["year"] == 1.0
+    assert parse_task_weights("balanced", ("artist",), 1024) == {"artist": 1.0}  # a fit without the year
+    assert parse_task_weights("equal", tasks, 6144) == {"artist": 1.0, "type": 1.0, "year": 1.0}
+    assert parse_task_weights("artist=2,year=0.5", tasks, 6144) == {"artist": 2.0, "type": 1.0, "year": 0.5}
     for bad, text in (("colour=1", "colour"), ("artist=heavy", "'heavy'"), ("artist", "TASK=NUMBER")):
         with pytest.raises(HeadsError, match=text):
-            parse_task_weights(bad, tasks)
+            parse_task_weights(bad, tasks, 6144)
 
 
 # ---- metrics ----------------------------------------------------------------------------------------
