@@ -443,6 +443,8 @@ def test_single_task_baselines_reported_side_by_side(tmp_path):
     (["--year-scale", "nan"], "--year-scale nan is out of range"),
     (["--year-scale", "inf"], "--year-scale inf is out of range"),
     (["--dropout", "1.5"], "--dropout 1.5 is out of range: it must be in [0, 1)"),
+    (["--year-huber", "-0.5"], "--year-huber -0.5 is out of range: it must be in [0, 10] standard deviations"),
+    (["--year-huber", "nan"], "--year-huber nan is out of range"),
 ])
 def test_fit_cli_errors(tmp_path, extra, text):
     data = planted(n=50)

@@ -52,6 +52,16 @@ def test_fit_on_arrays_predicts_scores_and_beats_the_constant_prediction(fitted)
     assert estimator.embed(X_test).shape == (150, 256)
 
 
+def test_the_year_huber_threshold_reaches_the_loss_and_zero_gives_the_mae(fitted):
+    estimator, data = fitted
+    last = estimator.history_[-1]  # default year_huber 0.25 std: below the MAE wherever a row is within it
+    assert 0 < last["val_year_loss"] < last["val_year_mae"]
+    X, targets = arrays(data, "train")
+    mae = MultiTaskHeads(shared_size=16, epochs=2, tasks=("year",), year_huber=0.0, device="cpu", progress=False)
+    last = mae.fit(X, targets, validation=arrays(data, "val")).history_[-1]
+    assert last["val_year_loss"] == pytest.approx(last["val_year_mae"], rel=1e-5)
+
+
 def test_save_and_load_give_the_same_predictions(fitted, tmp_path):
     estimator, data = fitted
     estimator.save(tmp_path / "model")
