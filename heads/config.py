@@ -93,7 +93,7 @@ class HeadsConfig:
             raise HeadsError("--artist-init lda needs the artist head to read the features linearly: keep the linear "
                              "path (drop --no-linear-path), use --shared-size 0, or pass --artist-init zero.")
         parse_task_weights(self.task_weights, check_tasks(self.tasks) if self.tasks is not None else TASKS,
-                           int(self.shared_size))
+                           self.shared_size)
 
 
 # (field, lower test, upper test, the rule in words): finite numbers in the ranges where training can work
@@ -131,9 +131,10 @@ def loss_scales(tasks, year_std: float, year_scale: Optional[float] = None) -> d
 
     Then every s_i L_i has a gradient of norm about 1 per sample with respect to its head's outputs, whatever
     the number of classes or the spread of the years: the cross-entropy's is softmax - one-hot, the summed
-    BCE's is sigmoid - target, and the year's MAE in standard deviations gives +-1. (The year in years would
-    pull on the shared layer ~100x harder; the paper's manual s_period = 1/10 tamed it by hand.) `year_scale`,
-    when given, is s_year on the MAE in years instead.
+    BCE's is sigmoid - target, and the year's loss in standard deviations gives +-1 (the absolute error's
+    gradient; HeadsConfig.year_huber only lets it fade below its threshold). (The year in years would pull on
+    the shared layer ~100x harder; the paper's manual s_period = 1/10 tamed it by hand.) `year_scale`, when
+    given, is s_year on the year loss in years instead.
     """
     scales = {task: 1.0 for task in tasks}
     if "year" in scales:
