@@ -144,6 +144,19 @@ def test_fit_many_stacks_configurations_and_matches_one_by_one(fitted):
         np.testing.assert_allclose([r["train_loss"] for r in a.history_], [r["train_loss"] for r in b.history_], rtol=1e-4)
 
 
+def test_year_huber_is_stackable_and_each_stacked_model_keeps_its_own_threshold(fitted):
+    _, data = fitted
+    X, targets = arrays(data, "train")
+    configs = [HeadsConfig(shared_size=32, epochs=3, year_huber=huber, device="cpu", progress=False) for huber in (0.0, 0.25)]
+    stacked = fit_many(configs, X, targets, validation=arrays(data, "val"))
+    alone = fit_many(configs, X, targets, validation=arrays(data, "val"), batched=False)
+    assert [e.stacked_ for e in stacked] == [2, 2]
+    for a, b in zip(stacked, alone):
+        np.testing.assert_allclose([r["val_year_loss"] for r in a.history_], [r["val_year_loss"] for r in b.history_], rtol=1e-4)
+    mae, huber = (e.history_[-1] for e in stacked)  # the MAE's loss is its MAE; Huber's is below it
+    assert mae["val_year_loss"] == pytest.approx(mae["val_year_mae"], rel=1e-5) and huber["val_year_loss"] < huber["val_year_mae"]
+
+
 def test_non_finite_features_are_refused_by_row(fitted):
     _, data = fitted
     X, targets = arrays(data, "train")
