@@ -126,6 +126,8 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
                 progress=False, plots=False)  # the figures are not what is compared
     if args.epochs is not None:
         base["epochs"] = args.epochs
+    if args.precision is not None:
+        base["precision"] = args.precision
     # The rows the fit will keep (its label rules); the cache holds exactly those, so every cache key joins.
     labels, _ = build_labels(RIJKS14, LabelConfig(format="rijks14", min_artist_samples=min_samples), cache_keys=all_keys())
     features = planted_features(labels, generator, args.dim, args.seed)
@@ -149,10 +151,11 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
     seconds.update(probe={task: probe[task]["seconds"] for task in TASKS},
                    probes_total=round(sum(probe[task]["seconds"] for task in TASKS), 2))
     metrics = runs[0][2]
-    model = json.loads((tmp / "seed-0" / "multi" / "config.json").read_text())["model"]
+    saved = json.loads((tmp / "seed-0" / "multi" / "config.json").read_text())
+    model = saved["model"]
     report = {"min_artist_samples": min_samples, "generator": generator, "samples": metrics["samples"],
               "classes": model["task_sizes"], "batch_size": metrics["batch_size"], "epochs": metrics["epochs"],
-              "best_epoch": metrics["best_epoch"], "shared_size": model["shared_size"], "fit_seeds": args.fit_seeds,
+              "best_epoch": metrics["best_epoch"], "shared_size": model["shared_size"], "precision": saved["fit"]["precision"], "fit_seeds": args.fit_seeds,
               "test": rows, "test_per_seed": [run[0] for run in runs], "seconds": seconds,
               "probe_details": probe, "goals": goals(rows, seconds, generator)}
     return report
@@ -214,6 +217,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--fit-seeds", type=int, default=1, help="train every fit with seeds 0 .. N-1 and judge the goals "
                         "on the mean test figures (the probes are deterministic)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--precision", default=None, choices=("float32", "bf16"),
+                        help="every fit's --precision (default: fit's default, bf16 on a GPU, float32 on a CPU)")
     parser.add_argument("--workdir", default=None, help="where the generated caches go (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.fit_seeds < 1:

@@ -6,7 +6,7 @@ from typing import Optional
 from omniart.heads import HeadsError
 
 __all__ = ["HeadsConfig", "TASKS", "ARTIST_INITS", "EVAL_BATCH_SIZE", "artist_init", "loss_scales", "auto_weight_decay",
-           "auto_batch_size", "balanced_year_weight", "parse_task_weights", "check_tasks"]
+           "auto_batch_size", "balanced_year_weight", "parse_task_weights", "check_tasks", "PRECISIONS", "bf16_autocast"]
 
 TASKS = ("artist", "type", "material", "year")
 # auto_weight_decay's L2 coefficient times the training rows (bench_quality.py measures it against probes)
@@ -21,6 +21,7 @@ _STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
 # 0.71 1.003-1.008x with the additive at 15.23.
 _YEAR_WEIGHT_WIDTH = 256
 ARTIST_INITS = ("lda", "zero")  # HeadsConfig.artist_init's choices
+PRECISIONS = ("float32", "bf16")  # HeadsConfig.precision's choices
 EVAL_BATCH_SIZE = 2048  # rows per inference pass: one (rows, H) float32 activation, 48 MiB at H = 6144
 
 
@@ -68,6 +69,10 @@ class HeadsConfig:
     flip: bool = True  # train on the mirrored images' features too (random per sample and epoch) when given
     seed: int = 0
     device: Optional[str] = field(default=None, metadata={"auto": "the GPU when present, else CPU with a warning"})
+    # bf16: training and inference under bf16 autocast (bfloat16 matmuls; float32 weights, optimiser and losses);
+    # float32 throughout. Paired CPU fits on the quality benchmark gave the same figures within the shared layer's
+    # initialisation draw and trained 1.6-1.7x faster on a CPU with AMX (bf16 units; without them bf16 is slower).
+    precision: Optional[str] = field(default=None, metadata={"auto": "bf16 on a GPU, float32 on a CPU"})
     eval_batch_size: int = EVAL_BATCH_SIZE
     progress: bool = True  # one line per epoch on stderr
 
@@ -87,6 +92,9 @@ class HeadsConfig:
                 continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low(value) and high(value)):
                 raise HeadsError(f"--{name.replace('_', '-')} {value!r} is out of range: it must be {rule}.")
+        if self.precision not in PRECISIONS + (None,):
+            raise HeadsError(f"--precision {self.precision!r} is unknown: use {' or '.join(PRECISIONS)} (bf16: autocast, "
+                             "for GPUs and CPUs with bf16 units such as AMX).")
         if self.artist_init not in ARTIST_INITS + (None,):
             raise HeadsError(f"--artist-init {self.artist_init!r} is unknown: use {' or '.join(ARTIST_INITS)}.")
         if self.artist_init == "lda" and not self.linear_path and int(self.shared_size):
@@ -111,6 +119,13 @@ def artist_init(config: HeadsConfig) -> str:
     if config.artist_init is not None:
         return config.artist_init
     return "lda" if config.linear_path or not int(config.shared_size) else "zero"
+
+
+def bf16_autocast(config: HeadsConfig, device) -> bool:
+    """Whether training and inference on `device` run under bf16 autocast, the automatic rule applied."""
+    if config.precision is not None:
+        return config.precision == "bf16"
+    return str(device).startswith("cuda")
 
 
 def check_tasks(tasks) -> tuple:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from omniart.heads import HeadsError
-from omniart.heads.config import TASKS, HeadsConfig, check_tasks
+from omniart.heads.config import TASKS, HeadsConfig, bf16_autocast, check_tasks
 
 __all__ = ["MultiTaskHeads", "MODEL_FILE"]
 
@@ -68,7 +68,7 @@ class MultiTaskHeads:
         tasks = self._tasks(targets)
         device = self._device()
         data = device_data(X, targets, tasks, device, masks=masks, X_flip=X_flip if self.config.flip else None,
-                           validation=validation, n_classes=n_classes)
+                           validation=validation, n_classes=n_classes, bf16=bf16_autocast(self.config, device))
         if not len(data.val):
             warnings.warn("no validation rows: no validation score and no early stopping; the last epoch is kept.",
                           RuntimeWarning, stacklevel=2)
@@ -128,7 +128,8 @@ class MultiTaskHeads:
 
     def predict_scores(self, X) -> dict:
         """Task -> numpy: artist softmax (N, A), type/material sigmoid (N, K), year in years (N,)."""
-        return self._fitted().predict(self._tensor(X), self.config.eval_batch_size)
+        features = self._tensor(X)
+        return self._fitted().predict(features, self.config.eval_batch_size, bf16_autocast(self.config, features.device))
 
     def predict_proba(self, X) -> dict:
         """The classification tasks' probabilities: artist (N, A) rows summing to 1, type/material (N, K) per class."""

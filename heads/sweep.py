@@ -5,7 +5,7 @@ import time
 from typing import Optional
 
 from omniart.heads import HeadsError
-from omniart.heads.config import HeadsConfig
+from omniart.heads.config import HeadsConfig, bf16_autocast
 
 __all__ = ["fit_many", "group_by", "STACKABLE"]
 
@@ -31,10 +31,11 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
     for estimator in estimators:
         estimator.config.check()
     members = [(index, estimator, estimator._tasks(targets), estimator._device()) for index, estimator in enumerate(estimators)]
-    for group in group_by(members, lambda e, tasks, device: json.dumps([list(tasks), e.config.flip, device])).values():
+    for group in group_by(members, lambda e, tasks, device: json.dumps([list(tasks), e.config.flip, device,
+                                                                         bf16_autocast(e.config, device)])).values():
         _, first, tasks, device = group[0]
         data = device_data(X, targets, tasks, device, masks=masks, X_flip=X_flip if first.config.flip else None,
-                           validation=validation, n_classes=n_classes)
+                           validation=validation, n_classes=n_classes, bf16=bf16_autocast(first.config, device))
         for stack in group_by(group, lambda e, tasks, device: _stack_key(e.config)).values():
             if batched and len(stack) > 1:
                 started = time.perf_counter()

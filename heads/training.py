@@ -14,7 +14,8 @@ import torch
 
 from omniart.cache.format import non_finite_rows
 from omniart.heads import HeadsError
-from omniart.heads.config import HeadsConfig, artist_init, auto_batch_size, auto_weight_decay, loss_scales, parse_task_weights
+from omniart.heads.config import (HeadsConfig, artist_init, auto_batch_size, auto_weight_decay, bf16_autocast, loss_scales,
+                                  parse_task_weights)
 from omniart.heads.lda import shrinkage_lda
 from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights, task_losses
 from omniart.heads.metrics import labelled_rows, task_metrics
@@ -82,7 +83,8 @@ def _as_targets(task: str, values, rows: int, size: Optional[int], where: str) -
     return values.astype(np.uint8)
 
 
-def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes: dict, device, where: str) -> SplitTensors:
+def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes: dict, device, where: str,
+                   half: bool) -> SplitTensors:
     x = np.asarray(x)
     if x.ndim != 2 or x.dtype.kind != "f":
         raise HeadsError(f"{where} features must be a 2-d float array (rows, feature_dim), got shape {x.shape} of {x.dtype}.")
@@ -112,10 +114,10 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
         x_flip = np.asarray(x_flip)
         if x_flip.shape != x.shape:
             raise HeadsError(f"{where} X_flip has shape {x_flip.shape} but X has {x.shape}: one mirrored row per row.")
-    # On CPU torch.from_numpy shares the arrays' memory (no copy of a float16 cache); a GPU holds float16, which
-    # bf16 autocast reads anyway (half the device memory), unless float32 values lie beyond float16's range.
+    # On CPU torch.from_numpy shares the arrays' memory (no copy of a float16 cache); a GPU training in bf16 holds
+    # float16, which bf16 autocast reads anyway (half the device memory), unless values lie beyond float16's range.
     dtype = None
-    if torch.device(device).type == "cuda":
+    if half and torch.device(device).type == "cuda":
         peaks = [float(np.abs(values).max(initial=0.0)) for values in (x, x_flip) if values is not None]
         dtype = torch.float16 if max(peaks) <= float(np.finfo(np.float16).max) else None
 
@@ -128,9 +130,11 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
 
 
 def device_data(X, targets: dict, tasks: tuple, device, masks: Optional[dict] = None, X_flip=None,
-                validation=None, n_classes: Optional[dict] = None) -> DeviceData:
+                validation=None, n_classes: Optional[dict] = None, bf16: Optional[bool] = None) -> DeviceData:
     """Arrays -> DeviceData. `validation`: None or (X_val, targets_val[, masks_val]); `n_classes`: task -> width
-    (artist: the number of ids, default the largest id + 1; type/material: the columns)."""
+    (artist: the number of ids, default the largest id + 1; type/material: the columns); `bf16`: whether training
+    reads the features under bf16 autocast (None: on a GPU), which lets a GPU hold them in float16."""
+    half = str(device).startswith("cuda") if bf16 is None else bool(bf16)
     missing = [task for task in tasks if task not in targets]
     if missing:
         raise HeadsError(f"training targets have no {', '.join(missing)}; pass them or train tasks="
@@ -146,16 +150,16 @@ def device_data(X, targets: dict, tasks: tuple, device, masks: Optional[dict] = 
     for task in tasks:
         if sizes[task] < 1:
             raise HeadsError(f"task {task} has no classes; drop it from tasks or give it labels.")
-    train = _split_tensors(X, targets, masks, X_flip, tasks, sizes, device, "training")
+    train = _split_tensors(X, targets, masks, X_flip, tasks, sizes, device, "training", half)
     if validation is None:
         val = _split_tensors(np.empty((0, train.x.shape[1]), np.asarray(X).dtype), {t: _empty_target(t, sizes) for t in tasks},
-                             None, None, tasks, sizes, device, "validation")
+                             None, None, tasks, sizes, device, "validation", half)
     else:
         if len(validation) not in (2, 3):
             raise HeadsError(f"validation must be (X_val, targets_val) or (X_val, targets_val, masks_val), "
                              f"got a {type(validation).__name__} of {len(validation)} items.")
         val = _split_tensors(validation[0], validation[1], validation[2] if len(validation) == 3 else None, None, tasks,
-                             sizes, device, "validation")
+                             sizes, device, "validation", half)
         if val.x.shape[1] != train.x.shape[1]:
             raise HeadsError(f"validation features have {val.x.shape[1]} columns but the training features "
                              f"{train.x.shape[1]}: both must come from the same backbone.")
@@ -210,10 +214,11 @@ def _batch_features(split: SplitTensors, rows: torch.Tensor, use_flip: Optional[
     return x if use_flip is None else torch.where(use_flip[rows, None], split.x_flip[rows], x)
 
 
-def split_metrics(model: OmniArtHeads, split: SplitTensors, batch_size: int, year_huber: float = 0.0) -> tuple:
+def split_metrics(model: OmniArtHeads, split: SplitTensors, batch_size: int, year_huber: float = 0.0,
+                  bf16: Optional[bool] = None) -> tuple:
     """(metrics task -> dict, raw losses task -> float) of one split, computed on the device (no copy back);
-    `year_huber`: the year loss's threshold in years (task_losses)."""
-    raw = model.forward_batched(split.x, batch_size)
+    `year_huber`: the year loss's threshold in years (task_losses); `bf16`: autocast (None: on a GPU)."""
+    raw = model.forward_batched(split.x, batch_size, bf16)
     losses = task_losses(raw, split.targets, split.masks, year_huber=year_huber)
     metrics = {task: task_metrics(task, probabilities(task, value), split.targets[task]) for task, value in raw.items()}
     return metrics, {task: float(value) for task, value in losses.items()}
@@ -381,7 +386,8 @@ class Trainer:
                     for t in tasks})
         score = None
         if self.has_val:
-            metrics, val_losses = split_metrics(self.model, self.data.val, config.eval_batch_size, self.year_huber)
+            metrics, val_losses = split_metrics(self.model, self.data.val, config.eval_batch_size, self.year_huber,
+                                                bf16_autocast(config, self.data.train.x.device))
             row.update({f"val_{t}_loss": val_losses[t] for t in tasks})
             row.update({f"val_{t}_{name}": value for t in tasks for name, value in metrics[t].items()})
             score = _score(metrics, self.year_baseline)
@@ -427,12 +433,13 @@ class Trainer:
 def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, forward, update) -> list:
     """The epoch loop shared by one model and a stack: returns each trainer's Outcome.
 
-    Every epoch draws one data order and flip mask from `config.seed`; per batch, `forward(features)` (bf16
-    autocast on GPU) gives the outputs and `update(active, outputs, targets, masks)` steps the trainers whose
+    Every epoch draws one data order and flip mask from `config.seed`; per batch, `forward(features)` (under bf16
+    autocast where `config.precision` says so) gives the outputs and `update(active, outputs, targets, masks)` steps the trainers whose
     indices are in `active` (those not yet stopped early). Each active trainer then ends its epoch.
     """
     generator = torch.Generator(device=device).manual_seed(config.seed)
     cuda = torch.device(device).type == "cuda"
+    bf16 = bf16_autocast(config, device)
     tasks, train = trainers[0].tasks, data.train
     n_train, batch = len(train), trainers[0].batch_size
     flip = train.x_flip is not None and config.flip
@@ -454,7 +461,7 @@ def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, fo
             use_flip = torch.rand(n_train, generator=generator, device=device) < 0.5 if flip else None
             for start in range(0, n_train, batch):
                 rows = order[start:start + batch]
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                     outputs = forward(_batch_features(train, rows, use_flip))
                 update(active, outputs, {t: train.targets[t][rows] for t in tasks},
                        {t: train.masks[t][rows] for t in tasks})

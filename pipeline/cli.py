@@ -9,7 +9,7 @@ from omniart.cache.errors import cli_errors
 from omniart.cache.exchange import EXPORT_FORMATS, export_cache, import_embeddings
 from omniart.extract.cli import BackboneName
 from omniart.extract.config import ExtractConfig
-from omniart.heads.config import ARTIST_INITS
+from omniart.heads.config import ARTIST_INITS, PRECISIONS
 from omniart.heads.duplicates import near_duplicates
 from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline.end_to_end import RunConfig
@@ -57,9 +57,11 @@ _FIT_OPTIONS = {
                      "artist=1,type=0.5,...", str),
     "artist_init": ("lda: the artist's linear weights on the features start at the training split's shrinkage LDA, "
                     "their L2 prior centred there; zero: at zero, like the other heads.", click.Choice(ARTIST_INITS)),
+    "precision": ("bf16: training and inference under bf16 autocast (1.6-1.7x faster on a CPU with AMX, same "
+                  "quality); float32 throughout.", click.Choice(PRECISIONS)),
 }
 _RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",
-                    "min_class_samples", "seed")
+                    "min_class_samples", "seed", "precision")
 
 
 def _shown_default(name: str) -> str:

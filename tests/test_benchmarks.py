@@ -58,11 +58,13 @@ def test_bench_heads_reports_every_cpu_figure(tmp_path):
 
 def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_path, capsys):
     report = run_bench_here(capsys, "bench_quality.py", "--splits", "1100", "--generators", "additive,nonlinear", "--dim", "32",
-                       "--shared-size", "16", "--epochs", "1", "--fit-seeds", "2", "--device", "cpu", "--workdir", str(tmp_path))
+                       "--shared-size", "16", "--epochs", "1", "--fit-seeds", "2", "--device", "cpu", "--precision", "bf16",
+                            "--workdir", str(tmp_path))
     assert [(run["min_artist_samples"], run["generator"]) for run in report["runs"]] == [(1100, "additive"), (1100, "nonlinear")]
     for run in report["runs"]:
         assert run["classes"]["artist"] == 6 and run["samples"]["train"] > 5000  # the real Rijks'14 labels
         assert set(run["test"]) == {"multi_task", "single_task", "linear_heads", "probe", "lda_probe"} and run["epochs"] == 1
+        assert run["precision"] == "bf16"  # --precision reaches the fits (their saved config)
         assert 0 < run["test"]["lda_probe"]["artist"] <= 1 and isinstance(run["goals"]["artist_at_least_lda"], bool)
         for name, row in run["test"].items():
             assert set(row) == ({"artist"} if name == "lda_probe" else {"artist", "type", "material", "year"})

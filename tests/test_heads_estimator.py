@@ -75,6 +75,36 @@ def test_save_and_load_give_the_same_predictions(fitted, tmp_path):
     assert '"shared_size": 256' in info and '"torch":' in info  # the config and the software versions, readable
 
 
+def test_bf16_precision_trains_and_predicts_under_autocast_with_the_float32_quality(fitted, tmp_path):
+    """precision bf16 on CPU: the fit and its predictions run under bf16 autocast (scores differ from the float32
+    fit's, in rounding only), the test metrics match float32's, and the choice is saved with the model."""
+    from omniart.heads.config import bf16_autocast
+
+    estimator, data = fitted  # float32: the CPU's automatic choice
+    assert estimator.config.precision is None and not bf16_autocast(estimator.config, "cpu")
+    assert bf16_autocast(estimator.config, "cuda:0") and not bf16_autocast(HeadsConfig(precision="float32"), "cuda")
+    X, targets = arrays(data, "train")
+    bf16 = MultiTaskHeads(shared_size=256, device="cpu", progress=False, precision="bf16").fit(
+        X, targets, validation=arrays(data, "val"))
+    X_test, truth = arrays(data, "test")
+    half, full = bf16.predict_scores(X_test), estimator.predict_scores(X_test)
+    assert 1e-4 < np.abs(half["artist"] - full["artist"]).max() < 0.1  # autocast engaged, rounding apart
+    ours, theirs = bf16.score(X_test, truth), estimator.score(X_test, truth)
+    assert ours["artist"]["accuracy"] >= theirs["artist"]["accuracy"] - 0.02
+    for task in ("type", "material"):
+        assert ours[task]["map"] >= theirs[task]["map"] - 0.02
+    assert ours["year"]["mae"] <= theirs["year"]["mae"] * 1.03
+    bf16.save(tmp_path / "model")
+    loaded = MultiTaskHeads.load(tmp_path / "model")
+    assert loaded.config.precision == "bf16"
+    np.testing.assert_array_equal(loaded.predict_scores(X_test)["artist"], half["artist"])
+    with pytest.raises(HeadsError, match="--precision 'fp16' is unknown: use float32 or bf16"):
+        HeadsConfig(precision="fp16").check()
+    result = CliRunner().invoke(main, ["fit", str(tmp_path / "cache"), "--metadata", "m.csv", "--out",
+                                       str(tmp_path / "run"), "--precision", "fp16"])
+    assert result.exit_code == 2 and "Invalid value for '--precision'" in result.output
+
+
 def test_a_subset_of_tasks_from_the_targets_given(fitted):
     _, data = fitted
     X, targets = arrays(data, "train")
