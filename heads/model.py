@@ -1,6 +1,4 @@
 """The OmniArt network on cached features: one shared ReLU layer (or none) and one linear head per task."""
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,10 +85,8 @@ class OmniArtHeads(nn.Module):
         self.load_state_dict(state)
 
     @torch.no_grad()
-    def forward_batched(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, bf16: Optional[bool] = None) -> dict:
-        """forward() over `x` in eval mode and large batches, under bf16 autocast if `bf16` (None: on a GPU);
-        float32 outputs."""
-        bf16 = x.device.type == "cuda" if bf16 is None else bool(bf16)
+    def forward_batched(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False) -> dict:
+        """forward() over `x` in eval mode and large batches, under bf16 autocast if `bf16`; float32 outputs."""
         was_training = self.training
         self.eval()
         parts = {task: [] for task in self.task_sizes}
@@ -106,7 +102,7 @@ class OmniArtHeads(nn.Module):
                 torch.empty((0,) if task == "year" else (0, self.task_sizes[task]), device=x.device)
                 for task, values in parts.items()}
 
-    def predict(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, bf16: Optional[bool] = None) -> dict:
+    def predict(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False) -> dict:
         """Task -> numpy array: artist softmax (N,A), type/material sigmoid (N,K), year in years (N,)."""
         return {task: probabilities(task, value).cpu().numpy()
                 for task, value in self.forward_batched(x, batch_size, bf16).items()}

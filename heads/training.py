@@ -84,7 +84,7 @@ def _as_targets(task: str, values, rows: int, size: Optional[int], where: str) -
 
 
 def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes: dict, device, where: str,
-                   half: bool) -> SplitTensors:
+                   bf16: bool) -> SplitTensors:
     x = np.asarray(x)
     if x.ndim != 2 or x.dtype.kind != "f":
         raise HeadsError(f"{where} features must be a 2-d float array (rows, feature_dim), got shape {x.shape} of {x.dtype}.")
@@ -117,7 +117,7 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
     # On CPU torch.from_numpy shares the arrays' memory (no copy of a float16 cache); a GPU training in bf16 holds
     # float16, which bf16 autocast reads anyway (half the device memory), unless values lie beyond float16's range.
     dtype = None
-    if half and torch.device(device).type == "cuda":
+    if bf16 and torch.device(device).type == "cuda":
         peaks = [float(np.abs(values).max(initial=0.0)) for values in (x, x_flip) if values is not None]
         dtype = torch.float16 if max(peaks) <= float(np.finfo(np.float16).max) else None
 
@@ -130,11 +130,10 @@ def _split_tensors(x, targets: dict, masks: Optional[dict], x_flip, tasks, sizes
 
 
 def device_data(X, targets: dict, tasks: tuple, device, masks: Optional[dict] = None, X_flip=None,
-                validation=None, n_classes: Optional[dict] = None, bf16: Optional[bool] = None) -> DeviceData:
+                validation=None, n_classes: Optional[dict] = None, bf16: bool = False) -> DeviceData:
     """Arrays -> DeviceData. `validation`: None or (X_val, targets_val[, masks_val]); `n_classes`: task -> width
     (artist: the number of ids, default the largest id + 1; type/material: the columns); `bf16`: whether training
-    reads the features under bf16 autocast (None: on a GPU), which lets a GPU hold them in float16."""
-    half = str(device).startswith("cuda") if bf16 is None else bool(bf16)
+    reads the features under bf16 autocast, which lets a GPU hold them in float16."""
     missing = [task for task in tasks if task not in targets]
     if missing:
         raise HeadsError(f"training targets have no {', '.join(missing)}; pass them or train tasks="
@@ -150,16 +149,16 @@ def device_data(X, targets: dict, tasks: tuple, device, masks: Optional[dict] = 
     for task in tasks:
         if sizes[task] < 1:
             raise HeadsError(f"task {task} has no classes; drop it from tasks or give it labels.")
-    train = _split_tensors(X, targets, masks, X_flip, tasks, sizes, device, "training", half)
+    train = _split_tensors(X, targets, masks, X_flip, tasks, sizes, device, "training", bf16)
     if validation is None:
         val = _split_tensors(np.empty((0, train.x.shape[1]), np.asarray(X).dtype), {t: _empty_target(t, sizes) for t in tasks},
-                             None, None, tasks, sizes, device, "validation", half)
+                             None, None, tasks, sizes, device, "validation", bf16)
     else:
         if len(validation) not in (2, 3):
             raise HeadsError(f"validation must be (X_val, targets_val) or (X_val, targets_val, masks_val), "
                              f"got a {type(validation).__name__} of {len(validation)} items.")
         val = _split_tensors(validation[0], validation[1], validation[2] if len(validation) == 3 else None, None, tasks,
-                             sizes, device, "validation", half)
+                             sizes, device, "validation", bf16)
         if val.x.shape[1] != train.x.shape[1]:
             raise HeadsError(f"validation features have {val.x.shape[1]} columns but the training features "
                              f"{train.x.shape[1]}: both must come from the same backbone.")
@@ -215,9 +214,9 @@ def _batch_features(split: SplitTensors, rows: torch.Tensor, use_flip: Optional[
 
 
 def split_metrics(model: OmniArtHeads, split: SplitTensors, batch_size: int, year_huber: float = 0.0,
-                  bf16: Optional[bool] = None) -> tuple:
+                  bf16: bool = False) -> tuple:
     """(metrics task -> dict, raw losses task -> float) of one split, computed on the device (no copy back);
-    `year_huber`: the year loss's threshold in years (task_losses); `bf16`: autocast (None: on a GPU)."""
+    `year_huber`: the year loss's threshold in years (task_losses); `bf16`: under bf16 autocast."""
     raw = model.forward_batched(split.x, batch_size, bf16)
     losses = task_losses(raw, split.targets, split.masks, year_huber=year_huber)
     metrics = {task: task_metrics(task, probabilities(task, value), split.targets[task]) for task, value in raw.items()}
