@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from omniart.heads.config import PRECISIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 RIJKS14 = ROOT.parent / "shared" / "data" / "rijks14" / "rijksgt.mat"
 TASKS = ("artist", "type", "material", "year")
@@ -155,7 +157,8 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
     model = saved["model"]
     report = {"min_artist_samples": min_samples, "generator": generator, "samples": metrics["samples"],
               "classes": model["task_sizes"], "batch_size": metrics["batch_size"], "epochs": metrics["epochs"],
-              "best_epoch": metrics["best_epoch"], "shared_size": model["shared_size"], "precision": saved["fit"]["precision"], "fit_seeds": args.fit_seeds,
+              "best_epoch": metrics["best_epoch"], "shared_size": model["shared_size"],
+              "precision": saved["fit"]["precision"], "fit_seeds": args.fit_seeds,
               "test": rows, "test_per_seed": [run[0] for run in runs], "seconds": seconds,
               "probe_details": probe, "goals": goals(rows, seconds, generator)}
     return report
@@ -217,7 +220,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--fit-seeds", type=int, default=1, help="train every fit with seeds 0 .. N-1 and judge the goals "
                         "on the mean test figures (the probes are deterministic)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--precision", default=None, choices=("float32", "bf16"),
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="every fit's --precision (default: fit's default, bf16 on a GPU, float32 on a CPU)")
     parser.add_argument("--workdir", default=None, help="where the generated caches go (default: a temp dir)")
     args = parser.parse_args(argv)

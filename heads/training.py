@@ -277,6 +277,7 @@ class Trainer:
         train_rows = len(data.train)
         self.scales = loss_scales(tasks, float(self.model.year_std), config.year_scale)
         self.year_huber = float(config.year_huber) * float(self.model.year_std)  # in years, as the year loss is
+        self.bf16 = bf16_autocast(config, device)  # validation computes as training does
         self.mode = parse_task_weights(config.task_weights, tasks, config.shared_size)
         self.weights = dict(self.mode) if isinstance(self.mode, dict) else {task: 1.0 for task in tasks}
         # A plain dict: nn.ParameterDict refuses the key "type" (a Module method name).
@@ -386,7 +387,7 @@ class Trainer:
         score = None
         if self.has_val:
             metrics, val_losses = split_metrics(self.model, self.data.val, config.eval_batch_size, self.year_huber,
-                                                bf16_autocast(config, self.data.train.x.device))
+                                                self.bf16)
             row.update({f"val_{t}_loss": val_losses[t] for t in tasks})
             row.update({f"val_{t}_{name}": value for t in tasks for name, value in metrics[t].items()})
             score = _score(metrics, self.year_baseline)
