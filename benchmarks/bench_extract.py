@@ -144,7 +144,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from omniart.cache.environment import keep_freed_memory
-
-    keep_freed_memory()  # as omni-extract does for its process: the bare forward is measured on equal terms
     main()

@@ -83,9 +83,6 @@ def _fit_child(job: dict, queue) -> None:
     """
     import torch
 
-    from omniart.cache.environment import keep_freed_memory
-
-    keep_freed_memory()  # as omni-heads does for its process: the fits are timed as the command runs them
     # Imported before the baseline: the memory figure is the fit's data, not the ~120 MB of modules (pandas,
     # pyarrow, scipy) that reading the labels imports.
     import pandas  # noqa: F401

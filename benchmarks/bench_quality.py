@@ -246,7 +246,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from omniart.cache.environment import keep_freed_memory
-
-    keep_freed_memory()  # as omni-heads does for its process: the fits are timed as the command runs them
     main()

@@ -1,7 +1,4 @@
-"""Where a worker runs (its device and its part of the work, from options or torchrun/Slurm variables) and how its process
-allocates memory: shared by both phases."""
-import ctypes
-import ctypes.util
+"""Where a worker runs (its device and its part of the work, from options or torchrun/Slurm variables): shared by both phases."""
 import os
 import warnings
 from dataclasses import dataclass
@@ -9,7 +6,7 @@ from typing import Mapping, Optional
 
 from omniart.cache.errors import OmniError
 
-__all__ = ["WorkerShard", "resolve_shard", "resolve_device", "software_versions", "keep_freed_memory"]
+__all__ = ["WorkerShard", "resolve_shard", "resolve_device", "software_versions"]
 
 
 @dataclass(frozen=True)
@@ -89,28 +86,6 @@ def software_versions() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-# glibc's mallopt parameters (malloc.h) and the block size up to which freed memory is kept for reuse
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEEP_FREED_BELOW = 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """Have the C allocator keep freed blocks up to 1 GiB for reuse; for a command's own process (the CLIs and the
-    benchmarks call it first), never from library code: it changes how the whole process allocates.
-
-    glibc serves a block over 32 MiB with a fresh mmap and unmaps it when it is freed, so every training step's
-    float32 weight gradient of the (6144, 2048) shared layer (50 MB) faulted in 12,288 new pages, and every
-    ResNet-50 batch its early activations (PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for the same
-    reason). Kept, a block is reused by the next step; the process's peak memory is unchanged, its resident size
-    no longer shrinks between steps. Returns whether it was set (False where the C library is not glibc)."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):  # no C library found, or one without mallopt (macOS, Windows)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_FREED_BELOW)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BELOW))
 
 
 def _int_env(env: Mapping[str, str], name: str) -> Optional[int]:

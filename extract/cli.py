@@ -3,7 +3,6 @@ from dataclasses import fields
 
 import click
 
-from omniart.cache.environment import keep_freed_memory
 from omniart.cache.errors import cli_errors
 from omniart.extract.backbones import BACKBONES, TIMM_PREFIX
 from omniart.extract.config import DTYPES, ExtractConfig
@@ -70,7 +69,6 @@ def main(images, out, backbone, weights, flip, batch_size, workers, device, dtyp
     listed in OUT/failures-*.csv."""
     from omniart.extract.runner import run_extract
 
-    keep_freed_memory()  # this process is the command's own: reuse freed large blocks (a batch's activations)
     config = ExtractConfig(images=images, out=out, backbone=backbone, weights=weights, flip=flip,
                            batch_size=batch_size, workers=workers, device=device, dtype=dtype,
                            shard_size=shard_size, num_shards=num_shards, shard_index=shard_index,

@@ -5,7 +5,6 @@ import json
 
 import click
 
-from omniart.cache.environment import keep_freed_memory
 from omniart.cache.errors import cli_errors
 from omniart.cache.exchange import EXPORT_FORMATS, export_cache, import_embeddings
 from omniart.extract.cli import BackboneName
@@ -91,7 +90,6 @@ def _chosen(options: dict, names) -> dict:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Train and use OmniArt's multi-task heads on a feature cache, or run both phases end to end."""
-    keep_freed_memory()  # this process is the command's own: reuse freed large blocks (CPU training steps)
 
 
 @main.command()

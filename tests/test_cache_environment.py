@@ -1,7 +1,4 @@
-"""Worker shard and device resolution shared by omni-extract and omni-heads sweep, and the commands' allocator setting."""
-import subprocess
-import sys
-
+"""Worker shard and device resolution shared by omni-extract and omni-heads sweep."""
 import pytest
 
 from omniart.cache.errors import OmniError
@@ -58,29 +55,3 @@ def test_cpu_fallback_warns_and_unknown_device_is_refused():
     for device in ("meta", "mps"):  # used to end in tracebacks deep in torch
         with pytest.raises(OmniError, match=f"--device {device} is not supported: omniart runs on cpu or cuda"):
             resolve_device(device)
-
-
-_FAULTS = """
-import resource, sys
-import numpy as np
-from omniart.cache.environment import keep_freed_memory
-print(keep_freed_memory() if sys.argv[1] == "keep" else None)
-block = np.ones(8 << 20)  # 64 MiB: over glibc's 32 MiB mmap threshold
-del block
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):  # a training loop's step: the same large block allocated, written, freed
-    block = np.ones(8 << 20)
-    del block
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux")
-def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_in_new_pages():
-    runs = {mode: subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True).stdout.split()
-            for mode in ("keep", "default")}
-    assert runs["keep"][0] == "True"
-    kept, default = int(runs["keep"][1]), int(runs["default"][1])
-    # each fresh 64 MiB block faults in 16,384 pages of 4 KiB (32 of 2 MiB with transparent huge pages)
-    assert kept < 16, (kept, default)
-    assert default >= 100, (kept, default)  # five fresh blocks: at least 5 x 32 pages (measured: 2,720)
