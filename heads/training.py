@@ -434,12 +434,13 @@ def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, fo
     """The epoch loop shared by one model and a stack: returns each trainer's Outcome.
 
     Every epoch draws one data order and flip mask from `config.seed`; per batch, `forward(features)` (under bf16
-    autocast where `config.precision` says so) gives the outputs and `update(active, outputs, targets, masks)` steps the trainers whose
+    autocast where the trainers' precision says so) gives the outputs and `update(active, outputs, targets, masks)` steps the trainers whose
     indices are in `active` (those not yet stopped early). Each active trainer then ends its epoch.
     """
     generator = torch.Generator(device=device).manual_seed(config.seed)
     cuda = torch.device(device).type == "cuda"
-    bf16 = bf16_autocast(config, device)
+    # the trainers' own flag, which their validation uses too (a stack's members share it: heads.sweep groups by it)
+    bf16 = trainers[0].bf16
     tasks, train = trainers[0].tasks, data.train
     n_train, batch = len(train), trainers[0].batch_size
     flip = train.x_flip is not None and config.flip
