@@ -31,7 +31,7 @@ class OmniArtHeads(nn.Module):
         self.task_sizes = {task: int(size) for task, size in task_sizes.items()}
         # inplace ReLU: one (N, H) activation less, in training and inference (Linear's backward needs no output)
         layers = [nn.Linear(self.feature_dim, self.shared_size), nn.ReLU(inplace=True)] if self.shared_size else []
-        self.trunk = nn.Sequential(*layers, nn.Dropout(self.dropout))
+        self.trunk = nn.Sequential(*layers, MaskDropout(self.dropout))
         width = self.shared_size or self.feature_dim
         # ModuleDict keys may not shadow Module attributes ("type" does), hence the suffix.
         self.heads = nn.ModuleDict({f"{task}_head": nn.Linear(width, size) for task, size in self.task_sizes.items()})
@@ -106,6 +106,32 @@ class OmniArtHeads(nn.Module):
         """Task -> numpy array: artist softmax (N,A), type/material sigmoid (N,K), year in years (N,)."""
         return {task: probabilities(task, value).cpu().numpy()
                 for task, value in self.forward_batched(x, batch_size, bf16).items()}
+
+
+class MaskDropout(nn.Module):
+    """Inverted dropout (nn.Dropout's contract) whose mask compares 16-bit slices of 64-bit random words.
+
+    nn.Dropout's bernoulli_ draws one random number an element: on CPU 12 ms forward and backward over a
+    (256, 6144) batch, a tenth of a float32 training step at the default width; four 16-bit draws from each
+    64-bit word take 4 ms. The drop probability is `p` rounded to 1/65536, and kept values are scaled by the
+    inverse of the rounded keep rate, so the expectation is exact.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = float(p)
+        self.threshold = min(round(self.p * 65536), 65535)  # dropped: 16-bit values below it (of 65536)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.threshold:
+            return x
+        words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
+        bits = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform over [-32768, 32767]
+        keep = bits >= self.threshold - 32768
+        return x * keep.to(x.dtype).mul_(65536 / (65536 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def probabilities(task: str, output: torch.Tensor) -> torch.Tensor:

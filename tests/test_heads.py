@@ -13,7 +13,7 @@ from omniart.heads import HeadsError
 from omniart.pipeline.cli import main
 from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights
 from omniart.heads.metrics import average_precision, imap_score, map_score, mca, task_metrics, top3_accuracy
-from omniart.heads.model import OmniArtHeads
+from omniart.heads.model import MaskDropout, OmniArtHeads
 from omniart.pipeline.plots import confused_pairs
 from omniart.pipeline.run_dir import load_run
 from omniart.heads.config import parse_task_weights
@@ -125,6 +125,36 @@ def test_task_without_labels_in_batch_adds_exactly_zero_loss_and_gradient():
             if log_vars is not None:
                 assert log_vars[task].grad.item() == 0.0
         assert torch.count_nonzero(model.heads["type_head"].weight.grad) > 0
+
+
+def test_mask_dropout_keeps_nn_dropouts_contract():
+    """Drop rate p (rounded to 1/65536), kept values scaled to keep the mean, identity in eval mode and at p = 0,
+    the input's dtype, a seeded mask, and one mask for every member under vmap(randomness="same")."""
+    from torch.func import vmap
+
+    dropout = MaskDropout(0.25).train()
+    x = torch.ones(1000, 1001)
+    torch.manual_seed(0)
+    y = dropout(x)
+    assert abs(float((y == 0).float().mean()) - 0.25) < 0.003
+    assert torch.unique(y).tolist() == [0.0, pytest.approx(4 / 3)]
+    assert abs(float(y.mean()) - 1.0) < 0.005
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)  # the global generator's stream, which run_epochs seeds
+    assert dropout.eval()(x) is x and MaskDropout(0.0).train()(x) is x
+    assert MaskDropout(1 - 1e-9).threshold == 65535  # every value but one in 65,536 dropped, never a division by 0
+    dropout.train()
+    half = torch.randn(3, 7, dtype=torch.bfloat16, requires_grad=True)
+    out = dropout(half)
+    out.sum().backward()
+    assert out.dtype == half.grad.dtype == torch.bfloat16
+    assert torch.equal(half.grad == 0, out.detach() == 0)  # the gradient passes where the value was kept
+    stacked = torch.randn(3, 5, 9)
+    torch.manual_seed(1)
+    members = vmap(dropout, randomness="same")(stacked)
+    torch.manual_seed(1)
+    assert torch.equal(members[2], dropout(stacked[2]))
+    assert torch.equal(members[0] == 0, members[1] == 0)
 
 
 def test_inverse_frequency_class_weights():
