@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
                         "on the mean test figures (the probes are deterministic)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
-                        help="every fit's --precision (default: fit's default, bf16 on a GPU or a CPU with AMX, else float32)")
+                        help="every fit's --precision (default: fit's default, bf16 on a GPU, float32 on a CPU)")
     parser.add_argument("--workdir", default=None, help="where the generated caches go (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.fit_seeds < 1:

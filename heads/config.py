@@ -1,5 +1,4 @@
 """`HeadsConfig`: the hyperparameters of phase two and their default rules (no paths, no label rules, no torch)."""
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -7,8 +6,7 @@ from typing import Optional
 from omniart.heads import HeadsError
 
 __all__ = ["HeadsConfig", "TASKS", "ARTIST_INITS", "EVAL_BATCH_SIZE", "artist_init", "loss_scales", "auto_weight_decay",
-           "auto_batch_size", "balanced_year_weight", "parse_task_weights", "check_tasks", "PRECISIONS", "bf16_autocast",
-           "cpu_has_bf16_units"]
+           "auto_batch_size", "balanced_year_weight", "parse_task_weights", "check_tasks", "PRECISIONS", "bf16_autocast"]
 
 TASKS = ("artist", "type", "material", "year")
 # auto_weight_decay's L2 coefficient times the training rows (bench_quality.py measures it against probes)
@@ -74,8 +72,7 @@ class HeadsConfig:
     # bf16: training and inference under bf16 autocast (bfloat16 matmuls; float32 weights, optimiser and losses);
     # float32 throughout. Paired CPU fits on the quality benchmark gave the same figures within the shared layer's
     # initialisation draw and trained 1.6-1.7x faster on a CPU with AMX (bf16 units; without them bf16 is slower).
-    precision: Optional[str] = field(default=None, metadata={"auto": "bf16 on a GPU or on a CPU with AMX (bf16 "
-                                                                     "units), else float32"})
+    precision: Optional[str] = field(default=None, metadata={"auto": "bf16 on a GPU, float32 on a CPU"})
     eval_batch_size: int = EVAL_BATCH_SIZE
     progress: bool = True  # one line per epoch on stderr
 
@@ -128,20 +125,7 @@ def bf16_autocast(config: HeadsConfig, device) -> bool:
     """Whether training and inference on `device` run under bf16 autocast, the automatic rule applied."""
     if config.precision is not None:
         return config.precision == "bf16"
-    kind = str(device).split(":")[0]
-    return kind == "cuda" or (kind == "cpu" and cpu_has_bf16_units())
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matrix units; Intel Xeon from Sapphire Rapids on) that the kernel lets
-    this process use: there bf16 autocast trains 1.6-1.7x faster than float32 with the same quality; without
-    them bf16 matmuls are slower. torch exposes both checks only privately: without them, no AMX."""
-    import torch  # here: this module stays free of torch (instant --help)
-
-    supported, enabled = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_init_amx"))
-    # _init_amx asks the kernel for the tiles' register state (what oneDNN's AMX kernels need; a no-op once granted)
-    return supported is not None and enabled is not None and bool(supported()) and bool(enabled())
+    return str(device).startswith("cuda")
 
 
 def check_tasks(tasks) -> tuple:

@@ -839,12 +839,9 @@ def test_the_artist_head_starts_at_the_lda_and_its_l2_prior_centres_there():
         HeadsConfig(artist_init="pca").check()
 
 
-def test_models_saved_before_input_standardisation_still_load(planted_run, tmp_path, monkeypatch):
+def test_models_saved_before_input_standardisation_still_load(planted_run, tmp_path):
     """A version-1 model.pt (no input_mean/input_std, no linear path, no model_version) loads and predicts as it
     was trained: with the identity standardisation."""
-    from omniart.heads import config as heads_config
-
-    monkeypatch.setattr(heads_config, "cpu_has_bf16_units", lambda: False)  # float32 predictions, as computed below
     run_dir, data, _, _, _ = planted_run
     old = tmp_path / "old-run"
     old.mkdir()

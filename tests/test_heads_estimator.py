@@ -75,30 +75,17 @@ def test_save_and_load_give_the_same_predictions(fitted, tmp_path):
     assert '"shared_size": 256' in info and '"torch":' in info  # the config and the software versions, readable
 
 
-def test_bf16_precision_trains_and_predicts_under_autocast_with_the_float32_quality(fitted, tmp_path, monkeypatch):
+def test_bf16_precision_trains_and_predicts_under_autocast_with_the_float32_quality(fitted, tmp_path):
     """precision bf16 on CPU: the fit and its predictions run under bf16 autocast (scores differ from the float32
-    fit's, in rounding only), the test metrics match float32's, and the choice is saved with the model. The
-    automatic choice: bf16 on a GPU and on a CPU with AMX, float32 on other CPUs."""
-    from pathlib import Path
+    fit's, in rounding only), the test metrics match float32's, and the choice is saved with the model."""
+    from omniart.heads.config import bf16_autocast
 
-    from omniart.heads import config as heads_config
-    from omniart.heads.config import bf16_autocast, cpu_has_bf16_units
-
-    estimator, data = fitted
-    assert estimator.config.precision is None  # the automatic choice, made again wherever the model runs
-    monkeypatch.setattr(heads_config, "cpu_has_bf16_units", lambda: False)
-    assert not bf16_autocast(estimator.config, "cpu") and bf16_autocast(estimator.config, "cuda:0")
-    assert not bf16_autocast(HeadsConfig(precision="float32"), "cuda") and not bf16_autocast(estimator.config, "mps")
-    monkeypatch.setattr(heads_config, "cpu_has_bf16_units", lambda: True)
-    assert bf16_autocast(estimator.config, "cpu") and not bf16_autocast(HeadsConfig(precision="float32"), "cpu")
-    monkeypatch.undo()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists() and " avx" in cpuinfo.read_text():  # Linux x86: never bf16 where the kernel offers no AMX
-        assert cpu_has_bf16_units() <= (" amx_tile" in cpuinfo.read_text())
+    estimator, data = fitted  # float32: the CPU's automatic choice
+    assert estimator.config.precision is None and not bf16_autocast(estimator.config, "cpu")
+    assert bf16_autocast(estimator.config, "cuda:0") and not bf16_autocast(HeadsConfig(precision="float32"), "cuda")
     X, targets = arrays(data, "train")
-    fits = {precision: MultiTaskHeads(shared_size=256, device="cpu", progress=False, precision=precision).fit(
-        X, targets, validation=arrays(data, "val")) for precision in ("float32", "bf16")}
-    bf16, estimator = fits["bf16"], fits["float32"]
+    bf16 = MultiTaskHeads(shared_size=256, device="cpu", progress=False, precision="bf16").fit(
+        X, targets, validation=arrays(data, "val"))
     X_test, truth = arrays(data, "test")
     half, full = bf16.predict_scores(X_test), estimator.predict_scores(X_test)
     assert 1e-4 < np.abs(half["artist"] - full["artist"]).max() < 0.1  # autocast engaged, rounding apart
@@ -179,9 +166,7 @@ def test_the_estimator_gives_the_numbers_of_omni_heads_fit(tmp_path):
 def test_fit_many_stacks_configurations_and_matches_one_by_one(fitted):
     _, data = fitted
     X, targets = arrays(data, "train")
-    # float32: the same arithmetic both ways (under bf16 the stack's batched matmul rounds differently)
-    configs = [HeadsConfig(shared_size=32, epochs=3, lr=lr, device="cpu", progress=False, precision="float32")
-               for lr in (1e-3, 3e-3)]
+    configs = [HeadsConfig(shared_size=32, epochs=3, lr=lr, device="cpu", progress=False) for lr in (1e-3, 3e-3)]
     stacked = fit_many(configs, X, targets, validation=arrays(data, "val"))
     alone = fit_many(configs, X, targets, validation=arrays(data, "val"), batched=False)
     assert [e.stacked_ for e in stacked] == [2, 2] and [e.stacked_ for e in alone] == [1, 1]
@@ -192,8 +177,7 @@ def test_fit_many_stacks_configurations_and_matches_one_by_one(fitted):
 def test_year_huber_is_stackable_and_each_stacked_model_keeps_its_own_threshold(fitted):
     _, data = fitted
     X, targets = arrays(data, "train")
-    configs = [HeadsConfig(shared_size=32, epochs=3, year_huber=huber, device="cpu", progress=False, precision="float32")
-               for huber in (0.0, 0.25)]
+    configs = [HeadsConfig(shared_size=32, epochs=3, year_huber=huber, device="cpu", progress=False) for huber in (0.0, 0.25)]
     stacked = fit_many(configs, X, targets, validation=arrays(data, "val"))
     alone = fit_many(configs, X, targets, validation=arrays(data, "val"), batched=False)
     assert [e.stacked_ for e in stacked] == [2, 2]

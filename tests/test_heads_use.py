@@ -242,7 +242,6 @@ GRID = {"lr": [3e-2, 3e-3], "weight_decay": [0.0, 0.5]}
 def test_stacked_sweep_equals_one_by_one_and_is_sorted(trained, tmp_path):
     cache, metadata, _ = trained
     fixed = {name: value for name, value in TINY_FIT.items() if name not in ("format", "progress", "lr")}
-    fixed["precision"] = "float32"  # the same arithmetic: under bf16 the stack's batched matmul rounds differently
     common = {"cache": str(cache), "metadata": str(metadata), "format": "csv", "grid": GRID, "fixed": fixed}
     stacked = run_sweep(SweepConfig(out=str(tmp_path / "stacked"), **common))
     single = run_sweep(SweepConfig(out=str(tmp_path / "single"), batched=False, **common))
@@ -311,7 +310,6 @@ def test_sweep_grid_takes_linear_heads_and_automatic_values(trained, tmp_path):
         parse_grid(["weight-decay=strong"])
     cache, metadata, _ = trained
     fixed = {name: value for name, value in TINY_FIT.items() if name not in ("format", "progress", "lr", "shared_size")}
-    fixed["precision"] = "float32"  # stacked and one by one compared: the same arithmetic (see above)
     common = {"cache": str(cache), "metadata": str(metadata), "format": "csv", "fixed": fixed,
               "grid": {"shared_size": [0], "lr": [3e-2, 3e-3]}}
     stacked = run_sweep(SweepConfig(out=str(tmp_path / "stacked"), **common)).merged.set_index("config").sort_index()
