@@ -126,8 +126,9 @@ class MaskDropout(nn.Module):
         if not self.training or not self.threshold:
             return x
         words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
-        bits = words.view(torch.int16)[:x.numel()].view(x.shape)  # uniform over [-32768, 32767]
-        keep = bits >= self.threshold - 32768
+        # each int16 uniform over [-32768, 32767]; the words are let go before the product is allocated
+        keep = words.view(torch.int16)[:x.numel()].view(x.shape) >= self.threshold - 32768
+        del words
         return x * keep.to(x.dtype).mul_(65536 / (65536 - self.threshold))
 
     def extra_repr(self) -> str:
