@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omniart.heads.config import PRECISIONS
+from omniart.heads.config import PRECISIONS, HeadsConfig, bf16_autocast
 
 ROOT = Path(__file__).resolve().parents[1]
 RIJKS14 = ROOT.parent / "shared" / "data" / "rijks14" / "rijksgt.mat"
@@ -158,20 +158,12 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
     report = {"min_artist_samples": min_samples, "generator": generator, "samples": metrics["samples"],
               "classes": model["task_sizes"], "batch_size": metrics["batch_size"], "epochs": metrics["epochs"],
               "best_epoch": metrics["best_epoch"], "shared_size": model["shared_size"],
-              "precision": saved["fit"]["precision"] or _automatic_precision(args.device), "fit_seeds": args.fit_seeds,
+              # the precision the fit ran in: its --precision, or the automatic rule on the device it ran on
+              "precision": "bf16" if bf16_autocast(HeadsConfig(precision=saved["fit"]["precision"]), metrics["device"])
+              else "float32", "fit_seeds": args.fit_seeds,
               "test": rows, "test_per_seed": [run[0] for run in runs], "seconds": seconds,
               "probe_details": probe, "goals": goals(rows, seconds, generator)}
     return report
-
-
-def _automatic_precision(device) -> str:
-    """The precision a fit without --precision chose on `device` (None: the fit's own device rule)."""
-    import torch
-
-    from omniart.heads.config import HeadsConfig, bf16_autocast
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return "bf16" if bf16_autocast(HeadsConfig(), device) else "float32"
 
 
 def _fits(cache: Path, out: Path, base: dict, overrides: dict) -> tuple:
