@@ -15,9 +15,10 @@ _BLOCK = 4096  # rows per side of one product: a (4096 x 4096) float32 tile is 6
 def _unit(features: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, float32 (0.9 GB at 112,039 x 2048): one conversion, not one per block pair."""
     unit = np.empty(features.shape, np.float32)
-    for start in range(0, len(features), 65536):
-        part = np.asarray(features[start:start + 65536], np.float32)
-        unit[start:start + 65536] = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+    for start in range(0, len(features), _BLOCK):  # cast and scaled in place: no float32 copy beside the result
+        part = unit[start:start + _BLOCK]
+        part[...] = features[start:start + _BLOCK]
+        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
     return unit
 
 
