@@ -5,7 +5,7 @@ __all__ = ["shrinkage_lda"]
 
 
 @torch.no_grad()
-def shrinkage_lda(x: torch.Tensor, labels: torch.Tensor, n_classes: int, transform=None, block: int = 8192) -> tuple:
+def shrinkage_lda(x: torch.Tensor, labels: torch.Tensor, n_classes: int, transform=None, block: int = 2048) -> tuple:
     """(coef (A, D), intercept (A,)) float32 of a linear discriminant analysis of the rows of `x` with labels >= 0.
 
     The same estimator as scikit-learn's LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"): the

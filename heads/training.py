@@ -56,7 +56,7 @@ class DeviceData:
         trained on these arrays (a sweep's members and the single-task baselines share it)."""
         if self.artist_lda is None:
             self.artist_lda = shrinkage_lda(self.train.x, self.train.targets["artist"], self.sizes["artist"],
-                                            lambda rows: (rows.float() - self.input_mean) / self.input_std)
+                                            lambda rows: (rows.float() - self.input_mean).div_(self.input_std))
         return self.artist_lda
 
 
