@@ -295,6 +295,8 @@ def test_similar_pairs_over_many_blocks_match_a_brute_force_search(monkeypatch):
     unit = lambda m: m.astype(np.float32) / np.linalg.norm(m.astype(np.float32), axis=1, keepdims=True)
     within, between = unit(features) @ unit(features).T, unit(features) @ unit(others).T
     monkeypatch.setattr(duplicates, "_BLOCK", 4)  # 8 x 4 tiles: the diagonal, both triangles and ragged ends
+    assert np.allclose(duplicates._unit(features), unit(features), atol=1e-6)  # scaled block by block, in place
+    assert not duplicates._unit(np.zeros((5, 8), np.float16)).any()  # a zero row stays zero, no nan
     rows, cols, _ = duplicates.similar_pairs(features, threshold=0.99)
     assert sorted(zip(rows.tolist(), cols.tolist())) == [(i, j) for i, j in zip(*np.nonzero(np.triu(within >= 0.99, 1)))]
     rows, cols, _ = duplicates.similar_pairs(features, others, threshold=0.99)
