@@ -15,7 +15,8 @@ __all__ = ["MultiTaskHeads", "MODEL_FILE"]
 MODEL_FILE = "model.pt"  # weights, sizes, config and learned attributes (torch.load(weights_only=True) reads it)
 INFO_FILE = "heads.json"  # the same config and learned attributes, for people and other tools
 _LEARNED = ("tasks_", "task_sizes_", "n_features_in_", "history_", "best_epoch_", "epochs_run_", "train_seconds_",
-            "task_weights_", "log_vars_", "batch_size_", "weight_decay_", "loss_scales_", "device_")
+            "task_weights_", "log_vars_", "batch_size_", "weight_decay_", "loss_scales_", "device_", "selection_",
+            "temperatures_", "year_interval_", "calibration_")
 
 
 class MultiTaskHeads:
@@ -62,17 +63,18 @@ class MultiTaskHeads:
         (X_val, targets_val[, masks_val]) scored every epoch (early stopping with `patience`). n_classes: task ->
         output width where the targets cannot tell (artist classes without training rows).
         """
-        from omniart.heads.training import device_data, train_one
+        from omniart.heads.selection import fit_selected
+        from omniart.heads.training import device_data
 
         self.config.check()
         tasks = self._tasks(targets)
         device = self._device()
         data = device_data(X, targets, tasks, device, masks=masks, X_flip=X_flip if self.config.flip else None,
                            validation=validation, n_classes=n_classes, bf16=bf16_autocast(self.config, device))
-        if not len(data.val):
+        if not len(data.val) and self.config.patience is not None:
             warnings.warn("no validation rows: no validation score and no early stopping; the last epoch is kept.",
                           RuntimeWarning, stacklevel=2)
-        return self._learned(train_one(data, tasks, self.config, device, label), tasks, device)
+        return self._learned(fit_selected(data, tasks, self.config, device, label), tasks, device)
 
     def _tasks(self, targets: dict) -> tuple:
         if self.config.tasks is not None:
@@ -91,8 +93,14 @@ class MultiTaskHeads:
 
         return resolve_device(self.config.device)
 
-    def _learned(self, outcome, tasks: tuple, device: str) -> "MultiTaskHeads":
-        """Copy an Outcome of heads.training into the fitted attributes."""
+    def _learned(self, selection, tasks: tuple, device: str) -> "MultiTaskHeads":
+        """Copy a heads.selection.Selection (its Outcome and calibration) into the fitted attributes."""
+        from omniart.heads.selection import calibration
+
+        outcome = selection.outcome
+        self.selection_ = selection.record
+        self.temperatures_, self.year_interval_, self.calibration_ = calibration(selection, tasks, self.config.interval) \
+            if self.config.calibrate else (None, None, {})
         self.model_ = outcome.model
         self.tasks_, self.task_sizes_ = tasks, dict(outcome.model.task_sizes)
         self.n_features_in_ = outcome.model.feature_dim
@@ -126,10 +134,22 @@ class MultiTaskHeads:
                              "features from the backbone it was trained on.")
         return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(next(model.buffers()).device)
 
-    def predict_scores(self, X) -> dict:
-        """Task -> numpy: artist softmax (N, A), type/material sigmoid (N, K), year in years (N,)."""
+    def predict_scores(self, X, calibrated: bool = True) -> dict:
+        """Task -> numpy: artist softmax (N, A), type/material sigmoid (N, K), year in years (N,); the
+        probabilities calibrated on held-out rows (temperatures_) unless `calibrated` is False."""
         features = self._tensor(X)
-        return self._fitted().predict(features, self.config.eval_batch_size, bf16_autocast(self.config, features.device))
+        return self._fitted().predict(features, self.config.eval_batch_size, bf16_autocast(self.config, features.device),
+                                      getattr(self, "temperatures_", None) if calibrated else None)
+
+    def predict_interval(self, X) -> tuple:
+        """(low, high) years (N,) of the split-conformal interval (nominal coverage `interval`) around the year
+        prediction; HeadsError where the model has none (no year task, no calibration, too few held-out years)."""
+        half_width = getattr(self, "year_interval_", None)
+        if half_width is None:
+            raise HeadsError("this model has no year interval: it needs the year task, calibrate=True and at least "
+                             f"{self.config.interval / (1 - self.config.interval):.0f} held-out years; refit.")
+        year = self.predict_scores(X)["year"]
+        return year - half_width, year + half_width
 
     def predict_proba(self, X) -> dict:
         """The classification tasks' probabilities: artist (N, A) rows summing to 1, type/material (N, K) per class."""
@@ -141,12 +161,13 @@ class MultiTaskHeads:
         return {task: value.argmax(1) if task == "artist" else value if task == "year" else value >= 0.5
                 for task, value in scores.items()}
 
-    def score(self, X, targets: dict) -> dict:
-        """Task -> heads.metrics.task_metrics of the predictions for X against `targets` (unlabelled rows skipped)."""
+    def score(self, X, targets: dict, masks: Optional[dict] = None) -> dict:
+        """Task -> heads.metrics.task_metrics of the predictions for X against `targets` over the rows in `masks`
+        (task -> bool; default: as in fit, unlabelled rows skipped)."""
         from omniart.heads.metrics import task_metrics
 
-        scores = self.predict_scores(X)
-        return {task: task_metrics(task, scores[task], targets[task]) for task in scores if task in targets}
+        scores, masks = self.predict_scores(X), masks or {}
+        return {task: task_metrics(task, scores[task], targets[task], masks.get(task)) for task in scores if task in targets}
 
     def embed(self, X) -> np.ndarray:
         """The shared representation (paper 3.3) of features X: (N, shared_size) float32."""

@@ -93,14 +93,16 @@ def year_metrics(predicted, years) -> dict:
             "mse": float((error ** 2).mean())}
 
 
-def task_metrics(task: str, outputs, targets) -> dict:
+def task_metrics(task: str, outputs, targets, rows=None) -> dict:
     """omniart's metrics of one task over its labelled rows; values are None when no row is labelled.
 
     outputs: artist/type/material scores or probabilities (N, C), year predictions in years (N,);
-    targets: artist ids (-1 = none), multi-hot rows, or years (nan = none); numpy arrays or tensors.
+    targets: artist ids (-1 = none), multi-hot rows, or years (nan = none); numpy arrays or tensors. rows: (N,)
+    bool, the labelled rows (a multi-label row without a kept class can be a known negative of all of them);
+    default: labelled_rows(task, targets).
     """
     outputs, targets = _tensor(outputs), _tensor(targets)
-    rows = labelled_rows(task, targets).to(outputs.device)
+    rows = (labelled_rows(task, targets) if rows is None else _tensor(rows).bool()).to(outputs.device)
     if not bool(rows.any()):
         return {name: None for name in METRIC_NAMES[task]}
     outputs, targets = outputs[rows], targets.to(outputs.device)[rows]

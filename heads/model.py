@@ -1,4 +1,6 @@
 """The OmniArt network on cached features: one shared ReLU layer (or none) and one linear head per task."""
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,9 +104,12 @@ class OmniArtHeads(nn.Module):
                 torch.empty((0,) if task == "year" else (0, self.task_sizes[task]), device=x.device)
                 for task, values in parts.items()}
 
-    def predict(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False) -> dict:
-        """Task -> numpy array: artist softmax (N,A), type/material sigmoid (N,K), year in years (N,)."""
-        return {task: probabilities(task, value).cpu().numpy()
+    def predict(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False,
+                temperatures: Optional[dict] = None) -> dict:
+        """Task -> numpy array: artist softmax (N,A), type/material sigmoid (N,K), year in years (N,); the
+        classification logits divided by `temperatures` (task -> T, heads.calibration) first."""
+        temperatures = temperatures or {}
+        return {task: probabilities(task, value, temperatures.get(task, 1.0)).cpu().numpy()
                 for task, value in self.forward_batched(x, batch_size, bf16).items()}
 
 
@@ -135,8 +140,10 @@ class MaskDropout(nn.Module):
         return f"p={self.p}"
 
 
-def probabilities(task: str, output: torch.Tensor) -> torch.Tensor:
-    """Raw head output -> what users read: softmax for the artist, sigmoid for multi-label, years as is."""
-    if task == "artist":
-        return output.softmax(-1)
-    return output if task == "year" else output.sigmoid()
+def probabilities(task: str, output: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Raw head output -> what users read: softmax for the artist, sigmoid for multi-label (of the logits divided
+    by `temperature`), years as is."""
+    if task == "year":
+        return output
+    output = output if temperature == 1.0 else output / temperature
+    return output.softmax(-1) if task == "artist" else output.sigmoid()

@@ -19,11 +19,16 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
     """One fitted MultiTaskHeads per HeadsConfig, in order, each as `MultiTaskHeads(config).fit(...)` would give.
 
     The arrays go to the device once per (tasks, flip, device); with `batched`, configurations that differ only
-    in STACKABLE options train as one stacked model (one forward pass for all). Each estimator's
-    `train_seconds_` is its share of its stack's time and `stacked_` the stack's size.
+    in STACKABLE options train as one stacked model (one forward pass for all), where each needs nothing but
+    the validation split beside it: a given weight_decay, and a validation split of `min_validation_rows` (or
+    calibrate off). A configuration that chooses its L2 coefficient or cross-validates its calibration does so
+    on its own (heads.selection, which stacks its candidates). Each estimator's `train_seconds_` is its share of
+    its stack's time and `stacked_` the stack's size.
     """
     from omniart.heads.estimator import MultiTaskHeads
-    from omniart.heads.training import device_data, train_one
+    from omniart.heads.selection import fit_selected, on_validation
+    from omniart.heads.stacking import train_stacked
+    from omniart.heads.training import device_data
 
     estimators = [MultiTaskHeads(config) for config in configs]
     if not estimators:
@@ -36,19 +41,23 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
         _, first, tasks, device = group[0]
         data = device_data(X, targets, tasks, device, masks=masks, X_flip=X_flip if first.config.flip else None,
                            validation=validation, n_classes=n_classes, bf16=bf16_autocast(first.config, device))
-        for stack in group_by(group, lambda e, tasks, device: _stack_key(e.config)).values():
-            if batched and len(stack) > 1:
+        validation_rows = len(data.val)
+        for stack in group_by(group, lambda e, tasks, device: _stack_key(e.config, validation_rows)).values():
+            config = stack[0][1].config
+            alone = config.weight_decay is None or (config.calibrate and validation_rows < config.min_validation_rows)
+            if batched and len(stack) > 1 and not alone:
                 started = time.perf_counter()
-                outcomes = _train_stacked(data, tasks, [e.config for _, e, _, _ in stack], device)
+                outcomes = train_stacked(data, tasks, [e.config for _, e, _, _ in stack], device)
+                selections = [on_validation(outcome, data, e.config, device) for outcome, (_, e, _, _) in zip(outcomes, stack)]
                 seconds = [(time.perf_counter() - started) / len(stack)] * len(stack)  # the stack's time, shared
             else:
-                outcomes, seconds = [], []
+                selections, seconds = [], []
                 for _, estimator, _, _ in stack:
                     started = time.perf_counter()
-                    outcomes.append(train_one(data, tasks, estimator.config, device))
+                    selections.append(fit_selected(data, tasks, estimator.config, device))
                     seconds.append(time.perf_counter() - started)
-            for (_, estimator, _, _), outcome, spent in zip(stack, outcomes, seconds):
-                estimator._learned(outcome, tasks, device)
+            for (_, estimator, _, _), selection, spent in zip(stack, selections, seconds):
+                estimator._learned(selection, tasks, device)
                 estimator.train_seconds_, estimator.stacked_ = spent, len(stack) if batched else 1
         del data  # before the next group's tensors are built
     return estimators
@@ -62,44 +71,11 @@ def group_by(members: list, key) -> dict:
     return groups
 
 
-def _stack_key(config: HeadsConfig) -> str:
-    """Configurations with the same key (and the same data) train as one stacked model."""
+def _stack_key(config: HeadsConfig, validation_rows: int) -> str:
+    """Configurations with the same key (and the same data) train as one stacked model; one that chooses its L2
+    coefficient or cross-validates (heads.selection) gets a key of its own kind."""
     values = dataclasses.asdict(config)
     ignored = STACKABLE + ("progress", "device")  # the device is resolved per data group already
-    return json.dumps({name: value for name, value in values.items() if name not in ignored}, default=str, sort_keys=True)
-
-
-def _train_stacked(data, tasks: tuple, configs: list, device) -> list:
-    """Train same-shape configurations as one stacked model; returns one heads.training.Outcome per config.
-
-    Each configuration keeps what it would get alone with the same seed (a heads.training.Trainer each: its
-    own initialisation, Adam (own lr / L2 coefficient) and warm-up + cosine schedule, task weights, validation,
-    early stopping and best epoch) and the shared data order of heads.training.run_epochs. One forward pass
-    serves all members (torch.func.vmap over stacked parameters: one batched matmul of the batch with the
-    (G, H, D) stacked weights, not G small ones); a member that stopped early is carried but no longer updated.
-    """
-    from torch.func import functional_call, stack_module_state, vmap
-
-    from omniart.heads.training import Trainer, run_epochs
-
-    members = [Trainer(data, tasks, config, device) for config in configs]
-    params, buffers = stack_module_state([member.model for member in members])
-    stacked = {**params, **buffers}
-    for index, member in enumerate(members):  # each member's tensors (its optimizer's too) become views of the stack
-        for name, tensor in [*member.model.named_parameters(), *member.model.named_buffers()]:
-            tensor.data = stacked[name].data[index]
-    base = members[0].model
-    # randomness "same": every member gets the dropout mask its one-by-one fit draws (they share the seed)
-    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, None), randomness="same")
-
-    def update(active, outputs, targets, masks):
-        total = sum(members[i].loss({t: outputs[t][i] for t in tasks}, targets, masks) for i in active)
-        for value in params.values():
-            value.grad = None
-        total.backward()
-        for i in active:
-            for name, parameter in members[i].model.named_parameters():
-                parameter.grad = params[name].grad[i]
-            members[i].step()
-
-    return run_epochs(members, data, configs[0], device, lambda x: forward(params, buffers, x), update)
+    kept = {name: value for name, value in values.items() if name not in ignored}
+    kept["selects"] = config.weight_decay is None or (config.calibrate and validation_rows < config.min_validation_rows)
+    return json.dumps(kept, default=str, sort_keys=True)

@@ -5,7 +5,7 @@ import math
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -14,14 +14,15 @@ import torch
 
 from omniart.cache.format import non_finite_rows
 from omniart.heads import HeadsError
-from omniart.heads.config import (HeadsConfig, artist_init, auto_batch_size, auto_weight_decay, bf16_autocast, loss_scales,
-                                  parse_task_weights)
+from omniart.heads.config import (HeadsConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size,
+                                  auto_weight_decay, bf16_autocast, loss_scales, parse_task_weights)
 from omniart.heads.lda import shrinkage_lda
 from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights, task_losses
 from omniart.heads.metrics import labelled_rows, task_metrics
 from omniart.heads.model import OmniArtHeads, probabilities
 
-__all__ = ["SplitTensors", "DeviceData", "device_data", "Trainer", "Outcome", "run_epochs", "train_one", "SCORE_METRIC"]
+__all__ = ["SplitTensors", "DeviceData", "device_data", "Trainer", "Outcome", "run_epochs", "train_one", "SCORE_METRIC",
+           "decay_group"]
 
 SCORE_METRIC = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
 
@@ -49,15 +50,18 @@ class DeviceData:
     input_mean: torch.Tensor  # (D,) float32 mean of the training features
     input_std: torch.Tensor  # (D,) their standard deviation (1 where a feature is constant)
     label_rates: dict  # task -> numpy class frequencies among the labelled training rows (artist, type, material)
-    artist_lda: Optional[tuple] = None  # (coef, intercept) on the standardised features, once the first model asks
+    artist_lda: dict = field(default_factory=dict)  # part -> (coef, intercept), once the first model asks
 
-    def artist_discriminant(self) -> tuple:
-        """The shrinkage LDA of the standardised training features and artists, computed once for every model
-        trained on these arrays (a sweep's members and the single-task baselines share it)."""
-        if self.artist_lda is None:
-            self.artist_lda = shrinkage_lda(self.train.x, self.train.targets["artist"], self.sizes["artist"],
-                                            lambda rows: (rows.float() - self.input_mean).div_(self.input_std))
-        return self.artist_lda
+    def artist_discriminant(self, keep: Optional[torch.Tensor] = None, part=None) -> tuple:
+        """The shrinkage LDA of the standardised training features and artists (the rows in `keep`, a
+        cross-validation part named `part`), computed once for every model trained on them (a sweep's members
+        and the single-task baselines share it)."""
+        if part not in self.artist_lda:
+            labels = self.train.targets["artist"]
+            labels = labels if keep is None else torch.where(keep, labels, torch.full_like(labels, -1))
+            self.artist_lda[part] = shrinkage_lda(self.train.x, labels, self.sizes["artist"],
+                                                  lambda rows: (rows.float() - self.input_mean).div_(self.input_std))
+        return self.artist_lda[part]
 
 
 def _as_targets(task: str, values, rows: int, size: Optional[int], where: str) -> np.ndarray:
@@ -195,11 +199,12 @@ def _feature_statistics(features: np.ndarray, block: int = 8192) -> tuple:
     return mean.astype(np.float32), np.where(std > 1e-6 * max(float(std.max(initial=0.0)), 1e-30), std, 1.0).astype(np.float32)
 
 
-def _label_rates(train: SplitTensors, sizes: dict) -> dict:
-    """Task -> class frequencies among the labelled training rows (artist: (A,), type/material: (K,))."""
+def _label_rates(train: SplitTensors, sizes: dict, keep: Optional[torch.Tensor] = None) -> dict:
+    """Task -> class frequencies among the labelled training rows (in `keep`) (artist: (A,), type/material: (K,))."""
     rates = {}
     for task, values in train.targets.items():
-        labelled = values[train.masks[task]].cpu().numpy()
+        mask = train.masks[task] if keep is None else train.masks[task] & keep
+        labelled = values[mask].cpu().numpy()
         if task == "artist":
             rates[task] = np.bincount(labelled, minlength=sizes[task]) / max(len(labelled), 1)
         elif task != "year":
@@ -219,7 +224,8 @@ def split_metrics(model: OmniArtHeads, split: SplitTensors, batch_size: int, yea
     `year_huber`: the year loss's threshold in years (task_losses); `bf16`: under bf16 autocast."""
     raw = model.forward_batched(split.x, batch_size, bf16)
     losses = task_losses(raw, split.targets, split.masks, year_huber=year_huber)
-    metrics = {task: task_metrics(task, probabilities(task, value), split.targets[task]) for task, value in raw.items()}
+    metrics = {task: task_metrics(task, probabilities(task, value), split.targets[task], split.masks[task])
+               for task, value in raw.items()}
     return metrics, {task: float(value) for task, value in losses.items()}
 
 
@@ -264,21 +270,24 @@ class Trainer:
     validation, and the kept epoch (the last, or the best with early stopping). `train_one` drives one;
     heads.sweep drives a stack of them."""
 
-    def __init__(self, data: DeviceData, tasks: tuple, config: HeadsConfig, device, label: str = ""):
-        self.data, self.tasks, self.config, self.label = data, tasks, config, label
+    def __init__(self, data: DeviceData, tasks: tuple, config: HeadsConfig, device, label: str = "",
+                 keep: Optional[torch.Tensor] = None, part=None):
+        """`keep`: (training rows,) bool, the rows this model learns from (a cross-validation part named `part`,
+        whose other rows it is scored on); None: all. Such a part's model skips the validation split."""
+        self.data, self.tasks, self.config, self.label, self.keep, self.part = data, tasks, config, label, keep, part
         with torch.random.fork_rng(devices=[]):  # the seed's initialisation, leaving the caller's generator alone
             torch.manual_seed(config.seed)
-            model = OmniArtHeads(data.train.x.shape[1], config.shared_size, {t: data.sizes[t] for t in tasks},
+            model = OmniArtHeads(data.train.x.shape[1], auto_shared_size(config, len(data.train)), {t: data.sizes[t] for t in tasks},
                                  config.dropout, linear_path=config.linear_path)
         self.model = model.to(device)
         self.model.input_mean.copy_(data.input_mean)
         self.model.input_std.copy_(data.input_std)
         self._start_at_priors()
-        train_rows = len(data.train)
+        train_rows = len(data.train) if keep is None else int(keep.sum())
         self.scales = loss_scales(tasks, float(self.model.year_std), config.year_scale)
         self.year_huber = float(config.year_huber) * float(self.model.year_std)  # in years, as the year loss is
         self.bf16 = bf16_autocast(config, device)  # validation computes as training does
-        self.mode = parse_task_weights(config.task_weights, tasks, config.shared_size)
+        self.mode = parse_task_weights(config.task_weights, tasks, self.model.shared_size)
         self.weights = dict(self.mode) if isinstance(self.mode, dict) else {task: 1.0 for task in tasks}
         # A plain dict: nn.ParameterDict refuses the key "type" (a Module method name).
         self.log_vars = {t: torch.nn.Parameter(torch.zeros((), device=device)) for t in tasks} \
@@ -296,24 +305,23 @@ class Trainer:
         # single-task fits by 0.020 / 0.015 MAP).
         self.weight_decay = auto_weight_decay(train_rows) if config.weight_decay is None else float(config.weight_decay)
         groups = {"shared": [], "task": [], "free": []}
-        shared = {id(parameter) for parameter in self.model.trunk.parameters()}
-        for parameter in self.model.parameters():  # matrices carry the prior; biases (vectors) stay free
-            group = "free" if parameter.ndim < 2 else "shared" if id(parameter) in shared else "task"
-            groups[group].append(parameter)
+        for name, parameter in self.model.named_parameters():  # matrices carry the prior; biases (vectors) stay free
+            groups[decay_group(name, parameter)].append(parameter)
         groups["free"] += list(self.log_vars.values()) if self.log_vars is not None else []
         # fused: one kernel for all parameters; on CPU ~10x faster than the default per-tensor loops (8 -> 0.7 ms
         # a step at H = 512, a seventh of a training step)
-        decay = {"shared": self.weight_decay * len(tasks), "task": self.weight_decay, "free": 0.0}
-        self.optimizer = torch.optim.Adam([{"params": params, "weight_decay": decay[group]}
+        self.decay = {"shared": self.weight_decay * len(tasks), "task": self.weight_decay, "free": 0.0}
+        self.optimizer = torch.optim.Adam([{"params": params, "weight_decay": self.decay[group]}
                                            for group, params in groups.items() if params], lr=config.lr, fused=True)
-        self.batch_size = int(config.batch_size) if config.batch_size else auto_batch_size(train_rows)
-        self.steps_per_epoch = math.ceil(train_rows / self.batch_size)
-        total_steps = self.steps_per_epoch * config.epochs
+        self.lr_source = self.optimizer  # whose learning rate the history records (a stack may step for its members)
+        # a part's model draws its batches from every training row (the stack's order): sized by all of them
+        self.batch_size = int(config.batch_size) if config.batch_size else auto_batch_size(len(data.train))
+        self.steps_per_epoch = math.ceil(len(data.train) / self.batch_size)
+        self.epochs = auto_epochs(config, self.steps_per_epoch)
+        total_steps = self.steps_per_epoch * self.epochs
         warmup = max(1, int(config.warmup * total_steps))
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: (step + 1) / warmup if step < warmup else
-            0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
-        self.has_val = len(data.val) > 0
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, functools.partial(_warmup_cosine, warmup, total_steps))
+        self.has_val = len(data.val) > 0 and keep is None
         self.year_baseline = year_baseline(data.train.targets["year"].cpu().numpy(), data.val.targets["year"].cpu().numpy()) \
             if self.has_val and "year" in tasks else None
         self.history, self.best_score, self.best_state, self.best_epoch, self.stale = [], -math.inf, None, 0, 0
@@ -325,34 +333,40 @@ class Trainer:
         """Year standardisation from the training years; head weights at zero and biases at the label priors
         (log-frequencies, class-frequency logits, the median year): training starts from the constant prediction.
         With artist_init lda the artist's linear weights and bias start at the shrinkage LDA instead (`anchor`)."""
-        model, train = self.model, self.data.train
-        self.anchor = None  # (weight matrix, first row, LDA coefficients): the rows whose L2 prior centres there
+        model, train, keep = self.model, self.data.train, self.keep
+        rates = self.data.label_rates if keep is None else _label_rates(train, self.data.sizes, keep)
+        self.anchor = None  # (weight matrix, first row, LDA coefficients, name): the rows whose L2 prior centres there
         for task in self.tasks:
             # zero head weights: the model starts exactly at the constant prediction instead of a random function
             # of the features (+-1 standard deviation of the year at H = 6144), which few samples cannot undo
             model.heads[f"{task}_head"].weight.zero_()
             bias = model.heads[f"{task}_head"].bias
             if task == "year":
-                years = train.targets["year"][train.masks["year"]]
+                years = train.targets["year"][train.masks["year"] if keep is None else train.masks["year"] & keep]
                 model.year_mean.fill_(float(years.mean()))
                 model.year_std.fill_(max(float(years.std(unbiased=False)) if years.numel() > 1 else 1.0, 1.0))
                 bias.fill_(float(model.standardised_year(years.median())))
             else:
-                rate = torch.as_tensor(self.data.label_rates[task], dtype=torch.float32, device=bias.device).clamp(1e-4, 1 - 1e-4)
+                rate = torch.as_tensor(rates[task], dtype=torch.float32, device=bias.device).clamp(1e-4, 1 - 1e-4)
                 bias.copy_(rate.log() if task == "artist" else torch.logit(rate))
         if "artist" in self.tasks and artist_init(self.config) == "lda":
             # Few samples a class: a zero start and an L2 prior centred at zero shrink every artist towards the
             # prior, where the discriminant's pooled covariance knows which feature directions are noise
             # (bench_quality.py, K = 10 non-linear: 0.678 -> 0.704 artist accuracy, probe 0.677).
-            coef, intercept = self.data.artist_discriminant()
-            weight = model.direct.weight if model.direct is not None else model.heads["artist_head"].weight
+            coef, intercept = self.data.artist_discriminant(keep, self.part)
+            name = "direct.weight" if model.direct is not None else "heads.artist_head.weight"
+            weight = model.get_parameter(name)
             first = sum(self.data.sizes[t] for t in self.tasks[:self.tasks.index("artist")]) if model.direct is not None else 0
             weight[first:first + len(coef)] = coef
             model.heads["artist_head"].bias.copy_(intercept)
-            self.anchor = (weight, first, coef)
+            self.anchor = (weight, first, coef, name)
 
-    def loss(self, outputs: dict, targets: dict, masks: dict) -> torch.Tensor:
-        """This model's weighted batch loss (added to the epoch's sums)."""
+    def loss(self, outputs: dict, targets: dict, masks: dict, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """This model's weighted batch loss (added to the epoch's sums); `rows`: the batch's training rows, of
+        which a part's model learns from those in its `keep`."""
+        if self.keep is not None:
+            kept = self.keep[rows]
+            masks = {task: mask & kept for task, mask in masks.items()}
         total, per_task = combined_loss(outputs, targets, masks, self.weights, self.scales, self.log_vars,
                                         self.class_weights, self.year_huber)
         values = torch.stack([total.detach()] + [per_task[t].detach() for t in self.tasks])
@@ -364,7 +378,7 @@ class Trainer:
         if self.anchor is not None and self.anchor[0].grad is not None:
             # Adam's coupled decay adds weight_decay * W to the gradient: minus weight_decay * W_lda makes the
             # penalty (weight_decay / 2) ||W - W_lda||^2, the prior centred at the discriminant
-            weight, first, coef = self.anchor
+            weight, first, coef, _ = self.anchor
             weight.grad[first:first + len(coef)].sub_(coef, alpha=self.weight_decay)
         self.optimizer.step()
         self.schedule.step()
@@ -380,7 +394,7 @@ class Trainer:
             raise HeadsError(f"{self.label}training diverged in epoch {epoch}: the {', '.join(diverged)} {verb} "
                              f"{train_losses[1 + tasks.index(diverged[0])]}; lower --lr (now {config.lr}) or "
                              "--year-scale, or check the features for extreme values.")
-        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_losses[0]}
+        row = {"epoch": epoch, "lr": self.lr_source.param_groups[0]["lr"], "train_loss": train_losses[0]}
         row.update({f"train_{t}_loss": value for t, value in zip(tasks, train_losses[1:])})
         row.update({f"weight_{t}": self.weights[t] * (math.exp(-float(self.log_vars[t].detach())) if self.log_vars is not None else 1.0)
                     for t in tasks})
@@ -415,7 +429,7 @@ class Trainer:
         if config.progress:  # opt-in progress display, like a progress bar
             losses = " ".join(f"{t} {v:.4f}" for t, v in zip(tasks, train_losses[1:]))
             shown = "-" if score is None else f"{score:.4f}"
-            print(f"{self.label}epoch {epoch}/{config.epochs}  loss {train_losses[0]:.4f} ({losses})  val score {shown}"
+            print(f"{self.label}epoch {epoch}/{self.epochs}  loss {train_losses[0]:.4f} ({losses})  val score {shown}"
                   f"{' *' if improved else ''}  {row['seconds']:.2f}s", file=sys.stderr, flush=True)
 
     def result(self, seconds: float) -> Outcome:
@@ -428,6 +442,16 @@ class Trainer:
                        {t: self.history[-1][f"weight_{t}"] for t in self.tasks},
                        {t: float(v.detach()) for t, v in self.log_vars.items()} if self.log_vars is not None else None,
                        self.batch_size, self.weight_decay, dict(self.scales))
+
+
+def _warmup_cosine(warmup: int, total_steps: int, step: int) -> float:
+    """The learning-rate factor: a linear warm-up over `warmup` steps, then a cosine decay to 0 at `total_steps`."""
+    return (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+
+def decay_group(name: str, parameter) -> str:
+    """A parameter's L2 group: vectors (biases) are free, the shared layer's matrix is shared, head matrices task."""
+    return "free" if parameter.ndim < 2 else "shared" if name.startswith("trunk.") else "task"
 
 
 def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, forward, update) -> list:
@@ -450,7 +474,7 @@ def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, fo
         torch.default_generator.manual_seed(config.seed)
         if cuda:  # this device's generator only: the fork restores no other
             torch.cuda.default_generators[_cuda_index(device)].manual_seed(config.seed)
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(1, trainers[0].epochs + 1):
             epoch_start = time.perf_counter()
             active = [index for index, trainer in enumerate(trainers) if not trainer.done]
             if not active:
@@ -465,7 +489,7 @@ def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, fo
                 with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                     outputs = forward(_batch_features(train, rows, use_flip))
                 update(active, outputs, {t: train.targets[t][rows] for t in tasks},
-                       {t: train.masks[t][rows] for t in tasks})
+                       {t: train.masks[t][rows] for t in tasks}, rows)
             for index in active:
                 trainers[index].end_epoch(epoch, epoch_start)
     if cuda:
@@ -561,8 +585,8 @@ def train_one(data: DeviceData, tasks: tuple, config: HeadsConfig, device, label
     or the best with `patience` (early stopping)."""
     trainer = Trainer(data, tasks, config, device, label)
 
-    def update(active, outputs, targets, masks):
-        total = trainer.loss(outputs, targets, masks)
+    def update(active, outputs, targets, masks, rows):
+        total = trainer.loss(outputs, targets, masks, rows)
         trainer.optimizer.zero_grad(set_to_none=True)
         total.backward()
         trainer.step()

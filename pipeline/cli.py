@@ -45,8 +45,8 @@ _FIT_OPTIONS = {
     "min_artist_samples": ("Labels: keep artists with at least this many samples.", click.IntRange(min=1)),
     "min_class_samples": ("Labels: keep types/materials with at least this many samples.", click.IntRange(min=1)),
     "seed": ("Seed of the label split and of training: same seed, same run.", int),
-    "weight_decay": ("L2 coefficient of the heads' weight matrices on the mean loss; the shared layer, which "
-                     "serves every task, gets it once per trained task.", float),
+    "weight_decay": ("L2 coefficient of the heads' weight matrices on the mean loss (given: no automatic choice); "
+                     "the shared layer, which serves every task, gets it once per trained task.", float),
     "dropout": ("Dropout on what the heads read: the shared layer's output (with --shared-size 0, the "
                 "features).", float),
     "year_scale": ("s_year on the year loss in years (the paper: 0.1).", float),
@@ -57,8 +57,13 @@ _FIT_OPTIONS = {
                      "artist=1,type=0.5,...", str),
     "artist_init": ("lda: the artist's linear weights on the features start at the training split's shrinkage LDA, "
                     "their L2 prior centred there; zero: at zero, like the other heads.", click.Choice(ARTIST_INITS)),
-    "precision": ("bf16: training and inference under bf16 autocast (1.6-1.7x faster on a CPU with AMX, same "
-                  "quality); float32 throughout.", click.Choice(PRECISIONS)),
+    "precision": ("bf16: training and inference under bf16 autocast (faster on GPUs and CPUs with bf16 units, "
+                  "same quality); float32 throughout.", click.Choice(PRECISIONS)),
+    "cv_folds": ("Folds of the cross-validation that chooses the L2 strength and calibrates, where the validation "
+                 "split is smaller than --min-validation-rows.", click.IntRange(min=2)),
+    "min_validation_rows": ("Validation rows needed to choose and calibrate on the validation split instead of "
+                            "cross-validation.", click.IntRange(min=1)),
+    "interval": ("Nominal coverage of the year's prediction interval (split-conformal).", click.FloatRange(0, 1, min_open=True, max_open=True)),
 }
 _RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",
                     "min_class_samples", "seed", "precision")
@@ -104,9 +109,14 @@ def main():
                    f"paper's network exactly [default: {'on' if _FIT_FIELDS['linear_path'].default else 'off'}].")
 @click.option("--class-weights/--no-class-weights", default=None,
               help=f"Inverse-frequency artist class weights [default: {'on' if _FIT_FIELDS['class_weights'].default else 'off'}].")
+@click.option("--calibrate/--no-calibrate", default=None,
+              help="Temperature-scale each classification head and fit the year interval on held-out rows "
+                   f"[default: {'on' if _FIT_FIELDS['calibrate'].default else 'off'}].")
 @click.option("--flip/--no-flip", default=None,
               help=f"Use the cache's flipped features as random augmentation [default: {'on' if _FIT_FIELDS['flip'].default else 'off'}].")
-@click.option("--keep-all-samples", is_flag=True, default=None, help="Keep samples whose artist is filtered out (artist unlabelled).")
+@click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=None,
+              help="Keep the samples whose artist is filtered out (artist unlabelled, the other tasks train on them); "
+                   "--artist-samples-only: only the kept artists' samples (the paper's Table 4) [default: keep].")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
               help="Label rules: omniart's (the options above), or rijks14-challenge: the Rijksmuseum Challenge "
                    f"2014's own classes (--format rijks14) [default: {_LABEL_DEFAULTS['protocol']}].")
@@ -126,7 +136,7 @@ def fit(cache, metadata, label_format, out, label_options, **options):
     from omniart.heads.metrics import markdown_table
     from omniart.pipeline.fitting import comparison_table, fit as run_fit
 
-    names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "flip", "keep_all_samples", "protocol", "device",
+    names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "calibrate", "flip", "keep_all_samples", "protocol", "device",
                                   "single_task_baselines", "plots", "leakage_threshold"]
     config = FitConfig(cache=cache, metadata=metadata, format=label_format, out=out,
                        label_options=_key_values(label_options), **_chosen(options, names))
@@ -179,6 +189,8 @@ def evaluate(run, split, cache, device, protocol, table):
               help="Types and materials with a probability at least this are listed.")
 @click.option("--top-k", default=_PREDICT_DEFAULTS["top_k"], show_default=True, type=click.IntRange(min=1),
               help="Artists listed per row.")
+@click.option("--min-confidence", default=_PREDICT_DEFAULTS["min_confidence"], show_default=True,
+              type=click.FloatRange(0, 1), help="Write 'unknown' as the artist when its calibrated probability is below P.")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="Backbone weights file, when the run's cache was extracted from one (its sha256 is checked).")
 @click.option("--work-cache", type=click.Path(file_okay=False),
@@ -189,12 +201,13 @@ def evaluate(run, split, cache, device, protocol, table):
 @click.option("--workers", default=_PREDICT_DEFAULTS["workers"], show_default=True, type=click.IntRange(min=0),
               help="With --images: image decoding processes (0: in this process).")
 @cli_errors
-def predict(run, cache_dir, images, out, threshold, top_k, weights, work_cache, device, batch_size, workers):
+def predict(run, cache_dir, images, out, threshold, top_k, min_confidence, weights, work_cache, device, batch_size, workers):
     """Predict artist, type, material and year for every cached key (or image) with a trained RUN."""
     from omniart.pipeline.predict import predict as run_predict
 
     table = run_predict(PredictConfig(run=run, out=out, cache=cache_dir, images=images, threshold=threshold,
-                                      top_k=top_k, weights=weights, work_cache=work_cache, device=device,
+                                      top_k=top_k, min_confidence=min_confidence, weights=weights,
+                                      work_cache=work_cache, device=device,
                                       batch_size=batch_size, workers=workers))
     click.echo(f"wrote {len(table)} predictions to {out}")
 
@@ -349,8 +362,9 @@ def neighbors(cache_dir, key, k, flip, as_json):
               help="Keep artists with at least K samples (paper: 100/300/700/1100).")
 @click.option("--min-class-samples", type=click.IntRange(min=1), default=_LABEL_DEFAULTS["min_class_samples"], show_default=True,
               help="Keep type/material classes with at least N positives.")
-@click.option("--keep-all-samples", is_flag=True,
-              help="Keep samples of dropped/anonymous artists (artist masked) instead of dropping them.")
+@click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=_LABEL_DEFAULTS["keep_all_samples"],
+              show_default=True, help="Keep the samples of dropped/anonymous artists (artist masked); "
+                                      "--artist-samples-only: only the kept artists' samples (paper Table 4).")
 @click.option("--seed", type=int, default=_LABEL_DEFAULTS["seed"], show_default=True, help="Seed of the 70/20/10 split.")
 @click.option("--key-column", default=_LABEL_DEFAULTS["key_column"], show_default=True, help="csv: key column.")
 @click.option("--artist-column", default=None, help="csv: artist column [default: 'artist' if present].")
@@ -422,8 +436,8 @@ _EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip"
 @click.option("--workers", type=click.IntRange(min=0), default=_EXTRACT_DEFAULTS["workers"], show_default=True,
               help="Phase one: image decode processes (0 = decode in this process).")
 @_fit_options(_RUN_FIT_OPTIONS, prefix="Phase two: ")
-@click.option("--keep-all-samples", is_flag=True, default=None,
-              help="Labels: keep the samples of dropped artists, their artist masked.")
+@click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=None,
+              help="Labels: keep the samples of dropped artists, their artist masked [default: keep].")
 @click.option("--device", help="Both phases: auto, cpu, cuda or cuda:N [default: the GPU when present].")
 @click.option("--gallery", type=click.IntRange(min=0), default=RunConfig.gallery, show_default=True,
               help="Test paintings shown in the report with their true and predicted labels.")

@@ -1,6 +1,8 @@
 """`omni-heads fit` and `evaluate`: the heads trained and scored on a feature cache joined to collection metadata."""
 import dataclasses
 import json
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,7 +14,7 @@ from omniart.heads.config import HeadsConfig
 from omniart.pipeline.config import FitConfig
 
 __all__ = ["FitResult", "fit", "evaluate", "comparison_table", "split_arrays", "open_labelled_cache",
-           "class_counts"]
+           "class_counts", "trainable_tasks", "data_summary"]
 
 SPLITS = ("train", "val", "test")
 
@@ -97,10 +99,9 @@ def fit(config: FitConfig) -> FitResult:
 
     tasks = config.checked_tasks()
     store, labels, report = open_labelled_cache(config, tasks)
-    for task in tasks:
-        if task != "year" and not class_counts(labels)[task]:
-            raise HeadsError(f"task {task} has no classes after the label filters; drop it from --tasks or lower "
-                             "--min-class-samples / --min-artist-samples.")
+    tasks, dropped = trainable_tasks(labels, tasks)
+    if config.progress:
+        print(data_summary(labels, tasks, report, dropped), file=sys.stderr, flush=True)
     heads_config = config.heads_config(tasks=tasks)
     train = split_arrays(store, labels, tasks, "train", flip=config.flip)
     val = split_arrays(store, labels, tasks, "val")
@@ -111,7 +112,9 @@ def fit(config: FitConfig) -> FitResult:
     scores = {"val": estimator.predict_scores(val.X), "test": estimator.predict_scores(test.X)}
     metrics = {name: _split_metrics(estimator, scores[name], part) for name, part in (("val", val), ("test", test))}
     year_baselines = {name: _year_baseline(train, part) for name, part in (("val", val), ("test", test))}
-    metrics.update({"epochs": estimator.epochs_run_, "batch_size": estimator.batch_size_,
+    metrics["calibration"] = _calibration_report(estimator, test)
+    metrics.update({"selection": estimator.selection_, "dropped_tasks": dropped, "shared_size": estimator.model_.shared_size,
+                    "epochs": estimator.epochs_run_, "batch_size": estimator.batch_size_,
                     "weight_decay": estimator.weight_decay_, "loss_scales": estimator.loss_scales_,
                     "best_epoch": estimator.best_epoch_, "train_seconds": estimator.train_seconds_,
                     "seconds_per_epoch": estimator.train_seconds_ / estimator.epochs_run_, "device": estimator.device_,
@@ -133,6 +136,8 @@ def fit(config: FitConfig) -> FitResult:
     info = {"fit": dataclasses.asdict(config), "tasks": list(tasks),
             "cache_attrs": store.attrs, "labels": _plain(labels.config), "join": _plain(report),
             "label_statistics": labels.statistics(), "model": estimator.model_.sizes(),
+            # what the automatic choice chose (the fit's own weight_decay above stays None: "chosen")
+            "selection": estimator.selection_, "dropped_tasks": dropped,
             "software": software_versions()}
 
     def build(folder: Path) -> None:
@@ -146,9 +151,80 @@ def fit(config: FitConfig) -> FitResult:
         if config.plots:
             write_plots(folder, estimator.history_, labels, np.asarray(labels.artist),
                         scores["test"].get("artist") if len(test.rows) else None, test.rows if len(test.rows) else None)
+            if len(test.rows):
+                from omniart.pipeline.plots import reliability_figure
+
+                rows = test.masks
+                reliability_figure(folder / "reliability.png",
+                                   {t: v[rows[t]] for t, v in estimator.predict_scores(test.X, calibrated=False).items()},
+                                   {t: v[rows[t]] for t, v in scores["test"].items()}, {t: v[rows[t]] for t, v in test.targets.items()})
 
     out = publish_run(config.out, build)
     return FitResult(out, metrics, estimator.history_, estimator, labels, info, config)
+
+
+def trainable_tasks(labels, tasks: tuple) -> tuple:
+    """(the tasks with something to learn, {dropped task: why}): a classification task needs two classes with
+    labelled training rows, the year two labelled training years. Each drop is warned about; none left is an
+    error naming every reason."""
+    train = np.asarray(labels.split) == "train"
+    kept, dropped = [], {}
+    for task in tasks:
+        mask = np.asarray(labels.masks[task]) & train
+        if task == "year":
+            found, what = int(mask.sum()), "labelled training years"
+        elif task == "artist":
+            found, what = len(np.unique(np.asarray(labels.artist)[mask])), "artist classes with training rows"
+        else:
+            matrix = np.asarray(labels.types if task == "type" else labels.materials)
+            found, what = int((matrix[mask].sum(axis=0) > 0).sum()), f"{task} classes with training rows"
+        if found >= 2:
+            kept.append(task)
+            continue
+        hint = {"artist": "lower --min-artist-samples", "year": "check the year column"}.get(task, "lower --min-class-samples")
+        dropped[task] = f"{found} {what} (a task needs 2 to learn anything; {hint} to keep it)"
+        warnings.warn(f"task {task} is not trained: {dropped[task]}.", UserWarning, stacklevel=2)
+    if not kept:
+        raise HeadsError("no task has anything to learn: " + "; ".join(f"{task}: {why}" for task, why in dropped.items()))
+    return tuple(kept), dropped
+
+
+def data_summary(labels, tasks: tuple, report, dropped: dict) -> str:
+    """What a fit trains on: rows per split, and per task its classes and labelled rows per split."""
+    split = np.asarray(labels.split)
+    counts = {name: int((split == name).sum()) for name in SPLITS}
+    lines = [f"data: {len(labels.keys)} rows (" + ", ".join(f"{name} {n}" for name, n in counts.items()) + ")"]
+    if report is not None and report.only_in_cache:
+        lines.append(f"  {report.only_in_cache} cache keys have no metadata record and are left out "
+                     f"(e.g. {', '.join(report.only_in_cache_examples[:3])})")
+    lines.append(f"  {'task':<9}{'classes':>8}  labelled rows train / val / test")
+    for task in tasks:
+        classes = "-" if task == "year" else str(class_counts(labels)[task])
+        labelled = " / ".join(str(int((np.asarray(labels.masks[task]) & (split == name)).sum())) for name in SPLITS)
+        lines.append(f"  {task:<9}{classes:>8}  {labelled}")
+    lines += [f"  {task:<9}not trained: {why}" for task, why in dropped.items()]
+    return "\n".join(lines)
+
+
+def _calibration_report(estimator, test) -> dict:
+    """Per task: the held-out calibration (heads.selection) and the test split's ECE before and after it; the
+    year interval's test coverage."""
+    from omniart.heads.calibration import expected_calibration_error, interval_coverage
+
+    report = {task: dict(values) for task, values in (estimator.calibration_ or {}).items()}
+    if not len(test.rows):
+        return report
+    raw = estimator.predict_scores(test.X, calibrated=False)
+    calibrated = estimator.predict_scores(test.X)
+    for task in estimator.tasks_:
+        entry = report.setdefault(task, {})
+        if task == "year":
+            entry["test_coverage"] = interval_coverage(raw["year"], test.targets["year"], estimator.year_interval_)
+        else:
+            rows = test.masks[task]
+            entry["test_ece_before"] = expected_calibration_error(task, raw[task][rows], test.targets[task][rows])
+            entry["test_ece_after"] = expected_calibration_error(task, calibrated[task][rows], test.targets[task][rows])
+    return report
 
 
 def _leakage(estimator, scores: dict, train, val, test, threshold: float) -> dict:
@@ -186,7 +262,7 @@ def _split_metrics(estimator, scores: dict, part: SplitArrays) -> dict:
 
     if not len(part.rows):
         return {task: {name: None for name in METRIC_NAMES[task]} for task in scores}
-    return {task: task_metrics(task, value, part.targets[task]) for task, value in scores.items()}
+    return {task: task_metrics(task, value, part.targets[task], part.masks[task]) for task, value in scores.items()}
 
 
 def _year_baseline(train: SplitArrays, held: SplitArrays) -> Optional[float]:
@@ -255,7 +331,7 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     if protocol == CHALLENGE:
         result = _challenge(scores, part, run.labels)
     else:
-        result = {task: task_metrics(task, scores[task], part.targets[task]) for task in scores}
+        result = {task: task_metrics(task, scores[task], part.targets[task], part.masks[task]) for task in scores}
     path = Path(run_dir) / "metrics.json"
     try:
         metrics = json.loads(path.read_text()) if path.exists() else {}

@@ -28,9 +28,9 @@ _EXAMPLES = 5
 class LabelConfig:
     """How metadata becomes labels. Saved with every LabelSet.
 
-    min_artist_samples: artists with fewer samples get no class (paper: 100/300/700/1100); by default the
-    data set is restricted to the kept artists' samples (paper Table 4), keep_all_samples=True keeps every
-    sample with its artist masked instead. min_class_samples: type/material classes need this many
+    min_artist_samples: artists with fewer samples get no class (paper: 100/300/700/1100); their samples stay,
+    the artist masked, so the other tasks keep every row; keep_all_samples=False restricts the data set to the
+    kept artists' samples (the paper's Table 4). min_class_samples: type/material classes need this many
     positives (10 drops one-off free-text words and typos while keeping every class a head can learn).
     The *_column options name csv columns (artist/type/material/year/split default to columns of those
     names when present); separator splits multi-valued csv cells; language picks the stemmer of
@@ -40,7 +40,7 @@ class LabelConfig:
     format: str = "rijks14"
     min_artist_samples: int = 100
     min_class_samples: int = 10
-    keep_all_samples: bool = False
+    keep_all_samples: bool = True
     seed: int = 0
     key_column: str = "key"
     artist_column: Optional[str] = None
@@ -91,7 +91,9 @@ class LabelSet:
     """Per-sample labels of the four tasks: -1 / NaN / all-zero rows mean no label.
 
     type_names/material_names are class ids (stems for free-text sources); type_display/material_display
-    are the readable names (the most frequent original word per class).
+    are the readable names (the most frequent original word per class). type_known/material_known: the samples
+    whose record names any type (material), kept class or not: a painting among prints is a negative of every
+    kept class, not an unlabelled sample (None, as saved by older versions: the samples with a kept class).
     """
 
     keys: np.ndarray
@@ -108,6 +110,8 @@ class LabelSet:
     material_display: Optional[list] = None
     year_unparsed: int = 0
     source_rows: int = 0
+    type_known: Optional[np.ndarray] = None
+    material_known: Optional[np.ndarray] = None
 
     def __post_init__(self):
         self.type_display = list(self.type_display or self.type_names)
@@ -121,8 +125,8 @@ class LabelSet:
         """Task -> bool (N,): the samples that have a label for the task (computed once)."""
         return {
             "artist": self.artist >= 0,
-            "type": self.types.any(axis=1),
-            "material": self.materials.any(axis=1),
+            "type": self.types.any(axis=1) if self.type_known is None else np.asarray(self.type_known, bool),
+            "material": self.materials.any(axis=1) if self.material_known is None else np.asarray(self.material_known, bool),
             "year": ~np.isnan(self.year),
         }
 
@@ -158,6 +162,7 @@ class LabelSet:
         np.savez_compressed(
             run_dir / LABELS_FILE, keys=self.keys.astype(str), artist=self.artist, types=self.types,
             materials=self.materials, year=self.year, split=self.split.astype(str),
+            **{name: getattr(self, name) for name in ("type_known", "material_known") if getattr(self, name) is not None},
         )
         vocab = {
             "artist_names": self.artist_names, "type_names": self.type_names, "type_display": self.type_display,
@@ -217,11 +222,12 @@ def build_labels(metadata_path, config=None, cache_keys=None):
             largest = int(counts.max()) if len(counts) else 0
             raise LabelError(
                 f"no artist has >= {config.min_artist_samples} samples (the most productive has {largest}); "
-                "lower --min-artist-samples or pass --keep-all-samples"
+                "lower --min-artist-samples or drop --artist-samples-only"
             )
         rows = artist >= 0
         records, keys, artist = records.take(rows), keys[rows], artist[rows]
 
+    type_known, material_known = (np.asarray(matrix.sum(axis=1)).ravel() > 0 for matrix in (records.types, records.materials))
     types, type_names, type_display = _vocabulary(
         records.types, records.type_ids, records.type_display, config.min_class_samples)
     materials, material_names, material_display = _vocabulary(
@@ -234,6 +240,7 @@ def build_labels(metadata_path, config=None, cache_keys=None):
         materials=materials, material_names=material_names, material_display=material_display,
         year=records.year.astype(np.float32), split=np.asarray(split).astype(str), config=config,
         year_unparsed=int(records.year_unparsed.sum()), source_rows=source_rows,
+        type_known=type_known, material_known=material_known,
     )
     return labels, report
 
@@ -272,10 +279,10 @@ def challenge_labels(metadata_path, config, cache_keys=None):
         positive = np.asarray(gt[field]) > 0
         kept = eligible(np.stack([positive[rows].sum(axis=0) for rows in in_split]))
         names = _mat_strings(gt[names_field])
-        return positive[:, kept].astype(np.uint8), [names[i] for i in kept]
+        return positive[:, kept].astype(np.uint8), [names[i] for i in kept], positive.any(axis=1)
 
-    types, type_names = multi_label("T", "Tnames")
-    materials, material_names = multi_label("M", "Mnames")
+    types, type_names, type_known = multi_label("T", "Tnames")
+    materials, material_names, material_known = multi_label("M", "Mnames")
     interval = np.asarray(gt["Y"], dtype=np.float64)
     year = np.where(np.abs(interval[:, 0] - interval[:, 1]) < CHALLENGE_MAX_INTERVAL, interval.mean(axis=1), np.nan)
     keys, rows, report = rijks14_keys(n), np.arange(n), None
@@ -288,7 +295,7 @@ def challenge_labels(metadata_path, config, cache_keys=None):
         keys=np.asarray(keys).astype(str), artist=artist[rows], artist_names=[creator_names[i] for i in classes] + ["rest"],
         types=types[rows], type_names=type_names, materials=materials[rows], material_names=material_names,
         year=year[rows].astype(np.float32), split=np.array(SPLIT_NAMES)[split_code[rows] - 1], config=config,
-        source_rows=n)
+        source_rows=n, type_known=type_known[rows], material_known=material_known[rows])
     return labels, report
 
 

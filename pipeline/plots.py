@@ -5,7 +5,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["write_plots", "learning_curves", "confusion_figure", "confusion_matrix", "confused_pairs"]
+__all__ = ["write_plots", "learning_curves", "confusion_figure", "confusion_matrix", "confused_pairs",
+           "reliability_figure"]
 
 _MAX_ARTISTS = 20
 
@@ -87,6 +88,34 @@ def confusion_figure(matrix: np.ndarray, names: list, path: Path) -> None:
     # fixed margins sized for the 18-character tick labels, not tight_layout (an extra draw to measure them)
     figure.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.95, wspace=0.25)
     figure.savefig(path, dpi=100)
+
+
+def reliability_figure(path: Path, raw: dict, calibrated: dict, targets: dict) -> Optional[Path]:
+    """Reliability diagram per classification task on one split: observed frequency against confidence (artist:
+    top-1; type/material: every label) before (grey) and after (colour) calibration, with each curve's ECE."""
+    from matplotlib.figure import Figure
+
+    from omniart.heads.calibration import expected_calibration_error, reliability_bins
+
+    tasks = [task for task in ("artist", "type", "material") if task in raw]
+    if not tasks:
+        return None
+    figure = Figure(figsize=(4.2 * len(tasks), 4.4))
+    axes = np.atleast_1d(figure.subplots(1, len(tasks)))
+    for axis, task in zip(axes, tasks):
+        axis.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle=":", label="perfect")
+        for scores, colour, name in ((raw[task], "0.6", "before"), (calibrated[task], "tab:blue", "calibrated")):
+            bins = reliability_bins(task, scores, targets[task])
+            ece = expected_calibration_error(task, scores, targets[task])
+            if bins:
+                axis.plot([b[0] for b in bins], [b[1] for b in bins], marker="o", color=colour,
+                          label=f"{name} (ECE {ece:.3f})")
+        axis.set(title=f"{task} ({'top-1' if task == 'artist' else 'every label'})", xlabel="predicted probability",
+                 ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1.02))
+        axis.legend(fontsize=7, loc="upper left")
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.9, wspace=0.28)
+    figure.savefig(path, dpi=100)
+    return path
 
 
 def write_plots(out: Path, history: list, labels, artist_targets: Optional[np.ndarray],

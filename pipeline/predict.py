@@ -25,6 +25,7 @@ class PredictConfig:
     images: Optional[str] = None  # folder or table, extracted first with the run's backbone
     threshold: float = 0.5  # types/materials with probability >= threshold are listed
     top_k: int = 3  # artists listed per row
+    min_confidence: float = 0.0  # an artist_1 whose calibrated probability is below this is written "unknown"
     weights: Optional[str] = None  # backbone weights file when the run's cache came from one (sha256 checked)
     work_cache: Optional[str] = None  # where --images features go (default: a temporary folder)
     device: Optional[str] = None
@@ -55,7 +56,7 @@ def _predict_store(run, store, cfg: PredictConfig):
     import pandas as pd
 
     check_cache_matches(run.cache_attrs, store.attrs, store.path)
-    tables = [predictions_table(run, keys, features, cfg.threshold, cfg.top_k)
+    tables = [predictions_table(run, keys, features, cfg.threshold, cfg.top_k, cfg.min_confidence)
               for keys, features in store.iter_batches(rows=cfg.rows)]
     table = pd.concat(tables, ignore_index=True)
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +64,11 @@ def _predict_store(run, store, cfg: PredictConfig):
     return table
 
 
-def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, top_k: int = 3):
-    """DataFrame of run.predict(features) decoded to vocabulary names, one row per key."""
+def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, top_k: int = 3,
+                      min_confidence: float = 0.0):
+    """DataFrame of run.predict(features) (calibrated probabilities) decoded to vocabulary names, one row per key:
+    artist_1 is "unknown" below `min_confidence`; the year in whole years, with year_low / year_high, the run's
+    conformal interval, where it has one."""
     import pandas as pd
 
     outputs = run.predict(np.asarray(features, dtype=np.float32))
@@ -78,13 +82,19 @@ def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, t
         for rank in range(k):
             columns[f"artist_{rank + 1}"] = names[top[:, rank]]
             columns[f"artist_{rank + 1}_prob"] = np.take_along_axis(probs, top[:, rank:rank + 1], 1)[:, 0]
+        if min_confidence > 0:
+            columns["artist_1"] = np.where(columns["artist_1_prob"] < min_confidence, "unknown", columns["artist_1"])
     for task, vocabulary in (("type", labels.type_names), ("material", labels.material_names)):
         if task in outputs:
             chosen = outputs[task] >= threshold
             names = np.asarray(vocabulary, dtype=object)
             columns[task] = [";".join(names[row]) for row in chosen]
     if "year" in outputs:
-        columns["year"] = np.asarray(outputs["year"], dtype=np.float64)
+        year = np.asarray(outputs["year"], dtype=np.float64)
+        columns["year"] = np.round(year)
+        half_width = getattr(run.estimator, "year_interval_", None)
+        if half_width is not None:
+            columns["year_low"], columns["year_high"] = np.floor(year - half_width), np.ceil(year + half_width)
     return pd.DataFrame(columns)
 
 

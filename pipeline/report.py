@@ -29,7 +29,7 @@ def _header(run, config, run_link: str) -> str:
             f"- images: `{config.extract.images}`; metadata: `{config.fit.metadata}` (format `{config.fit.format}`)\n"
             f"- features: `{attrs.get('backbone')}` (weights `{attrs.get('weights')}`, {attrs.get('feature_dim')}-d, "
             f"flipped copies {'yes' if config.extract.flip else 'no'}), cache `cache/`\n"
-            f"- heads: tasks {', '.join(run.tasks)}, shared layer {config.fit.shared_size}, "
+            f"- heads: tasks {', '.join(run.tasks)}, shared layer {run.model.shared_size}, "
             f"run directory `{run_link}/`\n"
             f"- the full configuration is in `run-config.json`")
 

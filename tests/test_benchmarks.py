@@ -56,10 +56,22 @@ def test_bench_heads_reports_every_cpu_figure(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the generated cache and runs are removed
 
 
-def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_path, capsys):
+def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_path, tmp_path_factory, capsys):
+    results = tmp_path_factory.mktemp("results") / "quality.json"
     report = run_bench_here(capsys, "bench_quality.py", "--splits", "1100", "--generators", "additive,nonlinear", "--dim", "32",
                        "--shared-size", "16", "--epochs", "1", "--fit-seeds", "2", "--device", "cpu", "--precision", "bf16",
-                            "--workdir", str(tmp_path))
+                            "--workdir", str(tmp_path), "--collections", "planted300", "--repeats", "1", "--folds", "2",
+                            "--results", str(results))
+    assert json.loads(results.read_text()) == json.loads(json.dumps(report))
+    # the small collections: the default fit against LogisticRegressionCV / RidgeCV, k-fold means and errors
+    (small,) = report["collections"]
+    assert small["collection"] == "planted300" and small["rows"] == 300 and small["folds"] == 2
+    assert set(small["tasks"]) == {"artist", "type", "material", "year"}
+    for method in ("omniart", "baseline"):
+        assert small["test"][method]["artist"]["n"] == 2 and 0 < small["test"][method]["type"]["mean"] <= 1
+    assert 0 <= small["ece"]["omniart"]["type"]["mean"] <= 1 and 0 <= small["year_interval_coverage"]["mean"] <= 1
+    assert set(small["goals"]) == {"every_task_at_least_baseline", "ece_at_most_max_005_baseline",
+                                   "year_coverage_within_5_points"}
     assert [(run["min_artist_samples"], run["generator"]) for run in report["runs"]] == [(1100, "additive"), (1100, "nonlinear")]
     for run in report["runs"]:
         assert run["classes"]["artist"] == 6 and run["samples"]["train"] > 5000  # the real Rijks'14 labels

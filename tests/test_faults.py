@@ -73,7 +73,8 @@ def collection(tmp_path_factory):
         colour = np.array([(200, 30, 30), (30, 30, 200), (30, 200, 30)][i % 3])
         Image.fromarray(np.clip(colour + rng.normal(0, 20, (40, 48, 3)), 0, 255).astype(np.uint8)).save(
             images / f"{i:03d}.jpg")
-        rows.append(f"{i:03d}.jpg,painter {i % 3},painting,{'oil|canvas' if i % 2 else 'ink|paper'},{1500 + 50 * (i % 3)}")
+        kind = "painting" if i % 3 else "painting|drawing"  # two type classes: a task with one is not trained
+        rows.append(f"{i:03d}.jpg,painter {i % 3},{kind},{'oil|canvas' if i % 2 else 'ink|paper'},{1500 + 50 * (i % 3)}")
     (root / "meta.csv").write_text("\n".join(rows) + "\n")
     return root
 

@@ -599,13 +599,16 @@ def test_real_features_year_beats_the_median_for_every_seed(rijks14_folds, tmp_p
 
 
 def test_real_features_heads_at_least_as_good_as_probes(rijks14_folds, tmp_path, torch_all_threads):
-    """Default type/material/year heads vs scikit-learn probes on the same folds, rows and classes."""
+    """Default type/material/year heads vs scikit-learn probes on the same folds, rows and classes (the material
+    has one class among these images, `papier`: it is not trained, and says so)."""
     cache, folds = rijks14_folds
-    tasks = ("type", "material", "year")
+    tasks = ("type", "year")
     ours, probes = {task: [] for task in tasks}, {task: [] for task in tasks}
     for fold, metadata in enumerate(folds):
         run = tmp_path / f"run{fold}"
-        result = fit(fold_config(cache, metadata, run, tasks))
+        with pytest.warns(UserWarning, match="task material is not trained: 1 material classes"):
+            result = fit(fold_config(cache, metadata, run, ("type", "material", "year")))
+        assert set(result.metrics["test"]) == set(tasks) and set(result.metrics["dropped_tasks"]) == {"material"}
         probe = sklearn_probes(run, cache, tasks)
         for task in tasks:
             ours[task].append(result.metrics["test"][task][SCORE_OF[task]])

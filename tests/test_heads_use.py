@@ -128,7 +128,7 @@ def test_predict_csv_decodes_vocabularies_and_matches_run_predict(trained, tmp_p
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out, keep_default_na=False)
     assert list(table.columns) == ["key", "artist_1", "artist_1_prob", "artist_2", "artist_2_prob", "artist_3",
-                                   "artist_3_prob", "type", "material", "year"]
+                                   "artist_3_prob", "type", "material", "year", "year_low", "year_high"]
     store = FeatureStore(cache)
     assert table["key"].tolist() == store.keys
     run = load_run(run_dir)
@@ -142,7 +142,9 @@ def test_predict_csv_decodes_vocabularies_and_matches_run_predict(trained, tmp_p
     chosen = [";".join(n for n, p in zip(run.labels.type_names, row) if p >= 0.4) for row in expected["type"]]
     assert table["type"].tolist() == chosen
     assert all(set(cell.split(";")) <= set(run.labels.material_names) for cell in table["material"] if cell)
-    np.testing.assert_allclose(table["year"], expected["year"], rtol=1e-5)
+    np.testing.assert_allclose(table["year"], np.round(expected["year"]), atol=1e-9)  # whole years
+    width = run.estimator.year_interval_
+    np.testing.assert_allclose(table["year_high"], np.ceil(expected["year"] + width), atol=1e-9)
     agreement = np.mean(table["artist_1"].to_numpy() == pd.read_csv(trained[1])["artist"].to_numpy())
     assert agreement > 0.75  # the planted artists are recovered (chance: 0.25)
 

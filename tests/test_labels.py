@@ -174,7 +174,7 @@ def test_rijks14_official_split_years_and_masks(rijks14_all):
 def test_rijks14_cli_json_restricts_to_kept_artists(rijks14_dir):
     result = CliRunner().invoke(
         labels_command, [str(rijks14_dir / "rijksgt.mat"), "--format", "rijks14", "--min-artist-samples", "1100",
-                         "--json"])
+                         "--artist-samples-only", "--json"])
     assert result.exit_code == 0, result.output
     stats = json.loads(result.output)
     assert {"samples", "artists", "types", "materials", "splits", "years", "coverage"} <= set(stats)
@@ -321,7 +321,8 @@ def test_stratified_split_proportions_and_order_independence(tmp_path):
 def test_min_artist_samples_restricts_or_masks_and_per_task_masks(tmp_path):
     table = tmp_path / "meta.csv"
     _artist_table([20, 12, 4], unknown=1).to_csv(table, index=False)
-    restricted, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=10, min_class_samples=3))
+    restricted, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=10, min_class_samples=3,
+                                                    keep_all_samples=False))
     assert restricted.artist_names == ["artist 0", "artist 1"] and len(restricted) == 32
     assert restricted.statistics()["years"]["unparsed"] == 5 + 3  # 'undated' rows of the kept artists only
     everything, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=10, min_class_samples=3,
@@ -335,7 +336,9 @@ def test_min_artist_samples_restricts_or_masks_and_per_task_masks(tmp_path):
     stats = everything.statistics()
     assert stats["years"]["unparsed"] == 37 - masks["year"].sum() and stats["coverage"]["artist"] == round(32 / 37, 4)
     with pytest.raises(LabelError, match=r"no artist has >= 50 samples \(the most productive has 20\)"):
-        build_labels(table, LabelConfig(format="csv", min_artist_samples=50))
+        build_labels(table, LabelConfig(format="csv", min_artist_samples=50, keep_all_samples=False))
+    kept, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=50))  # the default keeps every row
+    assert len(kept) == 37 and not kept.artist_names
 
 
 def test_csv_columns_begin_end_split_and_stem_join(tmp_path):
@@ -414,12 +417,12 @@ def test_cli_text_and_json(tmp_path):
     table = tmp_path / "meta.csv"
     _artist_table([20, 12, 4]).to_csv(table, index=False)
     result = CliRunner().invoke(labels_command, [str(table), "--format", "csv", "--min-artist-samples", "10",
-                                                 "--min-class-samples", "3"])
+                                                 "--min-class-samples", "3", "--artist-samples-only"])
     assert result.exit_code == 0, result.output
     assert "32 samples (of 36 metadata rows)" in result.output and "2 artists (>= 10 samples)" in result.output
     assert "splits: train 23, val 6, test 3" in result.output
     result = CliRunner().invoke(labels_command, [str(table), "--format", "csv", "--min-artist-samples", "10",
-                                                 "--json"])
+                                                 "--artist-samples-only", "--json"])
     stats = json.loads(result.output)
     assert {"samples", "artists", "types", "materials", "splits"} <= set(stats)
     assert stats["splits"] == {"train": 23, "val": 6, "test": 3}

@@ -34,7 +34,8 @@ def collection(tmp_path_factory):
         name = f"{'sub/' if i % 2 else ''}{i:04d}.jpg"
         Image.fromarray(pixels).save(images / name)
         material = "oil|canvas" if i % 3 == 0 else "tempera|wood"
-        rows.append(f"{name},{artist},painting,{material},{1500 + 100 * (i % 3)}")
+        kind = "painting" if i % 2 else "painting|drawing"  # two type classes: a task with one is not trained
+        rows.append(f"{name},{artist},{kind},{material},{1500 + 100 * (i % 3)}")
     (root / "meta.csv").write_text("\n".join(rows) + "\n")
     return root
 

@@ -1,0 +1,107 @@
+"""Probabilities that mean what they say: temperature scaling, expected calibration error, a conformal year interval."""
+import math
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["fit_temperature", "scaled_probabilities", "expected_calibration_error", "reliability_bins",
+           "conformal_half_width", "interval_coverage", "ECE_BINS"]
+
+ECE_BINS = 15
+_LOG_T_BOUNDS = (math.log(0.05), math.log(100.0))  # temperatures searched: sharper x20 to softer x100
+
+
+def scaled_probabilities(task: str, logits, temperature: float = 1.0) -> np.ndarray:
+    """Raw head outputs (artist or type/material logits) -> probabilities at `temperature` (float64)."""
+    z = np.asarray(logits, np.float64) / float(temperature)
+    if task == "artist":
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _nll(task: str, logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    if task == "artist":
+        top = z.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+        return float(np.mean(log_norm - z[np.arange(len(z)), targets]))
+    # softplus(z) - y z, summed over the labels: the multi-label loss of training
+    return float(np.mean(np.logaddexp(0.0, z) - targets * z))
+
+
+def fit_temperature(task: str, logits, targets, mask=None) -> float:
+    """The temperature T minimising the held-out negative log-likelihood of softmax(z / T) (artist; targets class
+    ids) or sigmoid(z / T) (type/material; multi-hot targets) over the rows in `mask` (default: all).
+
+    One number a head (Guo et al. 2017): the ranking, so accuracy and MAP, stays as it is; 1.0 where no row is
+    labelled or the labels cannot tell (one class present)."""
+    from scipy.optimize import minimize_scalar
+
+    logits, targets = np.asarray(logits, np.float64), np.asarray(targets)
+    if mask is not None:
+        logits, targets = logits[np.asarray(mask, bool)], targets[np.asarray(mask, bool)]
+    if not len(logits) or (task != "artist" and targets.min() == targets.max()):
+        return 1.0
+    if task == "artist":
+        targets = targets.astype(np.int64)
+    else:
+        targets = targets.astype(np.float64)
+    found = minimize_scalar(lambda log_t: _nll(task, logits, targets, math.exp(log_t)), bounds=_LOG_T_BOUNDS,
+                            method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(found.x))
+
+
+def _confidences(task: str, probabilities, targets) -> tuple:
+    """(confidence, correct) pairs: the artist's top-1 probability and hit (rows with an artist); every
+    type/material label's (every row given: the caller passes the labelled ones, all-zero rows included)."""
+    probabilities, targets = np.asarray(probabilities, np.float64), np.asarray(targets)
+    if task == "artist":
+        labelled = targets >= 0
+        return probabilities[labelled].max(axis=1), probabilities[labelled].argmax(axis=1) == targets[labelled]
+    return probabilities.ravel(), targets.ravel().astype(bool)
+
+
+def reliability_bins(task: str, probabilities, targets, bins: int = ECE_BINS) -> list:
+    """[(mean confidence, observed frequency, count)] of the non-empty equal-width confidence bins."""
+    confidence, correct = _confidences(task, probabilities, targets)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            rows.append((float(confidence[inside].mean()), float(correct[inside].mean()), int(inside.sum())))
+    return rows
+
+
+def expected_calibration_error(task: str, probabilities, targets, bins: int = ECE_BINS) -> Optional[float]:
+    """ECE over `bins` equal-width bins: the count-weighted mean |confidence - frequency| (top-1 for the artist's
+    labelled rows, every label of the rows given for type and material); None without a labelled row."""
+    rows = reliability_bins(task, probabilities, targets, bins)
+    total = sum(count for _, _, count in rows)
+    if not total:
+        return None
+    return float(sum(count * abs(confidence - frequency) for confidence, frequency, count in rows) / total)
+
+
+def conformal_half_width(predicted, years, coverage: float) -> Optional[float]:
+    """Split-conformal half-width in years: the ceil((n + 1) coverage)-th smallest held-out absolute error, so
+    [prediction - w, prediction + w] covers a new exchangeable sample with probability >= coverage. None with too
+    few held-out years for that level (n < coverage / (1 - coverage))."""
+    predicted, years = np.asarray(predicted, np.float64), np.asarray(years, np.float64)
+    labelled = np.isfinite(years)
+    errors = np.sort(np.abs(predicted[labelled] - years[labelled]))
+    rank = math.ceil((len(errors) + 1) * coverage)
+    if not len(errors) or rank > len(errors):
+        return None
+    return float(errors[rank - 1])
+
+
+def interval_coverage(predicted, years, half_width: Optional[float]) -> Optional[float]:
+    """The share of labelled `years` inside prediction +- half_width; None without either."""
+    years = np.asarray(years, np.float64)
+    labelled = np.isfinite(years)
+    if half_width is None or not labelled.any():
+        return None
+    return float(np.mean(np.abs(np.asarray(predicted, np.float64)[labelled] - years[labelled]) <= half_width))

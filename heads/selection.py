@@ -1,0 +1,169 @@
+"""The automatic L2 choice and the held-out rows that calibrate the heads, as scikit-learn's *CV estimators do.
+
+The candidates train together in one stacked model (heads.sweep.train_stacked): on the training split, scored on
+the validation split when it has `min_validation_rows` rows, or as `cv_folds` cross-validation parts of the
+training rows (each part's model learns from the other parts' rows and predicts its own), the chosen coefficient
+then refit on every training row. The held-out predictions of the chosen coefficient calibrate the heads."""
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
+                                       scaled_probabilities)
+from omniart.heads.config import HeadsConfig, auto_weight_decay, bf16_autocast, l2_candidates
+from omniart.heads.metrics import task_metrics
+from omniart.heads.training import DeviceData, Outcome, _score, train_one, year_baseline
+
+__all__ = ["Selection", "fit_selected", "on_validation", "calibration"]
+
+SELECTION_METRIC = "mean over tasks of artist accuracy, type/material MAP and 1 - year MAE / MAE of the median"
+
+
+@dataclass
+class Selection:
+    """The kept model, the chosen coefficient's held-out raw outputs with their targets and masks, and the record."""
+
+    outcome: Outcome
+    held_out: Optional[dict]  # task -> numpy raw outputs (logits; years) on the held-out rows, None without any
+    targets: Optional[dict]  # task -> numpy targets of those rows
+    masks: Optional[dict]  # task -> numpy bool: the rows labelled for the task
+    record: dict  # JSON: where the held-out rows came from, the candidates, their scores and the choice
+
+
+def fit_selected(data: DeviceData, tasks: tuple, config: HeadsConfig, device, label: str = "") -> Selection:
+    """Train `config` on `data`, choosing the L2 coefficient on held-out rows when `config.weight_decay` is None."""
+    rows = len(data.train)
+    automatic = config.weight_decay is None
+    if len(data.val) >= config.min_validation_rows:
+        return _on_validation(data, tasks, config, device, label)
+    folds = min(int(config.cv_folds), rows)
+    if folds < 2 or not (automatic or config.calibrate):
+        chosen = auto_weight_decay(rows) if automatic else float(config.weight_decay)
+        outcome = train_one(data, tasks, dataclasses.replace(config, weight_decay=chosen), device, label)
+        return Selection(outcome, None, None, None, {"source": "none", "candidates": [chosen], "chosen": chosen,
+                                                     "reason": "fewer than 2 training rows" if folds < 2 else
+                                                     "weight_decay given and calibration off"})
+    return _on_folds(data, tasks, config, device, label, folds)
+
+
+def _on_validation(data, tasks, config, device, label) -> Selection:
+    from omniart.heads.stacking import train_stacked
+
+    configs = [dataclasses.replace(config, weight_decay=value) for value in l2_candidates(config, len(data.train))]
+    outcomes = train_stacked(data, tasks, configs, device, labels=[f"{label}[L2 {c.weight_decay:.3g}] " for c in configs]) \
+        if len(configs) > 1 else [train_one(data, tasks, configs[0], device, label)]
+    held = [_raw(outcome.model, data.val.x, config, device) for outcome in outcomes]
+    targets, masks = _numpy(data.val.targets), _numpy(data.val.masks)
+    scores = [_held_score(outputs, targets, masks, data) for outputs in held]
+    best = _best(scores)
+    return Selection(outcomes[best], held[best], targets, masks,
+                     _record("validation", len(data.val), configs, scores, best))
+
+
+def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:
+    from omniart.heads.stacking import train_stacked
+
+    rows = len(data.train)
+    order = np.random.default_rng(config.seed).permutation(rows)
+    part = np.empty(rows, np.int64)
+    part[order] = np.arange(rows) % folds
+    part_t = torch.from_numpy(part).to(data.train.x.device)
+    members, parts = [], []
+    for fold in range(folds):
+        keep = part_t != fold
+        for value in l2_candidates(config, int(keep.sum())):
+            members.append(dataclasses.replace(config, weight_decay=value, progress=False))
+            parts.append((keep, fold))
+    outcomes = train_stacked(data, tasks, members, device, parts) if len(members) > 1 else \
+        [train_one(data, tasks, members[0], device, label)]
+    count = len(members) // folds
+    held = []
+    for index in range(count):  # each candidate's out-of-part outputs, every training row predicted once
+        outputs = None
+        for fold in range(folds):
+            where = np.flatnonzero(part == fold)
+            raw = _raw(outcomes[fold * count + index].model, data.train.x[torch.from_numpy(where).to(part_t.device)],
+                       config, device)
+            if outputs is None:
+                outputs = {task: np.zeros((rows,) + value.shape[1:], value.dtype) for task, value in raw.items()}
+            for task, value in raw.items():
+                outputs[task][where] = value
+        held.append(outputs)
+    del outcomes
+    targets, masks = _numpy(data.train.targets), _numpy(data.train.masks)
+    scores = [_held_score(outputs, targets, masks, data) for outputs in held]
+    configs = [dataclasses.replace(config, weight_decay=value) for value in l2_candidates(config, rows)]
+    best = _best(scores)
+    outcome = train_one(data, tasks, configs[best], device, label)  # refit on every training row
+    return Selection(outcome, held[best], targets, masks,
+                     _record(f"{folds}-fold cross-validation of the training rows", rows, configs, scores, best))
+
+
+def on_validation(outcome: Outcome, data: DeviceData, config: HeadsConfig, device) -> Selection:
+    """The Selection of a model trained with a given coefficient (a sweep's stack member): its validation outputs
+    are the held-out rows, where the split has any."""
+    record = {"source": "validation" if len(data.val) else "none", "held_out_rows": len(data.val),
+              "candidates": [float(outcome.weight_decay)], "chosen": float(outcome.weight_decay)}
+    if not len(data.val):
+        return Selection(outcome, None, None, None, record)
+    return Selection(outcome, _raw(outcome.model, data.val.x, config, device), _numpy(data.val.targets),
+                     _numpy(data.val.masks), record)
+
+
+def _raw(model, x: torch.Tensor, config: HeadsConfig, device) -> dict:
+    return {task: value.cpu().numpy() for task, value in
+            model.forward_batched(x, config.eval_batch_size, bf16_autocast(config, device)).items()}
+
+
+def _numpy(tensors: dict) -> dict:
+    return {task: value.cpu().numpy() for task, value in tensors.items()}
+
+
+def _held_score(outputs: dict, targets: dict, masks: dict, data: DeviceData) -> Optional[float]:
+    """The validation score of heads.training (SELECTION_METRIC) of raw held-out outputs."""
+    metrics = {}
+    for task, value in outputs.items():
+        rows = masks[task]
+        scores = value[rows] if task == "year" else scaled_probabilities(task, value[rows])
+        metrics[task] = task_metrics(task, scores, targets[task][rows], np.ones(int(rows.sum()), bool))
+    baseline = None
+    if "year" in outputs:
+        baseline = year_baseline(data.train.targets["year"].cpu().numpy(), np.where(masks["year"], targets["year"], np.nan))
+    return _score(metrics, baseline)
+
+
+def _best(scores: list) -> int:
+    """The best score's index; ties (and no score at all) go to the stronger L2 (fewer claims, same evidence)."""
+    values = [-np.inf if score is None else score for score in scores]
+    top = max(values)
+    return max(index for index, value in enumerate(values) if value >= top - 1e-9)
+
+
+def _record(source: str, rows: int, configs: list, scores: list, best: int) -> dict:
+    return {"source": source, "held_out_rows": int(rows), "metric": SELECTION_METRIC,
+            "candidates": [float(c.weight_decay) for c in configs],
+            "scores": [None if score is None else round(float(score), 6) for score in scores],
+            "chosen": float(configs[best].weight_decay)}
+
+
+def calibration(selection: Selection, tasks: tuple, coverage: float) -> tuple:
+    """(temperatures task -> T, year half-width or None, report task -> dict) from the held-out outputs."""
+    if selection.held_out is None:
+        return None, None, {}
+    temperatures, report, half_width = {}, {}, None
+    for task in tasks:
+        rows = selection.masks[task]
+        raw, targets = selection.held_out[task][rows], selection.targets[task][rows]
+        if task == "year":
+            half_width = conformal_half_width(raw, targets, coverage)
+            report[task] = {"coverage": coverage, "half_width": half_width, "held_out_rows": int(rows.sum())}
+            continue
+        temperatures[task] = fit_temperature(task, raw, targets)
+        report[task] = {"temperature": temperatures[task], "held_out_rows": int(rows.sum()),
+                        "held_out_ece_before": expected_calibration_error(task, scaled_probabilities(task, raw), targets),
+                        "held_out_ece_after": expected_calibration_error(
+                            task, scaled_probabilities(task, raw, temperatures[task]), targets)}
+    return temperatures, half_width, report
