@@ -349,7 +349,10 @@ class Trainer:
             else:
                 rate = torch.as_tensor(rates[task], dtype=torch.float32, device=bias.device).clamp(1e-4, 1 - 1e-4)
                 bias.copy_(rate.log() if task == "artist" else torch.logit(rate))
-        if "artist" in self.tasks and artist_init(self.config) == "lda":
+        counts = np.bincount(train.targets["artist"][train.masks["artist"] if keep is None else train.masks["artist"] & keep]
+                             .cpu().numpy(), minlength=1) if "artist" in self.tasks else np.zeros(1)
+        if "artist" in self.tasks and artist_init(self.config, float(np.median(counts[counts > 0]))
+                                                  if (counts > 0).any() else 0.0) == "lda":
             # Few samples a class: a zero start and an L2 prior centred at zero shrink every artist towards the
             # prior, where the discriminant's pooled covariance knows which feature directions are noise
             # (bench_quality.py, K = 10 non-linear: 0.678 -> 0.704 artist accuracy, probe 0.677).
