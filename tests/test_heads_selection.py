@@ -155,3 +155,18 @@ def test_an_explicit_weight_decay_means_exactly_what_it_says():
         X, {"artist": (X[:, 0] > 0).astype(int)})
     assert model.weight_decay_ == 0.01 and model.selection_["candidates"] == [0.01] and model.epochs_run_ == 3
     assert model.batch_size_ == 16 and model.temperatures_ is not None  # still calibrated (cross-validation)
+
+
+def test_the_artist_starts_at_the_discriminant_only_with_enough_rows_an_artist():
+    """Two rows an artist: a discriminant in many dimensions is certain of everything; the zero start is not."""
+    from omniart.heads.config import HeadsConfig, artist_init
+    from omniart.heads.training import Trainer, device_data
+
+    assert artist_init(HeadsConfig(), 2.0) == "zero" and artist_init(HeadsConfig(), 48.0) == "lda"
+    assert artist_init(HeadsConfig(artist_init="lda"), 2.0) == "lda" and artist_init(HeadsConfig(shared_size=0)) == "lda"
+    rng = np.random.default_rng(5)
+    for per_artist, anchored in ((2, False), (20, True)):
+        ids = np.repeat(np.arange(5), per_artist)
+        x = rng.normal(size=(len(ids), 32)).astype(np.float32)
+        trainer = Trainer(device_data(x, {"artist": ids}, ("artist",), "cpu"), ("artist",), HeadsConfig(shared_size=4), "cpu")
+        assert (trainer.anchor is not None) == anchored
