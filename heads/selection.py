@@ -17,7 +17,7 @@ from omniart.heads.config import HeadsConfig, auto_weight_decay, bf16_autocast, 
 from omniart.heads.metrics import task_metrics
 from omniart.heads.training import DeviceData, Outcome, _score, train_one, year_baseline
 
-__all__ = ["Selection", "fit_selected", "on_validation", "calibration"]
+__all__ = ["Selection", "fit_selected", "on_validation", "selects_alone", "calibration"]
 
 SELECTION_METRIC = "mean over tasks of artist accuracy, type/material MAP and 1 - year MAE / MAE of the median"
 
@@ -47,6 +47,12 @@ def fit_selected(data: DeviceData, tasks: tuple, config: HeadsConfig, device, la
                                                      "reason": "fewer than 2 training rows" if folds < 2 else
                                                      "weight_decay given and calibration off"})
     return _on_folds(data, tasks, config, device, label, folds)
+
+
+def selects_alone(config: HeadsConfig, validation_rows: int) -> bool:
+    """Whether fit_selected trains more than `config` beside the validation split: candidates of an automatic L2
+    coefficient, or cross-validation parts for the calibration where the validation split is too small."""
+    return config.weight_decay is None or (config.calibrate and validation_rows < config.min_validation_rows)
 
 
 def _on_validation(data, tasks, config, device, label) -> Selection:

@@ -26,7 +26,7 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
     its stack's time and `stacked_` the stack's size.
     """
     from omniart.heads.estimator import MultiTaskHeads
-    from omniart.heads.selection import fit_selected, on_validation
+    from omniart.heads.selection import fit_selected, on_validation, selects_alone
     from omniart.heads.stacking import train_stacked
     from omniart.heads.training import device_data
 
@@ -43,9 +43,8 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
                            validation=validation, n_classes=n_classes, bf16=bf16_autocast(first.config, device))
         validation_rows = len(data.val)
         for stack in group_by(group, lambda e, tasks, device: _stack_key(e.config, validation_rows)).values():
-            config = stack[0][1].config
-            alone = config.weight_decay is None or (config.calibrate and validation_rows < config.min_validation_rows)
-            if batched and len(stack) > 1 and not alone:
+            config = stack[0][1].config  # the key below makes selects_alone the same for every member
+            if batched and len(stack) > 1 and not selects_alone(config, validation_rows):
                 started = time.perf_counter()
                 outcomes = train_stacked(data, tasks, [e.config for _, e, _, _ in stack], device)
                 selections = [on_validation(outcome, data, e.config, device) for outcome, (_, e, _, _) in zip(outcomes, stack)]
@@ -74,8 +73,10 @@ def group_by(members: list, key) -> dict:
 def _stack_key(config: HeadsConfig, validation_rows: int) -> str:
     """Configurations with the same key (and the same data) train as one stacked model; one that chooses its L2
     coefficient or cross-validates (heads.selection) gets a key of its own kind."""
+    from omniart.heads.selection import selects_alone
+
     values = dataclasses.asdict(config)
     ignored = STACKABLE + ("progress", "device")  # the device is resolved per data group already
     kept = {name: value for name, value in values.items() if name not in ignored}
-    kept["selects"] = config.weight_decay is None or (config.calibrate and validation_rows < config.min_validation_rows)
+    kept["selects"] = selects_alone(config, validation_rows)
     return json.dumps(kept, default=str, sort_keys=True)
