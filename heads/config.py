@@ -60,6 +60,10 @@ class HeadsConfig:
     # min_validation_rows rows, else cv_folds-fold cross-validation of the training rows
     cv_folds: int = 5
     min_validation_rows: int = 200
+    # where the validation split scores them, the L2 candidates train on at most this many training rows (a random
+    # subset; the coefficient per training row then refits on every row): choosing stays a fraction of one fit at
+    # any scale. 0: the candidates train on every row
+    selection_rows: int = 4096
     # temperature scaling of each classification head and a split-conformal year interval, on the held-out rows
     calibrate: bool = True
     interval: float = 0.8  # the year interval's nominal coverage
@@ -107,6 +111,8 @@ class HeadsConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "patience", "min_validation_rows"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        if int(self.selection_rows) < 0:
+            raise HeadsError(f"--selection-rows must be 0 (every training row) or more, got {self.selection_rows}.")
         if int(self.cv_folds) < 2:
             raise HeadsError(f"--cv-folds must be at least 2, got {self.cv_folds}.")
         if self.shared_size is not None and int(self.shared_size) < 0:

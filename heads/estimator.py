@@ -1,6 +1,7 @@
 """`MultiTaskHeads`: the scikit-learn style estimator of phase two, fit on arrays, saved to and loaded from a folder."""
 import dataclasses
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -74,7 +75,12 @@ class MultiTaskHeads:
         if not len(data.val) and self.config.patience is not None:
             warnings.warn("no validation rows: no validation score and no early stopping; the last epoch is kept.",
                           RuntimeWarning, stacklevel=2)
-        return self._learned(fit_selected(data, tasks, self.config, device, label), tasks, device)
+        start = time.perf_counter()
+        selection = fit_selected(data, tasks, self.config, device, label)
+        self._learned(selection, tasks, device)
+        # every model the choice trained counts: the candidates, the cross-validation parts and the refit
+        self.train_seconds_ = time.perf_counter() - start
+        return self
 
     def _tasks(self, targets: dict) -> tuple:
         if self.config.tasks is not None:

@@ -13,9 +13,10 @@ import torch
 
 from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
                                        scaled_probabilities)
-from omniart.heads.config import HeadsConfig, auto_weight_decay, bf16_autocast, l2_candidates
+from omniart.heads.config import HeadsConfig, auto_shared_size, auto_weight_decay, bf16_autocast, l2_candidates
 from omniart.heads.metrics import task_metrics
-from omniart.heads.training import DeviceData, Outcome, _score, train_one, year_baseline
+from omniart.heads.training import (DeviceData, Outcome, SplitTensors, _label_rates, _score, train_one,
+                                   year_baseline)
 
 __all__ = ["Selection", "fit_selected", "on_validation", "selects_alone", "calibration"]
 
@@ -58,15 +59,42 @@ def selects_alone(config: HeadsConfig, validation_rows: int) -> bool:
 def _on_validation(data, tasks, config, device, label) -> Selection:
     from omniart.heads.stacking import train_stacked
 
-    configs = [dataclasses.replace(config, weight_decay=value) for value in l2_candidates(config, len(data.train))]
-    outcomes = train_stacked(data, tasks, configs, device, labels=[f"{label}[L2 {c.weight_decay:.3g}] " for c in configs]) \
-        if len(configs) > 1 else [train_one(data, tasks, configs[0], device, label)]
+    rows = len(data.train)
+    values = l2_candidates(config, rows)
+    limit = int(config.selection_rows)
+    subset = len(values) > 1 and 0 < limit < rows
+    # a subset's candidates keep the full fit's width: the coefficient per training row is what carries over
+    replace_width = dict(shared_size=auto_shared_size(config, rows)) if subset else {}
+    chosen_on = _subset(data, limit, config.seed) if subset else data
+    configs = [dataclasses.replace(config, weight_decay=value, **replace_width)
+               for value in l2_candidates(config, len(chosen_on.train))]
+    outcomes = train_stacked(chosen_on, tasks, configs, device, labels=[f"{label}[L2 {c.weight_decay:.3g}] " for c in configs]) \
+        if len(configs) > 1 else [train_one(chosen_on, tasks, configs[0], device, label)]
     held = [_raw(outcome.model, data.val.x, config, device) for outcome in outcomes]
     targets, masks = _numpy(data.val.targets), _numpy(data.val.masks)
     scores = [_held_score(outputs, targets, masks, data) for outputs in held]
     best = _best(scores)
-    return Selection(outcomes[best], held[best], targets, masks,
-                     _record("validation", len(data.val), configs, scores, best))
+    if not subset:
+        return Selection(outcomes[best], held[best], targets, masks,
+                         _record("validation", len(data.val), configs, scores, best))
+    del outcomes
+    final = dataclasses.replace(config, weight_decay=values[best])
+    outcome = train_one(data, tasks, final, device, label)  # the chosen coefficient on every training row
+    record = _record("validation", len(data.val), [dataclasses.replace(config, weight_decay=v) for v in values],
+                     scores, best)
+    record["candidates_trained_on"] = f"a random {limit:,} of the {rows:,} training rows"
+    return Selection(outcome, _raw(outcome.model, data.val.x, config, device), targets, masks, record)
+
+
+def _subset(data: DeviceData, rows: int, seed: int) -> DeviceData:
+    """`rows` random training rows of `data` (same validation split and feature statistics, their own label rates)."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(data.train), rows, replace=False))
+    index = torch.from_numpy(pick).to(data.train.x.device)
+    train = data.train
+    part = SplitTensors(train.x[index], None if train.x_flip is None else train.x_flip[index],
+                        {task: value[index] for task, value in train.targets.items()},
+                        {task: value[index] for task, value in train.masks.items()})
+    return dataclasses.replace(data, train=part, label_rates=_label_rates(part, data.sizes), artist_lda={})
 
 
 def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:

@@ -63,6 +63,8 @@ _FIT_OPTIONS = {
                  "split is smaller than --min-validation-rows.", click.IntRange(min=2)),
     "min_validation_rows": ("Validation rows needed to choose and calibrate on the validation split instead of "
                             "cross-validation.", click.IntRange(min=1)),
+    "selection_rows": ("Training rows (a random subset) the L2 candidates train on where the validation split "
+                       "scores them; the choice then refits on every row. 0: every row.", click.IntRange(min=0)),
     "interval": ("Nominal coverage of the year's prediction interval (split-conformal).", click.FloatRange(0, 1, min_open=True, max_open=True)),
 }
 _RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",

@@ -117,7 +117,7 @@ def fit(config: FitConfig) -> FitResult:
                     "epochs": estimator.epochs_run_, "batch_size": estimator.batch_size_,
                     "weight_decay": estimator.weight_decay_, "loss_scales": estimator.loss_scales_,
                     "best_epoch": estimator.best_epoch_, "train_seconds": estimator.train_seconds_,
-                    "seconds_per_epoch": estimator.train_seconds_ / estimator.epochs_run_, "device": estimator.device_,
+                    "seconds_per_epoch": float(np.mean([row["seconds"] for row in estimator.history_])), "device": estimator.device_,
                     "samples": {name: int(len(part.rows)) for name, part in zip(SPLITS, (train, val, test))},
                     "task_weights": estimator.task_weights_, "flip": train.X_flip is not None,
                     "year_baseline_mae": year_baselines})

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from omniart.heads import MultiTaskHeads
+from omniart.heads.config import auto_batch_size
 from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
                                        scaled_probabilities)
 
@@ -146,6 +147,28 @@ def test_the_chosen_l2_strength_follows_the_data_size():
         assert min(model.selection_["candidates"]) * rows == pytest.approx(1.0, rel=0.3)
     assert small.weight_decay_ != large.weight_decay_
     assert small.weight_decay_ > 10 * large.weight_decay_
+    # the candidates of 30,000 rows train on a subset; the chosen coefficient per row refits on every row
+    assert large.selection_["candidates_trained_on"] == "a random 4,096 of the 30,000 training rows"
+    assert "candidates_trained_on" not in small.selection_ and large.batch_size_ == auto_batch_size(30000) == 256
+
+
+def test_candidates_on_a_subset_choose_as_candidates_on_every_row():
+    """The subset only makes the choice cheaper: on a problem with a clear best strength both choose it."""
+    rng = np.random.default_rng(4)
+    weights = rng.normal(size=(64, 3))
+
+    def data(n):
+        X = rng.normal(size=(n, 64)).astype(np.float32)
+        return X, (X @ weights + 3.0 * rng.normal(size=(n, 3))).argmax(1)
+
+    X, y = data(1200)
+    Xv, yv = data(400)
+    chosen = [MultiTaskHeads(progress=False, device="cpu", shared_size=16, epochs=4, selection_rows=rows).fit(
+        X, {"artist": y}, validation=(Xv, {"artist": yv})).selection_ for rows in (0, 600)]
+    assert "candidates_trained_on" not in chosen[0] and chosen[1]["candidates_trained_on"].startswith("a random 600 ")
+    assert chosen[0]["candidates"] == chosen[1]["candidates"] and chosen[0]["chosen"] == chosen[1]["chosen"]
+    with pytest.raises(Exception, match="selection-rows"):
+        MultiTaskHeads(selection_rows=-1).fit(X, {"artist": y})
 
 
 def test_an_explicit_weight_decay_means_exactly_what_it_says():
