@@ -20,7 +20,9 @@ def scaled_probabilities(task: str, logits, temperature: float = 1.0) -> np.ndar
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
-    return 1.0 / (1.0 + np.exp(-z))
+    from scipy.special import expit
+
+    return expit(z)  # 1 / (1 + e^-z) without overflow warnings for logits of -1000
 
 
 def _nll(task: str, logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:

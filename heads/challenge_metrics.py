@@ -68,15 +68,16 @@ def plain_ap(scores, positives) -> float:
     return float(precision[hits > 0].mean())
 
 
-def _by_columns(scores, positives, ap) -> float:
+def _by_columns(scores, positives, ap, empty: Optional[float] = None) -> Optional[float]:
+    """Mean AP over the columns; a column without positives scores `empty` (None: it is left out)."""
     values = [ap(scores[:, c], positives[:, c]) for c in range(scores.shape[1])]
-    values = [v for v in values if np.isfinite(v)]
+    values = [empty if not np.isfinite(v) else v for v in values]
+    values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
 
-def _by_rows(scores, positives, ap) -> float:
-    rows = np.flatnonzero(positives.any(axis=1))
-    return float(np.mean([ap(scores[r], positives[r]) for r in rows])) if len(rows) else None
+def _by_rows(scores, positives, ap, empty: Optional[float] = None) -> Optional[float]:
+    return _by_columns(scores.T, positives.T, ap, empty)
 
 
 def creator_metrics(scores, labels, rest: Optional[int] = None) -> dict:
@@ -105,18 +106,26 @@ def creator_metrics(scores, labels, rest: Optional[int] = None) -> dict:
 
 
 def label_metrics(scores, positives) -> dict:
-    """Type/material: interpolated mAP (per class) and imAP (per object), plain AP too, on all classes and on the
-    top-K classes by positives here (objects with a positive among them)."""
+    """Type/material, as rijks_eval.m computes them: interpolated mAP (per class) and imAP (per object) on all
+    classes, where a class or an object without a positive scores 0 (the official "all" row), and on the top-K
+    classes by positives here over the objects with a positive among them. `map_labelled`/`imap_labelled`
+    average only the classes/objects with a positive (omniart's variant); plain AP too, likewise."""
     scores, positives = np.asarray(scores, np.float64), np.asarray(positives) > 0
     table = {}
     ranked = np.argsort(-positives.sum(axis=0), kind="stable")
     for name, columns in [("all", ranked)] + [(str(k), ranked[:k]) for k in CLASS_SUBSETS if k < scores.shape[1]]:
         sub_scores, sub_positives = scores[:, columns], positives[:, columns]
-        table[name] = {"map": _by_columns(sub_scores, sub_positives, interpolated_ap),
-                       "imap": _by_rows(sub_scores, sub_positives, interpolated_ap),
+        if name != "all":  # eval_map(Gt(imsk, iinx), ...): the objects with a positive among the K classes
+            kept = sub_positives.any(axis=1)
+            sub_scores, sub_positives = sub_scores[kept], sub_positives[kept]
+        table[name] = {"map": _by_columns(sub_scores, sub_positives, interpolated_ap, empty=0.0),
+                       "imap": _by_rows(sub_scores, sub_positives, interpolated_ap, empty=0.0),
+                       "map_labelled": _by_columns(sub_scores, sub_positives, interpolated_ap),
+                       "imap_labelled": _by_rows(sub_scores, sub_positives, interpolated_ap),
                        "map_plain": _by_columns(sub_scores, sub_positives, plain_ap),
                        "imap_plain": _by_rows(sub_scores, sub_positives, plain_ap),
-                       "classes": int(len(columns)), "objects": int(sub_positives.any(axis=1).sum())}
+                       "classes": int(len(columns)), "objects": int(sub_positives.any(axis=1).sum()),
+                       "rows": int(len(sub_positives))}
     return table
 
 

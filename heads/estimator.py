@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from omniart.cache.format import non_finite_rows
 from omniart.heads import HeadsError
 from omniart.heads.config import TASKS, HeadsConfig, bf16_autocast, check_tasks
 
@@ -138,6 +139,12 @@ class MultiTaskHeads:
         if X.ndim != 2 or X.shape[1] != model.feature_dim:
             raise HeadsError(f"features of shape {X.shape} do not fit this model: it expects (N, {model.feature_dim}) "
                              "features from the backbone it was trained on.")
+        if X.dtype.kind not in "fiub":
+            raise HeadsError(f"features must be numbers, got dtype {X.dtype}.")
+        bad = non_finite_rows(X) if X.dtype.kind == "f" else []
+        if len(bad):
+            raise HeadsError(f"features hold nan or inf in {len(bad)} row(s) (first: {list(map(int, bad[:5]))}); drop "
+                             "or re-extract those rows (their images may be broken).")
         return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(next(model.buffers()).device)
 
     def predict_scores(self, X, calibrated: bool = True) -> dict:
@@ -172,8 +179,16 @@ class MultiTaskHeads:
         (task -> bool; default: as in fit, unlabelled rows skipped)."""
         from omniart.heads.metrics import task_metrics
 
+        from omniart.heads.training import _as_targets
+
         scores, masks = self.predict_scores(X), masks or {}
-        return {task: task_metrics(task, scores[task], targets[task], masks.get(task)) for task in scores if task in targets}
+        unknown = sorted(set(targets) - set(scores))
+        if unknown:
+            raise HeadsError(f"targets name {', '.join(map(str, unknown))}, which this model does not predict; it has "
+                             f"{', '.join(scores)}.")
+        checked = {task: _as_targets(task, values, len(scores[task]), self.task_sizes_.get(task), "score():")
+                   for task, values in targets.items()}
+        return {task: task_metrics(task, scores[task], checked[task], masks.get(task)) for task in checked}
 
     def embed(self, X) -> np.ndarray:
         """The shared representation (paper 3.3) of features X: (N, shared_size) float32."""

@@ -39,6 +39,9 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
         raise HeadsError(f"k={k}: the number of neighbours must be at least 1.")
     check_keys(store, queries)
     all_keys = store.keys
+    if len(all_keys) < 2 and not include_self:
+        raise HeadsError(f"the cache {getattr(store, 'path', '')} holds only {len(all_keys)} row ({all_keys[0]!r}): there is "
+                         "no other artwork to compare with; extract more images into it first.")
     query_vectors = _normalized(store.load(queries, flip=flip))
     # Global row of each query, to mask it out of its own block without comparing strings.
     position = {key: row for row, key in enumerate(all_keys)}

@@ -35,11 +35,12 @@ def challenge_tables(result: dict, split: str = "test") -> str:
         parts.append("\n".join("| " + line + " |" for line in lines))
     for task in ("type", "material"):
         if task in result:
-            lines = [f"{task} ({split}) | classes | objects | mAP (11-pt) | imAP (11-pt) | mAP (plain) | imAP (plain)",
-                     "|".join(["---"] * 7)]
+            lines = [f"{task} ({split}) | classes | objects | mAP (11-pt) | imAP (11-pt) | imAP (11-pt, objects with "
+                     "a positive) | mAP (plain) | imAP (plain)", "|".join(["---"] * 8)]
             for name, row in result[task].items():
                 lines.append(" | ".join([name, str(row["classes"]), str(row["objects"]), _cell(row["map"]),
-                                         _cell(row["imap"]), _cell(row["map_plain"]), _cell(row["imap_plain"])]))
+                                         _cell(row["imap"]), _cell(row["imap_labelled"]), _cell(row["map_plain"]),
+                                         _cell(row["imap_plain"])]))
             parts.append("\n".join("| " + line + " |" for line in lines))
     year = result.get("year")
     if year and year["model"]:

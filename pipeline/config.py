@@ -1,5 +1,6 @@
 """`FitConfig`: phase two's files, label rules and every HeadsConfig hyperparameter, saved in each run directory."""
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -55,4 +56,8 @@ class FitConfig(HeadsConfig):
         """The tasks to train (all four when none are named), every hyperparameter checked first."""
         tasks = check_tasks(self.tasks) if self.tasks is not None else TASKS
         self.heads_config(tasks=tasks).check()
+        threshold = self.leakage_threshold
+        if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)
+                                          and -1 <= threshold <= 1):
+            raise HeadsError(f"--leakage-threshold must be a cosine similarity in [-1, 1] (or none), got {threshold!r}.")
         return tasks

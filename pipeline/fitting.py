@@ -95,9 +95,10 @@ def fit(config: FitConfig) -> FitResult:
     """Train on `config.cache` with labels from `config.metadata`; publish and return the run directory."""
     from omniart.cache.environment import software_versions
     from omniart.heads import MultiTaskHeads
-    from omniart.pipeline.run_dir import publish_run, write_history
+    from omniart.pipeline.run_dir import check_run_out, publish_run, write_history
 
     tasks = config.checked_tasks()
+    check_run_out(config.out)  # before the training, not after it
     store, labels, report = open_labelled_cache(config, tasks)
     tasks, dropped = trainable_tasks(labels, tasks)
     if config.progress:

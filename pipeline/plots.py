@@ -5,6 +5,8 @@ from typing import Optional
 
 import numpy as np
 
+from omniart.cache.files import publish_file
+
 __all__ = ["write_plots", "learning_curves", "confusion_figure", "confusion_matrix", "confused_pairs",
            "reliability_figure"]
 
@@ -68,7 +70,7 @@ def learning_curves(history: list, path: Path) -> None:
             axis.legend(fontsize=7)
     # fixed margins, not tight_layout: it draws the figure once more to measure it (half the time of a fit's plots)
     figure.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
 
 
 def confusion_figure(matrix: np.ndarray, names: list, path: Path) -> None:
@@ -87,7 +89,7 @@ def confusion_figure(matrix: np.ndarray, names: list, path: Path) -> None:
         figure.colorbar(image, ax=axis, fraction=0.046)
     # fixed margins sized for the 18-character tick labels, not tight_layout (an extra draw to measure them)
     figure.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.95, wspace=0.25)
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
 
 
 def reliability_figure(path: Path, raw: dict, calibrated: dict, targets: dict) -> Optional[Path]:
@@ -114,7 +116,7 @@ def reliability_figure(path: Path, raw: dict, calibrated: dict, targets: dict) -
                  ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1.02))
         axis.legend(fontsize=7, loc="upper left")
     figure.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.9, wspace=0.28)
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
     return path
 
 
@@ -136,8 +138,18 @@ def write_plots(out: Path, history: list, labels, artist_targets: Optional[np.nd
     frequent = classes[np.argsort(-counts, kind="stable")[:_MAX_ARTISTS]]
     names = [labels.artist_names[c] for c in frequent]
     confusion_figure(confusion_matrix(true, predicted, frequent), names, out / "confusion_artists.png")
-    with open(out / "confused_pairs.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["artist_a", "artist_b", "a_as_b", "b_as_a", "total"])
-        writer.writeheader()
-        writer.writerows(confused_pairs(true, predicted, labels.artist_names))
+    pairs = confused_pairs(true, predicted, labels.artist_names)
+
+    def write_pairs(path):
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["artist_a", "artist_b", "a_as_b", "b_as_a", "total"])
+            writer.writeheader()
+            writer.writerows(pairs)
+
+    publish_file(out / "confused_pairs.csv", write_pairs)
     return written + [out / "confusion_artists.png", out / "confused_pairs.csv"]
+
+
+def _save(figure, path: Path) -> None:
+    """The PNG published whole (evaluate rewrites the plots of a published run: a kill must not leave half one)."""
+    publish_file(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))

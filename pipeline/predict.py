@@ -1,5 +1,6 @@
 """Predictions of a trained run for a cache or an image folder, as one CSV row per key."""
 import hashlib
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from omniart.cache.files import publish_file
 from omniart.heads import HeadsError
 
 __all__ = ["PredictConfig", "predict", "predictions_table", "check_cache_matches", "file_sha256"]
@@ -33,6 +35,25 @@ class PredictConfig:
     workers: int = 2  # image decoding processes of the extraction (0: in this process)
     rows: int = 65536  # cache rows predicted at a time (bounds memory)
 
+    def check(self) -> None:
+        """HeadsError naming the first bad option, before a model is loaded or an image read."""
+        for name in ("threshold", "min_confidence"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
+                raise HeadsError(f"--{name.replace('_', '-')} must be a number in [0, 1], got {value!r}.")
+        for name in ("top_k", "batch_size", "rows"):
+            if int(getattr(self, name)) < 1:
+                raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        if Path(self.out).is_dir():
+            raise HeadsError(f"--out {self.out} is a folder; name the CSV file to write, e.g. {Path(self.out) / 'predictions.csv'}.")
+        parent = Path(self.out).resolve().parent
+        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise HeadsError(f"--out {self.out} cannot be written: {blocker} is a file, not a folder.")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise HeadsError(f"--weights {self.weights} " + ("is not a regular file" if Path(self.weights).exists()
+                             else "does not exist") + "; pass the backbone weights file the run's cache was extracted with.")
+
 
 def predict(cfg: PredictConfig):
     """Write cfg.out and return it as a pandas DataFrame (key, artist_1, artist_1_prob, ..., type, material, year)."""
@@ -40,6 +61,7 @@ def predict(cfg: PredictConfig):
     from omniart.cache.environment import resolve_device
     from omniart.pipeline.run_dir import load_run
 
+    cfg.check()
     if (cfg.cache is None) == (cfg.images is None):
         raise HeadsError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "
                         "(features extracted now with the run's backbone).")
@@ -60,7 +82,7 @@ def _predict_store(run, store, cfg: PredictConfig):
               for keys, features in store.iter_batches(rows=cfg.rows)]
     table = pd.concat(tables, ignore_index=True)
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(cfg.out, index=False)
+    publish_file(Path(cfg.out), lambda path: table.to_csv(path, index=False))  # a killed run leaves the old file
     return table
 
 

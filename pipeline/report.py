@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import List
 
+from omniart.cache.files import publish_file
+
 __all__ = ["write_report"]
 
 THUMBNAIL = 256  # longest side, pixels, of the gallery images copied next to the report
@@ -19,7 +21,8 @@ def write_report(summary, run, config) -> Path:
     sections = [_header(run, config, run_link), _timings(summary), _data_set(run),
                 _metrics(summary.metrics, config.split), _plots(run.run_dir, run_link),
                 _gallery(summary.gallery, out, config.split)]
-    summary.report.write_text("\n\n".join(section for section in sections if section) + "\n", encoding="utf-8")
+    text = "\n\n".join(section for section in sections if section) + "\n"
+    publish_file(summary.report, lambda path: Path(path).write_text(text, encoding="utf-8"))
     return summary.report
 
 

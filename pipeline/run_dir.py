@@ -85,11 +85,19 @@ def publish_run(out, build) -> Path:
     refuses an `out` that holds something other than a run, which the swap would delete."""
     from omniart.cache.files import publish_folder
 
+    check_run_out(out)
+    return publish_folder(Path(out), build)
+
+
+def check_run_out(out) -> None:
+    """HeadsError unless `out` can become a run directory: new, empty, or an earlier run (checked before training)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise HeadsError(f"--out {str(out)!r} exists and is not a run directory (it would be replaced whole); "
                          "pass a new folder, an empty one, or an earlier run to overwrite.")
-    return publish_folder(out, build)
+    blocker = next((parent for parent in out.resolve().parents if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise HeadsError(f"--out {str(out)!r} cannot be created: {blocker} is a file, not a folder; pass another --out.")
 
 
 def write_history(path: Path, history: list) -> None:

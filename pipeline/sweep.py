@@ -61,6 +61,8 @@ class SweepResult:
         table = self.merged if self.merged is not None else self.part
         done = f"all {len(table)} configurations in {self.out / 'results.csv'}" if self.merged is not None \
             else f"{len(self.part)} configurations in {self.part_path} (results.csv follows once every shard is done)"
+        if not len(table):
+            return f"{done}: this shard has none of the grid's configurations to train"
         best = table.iloc[0]
         shown = ", ".join(f"{name}={best[name]}" for name in _grid_columns(table))
         return f"{done}; best: {shown} (val score {best['val_score']:.4f})"
@@ -213,8 +215,8 @@ def _sorted_table(rows: list, grid_names: list):
     """Rows as a DataFrame: config, grid values, val_score, metrics...; best validation score first."""
     import pandas as pd
 
-    table = pd.DataFrame(rows)
     first = ["config"] + grid_names + ["val_score"]
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=first)  # a shard beyond the grid: an empty part
     table = table[first + [name for name in table.columns if name not in first]]
     return table.sort_values(["val_score", "config"], ascending=[False, True], na_position="last",
                              kind="stable").reset_index(drop=True)

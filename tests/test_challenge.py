@@ -89,7 +89,7 @@ def test_metrics_match_independent_implementations_on_random_data():
     table = label_metrics(scores, positives)
     assert table["all"]["map"] == pytest.approx(np.mean([_voc07_ap(scores[:, c], positives[:, c]) for c in range(12)]))
     rows = np.flatnonzero(positives.any(axis=1))
-    assert table["all"]["imap"] == pytest.approx(np.mean([_voc07_ap(scores[r], positives[r]) for r in rows]))
+    assert table["all"]["imap_labelled"] == pytest.approx(np.mean([_voc07_ap(scores[r], positives[r]) for r in rows]))
     labels = rng.integers(0, 12, 300)
     expected = np.mean([(np.argsort(-scores[labels == c], axis=1)[:, :3] == c).any(axis=1).mean() for c in range(12)])
     assert mca_at_k(scores, labels, 3) == pytest.approx(expected)
@@ -143,3 +143,25 @@ def test_the_shared_images_run_under_the_challenge_protocol(rijks14_dir, tmp_pat
     assert [row["protocol"] for row in rows] == ["rijks14-challenge", "omniart"] and rows[1]["artist accuracy"] is None
     missing = runner.invoke(omni_heads, ["compare", str(tmp_path / "nothing")])
     assert missing.exit_code == 1 and "is not a readable run" in missing.output
+
+
+def test_the_all_row_is_the_official_rijks_eval_figure():
+    """rijks_eval.m's "all" row: eval_map over every test object (imAP) and class (mAP), one without a positive
+    scoring 0 (MATLAB: rec = 0/0 is nan, max of an empty selection -> 0); the top-K rows over the objects with a
+    positive among the K classes. The issue's planted figures: 0.9259 over the objects with a positive is 0.8975
+    over all of them when 689 of 22,408 have none."""
+    rng = np.random.default_rng(3)
+    scores = rng.random((200, 6))
+    positives = (rng.random((200, 6)) < 0.15).astype(np.uint8)
+    positives[:, 5] = 0  # a class without a test positive
+    with_positive = positives.any(axis=1)
+    assert 0 < (~with_positive).sum() < 200
+    per_object = np.array([_voc07_ap(scores[r], positives[r]) if with_positive[r] else 0.0 for r in range(200)])
+    per_class = np.array([_voc07_ap(scores[:, c], positives[:, c]) if positives[:, c].any() else 0.0 for c in range(6)])
+    table = label_metrics(scores, positives)
+    assert table["all"]["imap"] == pytest.approx(per_object.mean())
+    assert table["all"]["imap_labelled"] == pytest.approx(per_object[with_positive].mean())
+    assert table["all"]["imap"] == pytest.approx(table["all"]["imap_labelled"] * with_positive.sum() / 200)
+    assert table["all"]["map"] == pytest.approx(per_class.mean()) and table["all"]["map_labelled"] == pytest.approx(
+        per_class[:5].mean())
+    assert table["all"]["rows"] == 200 and table["all"]["objects"] == with_positive.sum()

@@ -319,3 +319,22 @@ def test_an_error_on_a_cpu_pool_thread_reaches_the_caller(torch_all_threads):
     with pytest.raises(ValueError, match="thread [01] failed"):
         training._on_every_cpu_thread(fails)
     assert training._on_every_cpu_thread(lambda thread: thread) == [0, 1]
+
+
+def test_use_refuses_non_finite_features_and_targets_out_of_range(fitted):
+    """Nan/inf rows used to predict artist 0; artist ids past the head scored accuracy 0.0 without a word."""
+    estimator, data = fitted
+    X, targets = arrays(data, "test")
+    for bad in (np.nan, np.inf):
+        broken = X.copy()
+        broken[3, 1] = bad
+        with pytest.raises(HeadsError, match=r"nan or inf in 1 row\(s\) \(first: \[3\]\)"):
+            estimator.predict(broken)
+    with pytest.raises(HeadsError, match="must be numbers"):
+        estimator.predict(X.astype(object))
+    wrong = dict(targets, artist=targets["artist"] + 1000)
+    with pytest.raises(HeadsError, match="outside -1"):
+        estimator.score(X, wrong)
+    with pytest.raises(HeadsError, match="does not predict"):
+        estimator.score(X, {"colour": targets["year"]})
+    assert estimator.score(X, targets)["artist"]["accuracy"] > 0.5

@@ -377,3 +377,102 @@ def test_sweep_refuses_other_grids_in_one_folder_and_non_finite_values(trained, 
     for value, text in (("inf", "--lr inf is out of range"), ("nan", "--lr nan is out of range")):
         bad = runner.invoke(sweep, args + ["--grid", f"lr={value}", "--out", str(tmp_path / value)])
         assert bad.exit_code == 1 and text in bad.output and "Traceback" not in bad.output
+
+
+def test_predict_checks_its_options_first_and_publishes_the_csv_whole(trained, tmp_path, monkeypatch):
+    """nan thresholds were accepted (every cell empty); a mistyped or FIFO --weights crashed or hung; a kill while
+    writing left a short CSV that looked whole."""
+    import os
+
+    from omniart.pipeline.predict import PredictConfig
+    from omniart.pipeline.predict import predict as run_predict
+
+    cache, _, run_dir = trained
+    runner = CliRunner()
+    out = tmp_path / "p.csv"
+    for option in ("--threshold", "--min-confidence"):
+        result = runner.invoke(predict, [str(run_dir), "--cache", str(cache), "--out", str(out), option, "nan"])
+        assert result.exit_code != 0 and "Traceback" not in result.output and not out.exists()
+    with pytest.raises(HeadsError, match="must be a number in"):
+        run_predict(PredictConfig(run=str(run_dir), out=str(out), cache=str(cache), threshold=float("nan")))
+    fifo = tmp_path / "weights.fifo"
+    os.mkfifo(fifo)
+    for weights, message in ((tmp_path / "wieghts.pt", "does not exist"), (fifo, "is not a regular file")):
+        result = runner.invoke(predict, [str(run_dir), "--images", str(tmp_path), "--out", str(out), "--weights", str(weights)])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    folder = runner.invoke(predict, [str(run_dir), "--cache", str(cache), "--out", str(tmp_path)])
+    assert folder.exit_code != 0 and "Traceback" not in folder.output
+    out.write_text("old\n")
+    blocked = runner.invoke(predict, [str(run_dir), "--cache", str(cache), "--out", str(out / "x.csv")])
+    assert blocked.exit_code == 1 and "is a file, not a folder" in blocked.output
+    # a write killed half way leaves the previous file as it was, and no temporary beside it
+    import pandas
+
+    def dies(self, path, **kwargs):
+        Path(path).write_text("key,artist_1\nart/00000.jpg,rem")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pandas.DataFrame, "to_csv", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(PredictConfig(run=str(run_dir), out=str(out), cache=str(cache), device="cpu"))
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "weights.fifo"]
+
+
+def test_fit_refuses_a_bad_out_or_leakage_threshold_before_training(tmp_path, monkeypatch):
+    from omniart.heads import MultiTaskHeads
+
+    cache, metadata = planted(tmp_path, rows=60)
+    monkeypatch.setattr(MultiTaskHeads, "fit", lambda *a, **k: pytest.fail("trained before the options were checked"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    cases = ((dict(out=str(tmp_path / "notes")), "is not a run directory"),
+             (dict(out=str(metadata / "run")), "is a file, not a folder"),
+             (dict(out=str(tmp_path / "run"), leakage_threshold=float("nan")), "--leakage-threshold must be"))
+    for changes, message in cases:
+        with pytest.raises(HeadsError, match=message):
+            fit(FitConfig(cache=str(cache), metadata=str(metadata), **{**TINY_FIT, **changes}))
+    assert (tmp_path / "notes" / "notes.txt").read_text() == "mine"
+
+
+def test_evaluate_publishes_each_plot_whole(trained, tmp_path, monkeypatch):
+    """evaluate rewrites the plots of a published run: a kill while saving one must leave the old file."""
+    import shutil
+
+    from matplotlib.figure import Figure
+
+    from omniart.pipeline import evaluate
+
+    _, _, run_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = (copy / "confusion_artists.png").read_bytes()
+
+    def dies(self, path, **kwargs):
+        Path(path).write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", dies)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(str(copy), device="cpu")
+    assert all(path.stat().st_size > 0 for path in copy.glob("*.png")) and not list(copy.glob(".*.tmp"))
+    assert (copy / "confusion_artists.png").read_bytes() == before
+
+
+def test_a_sweep_shard_beyond_the_grid_writes_an_empty_part_and_the_merge_completes(trained, tmp_path):
+    cache, metadata, _ = trained
+    runner = CliRunner()
+    args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--grid", "lr=3e-2,3e-3", "--grid",
+            "min-artist-samples=3", "--grid", "min-class-samples=2", "--grid", "shared-size=8", "--epochs", "1",
+            "--device", "cpu", "--out", str(tmp_path / "s"), "--num-shards", "3", "--shard-index"]
+    for index in (2, 0, 1):  # the empty shard first
+        result = runner.invoke(sweep, args + [str(index)])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert len(pd.read_csv(tmp_path / "s" / "results-00002-of-00003.csv")) == 0
+    assert sorted(pd.read_csv(tmp_path / "s" / "results.csv")["config"]) == [0, 1]
+
+
+def test_neighbors_of_a_one_row_cache_say_there_is_nothing_to_compare(tmp_path):
+    write_features(tmp_path / "one", ["only.jpg"], np.ones((1, 4), np.float32), ATTRS)
+    result = CliRunner().invoke(neighbors, [str(tmp_path / "one"), "only.jpg"])
+    assert result.exit_code == 1 and "no other artwork" in result.output and "Traceback" not in result.output
+    assert nearest_neighbors(FeatureStore(tmp_path / "one"), "only.jpg", include_self=True) == [("only.jpg", 1.0)]
