@@ -5,15 +5,16 @@ import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["publish_file", "publish_folder"]
+from omniart.cache.errors import OmniError
+
+__all__ = ["publish_file", "publish_folder", "make_parent"]
 
 _HOST = socket.gethostname().replace("-", "_").replace(".", "_") or "host"
 
 
 def publish_file(path, write) -> Path:
     """write(temporary path) beside `path`, then rename it into place: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = make_parent(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -29,8 +30,7 @@ def publish_file(path, write) -> Path:
 def publish_folder(out, build) -> Path:
     """build(folder) into a new folder beside `out`, then swap it into place: a killed build leaves the old
     folder whole (or none), never a mix of the two. What a killed build left beside `out` is cleared first."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = make_parent(out)
     _clear_dead(out)
     tag = f"{_HOST}-{os.getpid()}-"  # the host too: on a shared filesystem a pid names a process of one node
     building = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-{tag}"))
@@ -54,6 +54,26 @@ def publish_folder(out, build) -> Path:
         if building.exists():
             shutil.rmtree(building)
     return out
+
+
+def make_parent(path) -> Path:
+    """Create the folders `path` goes in (a writable folder), or an OmniError naming the path and why it cannot be
+    written there: a file where a folder must be, or no permission. Returns Path(path)."""
+    path = Path(path)
+    blocker = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
+    why = f"{str(blocker)!r} is a file, not a folder" if blocker is not None else None
+    if why is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            why = f"its folder cannot be created ({error.strerror or error})"
+        else:
+            if not os.access(path.parent, os.W_OK | os.X_OK):
+                why = f"its folder {str(path.parent)!r} is not writable"
+    if why is not None:
+        raise OmniError(f"cannot write {str(path)!r}: {why}; pass an output path inside a folder that exists (or can "
+                        "be created) and that you can write to") from None
+    return path
 
 
 def _clear_dead(out: Path) -> None:

@@ -16,8 +16,10 @@ FORMAT_VERSION = 1
 # Shards that differ in any of these hold features that cannot be mixed in one matrix.
 COMPARED_ATTRS = ("backbone", "weights", "preprocessing", "feature_dim")
 REQUIRED_ATTRS = ("format_version",) + COMPARED_ATTRS
-# dataset `features` has `features_crc32`: the crc32 of each block of CHECKSUM rows' stored bytes
+# dataset `features` has `features_crc32`: the crc32 of each block of CHECKSUM rows' stored bytes; `keys` has
+# `keys_crc32` (shards written since it exists; older ones verify without it): see key_checksums
 CHECKSUM_SUFFIX = "_crc32"
+KEY_BLOCK_ATTR = "block_rows"  # attribute of keys_crc32: rows per checksummed block of keys
 SHARD_NAME = re.compile(r"^features-(?P<tag>.+)-(?P<seq>\d{5,})\.h5$")
 CACHE_HELP = ("a feature cache is a directory of features-*.h5 shard files written by `omni-extract IMAGES "
               "--out DIR` (or cache.write_features)")
@@ -133,6 +135,17 @@ def block_checksums(values: np.ndarray, rows: int) -> np.ndarray:
     values = np.ascontiguousarray(values)
     return np.array([zlib.crc32(memoryview(values[start:start + rows]).cast("B"))
                      for start in range(0, len(values), rows)], dtype=np.uint32)
+
+
+def key_checksums(keys, rows: int) -> np.ndarray:
+    """uint32 crc32 of each block of `rows` keys: their UTF-8 lengths (uint32 little-endian), then their bytes, so
+    neither a changed character nor a moved boundary between two keys keeps the sum."""
+    sums = []
+    for start in range(0, len(keys), rows):
+        encoded = [key.encode("utf-8", "surrogateescape") for key in keys[start:start + rows]]
+        lengths = np.array([len(data) for data in encoded], dtype="<u4")
+        sums.append(zlib.crc32(b"".join(encoded), zlib.crc32(lengths.tobytes())))
+    return np.array(sums, dtype=np.uint32)
 
 
 def describe(value) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from omniart.cache.failures import read_failures
-from omniart.cache.format import (CACHE_HELP, CHECKSUM_SUFFIX, CacheError, describe, differing, list_shards,
-                                  non_finite_rows, open_shard, read_keys)
+from omniart.cache.format import (CACHE_HELP, CHECKSUM_SUFFIX, KEY_BLOCK_ATTR, CacheError, describe, differing,
+                                  key_checksums, list_shards, non_finite_rows, open_shard, read_keys)
 from omniart.cache.index import FEATURE_DATASETS, shard_headers
 from omniart.cache.rows import ShardRows
 
@@ -112,8 +112,10 @@ class FeatureStore:
                 stored = {name: handle[f"{name}{CHECKSUM_SUFFIX}"][()] for name in FEATURE_DATASETS
                           if name in handle and f"{name}{CHECKSUM_SUFFIX}" in handle}
                 block_rows = {name: handle[name].chunks[0] if handle[name].chunks else shard.rows for name in stored}
-            checked["without_checksums"] += sum(1 for name in FEATURE_DATASETS if name in self._layouts[number]
-                                                and name not in stored)
+                keys_checked = _verify_keys(handle, shard.path)
+            checked["datasets"] += keys_checked
+            checked["without_checksums"] += (not keys_checked) + sum(
+                1 for name in FEATURE_DATASETS if name in self._layouts[number] and name not in stored)
             for name, sums in stored.items():
                 buffer = np.empty((block_rows[name], self.feature_dim), shard.attrs["dtype"])
                 with ShardRows(shard, name, self._layouts[number][name], shard.attrs["dtype"], self.feature_dim) \
@@ -227,6 +229,25 @@ class FeatureStore:
         name = "features_flip" if flip else "features"
         shard = self._shards[number]
         return ShardRows(shard, name, self._layouts[number][name], shard.attrs["dtype"], self.feature_dim)
+
+
+def _verify_keys(handle, path) -> bool:
+    """Check an open shard's keys against the keys_crc32 its writer stored; False where there is none (shards
+    written before keys had checksums, other tools' shards): those still load and verify."""
+    name = f"keys{CHECKSUM_SUFFIX}"
+    if name not in handle:
+        return False
+    sums, rows = handle[name][()], int(handle[name].attrs.get(KEY_BLOCK_ATTR, 0))
+    keys = read_keys(handle)
+    actual = key_checksums(keys, rows) if rows >= 1 else None
+    if actual is None or len(actual) != len(sums):
+        raise CacheError(f"shard {path} is damaged: its {len(keys)} keys do not match the {len(sums)} checksum(s) "
+                         "stored for them; delete the shard and re-run omni-extract to recompute its keys")
+    for block in np.flatnonzero(actual != sums)[:1]:
+        start, stop = block * rows, min((block + 1) * rows, len(keys))
+        raise CacheError(f"shard {path} is damaged: keys of rows {start}..{stop - 1} (e.g. {keys[start]!r}) do not "
+                         "match their checksum; delete the shard and re-run omni-extract to recompute its keys")
+    return True
 
 
 @contextmanager

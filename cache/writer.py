@@ -1,6 +1,7 @@
 """ShardWriter: buffers keyed feature rows and publishes full shards atomically (temp name + os.replace)."""
 import os
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -9,17 +10,18 @@ import numpy as np
 
 from omniart.cache.environment import software_versions
 from omniart.cache.files import publish_folder
-from omniart.cache.format import (CHECKSUM_SUFFIX, FORMAT_VERSION, SHARD_NAME, CacheError, block_checksums,
-                                  decode_attrs, describe, differing, encode_attrs, list_shards,
-                                  non_finite_rows, open_shard, read_keys, shard_header)
+from omniart.cache.format import (CHECKSUM_SUFFIX, FORMAT_VERSION, KEY_BLOCK_ATTR, SHARD_NAME, CacheError,
+                                  block_checksums, decode_attrs, describe, differing, encode_attrs, key_checksums,
+                                  list_shards, non_finite_rows, open_shard, read_keys, shard_header)
 
-__all__ = ["ShardWriter", "write_features", "check_extends", "publish_cache"]
+__all__ = ["ShardWriter", "write_features", "check_extends", "check_partition", "partition_count", "publish_cache"]
 
 # Rows per HDF5 chunk: whole-chunk reads go straight into the caller's array (see benchmarks/bench_cache.py).
 CHUNK_ROWS = 1024
 STORAGE_DTYPES = ("float16", "float32")
 WORKER_TAG = re.compile(r"[A-Za-z0-9_.-]+")
 LOCK_PREFIX = ".lock-"  # + worker tag: the file a live writer holds its OS lock on
+PARTITION_TAG = re.compile(r"^\d+-of-(?P<count>\d+)$")  # omni-extract's tags, e.g. 00001-of-00004
 
 
 class ShardWriter:
@@ -52,6 +54,7 @@ class ShardWriter:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._lock()  # before touching this tag's temporary files: they may be another live writer's
         try:
+            check_partition(self.cache_dir, self.worker_tag)
             for stale in self.cache_dir.glob(f".features-{self.worker_tag}-*.tmp"):
                 stale.unlink(missing_ok=True)
             self._seen = self._check_existing(known_keys)
@@ -81,14 +84,18 @@ class ShardWriter:
         import fcntl
 
         self._lock_file = open(self.cache_dir / f"{LOCK_PREFIX}{self.worker_tag}", "a+")
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_file.close()
-            self._lock_file = None
-            raise CacheError(f"another writer is adding to {self.cache_dir} as worker {self.worker_tag} right now (the "
-                             "same command started twice, or two jobs given the same shard index): wait for it, or "
-                             "give each job its own --shard-index / --num-shards") from None
+        for attempt in range(5):  # a few tries: check_partition's probe of this file holds it for microseconds
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if attempt < 4:
+                    time.sleep(0.01)
+        self._lock_file.close()
+        self._lock_file = None
+        raise CacheError(f"another writer is adding to {self.cache_dir} as worker {self.worker_tag} right now (the "
+                         "same command started twice, or two jobs given the same shard index): wait for it, or "
+                         "give each job its own --shard-index / --num-shards")
 
     def _unlock(self) -> None:
         if getattr(self, "_lock_file", None) is not None:
@@ -158,6 +165,8 @@ class ShardWriter:
                         shard.create_dataset(name, data=values[:rows], chunks=chunks)
                         # per-chunk crc32 beside the data (HDF5's fletcher32 filter would turn off the raw reads)
                         shard.create_dataset(f"{name}{CHECKSUM_SUFFIX}", data=block_checksums(values[:rows], chunks[0]))
+                keys_sum = shard.create_dataset(f"keys{CHECKSUM_SUFFIX}", data=key_checksums(self._keys, chunks[0]))
+                keys_sum.attrs[KEY_BLOCK_ATTR] = chunks[0]
             with open(temp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.replace(temp, final)
@@ -205,6 +214,52 @@ def check_extends(cache_dir, attrs: dict, dtype: str, with_flip: bool) -> None:
             raise CacheError(f"cannot add to the cache {cache_dir}: its shard {path.name} stores "
                              f"{existing.attrs['dtype']} but this run asks for --dtype {dtype}; pass --dtype "
                              f"{existing.attrs['dtype']} to extend it, or another --out directory")
+
+
+def partition_count(worker_tag: str) -> int:
+    """How many workers split a cache's keys under this tag's scheme: N for omni-extract's 'I-of-N' (--num-shards,
+    torchrun, Slurm), else 1 (one writer over all keys)."""
+    match = PARTITION_TAG.match(str(worker_tag))
+    return int(match["count"]) if match else 1
+
+
+def check_partition(cache_dir, worker_tag: str) -> None:
+    """Refuse a writer whose partition scheme (partition_count) is not the cache's: the scheme of its published
+    shards (their file names) and of the writers on it right now (their held lock files). Workers of two schemes
+    split the keys differently, so both would store some keys."""
+    cache_dir, mine = Path(cache_dir), partition_count(worker_tag)
+    published = {match["tag"] for match in map(SHARD_NAME.match, os.listdir(cache_dir)) if match}
+    others = {tag for tag in published if partition_count(tag) != mine}
+    for lock in cache_dir.glob(f"{LOCK_PREFIX}*"):
+        tag = lock.name[len(LOCK_PREFIX):]
+        if tag != worker_tag and tag not in published and partition_count(tag) != mine and _held(lock):
+            others.add(tag)
+    if others:
+        theirs = partition_count(min(others))
+        raise CacheError(f"cannot add to the cache {cache_dir} as worker {worker_tag} ({_scheme(mine)}): it is "
+                         f"written by worker(s) {', '.join(sorted(others)[:5])} ({_scheme(theirs)}); one cache takes "
+                         "one partition scheme (two split the keys differently and store some twice): run every "
+                         f"worker on it with {_scheme(theirs, fix=True)}, or write to another --out directory")
+
+
+def _scheme(count: int, fix: bool = False) -> str:
+    if count == 1:
+        return "no --num-shards / --shard-index (one worker)" if fix else "one worker over all keys"
+    return f"--num-shards {count} and --shard-index 0..{count - 1}" if fix else f"--num-shards {count}"
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live writer holds this lock file now (a dead writer's lock died with it)."""
+    import fcntl
+
+    try:
+        with open(lock, "rb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once by the close
+    except FileNotFoundError:
+        return False
+    except OSError:  # held (or unreadable: counted as held)
+        return True
+    return False
 
 
 def _shard_name(worker_tag, seq) -> str:

@@ -71,6 +71,37 @@ _RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patie
                     "min_class_samples", "seed", "precision")
 
 
+# Label options of csv metadata: one spelling on labels, fit, sweep and run (LabelConfig's fields)
+_LABEL_OPTIONS = {
+    "key_column": ("csv: column of each record's image key (its file name, path or tar key).", str),
+    "artist_column": ("csv: artist column [default: 'artist' if present].", str),
+    "type_column": ("csv: object type column [default: 'type' if present].", str),
+    "material_column": ("csv: material/medium column [default: 'material' if present].", str),
+    "year_column": ("csv: year or free-text date column [default: 'year' if present].", str),
+    "begin_column": ("csv: creation interval begin column (with --end-column).", str),
+    "end_column": ("csv: creation interval end column.", str),
+    "split_column": ("csv: official split column (train/val/test or 1/2/3) [default: 'split' if present, else a "
+                     "seeded 70/20/10 split].", str),
+    "separator": ("csv: separator of multi-valued cells.", str),
+    "language": ("Stemmer of free-text media and types (met, csv).", click.Choice(LANGUAGES)),
+}
+
+
+def _label_options(command):
+    """Decorator adding the csv label options (default None: LabelConfig's own default applies)."""
+    for name in reversed(list(_LABEL_OPTIONS)):
+        text, kind = _LABEL_OPTIONS[name]
+        default = _LABEL_DEFAULTS[name]
+        shown = f" [default: {default}]" if default is not None and "[default" not in text else ""
+        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, help=text + shown)(command)
+    return command
+
+
+def _given_labels(options: dict) -> dict:
+    """The label options the user gave, removed from `options`."""
+    return {name: options.pop(name) for name in list(_LABEL_OPTIONS) if options.get(name) is not None}
+
+
 def _shown_default(name: str) -> str:
     spec = _FIT_FIELDS[name]
     if spec.default is not None and spec.default is not dataclasses.MISSING:
@@ -122,8 +153,7 @@ def main():
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
               help="Label rules: omniart's (the options above), or rijks14-challenge: the Rijksmuseum Challenge "
                    f"2014's own classes (--format rijks14) [default: {_LABEL_DEFAULTS['protocol']}].")
-@click.option("--label-option", "label_options", multiple=True, metavar="KEY=VALUE",
-              help="Any other label option, e.g. key_column=file (repeatable).")
+@_label_options
 @click.option("--device", help=f"auto, cpu, cuda or cuda:N [default: {_shown_default('device')}].")
 @click.option("--single-task-baselines", is_flag=True, help="Also train each task alone and compare (metrics, time ratio).")
 @click.option("--plots/--no-plots", default=None,
@@ -133,7 +163,7 @@ def main():
               help="Count validation/test samples with a training sample at least this cosine-similar (leaked "
                    f"near-duplicates) [default: {_FIT_FIELDS['leakage_threshold'].default}].")
 @cli_errors
-def fit(cache, metadata, label_format, out, label_options, **options):
+def fit(cache, metadata, label_format, out, **options):
     """Train the shared layer and task heads on CACHE with labels from --metadata; write the run to --out."""
     from omniart.heads.metrics import markdown_table
     from omniart.pipeline.fitting import comparison_table, fit as run_fit
@@ -141,7 +171,7 @@ def fit(cache, metadata, label_format, out, label_options, **options):
     names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "calibrate", "flip", "keep_all_samples", "protocol", "device",
                                   "single_task_baselines", "plots", "leakage_threshold"]
     config = FitConfig(cache=cache, metadata=metadata, format=label_format, out=out,
-                       label_options=_key_values(label_options), **_chosen(options, names))
+                       label_options=_given_labels(options), **_chosen(options, names))
     result = run_fit(config)
     metrics = result.metrics
     click.echo(markdown_table({"val": metrics["val"], "test": metrics["test"]}))
@@ -242,6 +272,7 @@ def embed(run, cache_dir, out, flip, dtype, device):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for results.csv.")
 @_fit_options(["epochs", "tasks", "seed"])
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU, or the local rank's GPU).")
+@_label_options
 @click.option("--sequential", is_flag=True, help="Train configurations one by one instead of stacked.")
 @click.option("--num-shards", type=click.IntRange(min=1), help="Split the grid over this many workers.")
 @click.option("--shard-index", type=click.IntRange(min=0), help="This worker's part (0-based).")
@@ -256,6 +287,9 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_shard
         click.echo(f"merged {len(table)} configurations into {out}/results.csv")
         return
     fixed = _chosen(options, ("epochs", "seed", "device"))
+    labels = _given_labels(options)
+    if labels:
+        fixed["label_options"] = labels
     if options.get("tasks"):
         fixed["tasks"] = tuple(task.strip() for task in options["tasks"].split(",") if task.strip())
     result = run_sweep(SweepConfig(cache=cache_dir, metadata=metadata, format=metadata_format, out=out,
@@ -291,7 +325,7 @@ def export(cache_dir, out, export_format, flip, dtype):
 @click.option("--key-column", default=_IMPORT_DEFAULTS["key_column"], show_default=True,
               help="Metadata column holding each embedding's key.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=_IMPORT_DEFAULTS["dtype"],
-              show_default=True, help="Storage dtype of the new cache.")
+              help="Storage dtype of the new cache [default: the export's sidecar dtype, else float16].")
 @cli_errors
 def import_(folder, out, backbone, weights, key_column, dtype):
     """Turn embeddings another tool made (img_emb/ + metadata/, or one parquet) into an omniart cache."""
@@ -313,9 +347,11 @@ def duplicates(cache_dir, threshold, out):
     import csv
 
     from omniart.cache import FeatureStore
-    from omniart.cache.files import publish_file
+    from omniart.cache.files import make_parent, publish_file
     from omniart.heads.duplicates import near_duplicates
 
+    if out:
+        make_parent(out)  # an --out that cannot be written fails before the search, not after it
     report = near_duplicates(FeatureStore(cache_dir), threshold)
     if out:
         def write(path):
@@ -368,33 +404,16 @@ def neighbors(cache_dir, key, k, flip, as_json):
               show_default=True, help="Keep the samples of dropped/anonymous artists (artist masked); "
                                       "--artist-samples-only: only the kept artists' samples (paper Table 4).")
 @click.option("--seed", type=int, default=_LABEL_DEFAULTS["seed"], show_default=True, help="Seed of the 70/20/10 split.")
-@click.option("--key-column", default=_LABEL_DEFAULTS["key_column"], show_default=True, help="csv: key column.")
-@click.option("--artist-column", default=None, help="csv: artist column [default: 'artist' if present].")
-@click.option("--type-column", default=None, help="csv: type column [default: 'type' if present].")
-@click.option("--material-column", default=None, help="csv: material/medium column [default: 'material'].")
-@click.option("--year-column", default=None, help="csv: year or free-text date column [default: 'year'].")
-@click.option("--begin-column", default=None, help="csv: creation interval begin column (with --end-column).")
-@click.option("--end-column", default=None, help="csv: creation interval end column.")
-@click.option("--split-column", default=None, help="csv: official split column (train/val/test or 1/2/3).")
-@click.option("--separator", default=_LABEL_DEFAULTS["separator"], show_default=True,
-              help="csv: separator of multi-valued cells.")
-@click.option("--language", type=click.Choice(LANGUAGES), default=_LABEL_DEFAULTS["language"], show_default=True,
-              help="Stemmer of free-text media and types (met, csv).")
+@_label_options
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=_LABEL_DEFAULTS["protocol"], show_default=True,
               help="rijks14-challenge: the Rijksmuseum Challenge 2014's own classes (the options above do not apply).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @cli_errors
-def labels(metadata, format_, min_artist_samples, min_class_samples, keep_all_samples, seed, key_column,
-           artist_column, type_column, material_column, year_column, begin_column, end_column, split_column,
-           separator, language, protocol, as_json):
+def labels(metadata, format_, min_artist_samples, min_class_samples, keep_all_samples, seed, protocol, as_json,
+           **options):
     """Print label statistics of collection METADATA: samples, classes, years, splits, coverage."""
-    config = LabelConfig(
-        format=format_, min_artist_samples=min_artist_samples, min_class_samples=min_class_samples,
-        keep_all_samples=keep_all_samples, seed=seed, key_column=key_column, artist_column=artist_column,
-        type_column=type_column, material_column=material_column, year_column=year_column,
-        begin_column=begin_column, end_column=end_column, split_column=split_column, separator=separator,
-        language=language, protocol=protocol,
-    )
+    config = LabelConfig(format=format_, min_artist_samples=min_artist_samples, min_class_samples=min_class_samples,
+                         keep_all_samples=keep_all_samples, seed=seed, protocol=protocol, **_given_labels(options))
     stats = build_labels(metadata, config)[0].statistics()
     if as_json:
         click.echo(json.dumps(stats))
@@ -440,6 +459,7 @@ _EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip"
 @_fit_options(_RUN_FIT_OPTIONS, prefix="Phase two: ")
 @click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=None,
               help="Labels: keep the samples of dropped artists, their artist masked [default: keep].")
+@_label_options
 @click.option("--device", help="Both phases: auto, cpu, cuda or cuda:N [default: the GPU when present].")
 @click.option("--gallery", type=click.IntRange(min=0), default=RunConfig.gallery, show_default=True,
               help="Test paintings shown in the report with their true and predicted labels.")
@@ -453,32 +473,9 @@ def run(images, metadata, label_format, out, gallery, quiet, **options):
 
     extract = {field: options[name] for name, field in _EXTRACT_OPTIONS.items() if options[name] is not None}
     fit_options = _chosen(options, _RUN_FIT_OPTIONS + ("keep_all_samples", "device"))
+    labels = _given_labels(options)
+    if labels:
+        fit_options["label_options"] = labels
     config = RunConfig.create(images, metadata, label_format, out, extract={**extract, "progress": not quiet},
                               fit={**fit_options, "progress": not quiet}, gallery=gallery)
     click.echo(str(run_pipeline(config)))
-
-
-def _key_values(pairs) -> dict:
-    """--label-option KEY=VALUE pairs as a dict (numbers as numbers)."""
-    from omniart.heads import HeadsError
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise HeadsError(f"bad --label-option {pair!r}: use KEY=VALUE, e.g. key_column=file.")
-        options[key.strip()] = _number_or_text(value)
-    return options
-
-
-def _number_or_text(value: str):
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
-if __name__ == "__main__":  # `python -m omniart.pipeline.cli`
-    main()

@@ -119,6 +119,9 @@ def _check_inputs(config: RunConfig) -> None:
     if not Path(config.fit.metadata).is_file():
         raise OmniError(f"metadata file {config.fit.metadata!r} does not exist: pass the collection's metadata "
                         f"(Met JSON/CSV, Rijks'14 rijksgt.mat or a CSV table) with --metadata.")
+    from omniart.pipeline.sources import read_records
+
+    read_records(config.fit.metadata, config.fit.label_config())  # its columns and label options, before extracting
 
 
 def _predict_gallery(run, store, config: RunConfig, paths: dict) -> List[dict]:

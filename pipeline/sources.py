@@ -283,11 +283,17 @@ def _read_table(path, fmt):
 
 
 def _require(frame, columns, path, what):
+    import difflib
+
+    present = [str(c) for c in frame.columns]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
+        close = {c: difflib.get_close_matches(str(c), present, n=1, cutoff=0.5) for c in missing}
+        hints = "; ".join(f"did you mean {match[0]!r} for {c!r}?" for c, match in close.items() if match)
         raise LabelError(
             f"{path}: missing column(s) {', '.join(map(repr, missing))} ({what}); "
-            f"expected {', '.join(map(repr, columns))}; found {', '.join(map(repr, map(str, frame.columns[:20])))}"
+            f"expected {', '.join(map(repr, columns))}; found {', '.join(map(repr, present[:20]))}"
+            + (f"; {hints}" if hints else "") + "; name the columns with --key-column, --artist-column, ..."
         )
 
 

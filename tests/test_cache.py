@@ -364,7 +364,8 @@ def test_checksums_catch_finite_damage_that_loads_do_not_see(tmp_path):
     paths = write_features(tmp_path, keys, features, ATTRS, features_flip=-features, shard_rows=2500)
     store = FeatureStore(tmp_path)
     report = store.verify()
-    assert report == {"shards": 2, "datasets": 4, "without_checksums": 0, "bytes": 2 * 3000 * DIM * 2}
+    # per shard: features, features_flip and keys
+    assert report == {"shards": 2, "datasets": 6, "without_checksums": 0, "bytes": 2 * 3000 * DIM * 2}
     with h5py.File(paths[0], "r") as handle:
         assert handle["features_crc32"].shape == (3,)  # blocks of 1024 rows: 1024, 1024, 452
         offset = handle["features_flip"].id.get_chunk_info(1).byte_offset
@@ -378,4 +379,59 @@ def test_checksums_catch_finite_damage_that_loads_do_not_see(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     foreign_shard(foreign / "features-x-00000.h5", keys[:5], features[:5], ATTRS)
-    assert FeatureStore(foreign).verify()["without_checksums"] == 1  # other tools' shards: nothing to check
+    assert FeatureStore(foreign).verify()["without_checksums"] == 2  # other tools' shards: nothing to check
+
+
+def test_writers_of_two_partition_schemes_are_refused_before_they_write(tmp_path):
+    """A plain run and a --num-shards 2 run on one cache split the keys differently: both used to write, leaving
+    keys stored twice (every reader then refuses the cache). One cache takes one partition scheme."""
+    keys, features = planted(8)
+    live = ShardWriter(tmp_path, "00000-of-00001", ATTRS, DIM, with_flip=False)  # a plain run, nothing written yet
+    with pytest.raises(CacheError, match=r"as worker 00000-of-00002 \(--num-shards 2\): it is written by worker\(s\) "
+                                         r"00000-of-00001 \(one worker over all keys\); one cache takes one partition "
+                                         r"scheme .* no --num-shards / --shard-index"):
+        ShardWriter(tmp_path, "00000-of-00002", ATTRS, DIM, with_flip=False)
+    live.add(keys, features)
+    live.close()
+    for tag in ("00000-of-00002", "00001-of-00004"):  # the published shards keep the scheme once the writer is gone
+        with pytest.raises(CacheError, match=f"as worker {tag} .* written by worker\\(s\\) 00000-of-00001"):
+            ShardWriter(tmp_path, tag, ATTRS, DIM, with_flip=False)
+    assert visible(tmp_path) == ["features-00000-of-00001-00000.h5"]  # the refused writers wrote nothing
+    assert sorted(FeatureStore(tmp_path).keys) == sorted(keys)
+    ShardWriter(tmp_path, "main", ATTRS, DIM, with_flip=False).close()  # one writer over all keys: the same scheme
+    split = tmp_path / "split"
+    write_features(split, keys[:4], features[:4], ATTRS, worker_tag="00000-of-00002")
+    write_features(split, keys[4:], features[4:], ATTRS, worker_tag="00001-of-00002")  # the other part: welcome
+    with pytest.raises(CacheError, match=r"written by worker\(s\) 00000-of-00002, 00001-of-00002 \(--num-shards 2\).*"
+                                         r"--num-shards 2 and --shard-index 0..1"):
+        ShardWriter(split, "00000-of-00001", ATTRS, DIM, with_flip=False)
+    empty = tmp_path / "empty"
+    ShardWriter(empty, "00000-of-00002", ATTRS, DIM, with_flip=False).close()  # wrote nothing, and is gone
+    ShardWriter(empty, "00000-of-00001", ATTRS, DIM, with_flip=False).close()  # so it does not hold the cache
+
+
+def test_keys_are_under_the_checksum_and_caches_without_a_key_checksum_still_verify(tmp_path):
+    """One flipped byte turned img0015.jpg into img9015.jpg and verify() passed (a resume then stored the image
+    twice). Shards written before keys had a checksum load and verify as before, counted as without one."""
+    keys = [f"img{i:04d}.jpg" for i in range(40)]
+    features = planted(40)[1]
+    (shard,) = write_features(tmp_path, keys, features, ATTRS, shard_rows=64)
+    assert FeatureStore(tmp_path).verify()["without_checksums"] == 0
+    data = shard.read_bytes()
+    shard.write_bytes(data.replace(b"img0015.jpg", b"img9015.jpg"))
+    assert "img9015.jpg" in FeatureStore(tmp_path).keys  # still a readable, valid-looking shard
+    with pytest.raises(CacheError, match=r"features-main-00000.h5 is damaged: keys of rows 0..39 \(e.g. "
+                                         r"'img0000.jpg'\) do not match their checksum; delete the shard"):
+        FeatureStore(tmp_path).verify()
+    old = tmp_path / "old"
+    (shard,) = write_features(old, keys, features, ATTRS, shard_rows=64)
+    with h5py.File(shard, "r+") as handle:
+        del handle["keys_crc32"]  # as omniart wrote shards before keys had a checksum
+    store = FeatureStore(old)
+    assert store.keys == keys and np.array_equal(store.load(keys), features)
+    assert store.verify() == {"shards": 1, "datasets": 1, "without_checksums": 1, "bytes": 40 * DIM * 2}
+    many = [f"img{i:04d}.jpg" for i in range(2500)]
+    (shard,) = write_features(tmp_path / "blocks", many, planted(2500)[1], ATTRS, shard_rows=2500)
+    shard.write_bytes(shard.read_bytes().replace(b"img1500.jpg", b"img1500.jpe"))  # blocks of 1024 keys
+    with pytest.raises(CacheError, match=r"keys of rows 1024..2047 \(e.g. 'img1024.jpg'\) do not match"):
+        FeatureStore(tmp_path / "blocks").verify()

@@ -465,7 +465,7 @@ def test_single_task_baselines_reported_side_by_side(tmp_path):
 @pytest.mark.parametrize("extra, text", [
     (["--tasks", "artist,colour"], "unknown task colour"),
     (["--task-weights", "artist=heavy"], "bad --task-weights weight 'heavy'"),
-    (["--label-option", "nonsense"], "bad --label-option 'nonsense'"),
+    (["--artist-column", "artsit"], "did you mean 'artist' for 'artsit'?"),
     (["--lr", "inf"], "--lr inf is out of range: it must be a finite number in (0, 1]"),
     (["--lr", "1e30"], "--lr 1e+30 is out of range"),
     (["--lr", "nan"], "--lr nan is out of range"),

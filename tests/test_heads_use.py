@@ -476,3 +476,37 @@ def test_neighbors_of_a_one_row_cache_say_there_is_nothing_to_compare(tmp_path):
     result = CliRunner().invoke(neighbors, [str(tmp_path / "one"), "only.jpg"])
     assert result.exit_code == 1 and "no other artwork" in result.output and "Traceback" not in result.output
     assert nearest_neighbors(FeatureStore(tmp_path / "one"), "only.jpg", include_self=True) == [("only.jpg", 1.0)]
+
+
+def test_label_options_are_real_options_of_every_command_and_checked_before_extraction(tmp_path, monkeypatch):
+    """One spelling on labels, fit, sweep and run; `run` used to extract every image and only then fail on a CSV
+    whose columns are not omniart's."""
+    from omniart.pipeline.cli import labels as labels_command
+    from omniart.pipeline.cli import run as run_command
+
+    for command in (labels_command, omni_heads.commands["fit"], sweep, run_command):
+        names = {opt for param in command.params for opt in param.opts}
+        assert {"--key-column", "--artist-column", "--type-column", "--material-column", "--year-column",
+                "--split-column", "--separator", "--language"} <= names, command.name
+        assert "--label-option" not in names
+    cache, metadata = planted(tmp_path, rows=60)
+    frame = pd.read_csv(metadata).rename(columns={"key": "image", "artist": "maker"})
+    frame.to_csv(tmp_path / "mine.csv", index=False)
+    images = _images(tmp_path / "images", 3)
+    import omniart.extract
+
+    monkeypatch.setattr(omniart.extract, "run_extract", lambda *a, **k: pytest.fail("extracted before checking"))
+    runner = CliRunner()
+    result = runner.invoke(run_command, [str(images), "--metadata", str(tmp_path / "mine.csv"), "--format", "csv",
+                                         "--out", str(tmp_path / "out"), "--key-column", "imgae"])
+    assert result.exit_code == 1 and "did you mean 'image' for 'imgae'?" in result.output, result.output
+    shown = runner.invoke(labels_command, [str(tmp_path / "mine.csv"), "--format", "csv", "--key-column", "image",
+                                           "--artist-column", "maker", "--min-artist-samples", "3", "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["artists"] == 4, shown.output
+    fitted = runner.invoke(omni_heads, ["fit", str(cache), "--metadata", str(tmp_path / "mine.csv"), "--format", "csv",
+                                        "--key-column", "image", "--artist-column", "maker", "--min-artist-samples", "3",
+                                        "--min-class-samples", "2", "--epochs", "1", "--shared-size", "8", "--device", "cpu",
+                                        "--no-plots", "--out", str(tmp_path / "run")])
+    assert fitted.exit_code == 0, fitted.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["fit"]["label_options"] == {
+        "key_column": "image", "artist_column": "maker"}
