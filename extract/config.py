@@ -20,9 +20,10 @@ class ExtractError(OmniError):
 class ExtractConfig:
     """Options of `omni-extract`; the CLI takes its defaults from here."""
 
-    # a folder (searched recursively), a CSV/parquet table with a path column, WebDataset tar shards (a .tar, a
-    # folder of them, or a brace pattern shards/{00000..00127}.tar), or with image_column parquet/Arrow tables of
-    # encoded images (a file, a folder of them, or a brace pattern)
+    # a folder (searched recursively, links to folders followed; the .tar shards in it are read too), a CSV/parquet
+    # table with a path column, WebDataset tar shards (a .tar, a folder of them, or a brace pattern
+    # shards/{00000..00127}.tar), or with image_column parquet/Arrow tables of encoded images (a file, a folder of
+    # them, or a brace pattern)
     images: Union[str, Path]
     out: Union[str, Path]  # cache directory (created; an existing one is resumed)
     backbone: str = "resnet50"
@@ -36,13 +37,16 @@ class ExtractConfig:
     num_shards: Optional[int] = None  # with shard_index: this worker's part; None = from torchrun/Slurm or all
     shard_index: Optional[int] = None
     retry_failed: bool = False  # re-attempt keys listed in failures-*.csv
-    strict: bool = False  # the CLI exits non-zero when any image failed
+    strict: bool = False  # the CLI exits non-zero while any key of the cache's failure records is not extracted
     path_column: Optional[str] = None  # table input: column of image paths (default "path" or the only column)
-    # table input: column of keys (default: the path as written; image tables: the image's path, else the row number)
+    # table input: column of keys (default: the path as written; image tables: the image's path, else FILE_STEM/ROW,
+    # the table file's name without its suffix and the row's number within that file)
     key_column: Optional[str] = None
     # parquet/Arrow input: column of encoded image bytes or Hugging Face image structs {"bytes", "path"}
     image_column: Optional[str] = None
-    key_field: Optional[str] = None  # tar input: field of each sample's KEY.json to use as its key (default: __key__)
+    # tar input: field of each sample's KEY.json to use as its key (default: __key__); no sample having it is an
+    # error, a sample without it a failure record
+    key_field: Optional[str] = None
     progress: bool = True
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are recorded as failures (decompression bombs)
     timeout: float = 600.0  # seconds a DataLoader worker may take for one batch before the run stops

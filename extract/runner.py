@@ -1,4 +1,5 @@
 """`run_extract`: list -> skip what the cache has -> decode (workers) -> encode (device) -> write shards + failures."""
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ class ExtractSummary:
     seconds: float
     failures_log: Optional[str] = None  # this worker's failures-*.csv when anything failed in this run
     images: List = field(default_factory=list, repr=False)  # every ImageItem listed, so callers need not list again
+    # keys of the cache's failure records (any run, any worker) that the cache still lacks after this run: what
+    # --strict judges, since a rerun skips them and counts them as skipped, not failed
+    unresolved: List[str] = field(default_factory=list)
 
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
@@ -34,13 +38,11 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     start = time.perf_counter()
     preprocessing = backbone_spec(config.backbone).preprocessing  # unknown names fail before any work
     shard = resolve_shard(config.num_shards, config.shard_index)
+    out = _usable_out(Path(config.out))
     # outputs inside the images folder (the cache, a run's gallery) are never taken for inputs on a rerun
     listed = list_images(config.images, config.path_column, config.key_column, exclude=(config.out, *config.exclude),
                          key_field=config.key_field, image_column=config.image_column)
     mine = select_shard(listed, shard.index, shard.count)
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
     existing = FeatureStore(out) if list_shards(out) else None  # the store refuses duplicated keys by name
     if existing is not None:
         existing.verify()  # checksums: a damaged shard is named before it is reused or extended (cheap vs extraction)
@@ -61,7 +63,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
             check_extends(out, _cache_attrs(build_backbone(config.backbone, config.weights), config), config.dtype,
                           config.flip)
         return ExtractSummary(0, len(unstorable), skipped, str(out), time.perf_counter() - start,
-                              str(FailureLog(out, shard.tag).path) if unstorable else None, listed)
+                              str(FailureLog(out, shard.tag).path) if unstorable else None, listed,
+                              unresolved=_unresolved(out))
 
     import torch
     from tqdm import tqdm
@@ -113,7 +116,31 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         except (ConnectionError, EOFError) as error:  # it died while handing over a batch's shared memory
             raise _decoder_died(error) from error
     return ExtractSummary(extracted, failed, skipped, str(out), time.perf_counter() - start,
-                          str(failures.path) if failed else None, listed)
+                          str(failures.path) if failed else None, listed, unresolved=_unresolved(out))
+
+
+def _usable_out(out: Path) -> Path:
+    """`out`, or ExtractError (before any work) when it is a file or cannot be created where it is."""
+    if out.exists() and not out.is_dir():
+        raise ExtractError(f"--out {str(out)!r} is a file: pass a directory for the feature cache.")
+    parent = out
+    while not parent.exists() and parent != parent.parent:  # the nearest part of the path that exists
+        parent = parent.parent
+    if parent != out and not parent.is_dir():
+        raise ExtractError(f"--out {str(out)!r} cannot be created: {str(parent)!r} is a file, not a folder; pass a "
+                           "directory path whose existing part is a folder.")
+    if parent != out and not os.access(parent, os.W_OK | os.X_OK):
+        raise ExtractError(f"--out {str(out)!r} cannot be created: no permission to write in {str(parent)!r}; "
+                           "pass a directory you can write to.")
+    return out
+
+
+def _unresolved(out: Path) -> List[str]:
+    """Keys of the cache's failure records that it does not hold (sorted)."""
+    from omniart.cache import cached_keys, read_failures
+
+    recorded = read_failures(out)
+    return sorted(set(recorded) - cached_keys(out)) if recorded else []
 
 
 def _decoder_died(error: Exception) -> ExtractError:

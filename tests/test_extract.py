@@ -693,11 +693,11 @@ def test_parquet_and_arrow_tables_of_image_bytes_extract_like_files_with_failure
     summary = run_extract(tiny_config(table, tmp_path / "cache", image_column="image"))
     assert (summary.extracted, summary.failed) == (4, 3)
     store = FeatureStore(tmp_path / "cache")
-    # keys: the struct's path, else the row's number; the same features as the image files themselves
+    # keys: the struct's path, else FILE_STEM/ROW; the same features as the image files themselves
     assert sorted(store.keys) == [f"pics/{i}.jpg" for i in range(4)]
     failures = store.failures()
-    assert sorted(failures) == ["4", "pics/empty.jpg", "pics/junk.jpg"]
-    assert "truncated" in failures["4"] and "no image bytes" in failures["pics/empty.jpg"]
+    assert sorted(failures) == ["pics/empty.jpg", "pics/junk.jpg", "train-00000-of-00001/4"]
+    assert "truncated" in failures["train-00000-of-00001/4"] and "no image bytes" in failures["pics/empty.jpg"]
     run_extract(tiny_config(files, tmp_path / "from-files"))
     np.testing.assert_array_equal(store.load([f"pics/{i}.jpg" for i in range(4)]),
                                   FeatureStore(tmp_path / "from-files").load([f"{i}.jpg" for i in range(4)]))

@@ -1,0 +1,44 @@
+"""Folder input: image files found recursively (symbolic links to folders followed, each real folder once), and
+the .tar shards among them."""
+import os
+from pathlib import Path
+from typing import List, NamedTuple
+
+from omniart.extract.items import IMAGE_SUFFIXES, ImageItem
+from omniart.extract.tars import is_compressed_tar
+
+__all__ = ["FolderListing", "walk_folder"]
+
+
+class FolderListing(NamedTuple):
+    images: List[ImageItem]  # keyed by their posix path relative to the folder
+    tars: List[str]  # uncompressed .tar files (WebDataset shards)
+    compressed: List[str]  # compressed tars, which cannot be read
+
+
+def walk_folder(folder: Path, exclude: set) -> FolderListing:
+    """Every image file and tar under `folder`, never inside the `exclude` folders (real paths). A symbolic link to
+    a folder is followed unless its real folder was listed already (a link loop, or a second path to it)."""
+    images, tars, compressed = [], [], []
+    seen = {os.path.realpath(folder)}
+    for root, folders, files in os.walk(folder, followlinks=True):
+        folders[:] = sorted(name for name in folders if _first_visit(os.path.join(root, name), seen, exclude))
+        for name in files:
+            path = Path(root, name)
+            lower = name.lower()
+            if lower.endswith(IMAGE_SUFFIXES):
+                images.append(ImageItem(path.relative_to(folder).as_posix(), str(path)))
+            elif lower.endswith(".tar") and path.is_file():
+                tars.append(str(path))
+            elif is_compressed_tar(name):
+                compressed.append(str(path))
+    return FolderListing(images, sorted(tars), sorted(compressed))
+
+
+def _first_visit(path: str, seen: set, exclude: set) -> bool:
+    """Whether to descend into `path`: not excluded and its real folder not listed yet (which ends link loops)."""
+    real = os.path.realpath(path)
+    if real in exclude or real in seen:
+        return False
+    seen.add(real)
+    return True
