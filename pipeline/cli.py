@@ -227,19 +227,24 @@ def evaluate(run, split, cache, device, protocol, table):
               help="Backbone weights file, when the run's cache was extracted from one (its sha256 is checked).")
 @click.option("--work-cache", type=click.Path(file_okay=False),
               help="With --images: keep the extracted features here (default: a temporary folder).")
+@click.option("--path-column", help="With --images as a table of paths: its column of image paths.")
+@click.option("--image-column", help="With --images as a parquet/Arrow table of images: its column of encoded images.")
+@click.option("--key-column", "images_key_column", help="With --images as a table: its column of keys.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU when present).")
 @click.option("--batch-size", default=_PREDICT_DEFAULTS["batch_size"], show_default=True, type=click.IntRange(min=1),
               help="With --images: images per extraction batch.")
 @click.option("--workers", default=_PREDICT_DEFAULTS["workers"], show_default=True, type=click.IntRange(min=0),
               help="With --images: image decoding processes (0: in this process).")
 @cli_errors
-def predict(run, cache_dir, images, out, threshold, top_k, min_confidence, weights, work_cache, device, batch_size, workers):
+def predict(run, cache_dir, images, out, threshold, top_k, min_confidence, weights, work_cache, path_column,
+            image_column, images_key_column, device, batch_size, workers):
     """Predict artist, type, material and year for every cached key (or image) with a trained RUN."""
     from omniart.pipeline.predict import predict as run_predict
 
     table = run_predict(PredictConfig(run=run, out=out, cache=cache_dir, images=images, threshold=threshold,
                                       top_k=top_k, min_confidence=min_confidence, weights=weights,
-                                      work_cache=work_cache, device=device,
+                                      work_cache=work_cache, device=device, path_column=path_column,
+                                      image_column=image_column, key_column=images_key_column,
                                       batch_size=batch_size, workers=workers))
     click.echo(f"wrote {len(table)} predictions to {out}")
 

@@ -34,6 +34,10 @@ class PredictConfig:
     batch_size: int = 32  # images per extraction batch
     workers: int = 2  # image decoding processes of the extraction (0: in this process)
     rows: int = 65536  # cache rows predicted at a time (bounds memory)
+    # --images as a table, as omni-extract reads one: the column of image paths or of encoded images, of keys
+    path_column: Optional[str] = None
+    image_column: Optional[str] = None
+    key_column: Optional[str] = None
 
     def check(self) -> None:
         """HeadsError naming the first bad option, before a model is loaded or an image read."""
@@ -77,7 +81,7 @@ def predict(cfg: PredictConfig):
 def _predict_store(run, store, cfg: PredictConfig):
     import pandas as pd
 
-    check_cache_matches(run.cache_attrs, store.attrs, store.path)
+    check_cache_matches(run.cache_attrs, store.attrs, store.path, images_option=True)
     tables = [predictions_table(run, keys, features, cfg.threshold, cfg.top_k, cfg.min_confidence)
               for keys, features in store.iter_batches(rows=cfg.rows)]
     table = pd.concat(tables, ignore_index=True)
@@ -120,14 +124,15 @@ def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, t
     return pd.DataFrame(columns)
 
 
-def check_cache_matches(run_attrs: dict, cache_attrs: dict, where="the cache") -> None:
-    """Refuse features made another way than the run's training features, naming both values."""
+def check_cache_matches(run_attrs: dict, cache_attrs: dict, where="the cache", images_option: bool = False) -> None:
+    """Refuse features made another way than the run's training features, naming both values; `images_option`:
+    the command can extract the images itself (predict --images), so the advice names it."""
     for name in MATCHED_ATTRS:
         if run_attrs.get(name) != cache_attrs.get(name):
             raise HeadsError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
                             f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
-                            f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights), or pass "
-                            "--images to let predict do it.")
+                            f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights)"
+                            + (", or pass --images to let predict do it." if images_option else "."))
 
 
 def file_sha256(path) -> str:
@@ -140,6 +145,7 @@ def file_sha256(path) -> str:
 
 def _extract_like_run(run, cfg: PredictConfig, cache_dir) -> None:
     """Phase one on cfg.images with the backbone and weights recorded in the run's cache attrs."""
+    from omniart.cache import FeatureStore, cached_keys
     from omniart.extract import ExtractConfig, run_extract
 
     attrs = run.cache_attrs
@@ -153,6 +159,9 @@ def _extract_like_run(run, cfg: PredictConfig, cache_dir) -> None:
             raise HeadsError(f"--weights {cfg.weights} has sha256:{found} but the run's features were made with "
                             f"{weights}; pass the weights file the run's cache was extracted with.")
         weights = cfg.weights
+    # a --work-cache extracted before with flips is extended with flips (predict does not read them)
+    flip = bool(cached_keys(cache_dir)) and FeatureStore(cache_dir).has_flip
     run_extract(ExtractConfig(images=cfg.images, out=cache_dir, backbone=attrs.get("backbone"), weights=weights,
-                              flip=False, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
-                              progress=False))
+                              flip=flip, batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device,
+                              progress=False, path_column=cfg.path_column, image_column=cfg.image_column,
+                              key_column=cfg.key_column))

@@ -162,6 +162,8 @@ def test_predict_refuses_a_cache_of_another_backbone(trained, tmp_path):
     assert missing.exit_code == 1 and "does not exist" in missing.output
     evaluated = runner.invoke(omni_heads, ["evaluate", str(run_dir), "--cache", str(other)])  # same keys and dim
     assert evaluated.exit_code == 1 and "backbone='resnet50'" in evaluated.output  # not silently wrong metrics
+    # the advice names only options the command has: predict can extract (--images), evaluate cannot
+    assert "--images" in result.output and "--images" not in evaluated.output
 
 
 def _images(folder, count):
@@ -193,6 +195,18 @@ def test_predict_from_images_extracts_with_the_runs_backbone(tmp_path):
     assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(pd.read_csv(by_images), pd.read_csv(by_cache), rtol=1e-3)
     assert FeatureStore(tmp_path / "again").attrs["backbone"] == "tiny"
+    # a table of paths, with the column options omni-extract has (the advice of its errors names them)
+    table = tmp_path / "paths.csv"
+    pd.DataFrame({"file": [str(images / key) for key in keys[:5]], "id": keys[:5]}).to_csv(table, index=False)
+    by_table = tmp_path / "table.csv"
+    result = runner.invoke(predict, [str(tmp_path / "run"), "--images", str(table), "--out", str(by_table),
+                                     "--path-column", "file", "--key-column", "id", "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(by_table), pd.read_csv(by_cache).iloc[:5], rtol=1e-3)
+    assert FeatureStore(cache).has_flip  # a work cache made with flips is extended, not refused with "--flip"
+    result = runner.invoke(predict, [str(tmp_path / "run"), "--images", str(images), "--out", str(by_images),
+                                     "--work-cache", str(cache), "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0 and "--flip" not in result.output, result.output
 
 
 def test_predict_images_checks_the_weights_file_of_the_run(trained, tmp_path):
