@@ -249,12 +249,20 @@ class ImageDataset:
         key = item.key
         if item.reason:  # listed only to be recorded (a tar member that is not its sample's image)
             return key, item.reason
+        file = ""
         try:
-            data = read_table_image(item, self._table_batch) if item.column else None
-            return key, decode_image(item.path, self.resize, self.crop, self.interpolation, self.max_pixels,
-                                     item.offset, item.size, data)
+            path, offset, size, data = item.path, item.offset, item.size, None
+            if item.column:  # a table row: its image bytes, or the file its image path names (bytes null)
+                data, file = read_table_image(item, self._table_batch)
+                if file:
+                    path, offset, size = file, -1, -1
+            return key, decode_image(path, self.resize, self.crop, self.interpolation, self.max_pixels,
+                                     offset, size, data)
         except Exception as error:  # any bad file becomes a failure record; the run goes on
-            return key, _failure_text(error, item)
+            text = _failure_text(error, item)
+            if file:  # a file a table row names: say which row named it
+                text += f" (the file {'' if file in text else repr(file) + ' '}named by {item.describe()})"
+            return key, text
 
 
 def collate(samples) -> Batch:

@@ -1,7 +1,8 @@
 """Table inputs: parquet/Arrow tables holding the images (read one row group at a time), and CSV/parquet tables of
 image paths."""
+import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from omniart.extract.config import ExtractError
 from omniart.extract.items import ImageItem, UnusableImage, check_columns, expand_braces, unique_keys
@@ -12,21 +13,61 @@ IMAGE_TABLE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather")
 
 
 def image_tables(images: str) -> List[str]:
-    """The parquet/Arrow files `images` names: one file, a brace pattern, or every such file of a folder."""
+    """The parquet/Arrow files `images` names: one file, a brace pattern, or every such file of a folder (less the
+    metadata img2dataset writes beside its shards). ExtractError for img2dataset's metadata named as a table."""
     paths = expand_braces(images, "table")
     if paths is not None:
+        _refuse_img2dataset_metadata(paths, images)
         return paths
     source = Path(images)
     if source.is_file() and source.suffix.lower() in IMAGE_TABLE_SUFFIXES:
+        _refuse_img2dataset_metadata([str(source)], images)
         return [str(source)]
     if source.is_dir():
         paths = sorted(str(entry) for entry in source.iterdir()
                        if entry.is_file() and entry.suffix.lower() in IMAGE_TABLE_SUFFIXES)
-        if paths:
-            return paths
+        tables = [path for path in paths if not img2dataset_shard(Path(path))]
+        if tables:
+            return tables
+        _refuse_img2dataset_metadata(paths, images)
     raise ExtractError(f"--image-column reads parquet/Arrow tables, but {images!r} is "
                        f"{'a folder without any' if source.is_dir() else 'not one of'} {'/'.join(IMAGE_TABLE_SUFFIXES)} "
                        "files: pass a table file, a folder of them, or a brace pattern (data/{00000..00009}.parquet).")
+
+
+def img2dataset_shard(table: Path) -> Optional[str]:
+    """The shard (00000.tar, or the folder 00000/ of its "files" format) whose metadata `table` is, when `table` is the
+    00000.parquet img2dataset writes beside it (url, caption, key, status, error_message, ... of every URL, the
+    failed ones included: no image in it); else None."""
+    import pyarrow.parquet as pq
+
+    if table.suffix.lower() != ".parquet":
+        return None
+    shard = next((path for path in (table.with_suffix(".tar"), table.with_suffix("")) if path.exists()), None)
+    if shard is None:
+        return None
+    try:
+        names = set(pq.read_schema(table).names)
+    except Exception:  # not a readable parquet: not img2dataset's metadata
+        return None
+    return str(shard) if {"key", "status", "error_message"} <= names else None
+
+
+def _refuse_img2dataset_metadata(paths: List[str], images: str) -> None:
+    """ExtractError when one of `paths` is img2dataset's metadata of a shard rather than a table of images."""
+    for path in paths:
+        shard = img2dataset_shard(Path(path))
+        if shard:
+            raise ExtractError(_img2dataset_message(path, shard, images, "--image-column"))
+
+
+def _img2dataset_message(table: str, shard: str, images: str, option: str) -> str:
+    what, without = ("images", " without --image-column") if option == "--image-column" else ("image paths", "")
+    others = f" ({str(images)!r} holds no other table)" if Path(images).is_dir() else ""
+    return (f"{table!r} is the metadata img2dataset wrote for its shard {shard!r} (url, caption, key and status of "
+            f"each URL, failed ones included), not a table of {what}{others}: pass the folder of img2dataset's output "
+            f"({str(Path(shard).parent)!r}) or the shard itself{without}; its images are read from the shards, keyed "
+            "by their __key__ (or by URL with --key-field url).")
 
 
 class _Table:
@@ -157,22 +198,73 @@ def _batch_keys(table: "_Table", batch: int, source: Optional[str], rows: int) -
                            ) from error
 
 
-def read_table_image(item: ImageItem, cache: dict) -> bytes:
-    """The encoded image of a table row; `cache` keeps the last row group read (one per decode process)."""
+def read_table_image(item: ImageItem, cache: dict) -> Tuple[Optional[bytes], str]:
+    """(encoded image, "") of a table row; or (None, file) when its bytes are null and its image struct names a file
+    (Hugging Face's Image of files on disk stores {"bytes": null, "path": ...}), a relative path resolved against the
+    table's folder. `cache` keeps the last row group read (one per decode process). UnusableImage when neither."""
     place = (item.path, item.offset)
     if cache.get("place") != place:
         cache.clear()
         try:
-            cache["values"] = _Table(item.path).read(item.offset, [item.column]).column(0).to_pylist()
+            table = _Table(item.path)
+            cache["values"] = table.read(item.offset, [item.column]).column(0).to_pylist()
+            # the paths only where some bytes are null (a damaged path column then fails those rows alone)
+            cache["path_column"] = _path_field(table, item.column) if not all(cache["values"]) else ""
+            if cache["path_column"]:
+                try:
+                    cache["paths"] = table.read(item.offset, [cache["path_column"]]).column(0).to_pylist()
+                except Exception as error:
+                    cache["paths_error"] = f"cannot read {cache['path_column']!r} of row group {item.offset}: {error}"
         except Exception as error:  # a damaged row group: every row of it becomes a failure record
             cache["error"] = f"cannot read row group {item.offset} of {item.path!r}: {error}"
         cache["place"] = place
     if "error" in cache:
         raise UnusableImage(cache["error"])
     data = cache["values"][item.size]
-    if not data:
-        raise UnusableImage(f"no image bytes in its table row ({item.column!r} is empty)")
-    return data
+    if data:
+        return data, ""
+    empty = f"no image bytes in its table row ({item.column!r} is empty"
+    if "paths_error" in cache:
+        raise UnusableImage(f"{empty}; {item.describe()}), and {cache['paths_error']}")
+    name = cache["paths"][item.size] if cache.get("paths") is not None else None
+    if name is None or not str(name).strip():
+        also, path = (f" and so is {cache['path_column']!r}", ", or the path of its file,") if cache["path_column"] \
+            else ("", "")
+        raise UnusableImage(f"{empty}{also}; {item.describe()}): store the image's bytes{path} in that row, then "
+                            "rerun with --retry-failed")
+    return None, _table_file(item, str(name), cache["path_column"], empty)
+
+
+def _path_field(table: "_Table", column: str) -> str:
+    """"image.path" when `column` is "image.bytes" of a struct that also has a path field (Hugging Face's Image)."""
+    import pyarrow as pa
+
+    struct, _, field_name = column.partition(".")
+    if field_name != "bytes" or struct not in table.schema.names:
+        return ""
+    kind = table.schema.field(struct).type
+    return f"{struct}.path" if pa.types.is_struct(kind) and kind.get_field_index("path") >= 0 else ""
+
+
+def _table_file(item: ImageItem, name: str, path_column: str, empty: str) -> str:
+    """The file a table row's image path names (relative to the table's folder, as Hugging Face resolves it), or
+    UnusableImage naming the row and the path when it cannot be read."""
+    folder = os.path.dirname(os.path.abspath(item.path))
+    where = f"{item.describe()}, whose {path_column!r} is {name!r}"
+    if "://" in name:
+        raise UnusableImage(f"{empty}; {where}, a URL, and omni-extract reads local files only): download the "
+                            "image and store its bytes, or the path of the downloaded file, in the row")
+    path = os.path.join(folder, name)  # an absolute path stays as it is
+    fix = (f"put the file there (relative paths are resolved against the table's folder {folder!r}) or store the "
+           "image's bytes in the row, then rerun with --retry-failed")
+    if not os.path.exists(path):
+        broken = " (a broken symbolic link)" if os.path.islink(path) else ""
+        raise UnusableImage(f"{empty}; {where}, and the file {path!r} does not exist{broken}): {fix}")
+    if not os.path.isfile(path):  # a FIFO would block the reader for ever
+        raise UnusableImage(f"{empty}; {where}, and {path!r} is not a regular file (a folder, device or pipe)): {fix}")
+    if os.path.getsize(path) == 0:
+        raise UnusableImage(f"{empty}; {where}, and the file {path!r} is empty (0 bytes)): {fix}")
+    return path
 
 
 def list_path_table(table: Path, path_column: Optional[str], key_column: Optional[str]) -> List[ImageItem]:
@@ -180,6 +272,9 @@ def list_path_table(table: Path, path_column: Optional[str], key_column: Optiona
     `key_column`, else the path as written."""
     import pandas as pd
 
+    shard = img2dataset_shard(table)
+    if shard:  # its "url" column is no local path: every row would fail as a missing file
+        raise ExtractError(_img2dataset_message(str(table), shard, str(table), "--path-column"))
     try:
         # keep_default_na=False: keys such as "NA", "None" or "null" are keys, not missing values
         frame = pd.read_parquet(table) if table.suffix.lower() != ".csv" else \

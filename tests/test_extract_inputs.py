@@ -1,6 +1,6 @@
 """omni-extract inputs (issue 41): keys that do not depend on the tables named, mixed folders, tar members that are
-not read, --key-field typos, symlinked folders, --strict over the cache's state, and clear errors instead of
-tracebacks."""
+not read, --key-field typos, symlinked folders, --strict over the cache's state, Hugging Face image columns of file
+paths, the folder img2dataset writes, and clear errors instead of tracebacks."""
 import io
 import tarfile
 
@@ -205,3 +205,151 @@ def test_the_dataset_names_the_item_in_an_unreadable_tar_member(tmp_path):
     tar = _members_tar(tmp_path / "s.tar", [("x.jpg", b"junk")])
     key, text = ImageDataset(list_images(tar), TINY, 10 ** 8)[0]
     assert key == "x" and "tar member 'x.jpg'" in text
+
+
+# item 16: Hugging Face image columns that point to files
+
+
+def _hf_image_table(path, images, **columns):
+    """A parquet written by `datasets` itself: an Image() column of file paths stores {"bytes": null, "path": ...}."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    frame = datasets.Dataset.from_dict({"image": [str(image) for image in images], **columns})
+    frame.cast_column("image", datasets.Image()).to_parquet(str(path))
+    return path
+
+
+def test_a_hugging_face_image_column_of_file_paths_reads_the_files(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    pics = make_images(tmp_path / "pics", ["a.jpg", "b.png", "sub/c.jpg", "gone.jpg"])
+    (pics / "junk.jpg").write_text("not an image")
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path / "data")  # datasets reads the files' sizes as it writes (relative to the cwd)
+    paths = [pics / "a.jpg", pics / "b.png", "../pics/sub/c.jpg", pics / "gone.jpg", pics / "junk.jpg"]
+    table = _hf_image_table(tmp_path / "data" / "t.parquet", paths, label=list(range(5)))
+    assert pq.read_table(table).column("image")[0].as_py() == {"bytes": None, "path": str(pics / "a.jpg")}
+    (pics / "gone.jpg").unlink()  # removed since the table was written
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a relative path is the table's folder's, not the working folder's
+    summary = run_extract(tiny_config(table, tmp_path / "cache", image_column="image"))
+    assert (summary.extracted, summary.failed) == (3, 2)
+    store = FeatureStore(tmp_path / "cache")
+    keys = [str(pics / "a.jpg"), str(pics / "b.png"), "../pics/sub/c.jpg"]  # keyed by the path, as written
+    assert sorted(store.keys) == sorted(keys)
+    run_extract(tiny_config(pics, tmp_path / "files"))  # the same features as the files themselves (junk.jpg fails)
+    np.testing.assert_array_equal(store.load(keys), FeatureStore(tmp_path / "files").load(["a.jpg", "b.png",
+                                                                                          "sub/c.jpg"]))
+    failures = store.failures()
+    gone = failures[str(pics / "gone.jpg")]
+    assert "row 3 of row group 0" in gone and repr(str(pics / "gone.jpg")) in gone and "does not exist" in gone
+    assert "--retry-failed" in gone
+    junk = failures[str(pics / "junk.jpg")]
+    assert "not an image Pillow can read" in junk and "junk.jpg" in junk and "row 4" in junk
+    make_images(pics, ["gone.jpg"])  # the file is put back
+    again = run_extract(tiny_config(table, tmp_path / "cache", image_column="image", retry_failed=True))
+    assert (again.extracted, again.failed, again.skipped) == (1, 1, 3)
+    cli = invoke(table, "--out", tmp_path / "cli", "--image-column", "image", *COMMON)
+    assert cli.exit_code == 0 and "4 extracted, 1 failed" in cli.output, cli.output
+
+
+def test_rows_with_neither_bytes_nor_a_readable_file_are_failure_records_naming_them(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pics = make_images(tmp_path / "pics", ["a.jpg"])
+    (pics / "folder.jpg").mkdir()
+    (pics / "empty.jpg").write_bytes(b"")
+    rows = [(None, "pics/a.jpg"), (None, None), (None, "https://example.org/x.jpg"), (None, "pics/folder.jpg"),
+            (None, "pics/empty.jpg"), (_jpeg(1), "pics/not-there.jpg")]  # bytes, when present, win over the path
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array([{"bytes": data, "path": path} for data, path in rows], struct),
+                             "id": [f"obj-{row}" for row in range(len(rows))]}), tmp_path / "t.parquet")
+    summary = run_extract(tiny_config(tmp_path / "t.parquet", tmp_path / "cache", image_column="image",
+                                      key_column="id"))
+    assert (summary.extracted, summary.failed) == (2, 4)
+    store = FeatureStore(tmp_path / "cache")
+    assert sorted(store.keys) == ["obj-0", "obj-5"]
+    failures = store.failures()
+    assert all(text in failures["obj-1"] for text in ("no image bytes", "'image.path'", "row 1 of row group 0"))
+    assert "a URL" in failures["obj-2"] and "https://example.org/x.jpg" in failures["obj-2"]
+    assert "not a regular file" in failures["obj-3"] and "folder.jpg" in failures["obj-3"]
+    assert "empty" in failures["obj-4"] and "empty.jpg" in failures["obj-4"]
+
+
+# item 17: the folder img2dataset writes
+
+
+def _img2dataset_output(out, samples, per_shard=4):
+    """The folder img2dataset (1.47, --output_format webdataset, its writer.py WebDatasetSampleWriter) writes:
+    SHARD.tar (KEY.jpg, KEY.json, KEY.txt of each downloaded sample; oom_shard_count=5, keys of 5 + ceil(log10(
+    per_shard)) digits), SHARD.parquet (the metadata of every URL, failed ones included) and SHARD_stats.json.
+    `samples`: (url, caption, jpeg bytes, or None for a failed download)."""
+    import json
+    import math
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True)
+    digits = 5 + math.ceil(math.log10(per_shard))
+    schema = pa.schema([("caption", pa.large_string()), ("url", pa.large_string()), ("key", pa.string()),
+                        ("status", pa.string()), ("error_message", pa.string()), ("width", pa.int32()),
+                        ("height", pa.int32()), ("original_width", pa.int32()), ("original_height", pa.int32()),
+                        ("exif", pa.string()), ("sha256", pa.string())])
+    for shard in range(math.ceil(len(samples) / per_shard)):
+        rows, status = [], {}
+        with tarfile.open(out / f"{shard:05d}.tar", "w") as archive:  # webdataset's TarWriter, as img2dataset uses it
+            for index, (url, caption, data) in enumerate(samples[shard * per_shard:(shard + 1) * per_shard]):
+                key = f"{shard * 10 ** (digits - 5) + index:0{digits}d}"
+                ok = data is not None
+                meta = {"caption": caption, "url": url, "key": key, "status": "success" if ok else "failed_to_download",
+                        "error_message": None if ok else f"<urlopen error [Errno 2] No such file: {url!r}>",
+                        "width": 32 if ok else None, "height": 32 if ok else None,
+                        "original_width": 48 if ok else None, "original_height": 40 if ok else None,
+                        "exif": "{}" if ok else None, "sha256": f"{index:064x}" if ok else None}
+                rows.append(meta)
+                label = "success" if ok else meta["error_message"]
+                status[label] = status.get(label, 0) + 1
+                if not ok:
+                    continue
+                for extension, payload in (("jpg", data), ("json", json.dumps(meta, indent=4).encode()),
+                                           ("txt", caption.encode())):  # sorted by extension
+                    info = tarfile.TarInfo(f"{key}.{extension}")
+                    info.size, info.mode, info.mtime = len(payload), 0o444, time.time()
+                    info.uname = info.gname = "bigdata"
+                    archive.addfile(info, io.BytesIO(payload))
+        pq.write_table(pa.Table.from_pylist(rows, schema), out / f"{shard:05d}.parquet")
+        successes = sum(row["status"] == "success" for row in rows)
+        (out / f"{shard:05d}_stats.json").write_text(json.dumps(
+            {"count": len(rows), "successes": successes, "failed_to_download": len(rows) - successes,
+             "failed_to_resize": 0, "duration": 0.1, "start_time": 0.0, "end_time": 0.1, "status_dict": status},
+            indent=4))
+    return out
+
+
+def test_the_folder_img2dataset_writes_reads_its_tars_and_not_its_metadata(tmp_path):
+    samples = [(f"file:///pics/{i}.jpg", f"caption {i}", _jpeg(i)) for i in range(5)]
+    samples.insert(2, ("file:///pics/missing.jpg", "never downloaded", None))
+    out = _img2dataset_output(tmp_path / "out", samples)
+    assert sorted(path.name for path in out.iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json",
+                                                           "00001.parquet", "00001.tar", "00001_stats.json"]
+    summary = run_extract(tiny_config(out, tmp_path / "cache"))
+    assert (summary.extracted, summary.failed) == (5, 0)  # the metadata is neither images nor failures
+    store = FeatureStore(tmp_path / "cache")
+    assert sorted(store.keys) == ["000000", "000001", "000003", "000010", "000011"] and store.failures() == {}
+    assert {item.path for item in summary.images} == {str(out / "00000.tar"), str(out / "00001.tar")}
+    by_url = run_extract(tiny_config(out, tmp_path / "urls", key_field="url"))
+    assert by_url.extracted == 5 and "file:///pics/4.jpg" in FeatureStore(tmp_path / "urls").keys
+    # the metadata named as a table: a clear error, not five rows failing as missing files
+    for options in ({}, {"path_column": "url"}):
+        with pytest.raises(ExtractError, match=r"00000\.parquet' is the metadata img2dataset wrote for its shard "
+                                               r".*00000\.tar'.*folder of img2dataset's output"):
+            list_images(out / "00000.parquet", **options)
+    with pytest.raises(ExtractError, match=r"metadata img2dataset wrote.*holds no other table.*without --image-column"):
+        list_images(out, image_column="jpg")
+    result = invoke(out / "00001.parquet", "--out", tmp_path / "cli", *COMMON)
+    assert result.exit_code == 1 and "img2dataset" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "cli").exists()
