@@ -73,7 +73,8 @@ def _planted(name: str, seed: int):
     if name == "planted300":
         rows = np.sort(rng.choice(len(labels.keys), 300, replace=False))
     else:
-        artists = rng.choice(len(labels.artist_names), 40, replace=False)
+        counts = np.bincount(labels.artist[labels.artist >= 0], minlength=len(labels.artist_names))
+        artists = rng.choice(np.flatnonzero(counts >= 15), 40, replace=False)  # 15 rows each: 12 train a fold
         rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels.artist == a), 15, replace=False) for a in artists]))
     features = planted_features(labels, "additive", dim=1024, seed=seed)[rows].astype(np.float32)
     kept_types = np.flatnonzero(labels.types[rows].sum(0) >= LABEL_RULES["min_class_samples"])

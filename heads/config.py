@@ -11,10 +11,11 @@ __all__ = ["HeadsConfig", "TASKS", "ARTIST_INITS", "EVAL_BATCH_SIZE", "L2_CANDID
 TASKS = ("artist", "type", "material", "year")
 # auto_weight_decay's L2 coefficient times the training rows: the fixed rule of fits that choose nothing
 _L2_PER_DATASET = 16.0
-# The automatic choice's candidates, L2 coefficient times the training rows (scikit-learn's C = 1 is 1): from a
-# near-free fit to four times the fixed rule, a factor 4 apart. Small collections want the weak end, large ones
-# the strong end; the held-out rows decide (heads.selection).
-L2_CANDIDATES = (1.0, 4.0, 16.0, 64.0)
+# The automatic choice's candidates, L2 coefficient times the training rows (scikit-learn's C = 1 is 1, C = 1/512
+# is 512), a factor 8 apart over nearly three decades as LogisticRegressionCV's grid spans eight: a large clean
+# collection wants the weak end, a few noisy rows an artist the strong end; the held-out rows decide
+# (heads.selection, benchmarks/small_collections.py).
+L2_CANDIDATES = (1.0, 8.0, 64.0, 512.0)
 # auto_batch_size: about this many optimiser steps per epoch, within these batch sizes
 _STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
 # auto_epochs: at least this many epochs, and at least this many optimiser steps (a few hundred rows get ~5 steps

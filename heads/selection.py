@@ -13,10 +13,11 @@ import torch
 
 from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
                                        scaled_probabilities)
-from omniart.heads.config import HeadsConfig, auto_shared_size, auto_weight_decay, bf16_autocast, l2_candidates
+from omniart.heads.config import (HeadsConfig, artist_init, auto_shared_size, auto_weight_decay, bf16_autocast,
+                                 l2_candidates)
 from omniart.heads.metrics import task_metrics
-from omniart.heads.training import (DeviceData, Outcome, SplitTensors, _label_rates, _score, train_one,
-                                   year_baseline)
+from omniart.heads.training import (DeviceData, Outcome, SplitTensors, _label_rates, _score, median_artist_rows,
+                                   train_one, year_baseline)
 
 __all__ = ["Selection", "fit_selected", "on_validation", "selects_alone", "calibration"]
 
@@ -38,6 +39,10 @@ def fit_selected(data: DeviceData, tasks: tuple, config: HeadsConfig, device, la
     """Train `config` on `data`, choosing the L2 coefficient on held-out rows when `config.weight_decay` is None."""
     rows = len(data.train)
     automatic = config.weight_decay is None
+    if "artist" in tasks and config.artist_init is None:
+        # decided once on every training row: a cross-validation part or a subset with fewer rows an artist must
+        # be scored as the model the refit trains (the LDA start or the zero start), not as another one
+        config = dataclasses.replace(config, artist_init=artist_init(config, median_artist_rows(data.train)))
     if len(data.val) >= config.min_validation_rows:
         return _on_validation(data, tasks, config, device, label)
     folds = min(int(config.cv_folds), rows)
@@ -128,7 +133,7 @@ def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:
         held.append(outputs)
     del outcomes
     targets, masks = _numpy(data.train.targets), _numpy(data.train.masks)
-    scores = [_held_score(outputs, targets, masks, data) for outputs in held]
+    scores = [part_score(outputs, targets, masks, part, data) for outputs in held]
     configs = [dataclasses.replace(config, weight_decay=value) for value in l2_candidates(config, rows)]
     best = _best(scores)
     outcome = train_one(data, tasks, configs[best], device, label)  # refit on every training row
@@ -167,6 +172,20 @@ def _held_score(outputs: dict, targets: dict, masks: dict, data: DeviceData) -> 
     if "year" in outputs:
         baseline = year_baseline(data.train.targets["year"].cpu().numpy(), np.where(masks["year"], targets["year"], np.nan))
     return _score(metrics, baseline)
+
+
+def part_score(outputs: dict, targets: dict, masks: dict, part: np.ndarray, data: DeviceData) -> Optional[float]:
+    """The cross-validation score of out-of-part outputs: each part scored on its own rows, then averaged (as
+    scikit-learn's cross-validation does). One ranking pooled over the parts' models would mix their score scales:
+    a class's scores from five models, each with its own priors."""
+    values = []
+    for fold in np.unique(part):
+        rows = part == fold
+        value = _held_score(*({task: array[rows] for task, array in arrays.items()} for arrays in (outputs, targets, masks)),
+                            data)
+        if value is not None:
+            values.append(value)
+    return float(np.mean(values)) if values else None
 
 
 def _best(scores: list) -> int:

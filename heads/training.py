@@ -212,6 +212,13 @@ def _label_rates(train: SplitTensors, sizes: dict, keep: Optional[torch.Tensor] 
     return rates
 
 
+def median_artist_rows(train: SplitTensors, keep: Optional[torch.Tensor] = None) -> float:
+    """The median number of labelled training rows (in `keep`) of the artists that have any (0.0 without)."""
+    rows = train.masks["artist"] if keep is None else train.masks["artist"] & keep
+    counts = np.bincount(train.targets["artist"][rows].cpu().numpy(), minlength=1)
+    return float(np.median(counts[counts > 0])) if (counts > 0).any() else 0.0
+
+
 def _batch_features(split: SplitTensors, rows: torch.Tensor, use_flip: Optional[torch.Tensor]) -> torch.Tensor:
     """The batch's feature rows; where the epoch's flip mask is set, the mirrored vector instead."""
     x = split.x[rows]
@@ -349,10 +356,7 @@ class Trainer:
             else:
                 rate = torch.as_tensor(rates[task], dtype=torch.float32, device=bias.device).clamp(1e-4, 1 - 1e-4)
                 bias.copy_(rate.log() if task == "artist" else torch.logit(rate))
-        counts = np.bincount(train.targets["artist"][train.masks["artist"] if keep is None else train.masks["artist"] & keep]
-                             .cpu().numpy(), minlength=1) if "artist" in self.tasks else np.zeros(1)
-        if "artist" in self.tasks and artist_init(self.config, float(np.median(counts[counts > 0]))
-                                                  if (counts > 0).any() else 0.0) == "lda":
+        if "artist" in self.tasks and artist_init(self.config, median_artist_rows(train, keep)) == "lda":
             # Few samples a class: a zero start and an L2 prior centred at zero shrink every artist towards the
             # prior, where the discriminant's pooled covariance knows which feature directions are noise
             # (bench_quality.py, K = 10 non-linear: 0.678 -> 0.704 artist accuracy, probe 0.677).

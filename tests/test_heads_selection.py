@@ -138,7 +138,7 @@ def test_the_chosen_l2_strength_follows_the_data_size():
     small = MultiTaskHeads(progress=False, device="cpu", shared_size=16).fit(X, {"artist": y})
     X, y = data(30000)
     validation = data(3000)
-    large = MultiTaskHeads(progress=False, device="cpu", shared_size=16, epochs=2).fit(
+    large = MultiTaskHeads(progress=False, device="cpu", shared_size=16).fit(
         X, {"artist": y}, validation=(validation[0], {"artist": validation[1]}))
     assert small.selection_["source"].startswith("5-fold") and large.selection_["source"] == "validation"
     for model, rows in ((small, 100), (large, 30000)):
@@ -193,3 +193,20 @@ def test_the_artist_starts_at_the_discriminant_only_with_enough_rows_an_artist()
         x = rng.normal(size=(len(ids), 32)).astype(np.float32)
         trainer = Trainer(device_data(x, {"artist": ids}, ("artist",), "cpu"), ("artist",), HeadsConfig(shared_size=4), "cpu")
         assert (trainer.anchor is not None) == anchored
+
+
+def test_cross_validation_scores_each_part_on_its_own_rows():
+    """Two parts whose models rank their own rows perfectly but score on different scales (each its own class
+    prior): pooled into one ranking they look poor, and the choice went to whichever candidate's parts happened
+    to share a scale. Scored part by part, as scikit-learn's cross-validation does, both parts are perfect."""
+    from omniart.heads.selection import part_score
+
+    truth = np.array([[1], [0], [1], [0], [1], [0], [1], [0]], np.uint8)
+    part = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # part 0's model scores around +5, part 1's around -5; within each part the positives come first
+    logits = np.array([[6.0], [5.0], [6.0], [5.0], [-4.0], [-5.0], [-4.0], [-5.0]])
+    masks = {"type": np.ones(8, bool)}
+    assert part_score({"type": logits}, {"type": truth}, masks, part, None) == pytest.approx(1.0)
+    from omniart.heads.selection import _held_score
+
+    assert _held_score({"type": logits}, {"type": truth}, masks, None) < 0.9  # what the pooled ranking said
