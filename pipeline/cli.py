@@ -484,3 +484,7 @@ def run(images, metadata, label_format, out, gallery, quiet, **options):
     config = RunConfig.create(images, metadata, label_format, out, extract={**extract, "progress": not quiet},
                               fit={**fit_options, "progress": not quiet}, gallery=gallery)
     click.echo(str(run_pipeline(config)))
+
+
+if __name__ == "__main__":  # `python -m omniart.pipeline.cli`
+    main()

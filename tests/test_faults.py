@@ -174,3 +174,39 @@ def test_published_files_and_folders_get_the_usual_permissions(tmp_path):
     publish_folder(tmp_path / "run", lambda folder: (folder / "x").write_text("1"))
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~_umask()
+
+
+def test_kill_9_during_predict_and_evaluate_leaves_every_output_whole(collection, cache_and_run, tmp_path):
+    """predict's CSV and evaluate's plots were written in place: a kill left a short CSV that looked whole, or a
+    0-byte PNG inside a published run."""
+    import shutil
+
+    cache, run, seconds = cache_and_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    out = tmp_path / "predictions.csv"
+    rerun(omni("heads", "predict", copy, "--cache", cache, "--out", out, "--device", "cpu"))
+    whole = out.read_text()
+    chance = random.Random(14)
+    for attempt in range(KILLS):
+        out.write_text("key,artist_1\nold,row\n")
+        killed_at(omni("heads", "predict", copy, "--cache", cache, "--out", out, "--device", "cpu"),
+                  chance.uniform(0.5, seconds))
+        assert out.read_text() in ("key,artist_1\nold,row\n", whole)
+        killed_at(omni("heads", "evaluate", copy, "--device", "cpu"), chance.uniform(0.5, seconds))
+        assert all(path.stat().st_size > 0 for path in copy.glob("*.png"))
+        assert load_run(copy).predict(FeatureStore(cache).load()[:2])
+    assert not [path for path in tmp_path.rglob(".*.tmp")]
+
+
+def test_two_extractions_of_different_partitions_at_once_never_store_a_key_twice(collection, tmp_path):
+    """A plain run and a --num-shards 2 worker on one cache both exited 0 with 20 keys stored twice."""
+    args = (collection / "images", "--out", tmp_path / "cache", "--backbone", "tiny", "--workers", "0",
+            "--batch-size", "1", "--shard-size", "2", "--device", "cpu")
+    plain = subprocess.Popen(omni("extract", *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sharded = subprocess.Popen(omni("extract", *args, "--num-shards", "2", "--shard-index", "0"), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    codes = [plain.wait(timeout=300), sharded.wait(timeout=300)]
+    assert 0 in codes and codes != [0, 0], codes  # the second writer is refused
+    store = FeatureStore(tmp_path / "cache")  # refuses a key stored twice
+    assert len(set(store.keys)) == len(store.keys)
