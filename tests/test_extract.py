@@ -573,6 +573,7 @@ def test_mismatched_weights_file_and_offline_default_weights(tmp_path, monkeypat
         build_backbone("resnet50")
     message = str(caught.value)
     assert "IMAGENET1K_V2" in message and "--weights FILE" in message
+    assert "--backbone efficientnet_lite0` needs no download" in message  # the offline way, as a command
     assert str(tmp_path / "hub" / "checkpoints") in message
     with pytest.raises(ExtractError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
         build_backbone("resnet50", "IMAGENET_V9")
