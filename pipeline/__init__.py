@@ -14,3 +14,7 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'omniart.pipeline' has no attribute {name!r}")
+
+
+def __dir__():  # what a prompt's dir() and tab completion show: the lazy names too
+    return sorted(set(globals()) | set(__all__))

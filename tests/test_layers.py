@@ -125,3 +125,14 @@ def test_wheel_installs_exactly_one_top_level_package(tmp_path):
                    "omniart/heads/estimator.py", "omniart/pipeline/cli.py"):
         assert module in names
     assert not [name for name in names if "/tests/" in name or "/benchmarks/" in name or name.endswith("setup.cfg")]
+
+
+def test_every_package_shows_its_public_names_to_dir_and_they_resolve():
+    """`dir(omniart.pipeline)` showed only `importlib`: nothing was discoverable from a prompt."""
+    import importlib
+
+    for name in ("omniart", "omniart.cache", "omniart.extract", "omniart.heads", "omniart.pipeline"):
+        module = importlib.import_module(name)
+        assert set(module.__all__) <= set(dir(module)), name
+        for public in module.__all__:
+            assert getattr(module, public) is not None, f"{name}.{public}"
