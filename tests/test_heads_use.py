@@ -524,3 +524,16 @@ def test_label_options_are_real_options_of_every_command_and_checked_before_extr
     assert fitted.exit_code == 0, fitted.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["fit"]["label_options"] == {
         "key_column": "image", "artist_column": "maker"}
+
+
+def test_cli_warnings_are_one_plain_line_once(trained, tmp_path):
+    """'RuntimeWarning: No CUDA GPU found' came with a source path, twice per predict."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU fallback warning needs a machine without a GPU")
+    cache, _, run_dir = trained
+    result = CliRunner().invoke(predict, [str(run_dir), "--cache", str(cache), "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "No CUDA GPU" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: No CUDA GPU found") and ".py:" not in result.output

@@ -37,10 +37,11 @@ def test_an_untrained_tasks_threshold_drops_no_row(small):
 def test_fit_drops_a_task_without_two_classes_and_says_so(small):
     tmp_path, data, cache, metadata = small
     out = tmp_path / "run"
-    with pytest.warns(UserWarning, match="task artist is not trained: 0 artist classes with training rows"):
-        result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv",
-                                           "--min-class-samples", "1", "--out", str(out), *QUICK])
+    result = CliRunner().invoke(main, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv",
+                                       "--min-class-samples", "1", "--out", str(out), *QUICK])
     assert result.exit_code == 0, result.output
+    # the command's warning, one plain line
+    assert "warning: task artist is not trained: 0 artist classes with training rows" in result.output
     assert "data: 160 rows (train 112, val 24, test 24)" in result.output
     assert "artist   not trained: 0 artist classes" in result.output
     assert re.search(r"\n  type +3  \d+ / \d+ / \d+\n", result.output)  # classes and labelled rows per split
@@ -54,7 +55,8 @@ def test_fit_drops_a_task_without_two_classes_and_says_so(small):
     calibration = metrics["calibration"]
     for task in ("type", "material"):
         assert calibration[task]["temperature"] > 0 and 0 <= calibration[task]["test_ece_after"] <= 1
-        assert calibration[task]["held_out_ece_after"] <= calibration[task]["held_out_ece_before"] + 1e-9
+        # the temperature minimises the held-out log loss, not the binned ECE: it may move it a little either way
+        assert calibration[task]["held_out_ece_after"] <= calibration[task]["held_out_ece_before"] + 0.02
     assert calibration["year"]["coverage"] == 0.8 and 0 <= calibration["year"]["test_coverage"] <= 1
 
 
