@@ -22,8 +22,9 @@ OTHER_BENCHMARKS = (
      "python benchmarks/bench_extract.py"),
     ("Phase two at Rijks'14 scale: FLOP rate, multi- vs single-task time, peak memory, stacked sweep", "heads.json",
      "python benchmarks/bench_heads.py"),
-    ("Near-duplicate search against a plain numpy search", "duplicates.json", "python benchmarks/bench_duplicates.py"),
 )
+DUPLICATES = "duplicates.json"  # bench_duplicates.py quality: the near-duplicate threshold, per backbone
+SHOWN_THRESHOLDS = (0.75, 0.79, 0.84, 0.9, 0.95)
 
 
 # -- docs/commands.md ---------------------------------------------------------------------------------------
@@ -164,6 +165,7 @@ def benchmarks_page(results=RESULTS):
     lines += [line for name, report, run in runs for line in planted_section(name, report, run)] or [
         "Not measured for the current version; run `python benchmarks/bench_quality.py --collections '' "
         "--results benchmarks/results/quality.json`.", ""]
+    lines += duplicates_section(reports.get(DUPLICATES))
     for title, filename, command in OTHER_BENCHMARKS:
         lines += [f"## {title}", ""]
         if filename in reports:
@@ -174,6 +176,32 @@ def benchmarks_page(results=RESULTS):
             lines += [f"Not measured for the current version; run `{command}` and save its JSON as "
                       f"`benchmarks/results/{filename}`.", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def duplicates_section(report) -> list:
+    """The near-duplicate threshold: precision and recall of edited copies of real images, per backbone."""
+    lines = ["## Near-duplicate threshold (`duplicates`, `fit`'s leakage check)", ""]
+    if report is None:
+        return lines + ["Not measured for the current version; run `python benchmarks/bench_duplicates.py quality` "
+                        f"and save its JSON as `benchmarks/results/{DUPLICATES}`.", ""]
+    lines += [f"From `benchmarks/results/{DUPLICATES}` (`python benchmarks/bench_duplicates.py quality`): edited copies "
+              "of the shared Rijks'14 images and the Met demo paintings (rescale, JPEG, brightness, contrast, crop, "
+              "rotation, grayscale, all at once) against every pair of distinct works.", ""]
+    for name, entry in report["backbones"].items():
+        if not entry.get("measured"):
+            lines += [f"- `{name}`: {entry.get('why', 'not measured')}.", ""]
+            continue
+        chosen = entry["chosen"]
+        lines += [f"### `{name}`: {entry['images']:,} images, {entry['copy_pairs']:,} copy pairs, "
+                  f"{entry['distinct_pairs']:,} distinct pairs", "",
+                  f"Default threshold {chosen['threshold']}: {chosen['rule']}; precision {chosen['precision']}, recall "
+                  f"{chosen['recall']} (by edit: " + ", ".join(f"{edit} {value}" for edit, value in
+                                                                 chosen["recall_by_edit"].items()) + ").", "",
+                  "| threshold | precision | recall | false pairs |", "| --- | --- | --- | --- |"]
+        lines += [f"| {row['threshold']} | {row['precision']} | {row['recall']} | {row['false_pairs']} |"
+                  for row in entry["table"] if any(abs(row["threshold"] - t) < 1e-9 for t in SHOWN_THRESHOLDS)]
+        lines += ["", f"Caveat: {chosen['caveat']}.", ""]
+    return lines
 
 
 README_BEGIN, README_END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"

@@ -6,6 +6,7 @@ from typing import Optional
 
 from omniart.heads import HeadsError
 from omniart.heads.config import TASKS, HeadsConfig, check_tasks
+from omniart.heads.duplicates import DEFAULT_THRESHOLD
 
 __all__ = ["FitConfig"]
 
@@ -25,9 +26,10 @@ class FitConfig(HeadsConfig):
     protocol: Optional[str] = None  # None: LabelConfig's (omniart); rijks14-challenge: the challenge's own classes
     label_options: dict = field(default_factory=dict)  # any other LabelConfig field (csv columns, separator...)
     single_task_baselines: bool = False
-    # validation/test samples with a training sample this cosine-similar count as leaked (duplicates across splits
-    # inflate every figure); None: not checked
-    leakage_threshold: Optional[float] = 0.95
+    # validation/test samples with a training sample this cosine-similar (or the same vector) count as leaked
+    # (duplicates across splits inflate every figure); None: not checked. The default is `omni-heads duplicates`'s,
+    # measured by benchmarks/bench_duplicates.py (heads.duplicates.DEFAULT_THRESHOLD)
+    leakage_threshold: Optional[float] = DEFAULT_THRESHOLD
     # learning curves, the artist confusion figure and confused pairs in the run directory; off: no matplotlib
     # (about 1 s a fit), for benchmarks and scripted fits that read metrics.json alone
     plots: bool = True
@@ -58,6 +60,6 @@ class FitConfig(HeadsConfig):
         self.heads_config(tasks=tasks).check()
         threshold = self.leakage_threshold
         if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)
-                                          and -1 <= threshold <= 1):
-            raise HeadsError(f"--leakage-threshold must be a cosine similarity in [-1, 1] (or none), got {threshold!r}.")
+                                          and 0 < threshold <= 1):
+            raise HeadsError(f"--leakage-threshold must be a cosine similarity in (0, 1] (or none), got {threshold!r}.")
         return tasks

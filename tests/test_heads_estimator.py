@@ -5,6 +5,7 @@ from click.testing import CliRunner
 from test_heads import D, planted, write_planted
 
 from omniart.heads import HeadsConfig, HeadsError, MultiTaskHeads, fit_many
+from omniart.heads.duplicates import DEFAULT_THRESHOLD
 from omniart.pipeline import load_run
 from omniart.pipeline.cli import main
 
@@ -228,7 +229,7 @@ def test_near_duplicates_are_found_grouped_and_counted_as_leakage(tmp_path):
     report = near_duplicates(FeatureStore(tmp_path / "cache"))
     assert len(report.pairs) == 5 + 5 + 2 and report.exact == 5 + 2
     assert report.groups[0] == ["0000.jpg", "0300.jpg", "0310.jpg"] and len(report.groups) == 10
-    assert "12 pairs with cosine similarity >= 0.95 (7 of them identical vectors) in 10 groups" in report.summary()
+    assert f"12 pairs with cosine similarity >= {DEFAULT_THRESHOLD} (7 of them identical vectors) in 10 groups" in report.summary()
     write_features(tmp_path / "distinct", keys[:300], base, {"backbone": "b", "weights": "w", "preprocessing": {}})
     assert near_duplicates(FeatureStore(tmp_path / "distinct")).pairs == []  # distinct images: none found
     leaked = has_near_duplicate(copies, base[20:])
@@ -249,12 +250,12 @@ def test_fit_reports_split_leakage_and_the_duplicates_command(tmp_path):
                                        "--min-artist-samples", "1", "--min-class-samples", "1", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     leakage = json.loads((tmp_path / "run" / "metrics.json").read_text())["leakage"]
-    assert leakage["val"] == 0 and leakage["test"] == 6 and leakage["threshold"] == 0.95
+    assert leakage["val"] == 0 and leakage["test"] == 6 and leakage["threshold"] == DEFAULT_THRESHOLD
     assert set(leakage["test_without_leaked"]) == {"artist", "type", "material", "year"}
     assert "split leakage: 0 validation and 6 test samples" in result.output
     pairs = tmp_path / "pairs.csv"
     found = CliRunner().invoke(main, ["duplicates", str(cache), "--out", str(pairs)])
-    assert found.exit_code == 0 and "6 pairs with cosine similarity >= 0.95 (6 of them identical vectors)" in found.output
+    assert found.exit_code == 0 and f"6 pairs with cosine similarity >= {DEFAULT_THRESHOLD} (6 of them identical vectors)" in found.output
     assert pairs.read_text().splitlines()[0] == "key_a,key_b,similarity,exact" and len(pairs.read_text().splitlines()) == 7
 
 

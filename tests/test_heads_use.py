@@ -441,7 +441,8 @@ def test_fit_refuses_a_bad_out_or_leakage_threshold_before_training(tmp_path, mo
     (tmp_path / "notes" / "notes.txt").write_text("mine")
     cases = ((dict(out=str(tmp_path / "notes")), "is not a run directory"),
              (dict(out=str(metadata / "run")), "is a file, not a folder"),
-             (dict(out=str(tmp_path / "run"), leakage_threshold=float("nan")), "--leakage-threshold must be"))
+             (dict(out=str(tmp_path / "run"), leakage_threshold=float("nan")), "--leakage-threshold must be"),
+             (dict(out=str(tmp_path / "run"), leakage_threshold=-0.5), r"in \(0, 1\]"))
     for changes, message in cases:
         with pytest.raises(HeadsError, match=message):
             fit(FitConfig(cache=str(cache), metadata=str(metadata), **{**TINY_FIT, **changes}))
