@@ -538,3 +538,16 @@ def test_cli_warnings_are_one_plain_line_once(trained, tmp_path):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "No CUDA GPU" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: No CUDA GPU found") and ".py:" not in result.output
+
+
+def test_fit_says_on_the_console_how_many_cache_keys_have_no_record(tmp_path):
+    """Half the keys without a metadata record used to be mentioned only in config.json."""
+    cache, metadata = planted(tmp_path, rows=80)
+    table = pd.read_csv(metadata)
+    table.iloc[:50].to_csv(metadata, index=False)  # 30 cached images without a record
+    result = CliRunner().invoke(omni_heads, ["fit", str(cache), "--metadata", str(metadata), "--format", "csv",
+                                             "--min-artist-samples", "3", "--min-class-samples", "2", "--epochs", "1",
+                                             "--shared-size", "8", "--device", "cpu", "--no-plots",
+                                             "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "30 cache keys have no metadata record and are left out (e.g. art/00050.jpg" in result.output
