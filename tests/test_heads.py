@@ -614,7 +614,14 @@ def test_real_features_heads_at_least_as_good_as_probes(rijks14_folds, tmp_path,
             ours[task].append(result.metrics["test"][task][SCORE_OF[task]])
             probes[task].append(probe[task][SCORE_OF[task]])
     for task in tasks:
-        assert at_least_as_good(task, np.mean(ours[task]), np.mean(probes[task])), (task, ours[task], probes[task])
+        # five folds of 20 images: not worse beyond the noise, the mean paired fold difference within two of its
+        # standard errors (a one-error bound fails one run in six when the two are equal), or the usual tolerance
+        differences = np.asarray(ours[task]) - np.asarray(probes[task])
+        if task == "year":
+            differences = -differences / np.mean(probes[task])  # relative, better is positive
+        noise = float(np.std(differences, ddof=1) / np.sqrt(len(differences)))
+        allowed = max(2 * noise, 0.02 if task == "year" else 0.01)
+        assert differences.mean() >= -allowed, (task, ours[task], probes[task], noise)
 
 
 # ---- default options at a realistic scale -------------------------------------------------------------
