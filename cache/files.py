@@ -4,6 +4,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from omniart.cache.errors import OmniError
 
@@ -56,11 +57,16 @@ def publish_folder(out, build) -> Path:
     return out
 
 
+def file_in_the_way(path) -> Optional[Path]:
+    """The file that stands where a folder above `path` must be (e.g. `meta.csv` for `meta.csv/x`), else None."""
+    return next((folder for folder in Path(path).parents if folder.exists() and not folder.is_dir()), None)
+
+
 def make_parent(path) -> Path:
     """Create the folders `path` goes in (a writable folder), or an OmniError naming the path and why it cannot be
     written there: a file where a folder must be, or no permission. Returns Path(path)."""
     path = Path(path)
-    blocker = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
+    blocker = file_in_the_way(path)
     why = f"{str(blocker)!r} is a file, not a folder" if blocker is not None else None
     if why is None:
         try:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from omniart.cache.files import publish_file
+from omniart.cache.files import file_in_the_way, publish_file
 from omniart.heads import HeadsError
 
 __all__ = ["PredictConfig", "predict", "predictions_table", "check_cache_matches", "file_sha256"]
@@ -50,9 +50,8 @@ class PredictConfig:
                 raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if Path(self.out).is_dir():
             raise HeadsError(f"--out {self.out} is a folder; name the CSV file to write, e.g. {Path(self.out) / 'predictions.csv'}.")
-        parent = Path(self.out).resolve().parent
-        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
+        blocker = file_in_the_way(Path(self.out).resolve())
+        if blocker is not None:
             raise HeadsError(f"--out {self.out} cannot be written: {blocker} is a file, not a folder.")
         if self.weights is not None and not Path(self.weights).is_file():
             raise HeadsError(f"--weights {self.weights} " + ("is not a regular file" if Path(self.weights).exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omniart.cache.files import file_in_the_way
 from omniart.heads import HeadsError
 
 __all__ = ["Run", "load_run", "publish_run", "write_history", "read_history", "RUN_FILES"]
@@ -95,8 +96,8 @@ def check_run_out(out) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise HeadsError(f"--out {str(out)!r} exists and is not a run directory (it would be replaced whole); "
                          "pass a new folder, an empty one, or an earlier run to overwrite.")
-    blocker = next((parent for parent in out.resolve().parents if parent.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    blocker = file_in_the_way(out.resolve())
+    if blocker is not None:
         raise HeadsError(f"--out {str(out)!r} cannot be created: {blocker} is a file, not a folder; pass another --out.")
 
 
