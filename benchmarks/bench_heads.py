@@ -269,7 +269,7 @@ def _throughput(fitted: dict, args, reference: float) -> dict:
             "epochs": fitted["epochs"], "train_seconds": round(fitted["train_seconds"], 3),
             "train_rows": train_rows, "val_rows": val_rows, "outputs": fitted["task_sizes"],
             "flops_per_epoch": epoch_flops, "train_flops_per_s": epoch_flops / epoch_seconds,
-            "matmul_flops_per_s": reference, "flops_ratio": round(epoch_flops / epoch_seconds / reference, 3),
+            "matmul_flops_per_s": reference, "flops_ratio": float(f"{epoch_flops / epoch_seconds / reference:.3g}"),
             "flops_ratio_goal": 0.5, "flops_formula": "N_train*(4*D*H + 6*H*O + 4*D*O) + 2*N_val*(D*H + H*O + D*O) per epoch "
                                                       "(O = A+K+M+1; the D*O terms only with the linear path), "
                                                       "median epoch after the first (which pays warm-up)"}

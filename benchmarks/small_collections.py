@@ -158,7 +158,7 @@ def compare(name: str, features: np.ndarray, labels, repeats: int, folds: int) -
                 features[train], y_train, m_train, n_classes={task: size for task, size in sizes.items() if task in tasks})
             ours, raw = model.predict_scores(features[test]), model.predict_scores(features[test], calibrated=False)
             seconds["omniart"] += time.perf_counter() - start
-            chosen.append(model.selection_["chosen"] * len(train))
+            chosen.append({task: value * len(train) for task, value in model.selection_["chosen"].items()})
             start = time.perf_counter()
             theirs = baseline(features[train], y_train, m_train, features[test], tasks, sizes["artist"])
             seconds["baseline"] += time.perf_counter() - start
@@ -186,7 +186,7 @@ def compare(name: str, features: np.ndarray, labels, repeats: int, folds: int) -
     report = {"collection": name, "rows": len(features), "dim": int(features.shape[1]), "tasks": list(tasks),
               "classes": {task: sizes[task] for task in tasks if task != "year"}, "repeats": repeats, "folds": folds,
               "test": summary, "ece": eces, "year_interval_coverage": _mean_se(coverage) if coverage else None,
-              "l2_chosen_times_rows": sorted(set(round(c, 3) for c in chosen)),
+              "l2_chosen_times_rows": {task: sorted(set(round(c[task], 3) for c in chosen)) for task in tasks},
               "seconds": {method: round(value, 1) for method, value in seconds.items()}}
     report["goals"] = goals(report)
     return report

@@ -1,12 +1,12 @@
 """`HeadsConfig`: the hyperparameters of phase two and their default rules (no paths, no label rules, no torch)."""
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from omniart.heads import HeadsError
 
 __all__ = ["HeadsConfig", "TASKS", "ARTIST_INITS", "EVAL_BATCH_SIZE", "L2_CANDIDATES", "artist_init", "loss_scales",
-           "auto_weight_decay", "l2_candidates", "auto_batch_size", "auto_epochs", "auto_shared_size", "balanced_year_weight", "parse_task_weights", "check_tasks", "PRECISIONS", "bf16_autocast"]
+           "auto_weight_decay", "task_decays", "l2_candidates", "auto_batch_size", "auto_epochs", "auto_shared_size", "balanced_year_weight", "parse_task_weights", "check_tasks", "PRECISIONS", "bf16_autocast"]
 
 TASKS = ("artist", "type", "material", "year")
 # auto_weight_decay's L2 coefficient times the training rows: the fixed rule of fits that choose nothing
@@ -56,10 +56,10 @@ class HeadsConfig:
     batch_size: Optional[int] = field(default=None, metadata={"auto": "the power of two giving ~128 steps an epoch, "
                                                                       "16 to 1024"})
     lr: float = 1e-3  # peak Adam learning rate
-    # L2 coefficient of the heads' weight matrices (auto_weight_decay); the shared layer gets it once per task
-    weight_decay: Optional[float] = field(default=None, metadata={"auto": "chosen on held-out rows among "
-                                                                            f"{', '.join(f'{c:g}' for c in L2_CANDIDATES)}"
-                                                                            " / training rows"})
+    # L2 coefficient of the heads' weight matrices: one number for every task, or task -> number (what the
+    # automatic choice saves: each task's own); the shared layer carries the sum of the tasks' coefficients
+    weight_decay: Optional[Union[float, dict]] = field(default=None, metadata={
+        "auto": f"chosen per task on held-out rows among {', '.join(f'{c:g}' for c in L2_CANDIDATES)} / training rows"})
     # held-out rows of the automatic L2 choice and the calibration: the validation split when it has at least
     # min_validation_rows rows, else cv_folds-fold cross-validation of the training rows
     cv_folds: int = 5
@@ -121,9 +121,19 @@ class HeadsConfig:
             raise HeadsError(f"--cv-folds must be at least 2, got {self.cv_folds}.")
         if self.shared_size is not None and int(self.shared_size) < 0:
             raise HeadsError(f"--shared-size must be 0 (linear heads) or more, got {self.shared_size}.")
+        if isinstance(self.weight_decay, dict):
+            unknown = sorted(set(self.weight_decay) - set(TASKS))
+            if unknown or not self.weight_decay:
+                raise HeadsError(f"weight_decay names unknown task(s) {', '.join(map(repr, unknown)) or '(none)'}: "
+                                 f"give one number, or a number for each of {', '.join(TASKS)}.")
         for name, low, high, rule in _RANGES:
             value = getattr(self, name)
             if value is None:
+                continue
+            if name == "weight_decay" and isinstance(value, dict):
+                for task, each in value.items():
+                    if not (isinstance(each, (int, float)) and math.isfinite(each) and low(each) and high(each)):
+                        raise HeadsError(f"weight_decay {each!r} of task {task} is out of range: it must be {rule}.")
                 continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low(value) and high(value)):
                 raise HeadsError(f"--{name.replace('_', '-')} {value!r} is out of range: it must be {rule}.")
@@ -210,10 +220,23 @@ def auto_weight_decay(train_rows: int) -> float:
     return _L2_PER_DATASET / max(int(train_rows), 1)
 
 
+def task_decays(config: HeadsConfig, tasks, train_rows: int) -> dict:
+    """Task -> the L2 coefficient of its head: the explicit one (one number, or each task's), else
+    auto_weight_decay. The shared layer carries their sum (heads.training.Trainer)."""
+    value = config.weight_decay
+    if isinstance(value, dict):
+        missing = [task for task in tasks if task not in value]
+        if missing:
+            raise HeadsError(f"weight_decay gives no coefficient for task(s) {', '.join(missing)}: give one number, or "
+                             f"one for each trained task ({', '.join(tasks)}).")
+        return {task: float(value[task]) for task in tasks}
+    return {task: auto_weight_decay(train_rows) if value is None else float(value) for task in tasks}
+
+
 def l2_candidates(config: HeadsConfig, train_rows: int) -> list:
     """The L2 coefficients a fit chooses among: the explicit weight_decay alone, else L2_CANDIDATES / rows."""
     if config.weight_decay is not None:
-        return [float(config.weight_decay)]
+        return [config.weight_decay if isinstance(config.weight_decay, dict) else float(config.weight_decay)]
     return [value / max(int(train_rows), 1) for value in L2_CANDIDATES]
 
 

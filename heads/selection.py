@@ -13,15 +13,14 @@ import torch
 
 from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
                                        scaled_probabilities)
-from omniart.heads.config import (HeadsConfig, artist_init, auto_shared_size, auto_weight_decay, bf16_autocast,
-                                 l2_candidates)
+from omniart.heads.config import HeadsConfig, artist_init, auto_shared_size, bf16_autocast, l2_candidates
 from omniart.heads.metrics import task_metrics
-from omniart.heads.training import (DeviceData, Outcome, SplitTensors, _label_rates, _score, median_artist_rows,
+from omniart.heads.training import (SCORE_METRIC, DeviceData, Outcome, SplitTensors, _label_rates, median_artist_rows,
                                    train_one, year_baseline)
 
-__all__ = ["Selection", "fit_selected", "on_validation", "selects_alone", "calibration"]
+__all__ = ["Selection", "fit_selected", "on_validation", "selects_alone", "calibration", "part_scores"]
 
-SELECTION_METRIC = "mean over tasks of artist accuracy, type/material MAP and 1 - year MAE / MAE of the median"
+SELECTION_METRIC = "per task: artist accuracy, type/material MAP, 1 - year MAE / MAE of the median"
 
 
 @dataclass
@@ -47,8 +46,8 @@ def fit_selected(data: DeviceData, tasks: tuple, config: HeadsConfig, device, la
         return _on_validation(data, tasks, config, device, label)
     folds = min(int(config.cv_folds), rows)
     if folds < 2 or not (automatic or config.calibrate):
-        chosen = auto_weight_decay(rows) if automatic else float(config.weight_decay)
-        outcome = train_one(data, tasks, dataclasses.replace(config, weight_decay=chosen), device, label)
+        outcome = train_one(data, tasks, config, device, label)
+        chosen = outcome.weight_decay
         return Selection(outcome, None, None, None, {"source": "none", "candidates": [chosen], "chosen": chosen,
                                                      "reason": "fewer than 2 training rows" if folds < 2 else
                                                      "weight_decay given and calibration off"})
@@ -77,17 +76,17 @@ def _on_validation(data, tasks, config, device, label) -> Selection:
         if len(configs) > 1 else [train_one(chosen_on, tasks, configs[0], device, label)]
     held = [_raw(outcome.model, data.val.x, config, device) for outcome in outcomes]
     targets, masks = _numpy(data.val.targets), _numpy(data.val.masks)
-    scores = [_held_score(outputs, targets, masks, data) for outputs in held]
-    best = _best(scores)
-    if not subset:
-        return Selection(outcomes[best], held[best], targets, masks,
-                         _record("validation", len(data.val), configs, scores, best))
+    scores = [_held_scores(outputs, targets, masks, data) for outputs in held]
+    best = _choose(scores, tasks)
+    record = _record("validation", len(data.val), values, scores, best, tasks)
+    if not subset and len(set(best.values())) == 1:  # one candidate won every task: it is the model
+        index = next(iter(best.values()))
+        return Selection(outcomes[index], held[index], targets, masks, record)
     del outcomes
-    final = dataclasses.replace(config, weight_decay=values[best])
-    outcome = train_one(data, tasks, final, device, label)  # the chosen coefficient on every training row
-    record = _record("validation", len(data.val), [dataclasses.replace(config, weight_decay=v) for v in values],
-                     scores, best)
-    record["candidates_trained_on"] = f"a random {limit:,} of the {rows:,} training rows"
+    final = dataclasses.replace(config, weight_decay=_chosen(values, best))
+    outcome = train_one(data, tasks, final, device, label)  # each task's coefficient, on every training row
+    if subset:
+        record["candidates_trained_on"] = f"a random {limit:,} of the {rows:,} training rows"
     return Selection(outcome, _raw(outcome.model, data.val.x, config, device), targets, masks, record)
 
 
@@ -133,19 +132,21 @@ def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:
         held.append(outputs)
     del outcomes
     targets, masks = _numpy(data.train.targets), _numpy(data.train.masks)
-    scores = [part_score(outputs, targets, masks, part, data) for outputs in held]
-    configs = [dataclasses.replace(config, weight_decay=value) for value in l2_candidates(config, rows)]
-    best = _best(scores)
-    outcome = train_one(data, tasks, configs[best], device, label)  # refit on every training row
-    return Selection(outcome, held[best], targets, masks,
-                     _record(f"{folds}-fold cross-validation of the training rows", rows, configs, scores, best))
+    scores = [part_scores(outputs, targets, masks, part, data) for outputs in held]
+    values = l2_candidates(config, rows)
+    best = _choose(scores, tasks)
+    outcome = train_one(data, tasks, dataclasses.replace(config, weight_decay=_chosen(values, best)), device, label)
+    # each task's calibration rows: the out-of-part outputs of its chosen coefficient
+    chosen_held = {task: held[index][task] for task, index in best.items()}
+    return Selection(outcome, chosen_held, targets, masks,
+                     _record(f"{folds}-fold cross-validation of the training rows", rows, values, scores, best, tasks))
 
 
 def on_validation(outcome: Outcome, data: DeviceData, config: HeadsConfig, device) -> Selection:
     """The Selection of a model trained with a given coefficient (a sweep's stack member): its validation outputs
     are the held-out rows, where the split has any."""
     record = {"source": "validation" if len(data.val) else "none", "held_out_rows": len(data.val),
-              "candidates": [float(outcome.weight_decay)], "chosen": float(outcome.weight_decay)}
+              "candidates": [outcome.weight_decay], "chosen": outcome.weight_decay}
     if not len(data.val):
         return Selection(outcome, None, None, None, record)
     return Selection(outcome, _raw(outcome.model, data.val.x, config, device), _numpy(data.val.targets),
@@ -161,45 +162,57 @@ def _numpy(tensors: dict) -> dict:
     return {task: value.cpu().numpy() for task, value in tensors.items()}
 
 
-def _held_score(outputs: dict, targets: dict, masks: dict, data: DeviceData) -> Optional[float]:
-    """The validation score of heads.training (SELECTION_METRIC) of raw held-out outputs."""
-    metrics = {}
+def _held_scores(outputs: dict, targets: dict, masks: dict, data: DeviceData) -> dict:
+    """Task -> the held-out score of raw outputs, higher is better (SELECTION_METRIC); None without a labelled row."""
+    scores = {}
     for task, value in outputs.items():
         rows = masks[task]
-        scores = value[rows] if task == "year" else scaled_probabilities(task, value[rows])
-        metrics[task] = task_metrics(task, scores, targets[task][rows], np.ones(int(rows.sum()), bool))
-    baseline = None
-    if "year" in outputs:
-        baseline = year_baseline(data.train.targets["year"].cpu().numpy(), np.where(masks["year"], targets["year"], np.nan))
-    return _score(metrics, baseline)
+        values = value[rows] if task == "year" else scaled_probabilities(task, value[rows])
+        metric = task_metrics(task, values, targets[task][rows], np.ones(int(rows.sum()), bool))[SCORE_METRIC[task]]
+        if task == "year" and metric is not None:
+            baseline = year_baseline(data.train.targets["year"].cpu().numpy(),
+                                     np.where(masks["year"], targets["year"], np.nan))
+            metric = 1.0 - metric / baseline if baseline else None
+        scores[task] = None if metric is None else float(metric)
+    return scores
 
 
-def part_score(outputs: dict, targets: dict, masks: dict, part: np.ndarray, data: DeviceData) -> Optional[float]:
-    """The cross-validation score of out-of-part outputs: each part scored on its own rows, then averaged (as
-    scikit-learn's cross-validation does). One ranking pooled over the parts' models would mix their score scales:
-    a class's scores from five models, each with its own priors."""
-    values = []
-    for fold in np.unique(part):
-        rows = part == fold
-        value = _held_score(*({task: array[rows] for task, array in arrays.items()} for arrays in (outputs, targets, masks)),
-                            data)
-        if value is not None:
-            values.append(value)
-    return float(np.mean(values)) if values else None
+def part_scores(outputs: dict, targets: dict, masks: dict, part: np.ndarray, data: DeviceData) -> dict:
+    """Task -> the cross-validation score of out-of-part outputs: each part scored on its own rows, then averaged
+    (as scikit-learn's cross-validation does). One ranking pooled over the parts' models would mix their score
+    scales: a class's scores from five models, each with its own priors."""
+    per_part = [_held_scores(*({task: array[part == fold] for task, array in arrays.items()}
+                               for arrays in (outputs, targets, masks)), data) for fold in np.unique(part)]
+    scores = {}
+    for task in outputs:
+        values = [each[task] for each in per_part if each[task] is not None]
+        scores[task] = float(np.mean(values)) if values else None
+    return scores
 
 
-def _best(scores: list) -> int:
-    """The best score's index; ties (and no score at all) go to the stronger L2 (fewer claims, same evidence)."""
-    values = [-np.inf if score is None else score for score in scores]
-    top = max(values)
-    return max(index for index, value in enumerate(values) if value >= top - 1e-9)
+def _choose(scores: list, tasks: tuple) -> dict:
+    """Task -> the index of its best candidate; ties (and no score at all) go to the stronger L2 (fewer claims,
+    same evidence). Chosen per task: a few rows an artist want a weak prior where the year wants a strong one."""
+    best = {}
+    for task in tasks:
+        values = [-np.inf if each.get(task) is None else each[task] for each in scores]
+        top = max(values)
+        best[task] = max(index for index, value in enumerate(values) if value >= top - 1e-9)
+    return best
 
 
-def _record(source: str, rows: int, configs: list, scores: list, best: int) -> dict:
+def _chosen(values: list, best: dict) -> dict:
+    """Task -> its chosen coefficient (a candidate is one number, or an explicit task -> number)."""
+    return {task: float(values[index][task] if isinstance(values[index], dict) else values[index])
+            for task, index in best.items()}
+
+
+def _record(source: str, rows: int, values: list, scores: list, best: dict, tasks: tuple) -> dict:
     return {"source": source, "held_out_rows": int(rows), "metric": SELECTION_METRIC,
-            "candidates": [float(c.weight_decay) for c in configs],
-            "scores": [None if score is None else round(float(score), 6) for score in scores],
-            "chosen": float(configs[best].weight_decay)}
+            "candidates": [value if isinstance(value, dict) else float(value) for value in values],
+            "scores": {task: [None if each.get(task) is None else round(each[task], 6) for each in scores]
+                       for task in tasks},
+            "chosen": _chosen(values, best)}
 
 
 def calibration(selection: Selection, tasks: tuple, coverage: float) -> tuple:

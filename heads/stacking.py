@@ -65,23 +65,18 @@ class _JointAdam:
     def __init__(self, members: list, params: dict):
         import torch
 
-        from omniart.heads.training import decay_group
-
         first = members[0]
         self.members, self.params = members, params
-        self.decay = {}
-        for name, parameter in params.items():
-            values = [member.decay[decay_group(name, parameter)] for member in members]
-            if any(values):
-                self.decay[name] = torch.tensor(values, dtype=parameter.dtype, device=parameter.device).view(
-                    -1, *[1] * (parameter.ndim - 1))
+        # each member's (rows, 1) coefficients stacked (members, rows, 1): one multiply-add for the whole stack
+        self.decay = {name: torch.stack([member.decay[name] for member in members])
+                      for name in params if name in first.decay}
         # the priors centred at the discriminant (Trainer.step): each member's weight_decay * W_lda, subtracted
         self.anchor = {}
         for index, member in enumerate(members):
             if member.anchor is not None:
                 _, start, coef, name = member.anchor
                 target = self.anchor.setdefault(name, torch.zeros_like(params[name]))
-                target[index, start:start + len(coef)] = coef * member.weight_decay
+                target[index, start:start + len(coef)] = coef * member.weight_decay["artist"]
         self.optimizer = torch.optim.Adam(list(params.values()), lr=first.config.lr, fused=True)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, first.schedule.lr_lambdas[0])
         for member in members:

@@ -15,14 +15,14 @@ import torch
 from omniart.cache.format import non_finite_rows
 from omniart.heads import HeadsError
 from omniart.heads.config import (HeadsConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size,
-                                  auto_weight_decay, bf16_autocast, loss_scales, parse_task_weights)
+                                  bf16_autocast, loss_scales, parse_task_weights, task_decays)
 from omniart.heads.lda import shrinkage_lda
 from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights, task_losses
 from omniart.heads.metrics import labelled_rows, task_metrics
 from omniart.heads.model import OmniArtHeads, probabilities
 
 __all__ = ["SplitTensors", "DeviceData", "device_data", "Trainer", "Outcome", "run_epochs", "train_one", "SCORE_METRIC",
-           "decay_group"]
+           "decay_factors"]
 
 SCORE_METRIC = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
 
@@ -302,24 +302,20 @@ class Trainer:
         self.class_weights = inverse_frequency_weights(data.train.targets["artist"], data.sizes["artist"]) \
             if config.class_weights and "artist" in tasks else None
         # the optimizer keeps these Parameter objects: a stack may point their .data at its stacked tensors.
-        # An L2 penalty (Adam's coupled weight decay) on the weight matrices only: biases start at the label
-        # priors and stay free. Coupled, not AdamW's decoupled decay: the fixed point is then the L2-regularised
-        # optimum, the same objective as scikit-learn's probes, whatever Adam's per-coordinate step sizes.
-        # The shared layer serves every task, so it carries every task's prior (n_tasks x the coefficient): the
-        # multi-task objective is then the sum of the single-task objectives with the layer tied, and a
-        # single-task fit is unchanged. With one coefficient n tasks' losses pulled on a layer regularised as
-        # for one (measured: the year fitted noise; at K = 10, 1,196 artists, type and material trailed their
-        # single-task fits by 0.020 / 0.015 MAP).
-        self.weight_decay = auto_weight_decay(train_rows) if config.weight_decay is None else float(config.weight_decay)
-        groups = {"shared": [], "task": [], "free": []}
-        for name, parameter in self.model.named_parameters():  # matrices carry the prior; biases (vectors) stay free
-            groups[decay_group(name, parameter)].append(parameter)
-        groups["free"] += list(self.log_vars.values()) if self.log_vars is not None else []
-        # fused: one kernel for all parameters; on CPU ~10x faster than the default per-tensor loops (8 -> 0.7 ms
-        # a step at H = 512, a seventh of a training step)
-        self.decay = {"shared": self.weight_decay * len(tasks), "task": self.weight_decay, "free": 0.0}
-        self.optimizer = torch.optim.Adam([{"params": params, "weight_decay": self.decay[group]}
-                                           for group, params in groups.items() if params], lr=config.lr, fused=True)
+        # An L2 penalty (coupled weight decay: decay * W added to the gradient) on the weight matrices only: biases
+        # start at the label priors and stay free. Coupled, not AdamW's decoupled decay: the fixed point is then
+        # the L2-regularised optimum, the same objective as scikit-learn's probes, whatever Adam's per-coordinate
+        # step sizes. Each task's head rows carry that task's coefficient (the automatic choice picks one per
+        # task: an artist with 12 rows each wants a weak prior where the year wants a strong one). The shared
+        # layer serves every task, so it carries the sum of their priors: the multi-task objective is then the sum
+        # of the single-task objectives with the layer tied, and a single-task fit is unchanged.
+        self.weight_decay = task_decays(config, tasks, train_rows)
+        self.decay = decay_factors(self.model, self.weight_decay)
+        self.decayed = [(parameter, self.decay[name]) for name, parameter in self.model.named_parameters()
+                        if name in self.decay]
+        params = list(self.model.parameters()) + (list(self.log_vars.values()) if self.log_vars is not None else [])
+        # fused: one kernel for all parameters; on CPU ~10x faster than the default per-tensor loops
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)
         self.lr_source = self.optimizer  # whose learning rate the history records (a stack may step for its members)
         # a part's model draws its batches from every training row (the stack's order): sized by all of them
         self.batch_size = int(config.batch_size) if config.batch_size else auto_batch_size(len(data.train))
@@ -383,10 +379,13 @@ class Trainer:
     def step(self) -> None:
         """Optimizer and schedule step, once the parameters hold their gradients."""
         if self.anchor is not None and self.anchor[0].grad is not None:
-            # Adam's coupled decay adds weight_decay * W to the gradient: minus weight_decay * W_lda makes the
+            # the coupled decay below adds decay * W to the gradient: minus decay * W_lda makes the
             # penalty (weight_decay / 2) ||W - W_lda||^2, the prior centred at the discriminant
             weight, first, coef, _ = self.anchor
-            weight.grad[first:first + len(coef)].sub_(coef, alpha=self.weight_decay)
+            weight.grad[first:first + len(coef)].sub_(coef, alpha=self.weight_decay["artist"])
+        for parameter, factor in self.decayed:
+            if parameter.grad is not None:
+                parameter.grad.addcmul_(parameter.detach(), factor)
         self.optimizer.step()
         self.schedule.step()
 
@@ -456,9 +455,24 @@ def _warmup_cosine(warmup: int, total_steps: int, step: int) -> float:
     return (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
 
-def decay_group(name: str, parameter) -> str:
-    """A parameter's L2 group: vectors (biases) are free, the shared layer's matrix is shared, head matrices task."""
-    return "free" if parameter.ndim < 2 else "shared" if name.startswith("trunk.") else "task"
+def decay_factors(model: OmniArtHeads, decays: dict) -> dict:
+    """Parameter name -> its L2 coefficients as a (rows, 1) tensor, for the weight matrices: a head's rows carry its
+    task's coefficient (the linear path's rows too, task by task), the shared layer the sum of them all; vectors
+    (biases) are free and absent."""
+    rows = torch.cat([torch.full((size, 1), decays[task]) for task, size in model.task_sizes.items()])
+    shared = sum(decays[task] for task in model.task_sizes)
+    factors = {}
+    for name, parameter in model.named_parameters():
+        if parameter.ndim < 2:
+            continue
+        if name == "direct.weight":
+            value = rows
+        elif name.startswith("heads."):
+            value = torch.full((parameter.shape[0], 1), decays[name[len("heads."):-len("_head.weight")]])
+        else:
+            value = torch.full((parameter.shape[0], 1), shared)
+        factors[name] = value.to(parameter.device, parameter.dtype)
+    return factors
 
 
 def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, forward, update) -> list:

@@ -732,8 +732,9 @@ def test_default_rules_scale_with_the_data():
 
 
 def test_the_shared_layer_carries_every_tasks_l2_prior():
-    """n tasks: the shared layer's L2 coefficient is n x the heads' (the sum of the single-task objectives with the
-    layer tied); one task: the same coefficient everywhere; biases and linear heads' own weights as before."""
+    """n tasks: the shared layer's L2 coefficient is the sum of the heads' (the sum of the single-task objectives
+    with the layer tied); one task: the same coefficient everywhere; each head's rows (the linear path's too) carry
+    their own task's coefficient; biases carry none."""
     from omniart.heads.config import HeadsConfig, auto_weight_decay
     from omniart.heads.training import Trainer, device_data
 
@@ -743,15 +744,27 @@ def test_the_shared_layer_carries_every_tasks_l2_prior():
 
     def decay_of(tasks, **options):
         trainer = Trainer(device_data(x, targets, tasks, "cpu"), tasks, HeadsConfig(shared_size=4, **options), "cpu")
-        by_parameter = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
-        return {name: by_parameter[id(p)] for name, p in trainer.model.named_parameters()}
+        assert trainer.optimizer.defaults["weight_decay"] == 0  # the L2 is added by hand, row by row
+        return {name: trainer.decay[name][:, 0].tolist() if name in trainer.decay else 0.0
+                for name, _ in trainer.model.named_parameters()}
 
     both, alone = decay_of(("artist", "type", "year")), decay_of(("year",))
     head = auto_weight_decay(400)
-    assert both["trunk.0.weight"] == pytest.approx(3 * head) and alone["trunk.0.weight"] == pytest.approx(head)
-    assert both["heads.artist_head.weight"] == both["direct.weight"] == pytest.approx(head)
+    assert both["trunk.0.weight"] == pytest.approx([3 * head] * 4) and alone["trunk.0.weight"] == pytest.approx([head] * 4)
+    assert both["heads.artist_head.weight"] == pytest.approx([head] * 3)
+    assert both["direct.weight"] == pytest.approx([head] * 6)
     assert both["trunk.0.bias"] == both["heads.year_head.bias"] == alone["trunk.0.bias"] == 0.0
-    assert decay_of(("artist", "type"), weight_decay=0.5)["trunk.0.weight"] == pytest.approx(1.0)
+    assert decay_of(("artist", "type"), weight_decay=0.5)["trunk.0.weight"] == pytest.approx([1.0] * 4)
+    own = decay_of(("artist", "type", "year"), weight_decay={"artist": 0.01, "type": 0.1, "year": 2.0})
+    assert own["direct.weight"] == pytest.approx([0.01] * 3 + [0.1] * 2 + [2.0])  # rows in the tasks' order
+    assert own["heads.type_head.weight"] == pytest.approx([0.1] * 2) and own["heads.year_head.weight"] == pytest.approx([2.0])
+    assert own["trunk.0.weight"] == pytest.approx([2.11] * 4)
+    with pytest.raises(HeadsError, match="no coefficient for task.*year"):
+        decay_of(("artist", "year"), weight_decay={"artist": 0.01})
+    with pytest.raises(HeadsError, match="unknown task.*'painter'"):
+        HeadsConfig(weight_decay={"painter": 0.1}).check()
+    with pytest.raises(HeadsError, match="-1 of task year is out of range"):
+        HeadsConfig(weight_decay={"year": -1}).check()
 
 
 def test_fit_learns_input_standardisation_and_starts_from_the_priors(tmp_path):
