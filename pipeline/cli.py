@@ -83,7 +83,8 @@ _LABEL_OPTIONS = {
     "split_column": ("csv: official split column (train/val/test or 1/2/3) [default: 'split' if present, else a "
                      "seeded 70/20/10 split].", str),
     "separator": ("csv: separator of multi-valued cells.", str),
-    "language": ("Stemmer of free-text media and types (met, csv).", click.Choice(LANGUAGES)),
+    "language": ("Stemmer of free-text media and types (met, csv); for rijks14, the language of the type and "
+                 "material names shown (english: a glossary; dutch: the catalogue's words).", click.Choice(LANGUAGES)),
 }
 
 
@@ -175,8 +176,8 @@ def fit(cache, metadata, label_format, out, **options):
     result = run_fit(config)
     metrics = result.metrics
     click.echo(markdown_table({"val": metrics["val"], "test": metrics["test"]}))
-    click.echo(f"\n{metrics['epochs']} epochs (best {metrics['best_epoch']}) in {metrics['train_seconds']:.2f}s on "
-               f"{metrics['device']}; run written to {result.run_dir}")
+    click.echo(f"\n{metrics['epochs']} epochs in {metrics['train_seconds']:.2f}s on {metrics['device']}; the model is "
+               f"{metrics['kept_epoch']}; run written to {result.run_dir}")
     if config.single_task_baselines:
         click.echo("\n" + comparison_table(metrics))
     leakage = metrics.get("leakage")
@@ -463,7 +464,7 @@ _EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip"
 @_label_options
 @click.option("--device", help="Both phases: auto, cpu, cuda or cuda:N [default: the GPU when present].")
 @click.option("--gallery", type=click.IntRange(min=0), default=RunConfig.gallery, show_default=True,
-              help="Test paintings shown in the report with their true and predicted labels.")
+              help="Test images shown in the report with their true and predicted labels.")
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 @cli_errors
 def run(images, metadata, label_format, out, gallery, quiet, **options):

@@ -27,7 +27,7 @@ class RunConfig:
     out: str
     extract: ExtractConfig
     fit: FitConfig
-    gallery: int = 6  # test paintings shown with their true and predicted labels in the report
+    gallery: int = 6  # test images shown with their true and predicted labels in the report
     split: str = "test"  # split whose metrics the report shows
 
     @classmethod
@@ -125,7 +125,7 @@ def _check_inputs(config: RunConfig) -> None:
 
 
 def _predict_gallery(run, store, config: RunConfig, paths: dict) -> List[dict]:
-    """`gallery` paintings of the report's split, those with an artist label first: path (from `paths`, key ->
+    """`gallery` images of the report's split, those with an artist label first: path (from `paths`, key ->
     image path), true and predicted labels."""
     from omniart.pipeline.predict import predictions_table
 
@@ -136,24 +136,21 @@ def _predict_gallery(run, store, config: RunConfig, paths: dict) -> List[dict]:
         return []
     keys = [str(labels.keys[i]) for i in rows]
     predicted = predictions_table(run, keys, store.load(keys), top_k=1)
-    type_display = dict(zip(labels.type_names, labels.type_display))
-    material_display = dict(zip(labels.material_names, labels.material_display))
     gallery = []
     for row, (_, guess) in zip(rows, predicted.iterrows()):
-        true = {"artist": labels.artist_names[labels.artist[row]] if labels.artist[row] >= 0 else None,
+        true = {"artist": labels.artist_display[labels.artist[row]] if labels.artist[row] >= 0 else None,
                 "type": [labels.type_display[i] for i in np.flatnonzero(labels.types[row])],
                 "material": [labels.material_display[i] for i in np.flatnonzero(labels.materials[row])],
                 "year": None if np.isnan(labels.year[row]) else float(labels.year[row])}
         guessed = {"artist": guess.get("artist_1"), "artist_prob": guess.get("artist_1_prob"),
-                   "type": _split_names(guess.get("type"), type_display),
-                   "material": _split_names(guess.get("material"), material_display),
+                   "type": _split_names(guess.get("type")), "material": _split_names(guess.get("material")),
                    "year": guess.get("year")}
         gallery.append({"key": guess["key"], "path": paths.get(guess["key"]), "true": true, "predicted": guessed})
     return gallery
 
 
-def _split_names(cell, display: dict) -> Optional[List[str]]:
-    """predictions_table's 'a;b' cell of class ids as readable names (None when the task was not trained)."""
+def _split_names(cell) -> Optional[List[str]]:
+    """predictions_table's 'a;b' cell as a list of names (None when the task was not trained)."""
     if cell is None:
         return None
-    return [display.get(name, name) for name in cell.split(";") if name]
+    return [name for name in cell.split(";") if name]

@@ -117,7 +117,9 @@ def fit(config: FitConfig) -> FitResult:
     metrics.update({"selection": estimator.selection_, "dropped_tasks": dropped, "shared_size": estimator.model_.shared_size,
                     "epochs": estimator.epochs_run_, "batch_size": estimator.batch_size_,
                     "weight_decay": estimator.weight_decay_, "loss_scales": estimator.loss_scales_,
-                    "best_epoch": estimator.best_epoch_, "train_seconds": estimator.train_seconds_,
+                    "best_epoch": estimator.best_epoch_, "kept_epoch": kept_epoch_note(estimator.history_, estimator.best_epoch_,
+                                                                        heads_config.patience),
+                    "train_seconds": estimator.train_seconds_,
                     "seconds_per_epoch": float(np.mean([row["seconds"] for row in estimator.history_])), "device": estimator.device_,
                     "samples": {name: int(len(part.rows)) for name, part in zip(SPLITS, (train, val, test))},
                     "task_weights": estimator.task_weights_, "flip": train.X_flip is not None,
@@ -151,7 +153,8 @@ def fit(config: FitConfig) -> FitResult:
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if config.plots:
             write_plots(folder, estimator.history_, labels, np.asarray(labels.artist),
-                        scores["test"].get("artist") if len(test.rows) else None, test.rows if len(test.rows) else None)
+                        scores["test"].get("artist") if len(test.rows) else None, test.rows if len(test.rows) else None,
+                        estimator.best_epoch_)
             if len(test.rows):
                 from omniart.pipeline.plots import reliability_figure
 
@@ -205,6 +208,19 @@ def data_summary(labels, tasks: tuple, report, dropped: dict) -> str:
         lines.append(f"  {task:<9}{classes:>8}  {labelled}")
     lines += [f"  {task:<9}not trained: {why}" for task, why in dropped.items()]
     return "\n".join(lines)
+
+
+def kept_epoch_note(history: list, kept: int, patience) -> str:
+    """Which epoch's weights the model holds and why, with the epoch of the best validation score."""
+    scores = [(row.get("val_score"), row["epoch"]) for row in history if row.get("val_score") is not None]
+    best = max(scores, key=lambda pair: (pair[0], -pair[1]))[1] if scores else None
+    if patience is None:
+        note = f"epoch {kept}, the last: without --patience every epoch runs and the last is kept"
+        return note + (f" (the best validation score was epoch {best}'s)" if best not in (None, kept) else "")
+    if len(history) and kept != history[-1]["epoch"]:
+        return (f"epoch {kept}, the best validation score: --patience {patience} stopped training after epoch "
+                f"{history[-1]['epoch']}")
+    return f"epoch {kept}, the best validation score (--patience {patience})"
 
 
 def _calibration_report(estimator, test) -> dict:
@@ -345,7 +361,7 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     publish_file(path, lambda temporary: Path(temporary).write_text(json.dumps(metrics, indent=2)))
     if run.config.plots:
         write_plots(Path(run_dir), read_history(Path(run_dir) / "history.csv"), run.labels, np.asarray(run.labels.artist),
-                    scores.get("artist"), part.rows)
+                    scores.get("artist"), part.rows, getattr(run.estimator, "best_epoch_", None))
     return result
 
 

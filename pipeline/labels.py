@@ -34,7 +34,8 @@ class LabelConfig:
     positives (10 drops one-off free-text words and typos while keeping every class a head can learn).
     The *_column options name csv columns (artist/type/material/year/split default to columns of those
     names when present); separator splits multi-valued csv cells; language picks the stemmer of
-    free-text media and types (met, csv).
+    free-text media and types (met, csv) and the language of the Rijks'14 type and material names shown
+    (english: the package's glossary; dutch: the catalogue's own words).
     """
 
     format: str = "rijks14"
@@ -90,8 +91,9 @@ class JoinReport:
 class LabelSet:
     """Per-sample labels of the four tasks: -1 / NaN / all-zero rows mean no label.
 
-    type_names/material_names are class ids (stems for free-text sources); type_display/material_display
-    are the readable names (the most frequent original word per class). type_known/material_known: the samples
+    artist_names, type_names and material_names are class ids (normalised names, stems for free-text sources,
+    Dutch for Rijks'14); artist_display, type_display and material_display are the names shown (the most frequent
+    original spelling per class, artists in catalogue capitalisation, Rijks'14 types and materials in English). type_known/material_known: the samples
     whose record names any type (material), kept class or not: a painting among prints is a negative of every
     kept class, not an unlabelled sample (None, as saved by older versions: the samples with a kept class).
     """
@@ -108,12 +110,14 @@ class LabelSet:
     config: LabelConfig
     type_display: Optional[list] = None
     material_display: Optional[list] = None
+    artist_display: Optional[list] = None
     year_unparsed: int = 0
     source_rows: int = 0
     type_known: Optional[np.ndarray] = None
     material_known: Optional[np.ndarray] = None
 
     def __post_init__(self):
+        self.artist_display = list(self.artist_display or self.artist_names)
         self.type_display = list(self.type_display or self.type_names)
         self.material_display = list(self.material_display or self.material_names)
 
@@ -165,7 +169,8 @@ class LabelSet:
             **{name: getattr(self, name) for name in ("type_known", "material_known") if getattr(self, name) is not None},
         )
         vocab = {
-            "artist_names": self.artist_names, "type_names": self.type_names, "type_display": self.type_display,
+            "artist_names": self.artist_names, "artist_display": self.artist_display,
+            "type_names": self.type_names, "type_display": self.type_display,
             "material_names": self.material_names, "material_display": self.material_display,
             "year_unparsed": self.year_unparsed, "source_rows": self.source_rows, "config": asdict(self.config),
         }
@@ -236,6 +241,7 @@ def build_labels(metadata_path, config=None, cache_keys=None):
     labels = LabelSet(
         keys=np.asarray(keys).astype(str), artist=artist.astype(np.int64),
         artist_names=[records.artist_names[i] for i in kept],
+        artist_display=[records.artist_display[i] for i in kept] if records.artist_display is not None else None,
         types=types, type_names=type_names, type_display=type_display,
         materials=materials, material_names=material_names, material_display=material_display,
         year=records.year.astype(np.float32), split=np.asarray(split).astype(str), config=config,
@@ -255,7 +261,8 @@ def challenge_labels(metadata_path, config, cache_keys=None):
     Classes come from the whole ground truth; with cache_keys the rows are then restricted to the joined ones.
     Returns (LabelSet, JoinReport or None).
     """
-    from omniart.pipeline.sources import _mat_strings, load_rijks14_gt, rijks14_keys
+    from omniart.pipeline.parsing import artist_display
+    from omniart.pipeline.sources import _mat_strings, load_rijks14_gt, rijks14_display, rijks14_keys
 
     gt, n = load_rijks14_gt(metadata_path)
     split_code = np.asarray(gt["set"]).ravel()
@@ -293,7 +300,10 @@ def challenge_labels(metadata_path, config, cache_keys=None):
                              "from the Rijks'14 images")
     labels = LabelSet(
         keys=np.asarray(keys).astype(str), artist=artist[rows], artist_names=[creator_names[i] for i in classes] + ["rest"],
+        artist_display=[artist_display(creator_names[i], lower_cased_source=True) for i in classes] + ["rest"],
         types=types[rows], type_names=type_names, materials=materials[rows], material_names=material_names,
+        type_display=rijks14_display("type", type_names, config.language),
+        material_display=rijks14_display("material", material_names, config.language),
         year=year[rows].astype(np.float32), split=np.array(SPLIT_NAMES)[split_code[rows] - 1], config=config,
         source_rows=n, type_known=type_known[rows], material_known=material_known[rows])
     return labels, report

@@ -11,6 +11,8 @@ __all__ = [
     "ANONYMOUS",
     "LANGUAGES",
     "normalise_artist",
+    "artist_display",
+    "catalogue_case",
     "normalise_phrase",
     "parse_date",
     "medium_words",
@@ -61,10 +63,49 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 
 def _clean(text):
     """Lower-cased, NFC-normalised, single-spaced text, control characters as U+FFFD; None and NaN become ''."""
+    return _tidy(text).lower()
+
+
+def _tidy(text):
+    """NFC-normalised, single-spaced text, control characters as U+FFFD; None and NaN become ''."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return ""
     text = _CONTROL.sub("\ufffd", unicodedata.normalize("NFC", str(text)))
-    return _SPACE.sub(" ", text).strip().lower()
+    return _SPACE.sub(" ", text).strip()
+
+
+# Name particles a catalogue writes in lower case inside a name ("Rijn, Rembrandt van", "Hooghe, Romeyn de")
+_PARTICLES = frozenset({"van", "de", "der", "den", "het", "ter", "ten", "te", "'t", "von", "vom", "zu", "du", "des",
+                        "la", "le", "les", "di", "da", "del", "della", "dei", "degli", "y", "e", "en", "und", "and",
+                        "of", "op", "in", "aan", "uit", "bij", "dit", "genaamd", "gen.", "&"})
+_ROMAN = re.compile(r"^\(?[ivx]+\)?[.,]?$")
+_WORD_START = re.compile(r"(^|[\s(\-/.'])([^\W\d_])")
+
+
+def catalogue_case(name: str) -> str:
+    """A lower-cased catalogue name in the capitalisation a catalogue prints: 'rijn, rembrandt van (i)' ->
+    'Rijn, Rembrandt van (I)'; particles stay lower case except where a name part starts with one ('de bray,
+    salomon' -> 'De Bray, Salomon')."""
+    parts = []
+    for part in name.split(", "):
+        words = []
+        for index, word in enumerate(part.split(" ")):
+            if _ROMAN.match(word) and (word.startswith("(") or index > 0):
+                words.append(word.upper())
+            elif index > 0 and word in _PARTICLES:
+                words.append(word)
+            else:
+                words.append(_WORD_START.sub(lambda m: m.group(1) + m.group(2).upper(), word))
+        parts.append(" ".join(words))
+    return ", ".join(parts)
+
+
+def artist_display(spelling, lower_cased_source: bool = False) -> str:
+    """The name shown for an artist from one of its original spellings: as the catalogue writes it ('Paul
+    Cézanne'), or in catalogue capitalisation for a source that lower-cased its names (Rijks'14: 'luyken, jan' ->
+    'Luyken, Jan')."""
+    text = _tidy(spelling)
+    return catalogue_case(text) if lower_cased_source else text
 
 
 def normalise_artist(name):

@@ -39,15 +39,17 @@ def confused_pairs(true: np.ndarray, predicted: np.ndarray, names, top: int = 50
     return rows[:top]
 
 
-def learning_curves(history: list, path: Path) -> None:
-    """Per-task training (solid) and validation (dashed) losses, validation scores in [0, 1], and year errors."""
+def learning_curves(history: list, path: Path, kept_epoch: Optional[int] = None) -> None:
+    """Per-task training (solid) and validation (dashed) losses, validation scores in [0, 1], and year errors;
+    whole epochs on the x axis, the kept epoch marked, the legends below the panels (never over a curve)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     names = list(history[0]) if history else []
     # Year errors are in years (MSE in years squared): on the scores' 0..1 axis they would flatten every curve.
     year_errors = [name for name in ("val_year_mae",) if name in names]
-    figure = Figure(figsize=(5.2 * (2 + bool(year_errors)), 4.2))
+    figure = Figure(figsize=(5.2 * (2 + bool(year_errors)), 5.0))
     axes = figure.subplots(1, 2 + bool(year_errors))
     losses, scores = axes[:2]
     for name in names:
@@ -66,30 +68,50 @@ def learning_curves(history: list, path: Path) -> None:
         axes[2].plot(epochs, [row.get("val_year_mae") for row in history], label="year mae", color="tab:red")
         axes[2].set(title="validation year error", xlabel="epoch", ylabel="years")
     for axis in axes:
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if kept_epoch is not None:
+            axis.axvline(kept_epoch, color="0.4", linestyle=":", linewidth=1, label=f"kept (epoch {kept_epoch})")
+        handles = axis.get_legend_handles_labels()[0]
+        if handles:
+            axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=min(4, len(handles)),
+                        frameon=False)
     # fixed margins, not tight_layout: it draws the figure once more to measure it (half the time of a fit's plots)
-    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.22, top=0.93, wspace=0.22)
     _save(figure, path)
 
 
-def confusion_figure(matrix: np.ndarray, names: list, path: Path) -> None:
-    """Paper Figures 3/5: the confusion matrix (left) and the same with its main diagonal removed (right)."""
+def confusion_figure(matrix: np.ndarray, names: list, path: Path, columns: Optional[list] = None) -> None:
+    """Paper Figures 3/5: the confusion matrix (left) and the same with its main diagonal removed (right), the
+    count in every non-empty cell. `columns`: the predicted classes' names where they differ from the rows' (an
+    "other artists" column after the rows' own)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(15, 7))
+    columns = names if columns is None else columns
+    size = max(4.0, 0.32 * len(columns) + 2.5)
+    figure = Figure(figsize=(2 * size + 1.5, size + 1.0))
     axes = figure.subplots(1, 2)
     off_diagonal = matrix.copy()
     np.fill_diagonal(off_diagonal, 0)
-    for axis, values, title in ((axes[0], matrix, "confusion"), (axes[1], off_diagonal, "without main diagonal")):
-        image = axis.imshow(values, cmap="viridis")
-        axis.set(title=title, xlabel="predicted", ylabel="true", xticks=range(len(names)), yticks=range(len(names)))
-        axis.set_xticklabels([n[:18] for n in names], rotation=90, fontsize=6)
-        axis.set_yticklabels([n[:18] for n in names], fontsize=6)
-        figure.colorbar(image, ax=axis, fraction=0.046)
-    # fixed margins sized for the 18-character tick labels, not tight_layout (an extra draw to measure them)
-    figure.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.95, wspace=0.25)
+    for axis, values, title in ((axes[0], matrix, "confusion"),
+                                (axes[1], off_diagonal, "errors only (main diagonal removed)")):
+        image = axis.imshow(values, cmap="Blues", vmin=0, vmax=max(int(values.max()), 1))
+        axis.set(title=title, xlabel="predicted", ylabel="true", xticks=range(len(columns)), yticks=range(len(names)))
+        axis.set_xticklabels([_short(n) for n in columns], rotation=90, fontsize=7)
+        axis.set_yticklabels([_short(n) for n in names], fontsize=7)
+        high = values.max() / 2
+        for (i, j), count in np.ndenumerate(values):
+            if count:
+                axis.text(j, i, str(count), ha="center", va="center", fontsize=6,
+                          color="white" if count > high else "black")
+        if not values.any():
+            axis.text(0.5, 0.5, "none", transform=axis.transAxes, ha="center", va="center", fontsize=12, color="0.4")
+    # fixed margins sized for the tick labels, not tight_layout (an extra draw to measure them)
+    figure.subplots_adjust(left=0.13, right=0.99, bottom=0.28, top=0.95, wspace=0.32)
     _save(figure, path)
+
+
+def _short(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else name[:width - 1] + "\u2026"
 
 
 def reliability_figure(path: Path, raw: dict, calibrated: dict, targets: dict) -> Optional[Path]:
@@ -121,11 +143,11 @@ def reliability_figure(path: Path, raw: dict, calibrated: dict, targets: dict) -
 
 
 def write_plots(out: Path, history: list, labels, artist_targets: Optional[np.ndarray],
-                artist_probs: Optional[np.ndarray], rows: Optional[np.ndarray]) -> list:
+                artist_probs: Optional[np.ndarray], rows: Optional[np.ndarray], kept_epoch: Optional[int] = None) -> list:
     """learning_curves.png, and with artist predictions confusion_artists.png + confused_pairs.csv."""
     written = []
     if history:
-        learning_curves(history, out / "learning_curves.png")
+        learning_curves(history, out / "learning_curves.png", kept_epoch)
         written.append(out / "learning_curves.png")
     if artist_probs is None or rows is None or artist_targets is None:
         return written
@@ -134,11 +156,9 @@ def write_plots(out: Path, history: list, labels, artist_targets: Optional[np.nd
     true, predicted = true[labelled], artist_probs[labelled].argmax(axis=1)
     if not true.size:
         return written
-    classes, counts = np.unique(true, return_counts=True)
-    frequent = classes[np.argsort(-counts, kind="stable")[:_MAX_ARTISTS]]
-    names = [labels.artist_names[c] for c in frequent]
-    confusion_figure(confusion_matrix(true, predicted, frequent), names, out / "confusion_artists.png")
-    pairs = confused_pairs(true, predicted, labels.artist_names)
+    shown, columns, matrix = _most_errors(true, predicted, labels.artist_display)
+    confusion_figure(matrix, [labels.artist_display[c] for c in shown], out / "confusion_artists.png", columns)
+    pairs = confused_pairs(true, predicted, labels.artist_display)
 
     def write_pairs(path):
         with open(path, "w", newline="") as handle:
@@ -148,6 +168,25 @@ def write_plots(out: Path, history: list, labels, artist_targets: Optional[np.nd
 
     publish_file(out / "confused_pairs.csv", write_pairs)
     return written + [out / "confusion_artists.png", out / "confused_pairs.csv"]
+
+
+def _most_errors(true: np.ndarray, predicted: np.ndarray, names: list, limit: int = _MAX_ARTISTS) -> tuple:
+    """(classes, column names, counts) of the confusion figure: the artists most often in a test error (as the
+    true or the predicted artist), at most `limit`, most errors first (the most frequent where nothing was
+    wrong); columns are the same artists then "other artists", so that each row counts all its test images."""
+    wrong = true != predicted
+    involved = np.bincount(np.r_[true[wrong], predicted[wrong]], minlength=len(names)).astype(np.float64)
+    involved += np.bincount(true, minlength=len(names)) / (len(true) + 1.0)  # ties: the more frequent first
+    present = np.flatnonzero(involved > 0)
+    shown = present[np.argsort(-involved[present], kind="stable")][:limit]
+    matrix = confusion_matrix(true, predicted, shown)
+    rows_total = np.array([(true == c).sum() for c in shown])
+    other = rows_total - matrix.sum(axis=1)
+    columns = [names[c] for c in shown]
+    if other.any():
+        matrix = np.c_[matrix, other]
+        columns.append("other artists")
+    return shown, columns, matrix
 
 
 def _save(figure, path: Path) -> None:

@@ -91,7 +91,8 @@ def _predict_store(run, store, cfg: PredictConfig):
 
 def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, top_k: int = 3,
                       min_confidence: float = 0.0):
-    """DataFrame of run.predict(features) (calibrated probabilities) decoded to vocabulary names, one row per key:
+    """DataFrame of run.predict(features) (calibrated probabilities) decoded to the names shown (LabelSet's
+    *_display: catalogue capitalisation, English Rijks'14 classes), one row per key:
     artist_1 is "unknown" below `min_confidence`; the year in whole years, with year_low / year_high, the run's
     conformal interval, where it has one."""
     import pandas as pd
@@ -103,13 +104,13 @@ def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, t
         probs = outputs["artist"]
         k = min(top_k, probs.shape[1])
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        names = np.asarray(labels.artist_names, dtype=object)
+        names = np.asarray(labels.artist_display, dtype=object)
         for rank in range(k):
             columns[f"artist_{rank + 1}"] = names[top[:, rank]]
             columns[f"artist_{rank + 1}_prob"] = np.take_along_axis(probs, top[:, rank:rank + 1], 1)[:, 0]
         if min_confidence > 0:
             columns["artist_1"] = np.where(columns["artist_1_prob"] < min_confidence, "unknown", columns["artist_1"])
-    for task, vocabulary in (("type", labels.type_names), ("material", labels.material_names)):
+    for task, vocabulary in (("type", labels.type_display), ("material", labels.material_display)):
         if task in outputs:
             chosen = outputs[task] >= threshold
             names = np.asarray(vocabulary, dtype=object)

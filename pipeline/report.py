@@ -42,9 +42,10 @@ def _timings(summary) -> str:
     notes = {"extract": f"{summary.extracted} extracted, {summary.failed} failed, {summary.skipped} skipped "
                           "(already cached, or failed before)",
              "fit + evaluate": f"labels, features loaded once, {metrics.get('epochs')} epochs "
-                               f"({metrics.get('train_seconds', 0):.1f} s of training, best epoch "
-                               f"{metrics.get('best_epoch')}) on {metrics.get('device')}, val/test metrics, plots",
-             "predict": f"{len(summary.gallery)} gallery paintings from the cached features"}
+                               f"({metrics.get('train_seconds', 0):.1f} s of training, the model is "
+                               f"{metrics.get('kept_epoch') or 'epoch ' + str(metrics.get('best_epoch'))}) on "
+                               f"{metrics.get('device')}, val/test metrics, plots",
+             "predict": f"{len(summary.gallery)} gallery images from the cached features"}
     lines = ["## Timings", "", "| phase | seconds | what |", "|---|---:|---|"]
     lines += [f"| {phase} | {seconds:.1f} | {notes.get(phase, '')} |" for phase, seconds in summary.timings.items()]
     lines.append(f"| total | {sum(summary.timings.values()):.1f} | (writing this report not included) |")
@@ -116,8 +117,8 @@ def _confused_pairs(path: Path) -> List[str]:
 def _gallery(gallery: List[dict], out: Path, split: str) -> str:
     if not gallery:
         return ""
-    lines = ["## Gallery", "", f"{len(gallery)} {split} paintings (not trained on; those with an artist label first), "
-                               f"predicted from their cached features.", "", "| painting | true | predicted |",
+    lines = ["## Gallery", "", f"{len(gallery)} images of the {split} split (not trained on; those with an artist label "
+                               f"first), predicted from their cached features.", "", "| painting | true | predicted |",
              "|---|---|---|"]
     for entry in gallery:
         image = _thumbnail(entry["path"], out / "gallery", entry["key"]) if entry["path"] else None

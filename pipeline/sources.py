@@ -5,12 +5,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from omniart.pipeline.parsing import LabelError, medium_words, normalise_artist, normalise_phrase, parse_date
+from omniart.pipeline.parsing import (LabelError, artist_display, medium_words, normalise_artist, normalise_phrase,
+                                      parse_date)
 
-__all__ = ["FORMATS", "Records", "read_records", "record_key_of"]
+__all__ = ["FORMATS", "Records", "read_records", "record_key_of", "rijks14_display"]
 
 FORMATS = ("rijks14", "met", "csv")
 SPLIT_NAMES = ("train", "val", "test")
@@ -51,6 +53,7 @@ class Records:
     year: np.ndarray
     year_unparsed: np.ndarray
     split: object = None
+    artist_display: Optional[list] = None  # readable artist names (catalogue capitalisation); None: artist_names
 
     def __len__(self):
         return len(self.keys)
@@ -114,7 +117,9 @@ def read_records(path, config):
     if stat.st_size == 0:
         raise LabelError(f"metadata file {path} is empty; expected {_EXPECTED[config.format]}")
     if config.format == "rijks14":
-        return _rijks14_records(str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        records = _rijks14_records(str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return replace(records, type_display=rijks14_display("type", records.type_ids, config.language),
+                       material_display=rijks14_display("material", records.material_ids, config.language))
     return _READERS[config.format](path, config)
 
 
@@ -123,6 +128,23 @@ def read_records(path, config):
 @functools.lru_cache(maxsize=1)
 def _rijks14_records(path: str, inode: int, size: int, mtime_ns: int):
     return _frozen(_read_rijks14(Path(path)))
+
+
+_GLOSSARY = Path(__file__).with_name("glossary_rijks14.json")
+_LOST_LETTERS = re.compile("\x1a+")  # where rijksgt.mat lost an accented letter in its encoding
+
+
+@functools.lru_cache(maxsize=1)
+def _glossary() -> dict:
+    return json.loads(_GLOSSARY.read_text(encoding="utf-8"))
+
+
+def rijks14_display(vocabulary: str, ids, language: str) -> list:
+    """The names shown for Rijks'14 type or material class ids (Dutch, as rijksgt.mat has them): English from the
+    package's glossary (a class it lacks keeps its Dutch id), or with `language` dutch the Dutch originals; a
+    letter the file lost shown as U+FFFD."""
+    english = _glossary()[vocabulary] if language == "english" else {}
+    return [english.get(name) or _LOST_LETTERS.sub("\ufffd", name) for name in ids]
 
 
 _CSR_BUFFERS = ("data", "indices", "indptr")
@@ -138,15 +160,24 @@ def _frozen(records):
     return records
 
 
-def _artist_vocabulary(names):
-    """(code_of, vocabulary): the sorted normalised artist names, and each name's code into it followed by a
-    trailing -1, so index -1 (or len(names)) means no artist; anonymous names get -1, names that normalise
-    alike share one class."""
+def _artist_vocabulary(names, counts=None, lower_cased_source=False):
+    """(code_of, vocabulary, display): the sorted normalised artist names, each name's code into it followed by a
+    trailing -1, so index -1 (or len(names)) means no artist (anonymous names get -1; names that normalise alike
+    share one class), and each class's display name: its most frequent original spelling (`counts`: records per
+    name; None: one each), in catalogue capitalisation for a source that lower-cased its names."""
     normalised = [normalise_artist(name) for name in names]
     vocabulary = sorted({name for name in normalised if name is not None})
     index = {name: i for i, name in enumerate(vocabulary)}
     code_of = np.array([index[name] if name is not None else -1 for name in normalised] + [-1], dtype=np.int64)
-    return code_of, vocabulary
+    spellings = Counter()
+    for name, normal, count in zip(names, normalised, counts if counts is not None else [1] * len(names)):
+        if normal is not None:
+            spellings[index[normal], " ".join(str(name).split())] += int(count)
+    display = [None] * len(vocabulary)
+    for (code, spelling), _ in sorted(spellings.items(), key=lambda item: (-item[1], item[0])):
+        if display[code] is None:
+            display[code] = artist_display(spelling, lower_cased_source)
+    return code_of, vocabulary, display
 
 
 # ---- rijks14 ------------------------------------------------------------------------------------------
@@ -218,7 +249,8 @@ def _read_rijks14(path):
 
     # Normalise the 6,622 names once, then map codes; names that normalise alike merge into one class.
     names = _mat_strings(gt["Cnames"])
-    code_of, unique = _artist_vocabulary(names)
+    code_of, unique, display = _artist_vocabulary(names, np.bincount(creator[creator >= 0], minlength=len(names))[:len(names)],
+                                                  lower_cased_source=True)
     artist = code_of[np.where((creator >= 0) & (creator < len(names)), creator, len(names))]
 
     def vocabulary(field, names_field):
@@ -243,7 +275,7 @@ def _read_rijks14(path):
     official = np.asarray(gt["set"]).ravel()
     keys = rijks14_keys(n)
     return Records(
-        keys=keys, artist=artist, artist_names=unique,
+        keys=keys, artist=artist, artist_names=unique, artist_display=display,
         types=types, type_ids=type_ids, type_display=list(type_ids),
         materials=materials, material_ids=material_ids, material_display=list(material_ids),
         year=year, year_unparsed=np.zeros(n, bool), split=np.array(SPLIT_NAMES)[official - 1],
@@ -317,13 +349,14 @@ def _text(column):
 
 
 def _artist_codes(names, separator):
-    """Artist cells (the first of several separator-joined names) -> (codes, sorted vocabulary); anonymous -> -1."""
+    """Artist cells (the first of several separator-joined names) -> (codes, sorted vocabulary, display names);
+    anonymous -> -1."""
     import pandas as pd
 
     first = _objects([name.split(separator)[0] if name and separator else name for name in _text(names)])
     codes, uniques = pd.factorize(first, use_na_sentinel=True)
-    code_of, vocabulary = _artist_vocabulary(uniques)
-    return code_of[codes], vocabulary
+    code_of, vocabulary, display = _artist_vocabulary(uniques, np.bincount(codes[codes >= 0], minlength=len(uniques)))
+    return code_of[codes], vocabulary, display
 
 
 def _multi_label(cells, split):
@@ -417,7 +450,7 @@ def _table_records(frame, path, keys, artist, types, materials, begin, end, date
         raise LabelError(f"{path}: empty key in data row {first + 1}; every record needs a key")
     empty = (scipy.sparse.csr_matrix((n, 0), dtype=bool), [], [])
     separator = config.separator if config.format == "csv" else MET_SEPARATOR
-    codes, vocabulary = _artist_codes(artist, separator) if artist is not None else (np.full(n, -1), [])
+    codes, vocabulary, artist_shown = _artist_codes(artist, separator) if artist is not None else (np.full(n, -1), [], [])
     types, type_ids, type_display = (
         _multi_label(types, _phrases(separator, config.language)) if types is not None else empty
     )
@@ -439,7 +472,7 @@ def _table_records(frame, path, keys, artist, types, materials, begin, end, date
             raise LabelError(f"{path}: split column has values {bad}; expected train/val/test (or 1/2/3)")
         official = np.array(official, dtype=str)
     return Records(
-        keys=key_array.astype(str), artist=codes, artist_names=vocabulary,
+        keys=key_array.astype(str), artist=codes, artist_names=vocabulary, artist_display=artist_shown,
         types=types, type_ids=type_ids, type_display=type_display,
         materials=mats, material_ids=material_ids, material_display=material_display,
         year=year, split=official, year_unparsed=unparsed,

@@ -223,6 +223,32 @@ def test_task_metrics_skip_unlabelled_rows_and_year_metrics():
     assert task_metrics("type", np.zeros((2, 2)), np.zeros((2, 2), dtype=np.uint8)) == {"map": None, "imap": None}
 
 
+def test_the_confusion_figure_shows_the_artists_with_most_errors():
+    """The artists most often in an error, not the most frequent (whose rows can be all right), with an "other
+    artists" column so that every row counts all its test images."""
+    from omniart.pipeline.plots import _most_errors
+
+    names = ["busy", "right", "wrong", "taken", "rare"]
+    true = np.array([0] * 10 + [1] * 5 + [2, 2, 2] + [4])
+    predicted = np.array([0] * 10 + [1] * 5 + [3, 3, 4] + [4])
+    shown, columns, matrix = _most_errors(true, predicted, names)
+    assert list(shown[:3]) == [2, 3, 4] and columns[:3] == ["wrong", "taken", "rare"]  # 3 errors, then 2, then 1
+    assert list(shown[3:]) == [0, 1]  # no error: the more frequent first
+    assert matrix[0].tolist() == [0, 2, 1, 0, 0] and columns == ["wrong", "taken", "rare", "busy", "right"]
+    shown, columns, matrix = _most_errors(true, predicted, names, limit=2)
+    assert columns == ["wrong", "taken", "other artists"] and matrix.tolist() == [[0, 2, 1], [0, 0, 0]]
+
+
+def test_the_run_says_which_epoch_it_kept_and_why():
+    from omniart.pipeline.fitting import kept_epoch_note
+
+    history = [{"epoch": e, "val_score": s} for e, s in zip(range(1, 6), (0.2, 0.5, 0.4, 0.3, 0.35))]
+    assert kept_epoch_note(history, 5, None) == ("epoch 5, the last: without --patience every epoch runs and the last "
+                                                 "is kept (the best validation score was epoch 2's)")
+    assert kept_epoch_note(history, 2, 3) == "epoch 2, the best validation score: --patience 3 stopped training after epoch 5"
+    assert kept_epoch_note([{"epoch": 1, "val_score": None}], 1, None).startswith("epoch 1, the last")
+
+
 def test_confused_pairs_counts_both_directions():
     rows = confused_pairs(np.array([0, 0, 1, 1, 2, 2]), np.array([1, 1, 0, 1, 0, 2]), ["jan", "caspar", "other"])
     assert rows[0] == {"artist_a": "jan", "artist_b": "caspar", "a_as_b": 2, "b_as_a": 1, "total": 3}

@@ -133,15 +133,17 @@ def test_predict_csv_decodes_vocabularies_and_matches_run_predict(trained, tmp_p
     assert table["key"].tolist() == store.keys
     run = load_run(run_dir)
     expected = run.predict(store.load())
-    names = run.labels.artist_names
+    names = run.labels.artist_display  # the names shown (here as the CSV writes them: lower case)
     order = np.argsort(-expected["artist"], axis=1)
     assert table["artist_1"].tolist() == [names[i] for i in order[:, 0]]
     assert table["artist_3"].tolist() == [names[i] for i in order[:, 2]]
     np.testing.assert_allclose(table["artist_1_prob"], expected["artist"].max(axis=1), rtol=1e-5)
     assert (table["artist_1_prob"] >= table["artist_2_prob"]).all() and set(table["artist_1"]) <= set(ARTISTS)
-    chosen = [";".join(n for n, p in zip(run.labels.type_names, row) if p >= 0.4) for row in expected["type"]]
-    assert table["type"].tolist() == chosen
-    assert all(set(cell.split(";")) <= set(run.labels.material_names) for cell in table["material"] if cell)
+    # the classes' readable names, not their stems ("painting", not "paint")
+    chosen = [";".join(n for n, p in zip(run.labels.type_display, row) if p >= 0.4) for row in expected["type"]]
+    assert table["type"].tolist() == chosen and "painting" in set(";".join(chosen).split(";"))
+    assert "paint" in run.labels.type_names and "painting" in run.labels.type_display
+    assert all(set(cell.split(";")) <= set(run.labels.material_display) for cell in table["material"] if cell)
     np.testing.assert_allclose(table["year"], np.round(expected["year"]), atol=1e-9)  # whole years
     width = run.estimator.year_interval_
     np.testing.assert_allclose(table["year_high"], np.ceil(expected["year"] + width), atol=1e-9)

