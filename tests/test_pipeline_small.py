@@ -50,7 +50,9 @@ def test_fit_drops_a_task_without_two_classes_and_says_so(small):
     assert metrics["samples"] == {"train": 112, "val": 24, "test": 24}
     # the choice and the calibration are recorded, in metrics.json and config.json
     selection = metrics["selection"]
-    assert selection["source"] == "5-fold cross-validation of the training rows" and len(selection["scores"]) == 4
+    assert selection["source"] == "5-fold cross-validation of the training rows"
+    assert set(selection["scores"]) == set(selection["chosen"]) == {"type", "material", "year"}  # each task's own
+    assert all(len(scores) == len(selection["candidates"]) == 4 for scores in selection["scores"].values())
     assert json.loads((out / "config.json").read_text())["selection"] == selection
     calibration = metrics["calibration"]
     for task in ("type", "material"):
