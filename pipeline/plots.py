@@ -88,16 +88,16 @@ def confusion_figure(matrix: np.ndarray, names: list, path: Path, columns: Optio
 
     columns = names if columns is None else columns
     size = max(4.0, 0.32 * len(columns) + 2.5)
-    figure = Figure(figsize=(2 * size + 1.5, size + 1.0))
-    axes = figure.subplots(1, 2)
+    width = 2 * size + 2.5
+    figure = Figure(figsize=(width, size + 1.0))
+    axes = figure.subplots(1, 2, sharey=True)  # the same rows: their names once, on the left
     off_diagonal = matrix.copy()
     np.fill_diagonal(off_diagonal, 0)
     for axis, values, title in ((axes[0], matrix, "confusion"),
                                 (axes[1], off_diagonal, "errors only (main diagonal removed)")):
         image = axis.imshow(values, cmap="Blues", vmin=0, vmax=max(int(values.max()), 1))
-        axis.set(title=title, xlabel="predicted", ylabel="true", xticks=range(len(columns)), yticks=range(len(names)))
+        axis.set(title=title, xlabel="predicted", xticks=range(len(columns)), yticks=range(len(names)))
         axis.set_xticklabels([_short(n) for n in columns], rotation=90, fontsize=7)
-        axis.set_yticklabels([_short(n) for n in names], fontsize=7)
         high = values.max() / 2
         for (i, j), count in np.ndenumerate(values):
             if count:
@@ -105,8 +105,10 @@ def confusion_figure(matrix: np.ndarray, names: list, path: Path, columns: Optio
                           color="white" if count > high else "black")
         if not values.any():
             axis.text(0.5, 0.5, "none", transform=axis.transAxes, ha="center", va="center", fontsize=12, color="0.4")
-    # fixed margins sized for the tick labels, not tight_layout (an extra draw to measure them)
-    figure.subplots_adjust(left=0.13, right=0.99, bottom=0.28, top=0.95, wspace=0.32)
+    axes[0].set_ylabel("true")
+    axes[0].set_yticklabels([_short(n) for n in names], fontsize=7)
+    # fixed margins sized in inches for 28-character tick labels, not tight_layout (an extra draw to measure them)
+    figure.subplots_adjust(left=2.2 / width, right=0.99, bottom=2.0 / (size + 1.0), top=0.95, wspace=0.12)
     _save(figure, path)
 
 

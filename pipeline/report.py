@@ -97,7 +97,7 @@ def _plots(run_dir: Path, run_link: str) -> str:
         lines += ["## Learning curves", "", f"![learning curves]({run_link}/learning_curves.png)"]
     if (run_dir / "confusion_artists.png").is_file():
         lines += ["", "## Artist confusion", "",
-                  f"![confusion matrix of the most frequent artists]({run_link}/confusion_artists.png)"]
+                  f"![confusion matrix of the artists with the most errors]({run_link}/confusion_artists.png)"]
         lines += _confused_pairs(run_dir / "confused_pairs.csv")
     return "\n".join(lines)
 
