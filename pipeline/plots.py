@@ -95,7 +95,7 @@ def confusion_figure(matrix: np.ndarray, names: list, path: Path, columns: Optio
     np.fill_diagonal(off_diagonal, 0)
     for axis, values, title in ((axes[0], matrix, "confusion"),
                                 (axes[1], off_diagonal, "errors only (main diagonal removed)")):
-        image = axis.imshow(values, cmap="Blues", vmin=0, vmax=max(int(values.max()), 1))
+        axis.imshow(values, cmap="Blues", vmin=0, vmax=max(int(values.max()), 1))
         axis.set(title=title, xlabel="predicted", xticks=range(len(columns)), yticks=range(len(names)))
         axis.set_xticklabels([_short(n) for n in columns], rotation=90, fontsize=7)
         high = values.max() / 2
