@@ -15,7 +15,7 @@ from omniart.heads.calibration import (conformal_half_width, expected_calibratio
                                        scaled_probabilities)
 from omniart.heads.config import HeadsConfig, artist_init, auto_shared_size, bf16_autocast, l2_candidates
 from omniart.heads.metrics import task_metrics
-from omniart.heads.training import (SCORE_METRIC, DeviceData, Outcome, SplitTensors, _label_rates, median_artist_rows,
+from omniart.heads.training import (DeviceData, Outcome, SplitTensors, _label_rates, median_artist_rows, task_scores,
                                    train_one, year_baseline)
 
 __all__ = ["Selection", "fit_selected", "on_validation", "selects_alone", "calibration", "part_scores"]
@@ -163,18 +163,16 @@ def _numpy(tensors: dict) -> dict:
 
 
 def _held_scores(outputs: dict, targets: dict, masks: dict, data: DeviceData) -> dict:
-    """Task -> the held-out score of raw outputs, higher is better (SELECTION_METRIC); None without a labelled row."""
-    scores = {}
+    """Task -> the held-out score of raw outputs (heads.training.task_scores, SELECTION_METRIC)."""
+    metrics = {}
     for task, value in outputs.items():
         rows = masks[task]
         values = value[rows] if task == "year" else scaled_probabilities(task, value[rows])
-        metric = task_metrics(task, values, targets[task][rows], np.ones(int(rows.sum()), bool))[SCORE_METRIC[task]]
-        if task == "year" and metric is not None:
-            baseline = year_baseline(data.train.targets["year"].cpu().numpy(),
-                                     np.where(masks["year"], targets["year"], np.nan))
-            metric = 1.0 - metric / baseline if baseline else None
-        scores[task] = None if metric is None else float(metric)
-    return scores
+        metrics[task] = task_metrics(task, values, targets[task][rows], np.ones(int(rows.sum()), bool))
+    baseline = None
+    if "year" in outputs:
+        baseline = year_baseline(data.train.targets["year"].cpu().numpy(), np.where(masks["year"], targets["year"], np.nan))
+    return task_scores(metrics, baseline)
 
 
 def part_scores(outputs: dict, targets: dict, masks: dict, part: np.ndarray, data: DeviceData) -> dict:

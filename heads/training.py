@@ -22,7 +22,7 @@ from omniart.heads.metrics import labelled_rows, task_metrics
 from omniart.heads.model import OmniArtHeads, probabilities
 
 __all__ = ["SplitTensors", "DeviceData", "device_data", "Trainer", "Outcome", "run_epochs", "train_one", "SCORE_METRIC",
-           "decay_factors"]
+           "decay_factors", "task_scores"]
 
 SCORE_METRIC = {"artist": "accuracy", "type": "map", "material": "map", "year": "mae"}
 
@@ -236,14 +236,20 @@ def split_metrics(model: OmniArtHeads, split: SplitTensors, batch_size: int, yea
     return metrics, {task: float(value) for task, value in losses.items()}
 
 
-def _score(metrics: dict, year_baseline: Optional[float]) -> Optional[float]:
-    """Validation score: mean over tasks of artist accuracy, type/material MAP and 1 - MAE/MAE(median)."""
-    parts = []
+def task_scores(metrics: dict, year_baseline: Optional[float]) -> dict:
+    """Task -> its score, higher is better: artist accuracy, type/material MAP, 1 - MAE/MAE(median); None without a
+    labelled row (or, for the year, without a year baseline)."""
+    scores = {}
     for task, values in metrics.items():
         value = values[SCORE_METRIC[task]]
-        if value is None or (task == "year" and not year_baseline):  # no labelled row, or no year baseline
-            continue
-        parts.append(1.0 - value / year_baseline if task == "year" else value)
+        missing = value is None or (task == "year" and not year_baseline)
+        scores[task] = None if missing else float(1.0 - value / year_baseline if task == "year" else value)
+    return scores
+
+
+def _score(metrics: dict, year_baseline: Optional[float]) -> Optional[float]:
+    """Validation score: the mean of task_scores over the tasks that have one."""
+    parts = [value for value in task_scores(metrics, year_baseline).values() if value is not None]
     return float(np.mean(parts)) if parts else None
 
 
