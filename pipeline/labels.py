@@ -93,9 +93,10 @@ class LabelSet:
 
     artist_names, type_names and material_names are class ids (normalised names, stems for free-text sources,
     Dutch for Rijks'14); artist_display, type_display and material_display are the names shown (the most frequent
-    original spelling per class, artists in catalogue capitalisation, Rijks'14 types and materials in English). type_known/material_known: the samples
-    whose record names any type (material), kept class or not: a painting among prints is a negative of every
-    kept class, not an unlabelled sample (None, as saved by older versions: the samples with a kept class).
+    original spelling per class, Rijks'14 artists in catalogue capitalisation, its types and materials in English).
+    type_known/material_known: the samples whose record names any type (material), kept class or not: a painting
+    among prints is a negative of every kept class, not an unlabelled sample (None, as saved by older versions:
+    the samples with a kept class).
     """
 
     keys: np.ndarray

@@ -177,13 +177,13 @@ def _most_errors(true: np.ndarray, predicted: np.ndarray, names: list, limit: in
     true or the predicted artist), at most `limit`, most errors first (the most frequent where nothing was
     wrong); columns are the same artists then "other artists", so that each row counts all its test images."""
     wrong = true != predicted
+    images = np.bincount(true, minlength=len(names))
     involved = np.bincount(np.r_[true[wrong], predicted[wrong]], minlength=len(names)).astype(np.float64)
-    involved += np.bincount(true, minlength=len(names)) / (len(true) + 1.0)  # ties: the more frequent first
+    involved += images / (len(true) + 1.0)  # ties: the more frequent first
     present = np.flatnonzero(involved > 0)
     shown = present[np.argsort(-involved[present], kind="stable")][:limit]
     matrix = confusion_matrix(true, predicted, shown)
-    rows_total = np.array([(true == c).sum() for c in shown])
-    other = rows_total - matrix.sum(axis=1)
+    other = images[shown] - matrix.sum(axis=1)
     columns = [names[c] for c in shown]
     if other.any():
         matrix = np.c_[matrix, other]

@@ -172,11 +172,11 @@ def _artist_vocabulary(names, counts=None, lower_cased_source=False):
     spellings = Counter()
     for name, normal, count in zip(names, normalised, counts if counts is not None else [1] * len(names)):
         if normal is not None:
-            spellings[index[normal], " ".join(str(name).split())] += int(count)
+            spellings[index[normal], artist_display(name, lower_cased_source)] += int(count)
     display = [None] * len(vocabulary)
     for (code, spelling), _ in sorted(spellings.items(), key=lambda item: (-item[1], item[0])):
         if display[code] is None:
-            display[code] = artist_display(spelling, lower_cased_source)
+            display[code] = spelling
     return code_of, vocabulary, display
 
 
