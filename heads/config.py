@@ -19,10 +19,12 @@ L2_CANDIDATES = (1.0, 8.0, 64.0, 512.0)
 # auto_batch_size: about this many optimiser steps per epoch, within these batch sizes
 _STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
 # auto_epochs: at least this many epochs, and at least this many optimiser steps (a few hundred rows get ~5 steps
-# an epoch: 20 epochs left the heads at the prior they start from)
-_MIN_EPOCHS, _MIN_STEPS = 20, 1000
+# an epoch: 20 epochs left the heads at the prior they start from). Beyond a few thousand rows an epoch already
+# has ~128 steps and the L2-chosen optimum is reached in fewer passes: more epochs only cost time
+# (benchmarks/bench_quality.py, K = 100: 10 epochs gave 20's test figures within the seeds' spread)
+_MIN_EPOCHS, _MIN_STEPS = 10, 1000
 # auto_shared_size: rows per shared unit, within these widths
-_ROWS_PER_UNIT, _MIN_WIDTH, _MAX_WIDTH = 8, 64, 1024
+_ROWS_PER_UNIT, _MIN_WIDTH, _MAX_WIDTH = 8, 64, 512
 # balanced_year_weight: w_year = min(1, sqrt(_YEAR_WEIGHT_WIDTH / H)). The year is one output reading H shared
 # units: the wider the layer, the more noise its regression fits there (the likelihood losses' gradients fade as
 # their rows are fitted; the year's stays +-1 per sample beyond its Huber threshold). bench_quality.py, K = 10,
@@ -48,8 +50,8 @@ class HeadsConfig:
 
     tasks: Optional[tuple] = field(default=None, metadata={"auto": "every task given targets (all four in fit)"})
     # 0: linear heads on the features (the paper's best width was 6,144 on ~80,000 training images)
-    shared_size: Optional[int] = field(default=None, metadata={"auto": "training rows / 8 as a power of two, 64 to "
-                                                                       "1,024"})
+    shared_size: Optional[int] = field(default=None, metadata={"auto": f"training rows / {_ROWS_PER_UNIT} as a power "
+                                                                       f"of two, {_MIN_WIDTH} to {_MAX_WIDTH}"})
     epochs: Optional[int] = field(default=None, metadata={"auto": f"{_MIN_EPOCHS}, or more to make {_MIN_STEPS} "
                                                                   "optimiser steps"})
     # auto_batch_size: enough optimiser steps at any data size
@@ -241,10 +243,11 @@ def l2_candidates(config: HeadsConfig, train_rows: int) -> list:
 
 
 def auto_shared_size(config: HeadsConfig, train_rows: int) -> int:
-    """The shared layer's width: the explicit one, else a power of two near training rows / 8, from 64 to 1,024.
+    """The shared layer's width: the explicit one, else a power of two near training rows / 8, from 64 to 512.
 
-    A wide layer on a few hundred rows only adds noise and time beside the linear path; at the quality
-    benchmark's 36,587 rows 1,024 units matched 6,144 within the seeds' spread at a fifth of the time."""
+    A wide layer on a few hundred rows only adds noise and time beside the linear path, and the linear path carries
+    most of what a large collection's heads read: on the quality benchmark's 36,587 rows 512 units matched 1,024
+    (and 1,024 matched 6,144) within the seeds' spread, each at a fraction of the time."""
     if config.shared_size is not None:
         return int(config.shared_size)
     target = max(int(train_rows), 1) / _ROWS_PER_UNIT
@@ -252,10 +255,10 @@ def auto_shared_size(config: HeadsConfig, train_rows: int) -> int:
 
 
 def auto_epochs(config: HeadsConfig, steps_per_epoch: int) -> int:
-    """The epochs a fit runs: the explicit number, else at least 20 and enough for 2,500 optimiser steps.
+    """The epochs a fit runs: the explicit number, else at least 10 and enough for 1,000 optimiser steps.
 
     Counting steps, not epochs: 76 training rows make 5 batches an epoch, and 100 steps from the prior under the
-    L2 penalty never left it; 36,587 rows make 143 batches, where 20 epochs are the measured optimum's."""
+    L2 penalty never left it; 36,587 rows make 143 batches an epoch, and 10 epochs reach what 20 did."""
     if config.epochs is not None:
         return int(config.epochs)
     return max(_MIN_EPOCHS, math.ceil(_MIN_STEPS / max(int(steps_per_epoch), 1)))
@@ -265,7 +268,7 @@ def auto_batch_size(train_rows: int) -> int:
     """The default batch size: the power of two giving about 128 steps an epoch, between 16 and 1024.
 
     A fixed batch gives a few thousand rows a handful of steps (too few to learn) and a few hundred
-    thousand rows needless tiny steps; this keeps the number of updates in 20 epochs near 2,500.
+    thousand rows needless tiny steps; this keeps an epoch near 128 updates.
     """
     target = max(1, train_rows // _STEPS_PER_EPOCH)
     return int(min(_MAX_BATCH, max(_MIN_BATCH, 2 ** round(math.log2(target)))))

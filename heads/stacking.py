@@ -92,7 +92,7 @@ class _JointAdam:
 
     def step(self) -> None:
         for name, decay in self.decay.items():
-            self.params[name].grad.add_(self.params[name].detach() * decay)
+            self.params[name].grad.addcmul_(self.params[name].detach(), decay)  # in place: no temporary
         for name, anchor in self.anchor.items():
             self.params[name].grad.sub_(anchor)
         self.optimizer.step()

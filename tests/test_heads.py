@@ -748,10 +748,17 @@ def test_default_fit_beats_linear_probes_and_single_task_fits_at_a_realistic_sca
 
 
 def test_default_rules_scale_with_the_data():
-    from omniart.heads.config import auto_batch_size, auto_weight_decay, loss_scales
+    from omniart.heads.config import (HeadsConfig, auto_batch_size, auto_epochs, auto_shared_size, auto_weight_decay,
+                                      loss_scales)
 
     # ~128 steps an epoch, as a power of two between 16 and 1024
     assert [auto_batch_size(n) for n in (10, 1344, 36587, 78427, 1_000_000)] == [16, 16, 256, 512, 1024]
+    # training rows / 8 as a power of two, 64 to 512; explicit widths as given
+    assert [auto_shared_size(HeadsConfig(), n) for n in (80, 1344, 2900, 36587, 1_000_000)] == [64, 128, 512, 512, 512]
+    assert auto_shared_size(HeadsConfig(shared_size=6144), 80) == 6144
+    # at least 10 epochs and 1,000 optimiser steps: 80 rows (5 batches of 16) run 200 epochs, 36,587 rows (143) 10
+    assert [auto_epochs(HeadsConfig(), steps) for steps in (5, 50, 143)] == [200, 20, 10]
+    assert auto_epochs(HeadsConfig(epochs=3), 5) == 3
     assert auto_weight_decay(1600) == pytest.approx(0.01) and auto_weight_decay(160_000) == pytest.approx(1e-4)
     assert loss_scales(("artist", "type", "year"), year_std=80.0) == {"artist": 1.0, "type": 1.0, "year": 1 / 80}
     assert loss_scales(("year",), year_std=80.0, year_scale=0.1) == {"year": 0.1}  # the paper's manual s_period
