@@ -126,12 +126,13 @@ def test_split_conformal_half_width_is_the_right_order_statistic():
 
 
 def test_the_chosen_l2_strength_follows_the_data_size():
-    """100 rows and 30,000 rows of the same problem choose their L2 strength on held-out rows, differently."""
+    """100 rows and 30,000 rows of the same problem choose their L2 strength on held-out rows, differently: a
+    weak signal in 128 dimensions, where 100 rows want a strong prior and 30,000 rows a weak one."""
     rng = np.random.default_rng(2)
-    weights = rng.normal(size=(16, 4))
+    weights = rng.normal(size=(128, 4)) * 0.2
 
     def data(n):
-        X = rng.normal(size=(n, 16)).astype(np.float32)
+        X = rng.normal(size=(n, 128)).astype(np.float32)
         return X, (X @ weights + rng.normal(size=(n, 4))).argmax(1)
 
     X, y = data(100)
