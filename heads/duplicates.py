@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from omniart.heads import HeadsError
+from omniart.heads.neighbors import unit_rows
 
 __all__ = ["similar_pairs", "iter_similar_pairs", "has_near_duplicate", "near_duplicates", "DuplicateReport",
            "DEFAULT_THRESHOLD", "MAX_PAIRS"]
@@ -25,16 +26,6 @@ _TOLERANCE = 1e-5  # float32 products of unit vectors are off by ~1e-6: a pair a
 _BLOCK = 4096  # rows per side of one product: a (4096 x 4096) float32 tile is 64 MiB
 _CHUNK_ROWS = 256  # tile rows turned into pairs at a time: at most 256 x 4096 pairs (20 MiB) in one chunk
 MAX_PAIRS = 1_000_000  # pairs near_duplicates keeps in memory (a few hundred bytes each as Python tuples)
-
-
-def _unit(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, float32 (0.9 GB at 112,039 x 2048): one conversion, not one per block pair."""
-    unit = np.empty(features.shape, np.float32)
-    for start in range(0, len(features), _BLOCK):  # cast and scaled in place: no float32 copy beside the result
-        part = unit[start:start + _BLOCK]
-        part[...] = features[start:start + _BLOCK]
-        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
-    return unit
 
 
 def _check(threshold: float) -> None:
@@ -87,7 +78,7 @@ def iter_similar_pairs(features, others=None, threshold: float = DEFAULT_THRESHO
     unordered pair once, i < j) or between `features` and `others`. A chunk holds at most _CHUNK_ROWS x _BLOCK
     pairs, so a caller that does not keep them all needs bounded memory whatever the threshold."""
     _check(threshold)
-    a = _unit(np.asarray(features))
+    a = unit_rows(np.asarray(features), _BLOCK)  # one conversion, not one per block pair
     ids, first = _identity(_digests(features))
     if others is None:
         for rows, cols in _exact_within(ids):
@@ -99,7 +90,7 @@ def iter_similar_pairs(features, others=None, threshold: float = DEFAULT_THRESHO
         if others is None:
             right, right_ids = a[j:j + _BLOCK], ids[j:j + _BLOCK]
         else:
-            right = _unit(np.asarray(others[j:j + _BLOCK]))
+            right = unit_rows(np.asarray(others[j:j + _BLOCK]), _BLOCK)
             right_ids, _ = _identity(_digests(others, j, min(j + _BLOCK, count)), first)
             same = np.flatnonzero(np.isin(ids, right_ids))  # identical vectors across the sides, all-zero ones too
             for start in range(0, len(same), _CHUNK_ROWS):

@@ -66,7 +66,7 @@ class MultiTaskHeads:
         output width where the targets cannot tell (artist classes without training rows).
         """
         from omniart.heads.selection import fit_selected
-        from omniart.heads.training import device_data
+        from omniart.heads.data import device_data
 
         self.config.check()
         tasks = self._tasks(targets)
@@ -179,14 +179,14 @@ class MultiTaskHeads:
         (task -> bool; default: as in fit, unlabelled rows skipped)."""
         from omniart.heads.metrics import task_metrics
 
-        from omniart.heads.training import _as_targets
+        from omniart.heads.data import as_targets
 
         scores, masks = self.predict_scores(X), masks or {}
         unknown = sorted(set(targets) - set(scores))
         if unknown:
             raise HeadsError(f"targets name {', '.join(map(str, unknown))}, which this model does not predict; it has "
                              f"{', '.join(scores)}.")
-        checked = {task: _as_targets(task, values, len(scores[task]), self.task_sizes_.get(task), "score():")
+        checked = {task: as_targets(task, values, len(scores[task]), self.task_sizes_.get(task), "score():")
                    for task, values in targets.items()}
         return {task: task_metrics(task, scores[task], checked[task], masks.get(task)) for task in checked}
 

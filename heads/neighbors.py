@@ -6,7 +6,7 @@ import numpy as np
 
 from omniart.heads import HeadsError
 
-__all__ = ["nearest_neighbors", "check_keys"]
+__all__ = ["nearest_neighbors", "check_keys", "unit_rows"]
 
 # Query rows multiplied against one block at a time: (1024 x 65536) float32 similarities = 256 MiB at most.
 _QUERY_CHUNK = 1024
@@ -42,7 +42,7 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
     if len(all_keys) < 2 and not include_self:
         raise HeadsError(f"the cache {getattr(store, 'path', '')} holds only {len(all_keys)} row ({all_keys[0]!r}): there is "
                          "no other artwork to compare with; extract more images into it first.")
-    query_vectors = _normalized(store.load(queries, flip=flip))
+    query_vectors = unit_rows(store.load(queries, flip=flip))
     # Global row of each query, to mask it out of its own block without comparing strings.
     position = {key: row for row, key in enumerate(all_keys)}
     query_rows = np.array([position[key] for key in queries], dtype=np.int64)
@@ -81,10 +81,15 @@ def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip:
     return results[0] if single else results
 
 
-def _normalized(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)  # an all-zero query scores 0 against everything
+def unit_rows(features: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Rows scaled to unit length, float32 (0.9 GB at 112,039 x 2048), cast and scaled block by block in place:
+    no float32 copy beside the result. An all-zero row stays zero (it scores 0 against everything)."""
+    unit = np.empty(np.shape(features), np.float32)
+    for start in range(0, len(unit), block):
+        part = unit[start:start + block]
+        part[...] = features[start:start + block]
+        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+    return unit
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -15,8 +15,8 @@ from omniart.heads.calibration import (conformal_half_width, expected_calibratio
                                        scaled_probabilities)
 from omniart.heads.config import HeadsConfig, artist_init, auto_shared_size, bf16_autocast, l2_candidates
 from omniart.heads.metrics import task_metrics
-from omniart.heads.training import (DeviceData, Outcome, SplitTensors, _label_rates, median_artist_rows, task_scores,
-                                   train_one, year_baseline)
+from omniart.heads.data import DeviceData, SplitTensors, label_rates_of, median_artist_rows
+from omniart.heads.training import Outcome, task_scores, train_one, year_baseline
 
 __all__ = ["Selection", "fit_selected", "on_validation", "selects_alone", "calibration", "part_scores"]
 
@@ -98,7 +98,7 @@ def _subset(data: DeviceData, rows: int, seed: int) -> DeviceData:
     part = SplitTensors(train.x[index], None if train.x_flip is None else train.x_flip[index],
                         {task: value[index] for task, value in train.targets.items()},
                         {task: value[index] for task, value in train.masks.items()})
-    return dataclasses.replace(data, train=part, label_rates=_label_rates(part, data.sizes), artist_lda={})
+    return dataclasses.replace(data, train=part, label_rates=label_rates_of(part, data.sizes), artist_lda={})
 
 
 def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:

@@ -28,7 +28,7 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
     from omniart.heads.estimator import MultiTaskHeads
     from omniart.heads.selection import fit_selected, on_validation, selects_alone
     from omniart.heads.stacking import train_stacked
-    from omniart.heads.training import device_data
+    from omniart.heads.data import device_data
 
     estimators = [MultiTaskHeads(config) for config in configs]
     if not estimators:

@@ -15,7 +15,7 @@ from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline.end_to_end import RunConfig
 from omniart.pipeline.config import FitConfig
 from omniart.pipeline.embed import embed as embed_cache
-from omniart.pipeline.fitting import SPLITS
+from omniart.pipeline.sources import SPLITS
 from omniart.pipeline.labels import PROTOCOLS, LabelConfig, build_labels
 from omniart.pipeline.parsing import LANGUAGES
 from omniart.pipeline.predict import PredictConfig

@@ -12,11 +12,11 @@ import numpy as np
 from omniart.heads import HeadsError
 from omniart.heads.config import HeadsConfig
 from omniart.pipeline.config import FitConfig
+from omniart.pipeline.sources import SPLITS
 
 __all__ = ["FitResult", "fit", "evaluate", "comparison_table", "split_arrays", "open_labelled_cache",
            "class_counts", "trainable_tasks", "data_summary"]
 
-SPLITS = ("train", "val", "test")
 
 
 @dataclass

@@ -8,13 +8,13 @@ from typing import Optional
 
 import numpy as np
 
+from omniart.heads.config import TASKS
 from omniart.pipeline.parsing import LANGUAGES, LabelError
-from omniart.pipeline.sources import FORMATS, SPLIT_NAMES, key_stem, read_records, record_key_of
+from omniart.pipeline.sources import FORMATS, SPLITS, key_stem, read_records, record_key_of
 
 __all__ = ["TASKS", "PROTOCOLS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels",
            "challenge_labels", "stratified_split"]
 
-TASKS = ("artist", "type", "material", "year")
 SPLIT_FRACTIONS = (0.7, 0.2, 0.1)  # paper section 4.1: train / validation / test, stratified per artist
 LABELS_FILE, VOCAB_FILE = "labels.npz", "vocab.json"
 PROTOCOLS = ("omniart", "rijks14-challenge")
@@ -154,7 +154,7 @@ class LabelSet:
                 "mean": round(float(years.mean()), 1) if len(years) else None,
                 "unparsed": self.year_unparsed,
             },
-            "splits": {name: int((self.split == name).sum()) for name in SPLIT_NAMES},
+            "splits": {name: int((self.split == name).sum()) for name in SPLITS},
             "coverage": {task: round(float(mask.mean()), 4) if n else 0.0 for task, mask in self.masks.items()},
             "min_artist_samples": self.config.min_artist_samples,
             "min_class_samples": self.config.min_class_samples,
@@ -263,7 +263,7 @@ def challenge_labels(metadata_path, config, cache_keys=None):
     Returns (LabelSet, JoinReport or None).
     """
     from omniart.pipeline.parsing import artist_display
-    from omniart.pipeline.sources import _mat_strings, load_rijks14_gt, rijks14_display, rijks14_keys
+    from omniart.pipeline.sources import mat_strings, load_rijks14_gt, rijks14_display, rijks14_keys
 
     gt, n = load_rijks14_gt(metadata_path)
     split_code = np.asarray(gt["set"]).ravel()
@@ -275,7 +275,7 @@ def challenge_labels(metadata_path, config, cache_keys=None):
         return keep[np.argsort(-test[keep], kind="stable")]
 
     creator = np.asarray(gt["C"]).ravel().astype(np.int64) - 1
-    creator_names = _mat_strings(gt["Cnames"])
+    creator_names = mat_strings(gt["Cnames"])
     counts = np.stack([np.bincount(creator[rows & (creator >= 0)], minlength=len(creator_names)) for rows in in_split])
     counts[:, [i for i, name in enumerate(creator_names) if name.strip().lower() in CHALLENGE_NOT_CREATORS]] = 0
     classes = eligible(counts)
@@ -286,7 +286,7 @@ def challenge_labels(metadata_path, config, cache_keys=None):
     def multi_label(field, names_field):
         positive = np.asarray(gt[field]) > 0
         kept = eligible(np.stack([positive[rows].sum(axis=0) for rows in in_split]))
-        names = _mat_strings(gt[names_field])
+        names = mat_strings(gt[names_field])
         return positive[:, kept].astype(np.uint8), [names[i] for i in kept], positive.any(axis=1)
 
     types, type_names, type_known = multi_label("T", "Tnames")
@@ -305,7 +305,7 @@ def challenge_labels(metadata_path, config, cache_keys=None):
         types=types[rows], type_names=type_names, materials=materials[rows], material_names=material_names,
         type_display=rijks14_display("type", type_names, config.language),
         material_display=rijks14_display("material", material_names, config.language),
-        year=year[rows].astype(np.float32), split=np.array(SPLIT_NAMES)[split_code[rows] - 1], config=config,
+        year=year[rows].astype(np.float32), split=np.array(SPLITS)[split_code[rows] - 1], config=config,
         source_rows=n, type_known=type_known[rows], material_known=material_known[rows])
     return labels, report
 

@@ -12,10 +12,10 @@ import numpy as np
 from omniart.pipeline.parsing import (LabelError, artist_display, medium_words, normalise_artist, normalise_phrase,
                                       parse_date)
 
-__all__ = ["FORMATS", "Records", "read_records", "record_key_of", "rijks14_display"]
+__all__ = ["FORMATS", "SPLITS", "Records", "read_records", "record_key_of", "rijks14_display", "mat_strings"]
 
 FORMATS = ("rijks14", "met", "csv")
-SPLIT_NAMES = ("train", "val", "test")
+SPLITS = ("train", "val", "test")
 
 RIJKS_FIELDS = ("C", "Cnames", "T", "Tnames", "M", "Mnames", "Y", "set")
 MET_CSV_COLUMNS = {
@@ -182,7 +182,7 @@ def _artist_vocabulary(names, counts=None, lower_cased_source=False):
 
 # ---- rijks14 ------------------------------------------------------------------------------------------
 
-def _mat_strings(cells):
+def mat_strings(cells):
     """MATLAB cell array of char arrays -> list of str ('' for empty cells)."""
     return [str(cell[0]) if getattr(cell, "size", 0) else "" for cell in np.asarray(cells).ravel()]
 
@@ -248,14 +248,14 @@ def _read_rijks14(path):
     creator = np.asarray(gt["C"]).ravel().astype(np.int64) - 1
 
     # Normalise the 6,622 names once, then map codes; names that normalise alike merge into one class.
-    names = _mat_strings(gt["Cnames"])
+    names = mat_strings(gt["Cnames"])
     code_of, unique, display = _artist_vocabulary(names, np.bincount(creator[creator >= 0], minlength=len(names))[:len(names)],
                                                   lower_cased_source=True)
     artist = code_of[np.where((creator >= 0) & (creator < len(names)), creator, len(names))]
 
     def vocabulary(field, names_field):
         # Multi-hot counts (values > 1 occur) -> bool CSR; columns with an empty name carry no label.
-        matrix, ids = np.asarray(gt[field]), _mat_strings(gt[names_field])
+        matrix, ids = np.asarray(gt[field]), mat_strings(gt[names_field])
         if matrix.ndim != 2 or matrix.shape[1] != len(ids):
             raise LabelError(f"{path}: field {field} has shape {matrix.shape}; expected ({n}, {len(ids)}), "
                              f"one column per name in {names_field}")
@@ -278,7 +278,7 @@ def _read_rijks14(path):
         keys=keys, artist=artist, artist_names=unique, artist_display=display,
         types=types, type_ids=type_ids, type_display=list(type_ids),
         materials=materials, material_ids=material_ids, material_display=list(material_ids),
-        year=year, year_unparsed=np.zeros(n, bool), split=np.array(SPLIT_NAMES)[official - 1],
+        year=year, year_unparsed=np.zeros(n, bool), split=np.array(SPLITS)[official - 1],
     )
 
 

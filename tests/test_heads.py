@@ -769,7 +769,8 @@ def test_the_shared_layer_carries_every_tasks_l2_prior():
     with the layer tied); one task: the same coefficient everywhere; each head's rows (the linear path's too) carry
     their own task's coefficient; biases carry none."""
     from omniart.heads.config import HeadsConfig, auto_weight_decay
-    from omniart.heads.training import Trainer, device_data
+    from omniart.heads.data import device_data
+    from omniart.heads.training import Trainer
 
     rng = np.random.default_rng(0)
     x = rng.random((400, 8), dtype=np.float32)
@@ -804,7 +805,8 @@ def test_fit_learns_input_standardisation_and_starts_from_the_priors(tmp_path):
     """The model holds the training split's feature mean/std (predict applies them) and its heads start at zero
     weights with biases at the label priors, so epoch 0 is the constant prediction (artist_init zero; the
     default LDA start of the artist is tested below)."""
-    from omniart.heads.training import Trainer, device_data
+    from omniart.heads.data import device_data
+    from omniart.heads.training import Trainer
     from omniart.pipeline.fitting import open_labelled_cache, split_arrays
 
     data = planted(n=400, seed=2)
@@ -863,7 +865,8 @@ def test_the_artist_head_starts_at_the_lda_and_its_l2_prior_centres_there():
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     from omniart.heads.config import HeadsConfig
-    from omniart.heads.training import Trainer, device_data
+    from omniart.heads.data import device_data
+    from omniart.heads.training import Trainer
 
     x, y = _lda_problem()
     rng = np.random.default_rng(1)

@@ -264,22 +264,30 @@ def test_cpu_training_flushes_denormals_leaves_the_callers_state_and_repeats_dro
                                                                                    torch_all_threads):
     import torch
 
-    from omniart.heads import training
+    from omniart.heads import denormals, training
 
     torch.set_num_threads(2)  # a pool thread beside this one, whatever the machine: the flag must reach it too
     _, data = fitted
     seen = []
     real_step = training.Trainer.step
-    monkeypatch.setattr(training.Trainer, "step", lambda self: (seen.append(training.cpu_threads_flushing()),
+    monkeypatch.setattr(training.Trainer, "step", lambda self: (seen.append(denormals.cpu_threads_flushing()),
                                                                 real_step(self)))
-    training._on_every_cpu_thread(lambda _: torch.set_flush_denormal(before))
+    denormals._on_every_cpu_thread(lambda _: torch.set_flush_denormal(before))
     generator_state = torch.get_rng_state()
     try:
         fits = [MultiTaskHeads(shared_size=16, epochs=1, dropout=0.5, device="cpu", progress=False).fit(
             *arrays(data, "train")) for _ in range(2)]
-        assert training.cpu_threads_flushing() == [before] * torch.get_num_threads()  # each thread's setting is back
+        assert denormals.cpu_threads_flushing() == [before] * torch.get_num_threads()  # each thread's setting is back
+        # OMNIART_KEEP_DENORMALS=1 turns the shim off: training leaves every thread's setting as it finds it
+        del seen[:]
+        monkeypatch.setenv(denormals.KEEP_DENORMALS, "1")
+        MultiTaskHeads(shared_size=16, epochs=1, device="cpu", progress=False).fit(*arrays(data, "train"))
+        assert seen and all(flags == [before] * torch.get_num_threads() for flags in seen)
+        monkeypatch.delenv(denormals.KEEP_DENORMALS)
+        del seen[:]
+        MultiTaskHeads(shared_size=16, epochs=1, device="cpu", progress=False).fit(*arrays(data, "train"))
     finally:
-        training._on_every_cpu_thread(lambda _: torch.set_flush_denormal(False))
+        denormals._on_every_cpu_thread(lambda _: torch.set_flush_denormal(False))
     # every training step ran with denormals flushed on every thread of torch's pool (~100x faster on x86 CPUs)
     assert seen and all(flags == [True] * torch.get_num_threads() for flags in seen)
     # dropout drew from a seeded fork: the same fit twice, and the caller's generator untouched
@@ -289,6 +297,7 @@ def test_cpu_training_flushes_denormals_leaves_the_callers_state_and_repeats_dro
 
 def test_similar_pairs_over_many_blocks_match_a_brute_force_search(monkeypatch):
     from omniart.heads import duplicates
+    from omniart.heads.neighbors import unit_rows
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((23, 8)).astype(np.float16)
@@ -297,8 +306,8 @@ def test_similar_pairs_over_many_blocks_match_a_brute_force_search(monkeypatch):
     unit = lambda m: m.astype(np.float32) / np.linalg.norm(m.astype(np.float32), axis=1, keepdims=True)
     within, between = unit(features) @ unit(features).T, unit(features) @ unit(others).T
     monkeypatch.setattr(duplicates, "_BLOCK", 4)  # 8 x 4 tiles: the diagonal, both triangles and ragged ends
-    assert np.allclose(duplicates._unit(features), unit(features), atol=1e-6)  # scaled block by block, in place
-    assert not duplicates._unit(np.zeros((5, 8), np.float16)).any()  # a zero row stays zero, no nan
+    assert np.allclose(unit_rows(features, 4), unit(features), atol=1e-6)  # scaled block by block, in place
+    assert not unit_rows(np.zeros((5, 8), np.float16), 4).any()  # a zero row stays zero, no nan
     rows, cols, _ = duplicates.similar_pairs(features, threshold=0.99)
     assert sorted(zip(rows.tolist(), cols.tolist())) == [(i, j) for i, j in zip(*np.nonzero(np.triu(within >= 0.99, 1)))]
     rows, cols, _ = duplicates.similar_pairs(features, others, threshold=0.99)
@@ -310,7 +319,7 @@ def test_an_error_on_a_cpu_pool_thread_reaches_the_caller(torch_all_threads):
     """ctypes prints and drops an exception raised in a callback: the pool helper must raise it instead."""
     import torch
 
-    from omniart.heads import training
+    from omniart.heads import denormals
 
     torch.set_num_threads(2)
 
@@ -318,8 +327,8 @@ def test_an_error_on_a_cpu_pool_thread_reaches_the_caller(torch_all_threads):
         raise ValueError(f"thread {thread} failed")
 
     with pytest.raises(ValueError, match="thread [01] failed"):
-        training._on_every_cpu_thread(fails)
-    assert training._on_every_cpu_thread(lambda thread: thread) == [0, 1]
+        denormals._on_every_cpu_thread(fails)
+    assert denormals._on_every_cpu_thread(lambda thread: thread) == [0, 1]
 
 
 def test_use_refuses_non_finite_features_and_targets_out_of_range(fitted):

@@ -184,7 +184,8 @@ def test_an_explicit_weight_decay_means_exactly_what_it_says():
 def test_the_artist_starts_at_the_discriminant_only_with_enough_rows_an_artist():
     """Two rows an artist: a discriminant in many dimensions is certain of everything; the zero start is not."""
     from omniart.heads.config import HeadsConfig, artist_init
-    from omniart.heads.training import Trainer, device_data
+    from omniart.heads.data import device_data
+    from omniart.heads.training import Trainer
 
     assert artist_init(HeadsConfig(), 2.0) == "zero" and artist_init(HeadsConfig(), 48.0) == "lda"
     assert artist_init(HeadsConfig(), 12.0) == "zero"  # ~12 rows an artist: the zero start was better
