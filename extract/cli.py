@@ -4,14 +4,15 @@ from dataclasses import fields
 import click
 
 from omniart.cache.errors import cli_errors
-from omniart.extract.backbones import BACKBONES, TIMM_PREFIX
+from omniart.extract.backbones import BACKBONES, ENTRY_POINT_GROUP, TIMM_PREFIX, backbone_names
 from omniart.extract.config import DTYPES, ExtractConfig
 
 DEFAULTS = {field.name: field.default for field in fields(ExtractConfig)}
 
 
 class BackboneName(click.ParamType):
-    """A BACKBONES name or timm:NAME (checked against timm when the run builds it, so --help stays instant)."""
+    """A registered backbone name (other packages' through their entry points) or timm:NAME (checked against timm
+    when the run builds it). --help shows omniart's own names: it loads no plugin, so it stays instant."""
 
     name = "backbone"
 
@@ -19,9 +20,13 @@ class BackboneName(click.ParamType):
         return "[" + "|".join(sorted(BACKBONES)) + f"|{TIMM_PREFIX}NAME]"
 
     def convert(self, value, param, ctx):
-        if value in BACKBONES or (str(value).startswith(TIMM_PREFIX) and len(value) > len(TIMM_PREFIX)):
+        if str(value).startswith(TIMM_PREFIX) and len(value) > len(TIMM_PREFIX):
             return value
-        self.fail(f"{value!r} is not one of {', '.join(sorted(BACKBONES))}, nor timm:NAME (any timm model).", param, ctx)
+        names = backbone_names()  # loads the plugins of the entry point group
+        if value in names:
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(names)}, nor timm:NAME (any timm model), nor a backbone a "
+                  f"package registers (entry point group {ENTRY_POINT_GROUP!r}).", param, ctx)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

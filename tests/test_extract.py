@@ -129,6 +129,51 @@ def test_paper_stage_1_backbones_compute_torchvision_features(name, dim, size, w
     assert urls == {w.name: w.url for w in getattr(torchvision.models, weights_enum) if w.name == "IMAGENET1K_V1"}
 
 
+def test_a_package_registers_its_own_backbone_through_an_entry_point(tmp_path, monkeypatch):
+    """timm's @register_model as the model: a module's @register_backbone adds a backbone, found through the
+    `omniart.backbones` entry point of an installed distribution (a dist-info on sys.path here) the first time
+    its name is asked for; the run records it as any other; a taken name and a broken plugin are clear errors."""
+    from omniart.extract import backbones
+
+    site = tmp_path / "site"
+    (site / "museum_nets").mkdir(parents=True)
+    (site / "museum_nets" / "__init__.py").write_text(
+        "import torch\n"
+        "from omniart.extract.backbones import preprocessing, register_backbone\n\n"
+        "@register_backbone('museum_net', feature_dim=3, preprocessing=preprocessing(36, 32))\n"
+        "def build(weights):\n"
+        "    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), 'mean-colour-' + weights\n")
+    info = site / "museum_nets-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: museum-nets\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[omniart.backbones]\nmuseum_net = museum_nets\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(backbones, "BACKBONES", dict(backbones.BACKBONES))  # the registry as it was, afterwards
+    backbones._load_plugins.cache_clear()
+    monkeypatch.delitem(sys.modules, "museum_nets", raising=False)
+    try:
+        assert "museum_net" not in backbones.BACKBONES  # not imported until a name is not found
+        assert backbone_spec("museum_net").feature_dim == 3 and "museum_net" in backbones.backbone_names()
+        images = make_images(tmp_path / "images", ["a.jpg", "b.jpg"])
+        result = CliRunner().invoke(main, [str(images), "--out", str(tmp_path / "cache"), "--backbone", "museum_net",
+                                           "--workers", "0", "--device", "cpu", "--quiet"])
+        assert result.exit_code == 0, result.output
+        store = FeatureStore(tmp_path / "cache")
+        assert store.feature_dim == 3 and store.attrs["backbone"] == "museum_net"
+        assert store.attrs["weights"] == "mean-colour-random" and np.isfinite(store.load(["a.jpg", "b.jpg"])).all()
+        with pytest.raises(ExtractError, match="'museum_net': that name is taken"):
+            backbones.register_backbone("museum_net", feature_dim=3, preprocessing=TINY)(lambda weights: None)
+        unknown = CliRunner().invoke(main, [str(images), "--out", str(tmp_path / "c2"), "--backbone", "museum_nett"])
+        assert unknown.exit_code == 2 and "museum_net," in unknown.output and "omniart.backbones" in unknown.output
+        # a plugin that fails to import names itself and its package
+        (info / "entry_points.txt").write_text("[omniart.backbones]\nbroken = museum_nets_missing\n")
+        backbones._load_plugins.cache_clear()
+        with pytest.raises(ExtractError, match="backbone plugin 'broken' .museum_nets_missing.* failed to load"):
+            backbone_spec("no_such_net")
+    finally:
+        backbones._load_plugins.cache_clear()
+
+
 def test_any_timm_model_as_a_backbone(tmp_path):
     """timm:NAME: pooled num_classes=0 features, the preprocessing of its pretrained config, seeded random weights,
     and a .safetensors weights file recorded by its sha256 (a small timm test model, no download)."""
