@@ -3,13 +3,16 @@ img_emb/*.npy + metadata/*.parquet, or one parquet of key + vector; and such a f
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from omniart.cache.files import make_parent, publish_folder
 from omniart.cache.format import CacheError, non_finite_rows
 from omniart.cache.parts import PARQUET_FILE, folder_parts
+
+if TYPE_CHECKING:  # the store exported, for the annotation only
+    from omniart.cache.store import FeatureStore
 
 __all__ = ["export_cache", "import_embeddings", "EXPORT_FORMATS", "SIDECAR"]
 
@@ -20,7 +23,7 @@ EXPORT_DTYPES = ("float16", "float32")
 WRITER_ATTRS = ("format_version", "feature_dim", "dtype")
 
 
-def export_cache(store, out, format: str = "npy", flip: bool = False, dtype: Optional[str] = None) -> dict:
+def export_cache(store: "FeatureStore", out, format: str = "npy", flip: bool = False, dtype: Optional[str] = None) -> dict:
     """Write FeatureStore `store` into the new folder `out`, one part per shard (never the whole cache in memory).
 
     npy: img_emb/img_emb_N.npy (float16/float32, N = 0, 1, ...) with metadata/metadata_N.parquet (column `key`),
@@ -67,7 +70,7 @@ def _export_dtype(dtype) -> np.dtype:
     return np.dtype(name)
 
 
-def _cast(store, keys, block: np.ndarray, dtype: np.dtype, flip: bool) -> np.ndarray:
+def _cast(store: "FeatureStore", keys, block: np.ndarray, dtype: np.dtype, flip: bool) -> np.ndarray:
     """`block` (finite float32: the store refuses anything else) as `dtype`; values beyond its range refused."""
     with np.errstate(over="ignore"):
         cast = block.astype(dtype, copy=False)

@@ -6,12 +6,15 @@ import csv
 import hashlib
 import numbers
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
 from omniart.heads import HeadsError
 from omniart.heads.neighbors import unit_rows
+
+if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
+    from omniart.cache import FeatureStore
 
 __all__ = ["similar_pairs", "iter_similar_pairs", "has_near_duplicate", "near_duplicates", "DuplicateReport",
            "DEFAULT_THRESHOLD", "MAX_PAIRS"]
@@ -175,7 +178,7 @@ class DuplicateReport:
 _HEADER = ["key_a", "key_b", "similarity", "exact"]
 
 
-def near_duplicates(store, threshold: Optional[float] = None, flip: bool = False, out=None,
+def near_duplicates(store: "FeatureStore", threshold: Optional[float] = None, flip: bool = False, out=None,
                     max_pairs: int = MAX_PAIRS) -> DuplicateReport:
     """Every near-duplicate pair of FeatureStore `store` with the groups they form; threshold None: the default.
 

@@ -1,10 +1,13 @@
 """Most similar artworks by cosine similarity of cached features: blocked matrix products, no loop over rows."""
 import difflib
-from typing import List, Sequence, Union
+from typing import TYPE_CHECKING, List, Sequence, Union
 
 import numpy as np
 
 from omniart.heads import HeadsError
+
+if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
+    from omniart.cache import FeatureStore
 
 __all__ = ["nearest_neighbors", "check_keys", "unit_rows"]
 
@@ -12,7 +15,7 @@ __all__ = ["nearest_neighbors", "check_keys", "unit_rows"]
 _QUERY_CHUNK = 1024
 
 
-def check_keys(store, keys: Sequence[str]) -> None:
+def check_keys(store: "FeatureStore", keys: Sequence[str]) -> None:
     """Raise an OmniError for keys not in the cache, naming up to 5 of them with their closest cached keys."""
     missing = [key for key in keys if key not in store]
     if not missing:
@@ -25,7 +28,7 @@ def check_keys(store, keys: Sequence[str]) -> None:
                     f"Keys are image paths relative to the extracted folder, e.g. {store.keys[0]!r}.")
 
 
-def nearest_neighbors(store, keys: Union[str, Sequence[str]], k: int = 10, flip: bool = False,
+def nearest_neighbors(store: "FeatureStore", keys: Union[str, Sequence[str]], k: int = 10, flip: bool = False,
                       include_self: bool = False, rows: int = 65536):
     """The k cached rows most cosine-similar to each query key, best first, as (key, score) pairs.
 

@@ -3,13 +3,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 
 from omniart.cache.errors import OmniError
 from omniart.extract.config import ExtractConfig
 from omniart.pipeline.config import FitConfig
+
+if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
+    from omniart.cache import FeatureStore
 
 __all__ = ["RunConfig", "RunSummary", "run_pipeline"]
 
@@ -124,7 +127,7 @@ def _check_inputs(config: RunConfig) -> None:
     read_records(config.fit.metadata, config.fit.label_config())  # its columns and label options, before extracting
 
 
-def _predict_gallery(run, store, config: RunConfig, paths: dict) -> List[dict]:
+def _predict_gallery(run, store: "FeatureStore", config: RunConfig, paths: dict) -> List[dict]:
     """`gallery` images of the report's split, those with an artist label first: path (from `paths`, key ->
     image path), true and predicted labels."""
     from omniart.pipeline.predict import predictions_table

@@ -5,7 +5,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from omniart.heads import HeadsError
 from omniart.heads.config import HeadsConfig
 from omniart.pipeline.config import FitConfig
 from omniart.pipeline.sources import SPLITS
+
+if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
+    from omniart.cache import FeatureStore
 
 __all__ = ["FitResult", "fit", "evaluate", "comparison_table", "split_arrays", "open_labelled_cache",
            "class_counts", "trainable_tasks", "data_summary"]
@@ -53,7 +56,7 @@ class SplitArrays:
         return self.X, self.targets, self.masks
 
 
-def split_arrays(store, labels, tasks, split: str, flip: bool = False) -> SplitArrays:
+def split_arrays(store: "FeatureStore", labels, tasks, split: str, flip: bool = False) -> SplitArrays:
     """The `split` rows of `labels` with their features from `store` (FeatureStore), in label order.
 
     float16 stays float16 in memory when the cache stores it (half the bytes, nothing lost); the model casts each

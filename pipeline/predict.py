@@ -4,12 +4,15 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from omniart.cache.files import file_in_the_way, publish_file
 from omniart.heads import HeadsError
+
+if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
+    from omniart.cache import FeatureStore
 
 __all__ = ["PredictConfig", "predict", "predictions_table", "check_cache_matches", "file_sha256"]
 
@@ -77,7 +80,7 @@ def predict(cfg: PredictConfig):
     return _predict_store(run, FeatureStore(cfg.cache), cfg)
 
 
-def _predict_store(run, store, cfg: PredictConfig):
+def _predict_store(run, store: "FeatureStore", cfg: PredictConfig):
     import pandas as pd
 
     check_cache_matches(run.cache_attrs, store.attrs, store.path, images_option=True)

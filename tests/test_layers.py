@@ -73,10 +73,50 @@ def test_no_module_cycle():
     assert not cycles, "module import cycles:\n" + "\n".join(cycles)
 
 
+# Objects of another module handed over by parameter name, used by duck typing: a function taking one must annotate
+# it with its class, imported from where it is defined (under TYPE_CHECKING at least), so that the import graph the
+# tests above check sees the dependency that duck typing would hide.
+DUCK_TYPED = {"store": ("omniart.cache", "FeatureStore")}
+
+
+def _undeclared(source: str, module: str) -> list:
+    """'function(parameter)' for each DUCK_TYPED parameter of `source` not annotated with its imported class."""
+    tree = ast.parse(source)
+    imported = {alias.asname or alias.name: node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+    defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for arg in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+            if arg.arg not in DUCK_TYPED:
+                continue
+            package, name = DUCK_TYPED[arg.arg]
+            annotation = ast.unparse(arg.annotation).strip("'\"") if arg.annotation is not None else ""
+            declared = annotation == name and (name in defined or str(imported.get(name, "")).startswith(package))
+            if not declared:
+                found.append(f"{module}.{node.name}({arg.arg})")
+    return found
+
+
+def test_duck_typed_objects_of_another_module_are_declared():
+    """A `store` parameter is annotated FeatureStore, imported from omniart.cache: heads' retrieval and the
+    pipeline's readers import the store they use, openly."""
+    undeclared = [entry for module, path in _modules().items() for entry in _undeclared(path.read_text(), module)]
+    assert not undeclared, ("parameters used by duck typing without their class (annotate them and import the class, "
+                            "under TYPE_CHECKING if only for the annotation):\n" + "\n".join(undeclared))
+    # the check itself: an unannotated store, and one annotated with a class of the wrong origin, are caught
+    assert _undeclared("def f(store, k):\n    return store.load(k)\n", "m") == ["m.f(store)"]
+    assert _undeclared("from elsewhere import FeatureStore\ndef f(store: 'FeatureStore'): pass\n", "m") == ["m.f(store)"]
+    assert not _undeclared("from omniart.cache import FeatureStore\ndef f(store: 'FeatureStore'): pass\n", "m")
+
+
 def test_the_graph_sees_the_imports_it_checks():
     """The walker itself: a known function-level import and a known module-level one are found."""
     graph = _graph()
-    assert "omniart.heads.training" in graph["omniart.heads.estimator"]  # inside MultiTaskHeads.fit
+    assert "omniart.heads.data" in graph["omniart.heads.estimator"]  # inside MultiTaskHeads.fit
+    assert "omniart.cache" in graph["omniart.heads.neighbors"]  # under TYPE_CHECKING
     assert "omniart.pipeline.config" in graph["omniart.pipeline.fitting"]  # at module level
     assert "omniart.cache.errors" in graph["omniart.heads"]
 
