@@ -15,11 +15,10 @@ from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline.end_to_end import RunConfig
 from omniart.pipeline.config import FitConfig
 from omniart.pipeline.embed import embed as embed_cache
-from omniart.pipeline.sources import SPLITS
 from omniart.pipeline.labels import PROTOCOLS, LabelConfig, build_labels
 from omniart.pipeline.parsing import LANGUAGES
 from omniart.pipeline.predict import PredictConfig
-from omniart.pipeline.sources import FORMATS
+from omniart.pipeline.sources import FORMATS, SPLITS
 
 __all__ = ["main"]
 
@@ -317,7 +316,6 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_shard
 def export(cache_dir, out, export_format, flip, dtype):
     """Write CACHE's features where other tools read them, shard by shard, with its attrs in omniart-cache.json."""
     from omniart.cache import FeatureStore
-    from omniart.cache.exchange import export_cache
 
     summary = export_cache(FeatureStore(cache_dir), out, format=export_format, flip=flip, dtype=dtype)
     click.echo(f"exported {summary['rows']} rows in {summary['parts']} part(s) as {export_format} to {out}")
@@ -335,8 +333,6 @@ def export(cache_dir, out, export_format, flip, dtype):
 @cli_errors
 def import_(folder, out, backbone, weights, key_column, dtype):
     """Turn embeddings another tool made (img_emb/ + metadata/, or one parquet) into an omniart cache."""
-    from omniart.cache.exchange import import_embeddings
-
     summary = import_embeddings(folder, out, attrs={"backbone": backbone, "weights": weights}, dtype=dtype,
                                 key_column=key_column)
     click.echo(f"imported {summary['rows']} embeddings of dimension {summary['feature_dim']} into {out}")
