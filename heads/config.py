@@ -27,10 +27,9 @@ _MIN_EPOCHS, _MIN_STEPS = 10, 1000
 _ROWS_PER_UNIT, _MIN_WIDTH, _MAX_WIDTH = 8, 64, 512
 # balanced_year_weight: w_year = min(1, sqrt(_YEAR_WEIGHT_WIDTH / H)). The year is one output reading H shared
 # units: the wider the layer, the more noise its regression fits there (the likelihood losses' gradients fade as
-# their rows are fitted; the year's stays +-1 per sample beyond its Huber threshold). bench_quality.py, K = 10,
-# year MAE against the ridge's 15.05 (additive) and the year-only fit's (non-linear): at H = 6,144 w_year 0.5
-# gave the additive 15.38 (1.022x) and 0.25 15.23; at H = 512 0.5 gave the non-linear 1.022x its year-only fit,
-# 0.71 1.003-1.008x with the additive at 15.23.
+# their rows are fitted; the year's stays +-1 per sample beyond its Huber threshold). On bench_quality.py (K = 10,
+# both generators, H = 512 to 6,144) a weight falling with the width kept the year at the ridge's and the
+# year-only fit's error, where one fixed weight was too high for the wide layers or too low for the narrow.
 _YEAR_WEIGHT_WIDTH = 256
 ARTIST_INITS = ("lda", "zero")  # HeadsConfig.artist_init's choices
 # artist_init: the median labelled training rows an artist the discriminant start needs (benchmarks/
@@ -73,8 +72,8 @@ class HeadsConfig:
     # temperature scaling of each classification head and a split-conformal year interval, on the held-out rows
     calibrate: bool = True
     interval: float = 0.8  # the year interval's nominal coverage
-    # after the shared ReLU: with the L2 penalty alone the wide layer fits noise for the year (bench_quality.py,
-    # additive, H = 1024: year MAE 14.67 without, 14.22 at 0.25; 0.5 cost the non-linear material MAP 0.02)
+    # after the shared ReLU: with the L2 penalty alone the wide layer fits noise for the year; on bench_quality.py
+    # 0.25 mended the year, where 0.5 also cost the non-linear material
     dropout: float = 0.25
     warmup: float = 0.05  # share of all steps with a linear learning-rate warm-up before the cosine decay
     # epochs without a better validation score before stopping, keeping the best epoch; None: every epoch runs and
@@ -85,14 +84,14 @@ class HeadsConfig:
     year_scale: Optional[float] = field(default=None, metadata={"auto": "1 / std of the training years"})
     # the year loss is Huber's (smooth L1): squared below this many standard deviations of the training years, the
     # paper's absolute error above; 0: the MAE throughout. The MAE's gradient stays +-1 per sample however close a
-    # training row is fitted, so the shared layer keeps fitting the year's noise (bench_quality.py, K = 10, H = 512:
-    # additive year MAE 15.21 with the MAE, 15.11 with 0.25; the ridge 15.05).
+    # training row is fitted, so the shared layer keeps fitting the year's noise (bench_quality.py, K = 10: 0.25
+    # brought the year nearer the ridge's error than the MAE did).
     year_huber: float = 0.25
     linear_path: bool = True  # heads also read the standardised features beside the shared layer; False: the paper's net
     # lda: the artist's linear weights on the standardised features (its linear-path rows, or its head with
     # shared_size 0) start at the training split's shrinkage LDA (heads.lda) and their L2 prior centres there, not
-    # at zero; zero: they start at zero like every other head. bench_quality.py, K = 10 non-linear, 1,196 artists
-    # with ~48 training rows each, H = 1024: artist accuracy 0.678 from zero, 0.704 from the LDA (probe 0.677).
+    # at zero; zero: they start at zero like every other head. On bench_quality.py's K = 10 non-linear setting
+    # (~48 training rows an artist) the LDA start beat the zero start, which only matched the probe.
     artist_init: Optional[str] = field(default=None, metadata={"auto": "lda where the artist head reads the features "
                                                                        "linearly (the linear path or shared size 0) "
                                                                        "and artists have a median of 20 training "
@@ -216,8 +215,8 @@ def auto_weight_decay(train_rows: int) -> float:
 
     On the mean loss this is a fixed Gaussian prior on the weights against a likelihood that grows with the
     data (scikit-learn's C works the same way): strong with a few samples per class, where a wide shared layer
-    would otherwise memorise them, and weak at a few hundred thousand rows. Measured: at 1,344 training rows
-    coefficients 0.01-0.1 matched the probes and 1e-3 did not; at 36,587 rows 3e-4-1e-3 did and 0.03 did not.
+    would otherwise memorise them, and weak at a few hundred thousand rows: one fixed coefficient matched the probes
+    at a thousand training rows or at tens of thousands, never at both (tests/test_heads.py, bench_quality.py).
     """
     return _L2_PER_DATASET / max(int(train_rows), 1)
 
@@ -246,8 +245,8 @@ def auto_shared_size(config: HeadsConfig, train_rows: int) -> int:
     """The shared layer's width: the explicit one, else a power of two near training rows / 8, from 64 to 512.
 
     A wide layer on a few hundred rows only adds noise and time beside the linear path, and the linear path carries
-    most of what a large collection's heads read: on the quality benchmark's 36,587 rows 512 units matched 1,024
-    (and 1,024 matched 6,144) within the seeds' spread, each at a fraction of the time."""
+    most of what a large collection's heads read: on the quality benchmark's K = 100 setting 512 units matched the
+    wider layers within the fit seeds' spread, at a fraction of the time."""
     if config.shared_size is not None:
         return int(config.shared_size)
     target = max(int(train_rows), 1) / _ROWS_PER_UNIT

@@ -160,7 +160,7 @@ class Trainer:
         if "artist" in self.tasks and artist_init(self.config, median_artist_rows(train, keep)) == "lda":
             # Few samples a class: a zero start and an L2 prior centred at zero shrink every artist towards the
             # prior, where the discriminant's pooled covariance knows which feature directions are noise
-            # (bench_quality.py, K = 10 non-linear: 0.678 -> 0.704 artist accuracy, probe 0.677).
+            # (bench_quality.py, K = 10 non-linear: better than the zero start, which only matched the probe).
             coef, intercept = self.data.artist_discriminant(keep, self.part)
             name = "direct.weight" if model.direct is not None else "heads.artist_head.weight"
             weight = model.get_parameter(name)
