@@ -236,7 +236,7 @@ def closest_distinct(unit, keys, groups, count=12) -> list:
 def quality(args) -> dict:
     from omniart.cache import FeatureStore
     from omniart.extract import ExtractConfig, run_extract
-    from omniart.heads.duplicates import _unit
+    from omniart.heads.neighbors import unit_rows
 
     collections = originals(args.limit)
     if not collections:
@@ -255,7 +255,7 @@ def quality(args) -> dict:
         info = {key: (group, kind, params) for key, group, kind, params in rows}
         keys = [key for key in store.keys if key in info]
         features = store.load(keys, dtype=np.float16)
-    unit = _unit(features)
+    unit = unit_rows(features)
     groups = np.array([info[key][0] for key in keys])
     kinds = np.array([info[key][1] for key in keys])
     table, summary = measure(unit, groups, kinds)
