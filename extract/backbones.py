@@ -21,7 +21,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 from omniart.extract.config import ExtractError
 
 __all__ = ["BackboneSpec", "Backbone", "BACKBONES", "TIMM_PREFIX", "ENTRY_POINT_GROUP", "register_backbone",
-           "preprocessing", "backbone_names", "backbone_spec", "build_backbone"]
+           "preprocessing", "BUILT_IN", "backbone_names", "backbone_spec", "build_backbone"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -290,6 +290,9 @@ def _build_tiny(weights: str):
             if isinstance(layer, nn.Conv2d):
                 layer.bias.zero_()  # features then depend on the image only, not on a large constant offset
     return model, "random"
+
+
+BUILT_IN = tuple(sorted(BACKBONES))  # omniart's own backbones: what --help lists (it loads no plugin)
 
 
 def backbone_names() -> list:

@@ -4,7 +4,7 @@ from dataclasses import fields
 import click
 
 from omniart.cache.errors import cli_errors
-from omniart.extract.backbones import BACKBONES, ENTRY_POINT_GROUP, TIMM_PREFIX, backbone_names
+from omniart.extract.backbones import BUILT_IN, ENTRY_POINT_GROUP, TIMM_PREFIX, backbone_names
 from omniart.extract.config import DTYPES, ExtractConfig
 
 DEFAULTS = {field.name: field.default for field in fields(ExtractConfig)}
@@ -17,7 +17,7 @@ class BackboneName(click.ParamType):
     name = "backbone"
 
     def get_metavar(self, param, ctx=None):
-        return "[" + "|".join(sorted(BACKBONES)) + f"|{TIMM_PREFIX}NAME]"
+        return "[" + "|".join(BUILT_IN) + f"|{TIMM_PREFIX}NAME]"
 
     def convert(self, value, param, ctx):
         if str(value).startswith(TIMM_PREFIX) and len(value) > len(TIMM_PREFIX):
