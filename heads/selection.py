@@ -5,6 +5,7 @@ the validation split when it has `min_validation_rows` rows, or as `cv_folds` cr
 training rows (each part's model learns from the other parts' rows and predicts its own), the chosen coefficient
 then refit on every training row. The held-out predictions of the chosen coefficient calibrate the heads."""
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -13,7 +14,8 @@ import torch
 
 from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
                                        scaled_probabilities)
-from omniart.heads.config import HeadsConfig, artist_init, auto_shared_size, bf16_autocast, l2_candidates
+from omniart.heads.config import (HeadsConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size, bf16_autocast,
+                                  l2_candidates)
 from omniart.heads.metrics import task_metrics
 from omniart.heads.data import DeviceData, SplitTensors, label_rates_of, median_artist_rows
 from omniart.heads.training import Outcome, task_scores, train_one, year_baseline
@@ -67,10 +69,8 @@ def _on_validation(data, tasks, config, device, label) -> Selection:
     values = l2_candidates(config, rows)
     limit = int(config.selection_rows)
     subset = len(values) > 1 and 0 < limit < rows
-    # a subset's candidates keep the full fit's width: the coefficient per training row is what carries over
-    replace_width = dict(shared_size=auto_shared_size(config, rows)) if subset else {}
     chosen_on = _subset(data, limit, config.seed) if subset else data
-    configs = [dataclasses.replace(config, weight_decay=value, **replace_width)
+    configs = [dataclasses.replace(config, weight_decay=value, **(_refit_schedule(config, rows) if subset else {}))
                for value in l2_candidates(config, len(chosen_on.train))]
     outcomes = train_stacked(chosen_on, tasks, configs, device, labels=[f"{label}[L2 {c.weight_decay:.3g}] " for c in configs]) \
         if len(configs) > 1 else [train_one(chosen_on, tasks, configs[0], device, label)]
@@ -86,8 +86,20 @@ def _on_validation(data, tasks, config, device, label) -> Selection:
     final = dataclasses.replace(config, weight_decay=_chosen(values, best))
     outcome = train_one(data, tasks, final, device, label)  # each task's coefficient, on every training row
     if subset:
-        record["candidates_trained_on"] = f"a random {limit:,} of the {rows:,} training rows"
+        schedule = _refit_schedule(config, rows)
+        record["candidates_trained_on"] = (f"a random {limit:,} of the {rows:,} training rows, with the refit's batch "
+                                           f"size ({schedule['batch_size']}) and epochs ({schedule['epochs']})")
     return Selection(outcome, _raw(outcome.model, data.val.x, config, device), targets, masks, record)
+
+
+def _refit_schedule(config: HeadsConfig, rows: int) -> dict:
+    """A subset's candidates train as the refit on all `rows` will: its width (the coefficient per training row is
+    what carries over), its batch size and its epochs, so each row is seen as often and each step averages as many
+    rows. Not the subset's own small-collection schedule (small batches for a minimum of optimiser steps): that
+    costs several times as much, the cost of a step being that of the stacked parameters, not of its rows."""
+    batch = int(config.batch_size) if config.batch_size else auto_batch_size(rows)
+    return dict(shared_size=auto_shared_size(config, rows), batch_size=batch,
+                epochs=auto_epochs(config, math.ceil(rows / batch)))
 
 
 def _subset(data: DeviceData, rows: int, seed: int) -> DeviceData:

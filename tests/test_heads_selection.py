@@ -149,7 +149,8 @@ def test_the_chosen_l2_strength_follows_the_data_size():
         assert min(model.selection_["candidates"]) * rows == pytest.approx(1.0, rel=0.3)
     assert small.weight_decay_["artist"] > 3 * large.weight_decay_["artist"]
     # the candidates of 30,000 rows train on a subset; the chosen coefficient per row refits on every row
-    assert large.selection_["candidates_trained_on"] == "a random 4,096 of the 30,000 training rows"
+    assert large.selection_["candidates_trained_on"] == ("a random 4,096 of the 30,000 training rows, with the "
+                                                         "refit's batch size (256) and epochs (10)")
     assert "candidates_trained_on" not in small.selection_ and large.batch_size_ == auto_batch_size(30000) == 256
 
 
