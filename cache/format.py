@@ -10,7 +10,7 @@ import numpy as np
 
 from omniart.cache.errors import OmniError
 
-__all__ = ["CacheError", "FORMAT_VERSION", "COMPARED_ATTRS", "cached_keys", "list_shards"]
+__all__ = ["CacheError", "FORMAT_VERSION", "COMPARED_ATTRS", "cached_keys", "list_shards", "differing"]
 
 FORMAT_VERSION = 1
 # Shards that differ in any of these hold features that cannot be mixed in one matrix.

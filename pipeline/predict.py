@@ -16,9 +16,6 @@ if TYPE_CHECKING:  # the store these functions read (imported for the annotation
 
 __all__ = ["PredictConfig", "predict", "predictions_table", "check_cache_matches", "file_sha256"]
 
-# Attributes that decide what a feature vector means: a run only understands features made exactly so.
-MATCHED_ATTRS = ("backbone", "weights", "feature_dim", "preprocessing")
-
 
 @dataclass
 class PredictConfig:
@@ -130,12 +127,13 @@ def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, t
 def check_cache_matches(run_attrs: dict, cache_attrs: dict, where="the cache", images_option: bool = False) -> None:
     """Refuse features made another way than the run's training features, naming both values; `images_option`:
     the command can extract the images itself (predict --images), so the advice names it."""
-    for name in MATCHED_ATTRS:
-        if run_attrs.get(name) != cache_attrs.get(name):
-            raise HeadsError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
-                            f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
-                            f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights)"
-                            + (", or pass --images to let predict do it." if images_option else "."))
+    from omniart.cache.format import differing  # here: h5py loads only when a cache is read
+
+    for name in differing(run_attrs, cache_attrs)[:1]:  # what the shards of one cache must agree on, too
+        raise HeadsError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
+                         f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
+                         f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights)"
+                         + (", or pass --images to let predict do it." if images_option else "."))
 
 
 def file_sha256(path) -> str:
