@@ -18,7 +18,8 @@ from omniart.pipeline.embed import embed as embed_cache
 from omniart.pipeline.labels import PROTOCOLS, LabelConfig, build_labels
 from omniart.pipeline.parsing import LANGUAGES
 from omniart.pipeline.predict import PredictConfig
-from omniart.pipeline.sources import FORMATS, SPLITS
+from omniart.pipeline.records import SPLITS
+from omniart.pipeline.sources import FORMATS
 
 __all__ = ["main"]
 

@@ -12,7 +12,7 @@ import numpy as np
 from omniart.heads import HeadsError
 from omniart.heads.config import HeadsConfig
 from omniart.pipeline.config import FitConfig
-from omniart.pipeline.sources import SPLITS
+from omniart.pipeline.records import SPLITS
 
 if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
     from omniart.cache import FeatureStore
