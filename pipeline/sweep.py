@@ -44,8 +44,8 @@ class SweepConfig:
     grid: dict  # fit option -> list of values (see parse_grid)
     fixed: dict = field(default_factory=dict)  # fit options shared by every configuration (epochs, seed, ...)
     batched: bool = True  # stack same-shape configurations into one model; False: one after another
-    num_shards: Optional[int] = None  # with shard_index: train configurations i with i % num_shards == shard_index
-    shard_index: Optional[int] = None
+    num_parts: Optional[int] = None  # with part_index: train configurations i with i % num_parts == part_index
+    part_index: Optional[int] = None
 
 
 @dataclass
@@ -60,9 +60,9 @@ class SweepResult:
     def summary(self) -> str:
         table = self.merged if self.merged is not None else self.part
         done = f"all {len(table)} configurations in {self.out / 'results.csv'}" if self.merged is not None \
-            else f"{len(self.part)} configurations in {self.part_path} (results.csv follows once every shard is done)"
+            else f"{len(self.part)} configurations in {self.part_path} (results.csv follows once every part is done)"
         if not len(table):
-            return f"{done}: this shard has none of the grid's configurations to train"
+            return f"{done}: this part has none of the grid's configurations to train"
         best = table.iloc[0]
         shown = ", ".join(f"{name}={best[name]}" for name in _grid_columns(table))
         return f"{done}; best: {shown} (val score {best['val_score']:.4f})"
@@ -118,7 +118,7 @@ def expand_grid(grid: dict) -> list:
 
 def run_sweep(config: SweepConfig) -> SweepResult:
     """Train this worker's configurations; write results-<tag>.csv (or results.csv alone) and merge when complete."""
-    from omniart.cache.environment import resolve_device, resolve_shard
+    from omniart.cache.environment import resolve_device, resolve_part
     from omniart.pipeline.config import FitConfig
 
     if not (config.cache and config.metadata and config.format):
@@ -126,31 +126,31 @@ def run_sweep(config: SweepConfig) -> SweepResult:
                          "only --merge works without them.")
     if not config.grid:
         raise HeadsError("an empty grid: give at least one --grid NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
-    shard = resolve_shard(config.num_shards, config.shard_index)
+    worker = resolve_part(config.num_parts, config.part_index)
     combos = expand_grid(config.grid)
     clash = sorted(set(config.fixed) & set(config.grid))
     if clash:
         raise HeadsError(f"{', '.join(clash)} is both fixed and in --grid; give it in one place.")
     base = dict(config.fixed, cache=config.cache, metadata=config.metadata, format=config.format, progress=False)
-    base["device"] = resolve_device(base.get("device"), shard.local_rank)
+    base["device"] = resolve_device(base.get("device"), worker.local_rank)
     fits = [FitConfig(**base, **combo) for combo in combos]
     tasks = [fit_config.checked_tasks() for fit_config in fits]  # every configuration checked before any trains
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_plan(out, _plan(config, len(combos), shard.count), shard.tag)
-    mine = [index for index in range(len(combos)) if index % shard.count == shard.index]
+    _write_plan(out, _plan(config, len(combos), worker.count), worker.tag)
+    mine = [index for index in range(len(combos)) if index % worker.count == worker.index]
     rows = _train_all([(index, fits[index], tasks[index]) for index in mine], config.batched)
     for row in rows:
         row.update({name: _grid_value_text(combos[row["config"]][name]) for name in config.grid})
     part = _sorted_table(rows, list(config.grid))
-    part_path = out / ("results.csv" if shard.count == 1 else f"results-{shard.tag}.csv")
+    part_path = out / ("results.csv" if worker.count == 1 else f"results-{worker.tag}.csv")
     publish_file(part_path, lambda path: part.to_csv(path, index=False))
-    merged = part if shard.count == 1 else (merge_results(out) if _all_parts(out, shard.count) else None)
+    merged = part if worker.count == 1 else (merge_results(out) if _all_parts(out, worker.count) else None)
     return SweepResult(part, part_path, merged, out)
 
 
 def merge_results(out) -> object:
-    """Join the results-*.csv parts of a sharded sweep in `out` into results.csv, best first; returns it."""
+    """Join the results-*.csv parts of a sweep split over workers in `out` into results.csv, best first; returns it."""
     import pandas as pd
 
     out = Path(out)
@@ -160,29 +160,29 @@ def merge_results(out) -> object:
     plan = json.loads(plan_path.read_text())
     parts = sorted(out.glob("results-*-of-*.csv"))
     if not parts:
-        raise HeadsError(f"{out} holds no results-*.csv parts yet; run every shard of the sweep first.")
+        raise HeadsError(f"{out} holds no results-*.csv parts yet; run every part of the sweep first.")
     for path in parts:  # every part must come from the grid of sweep.json
         tag = path.stem[len("results-"):]
         part_plan = out / f"sweep-{tag}.json"
         if part_plan.exists() and json.loads(part_plan.read_text()) != plan:
             raise HeadsError(f"{path.name} in {out} was trained on another grid than sweep.json ({part_plan.name} "
-                             "differs); rerun that shard with the same --grid and options, or use another --out.")
+                             "differs); rerun that part with the same --grid and options, or use another --out.")
     table = pd.concat([pd.read_csv(path) for path in parts], ignore_index=True)
     missing = sorted(set(range(plan["configurations"])) - set(table["config"]))
     if missing or table["config"].duplicated().any():
         raise HeadsError(f"the parts in {out} do not add up to the planned {plan['configurations']} configurations "
                          f"(missing {missing[:10]}, duplicated {sorted(set(table['config'][table['config'].duplicated()]))[:10]}); "
-                         f"run the missing shards (of {plan['shards']}) or delete stale parts.")
+                         f"run the missing parts (of {plan['shards']}) or delete stale parts.")
     table = _sorted_table(table.to_dict("records"), list(plan["grid"]))
     publish_file(out / "results.csv", lambda path: table.to_csv(path, index=False))
     return table
 
 
-def _plan(config: SweepConfig, configurations: int, shards: int) -> dict:
-    """What makes sweep parts belong together: the grid, the fixed options, the data and the split into shards."""
+def _plan(config: SweepConfig, configurations: int, parts: int) -> dict:
+    """What makes sweep parts belong together: the grid, the fixed options, the data and the split into parts."""
     return {"grid": {name: [_grid_value_text(value) for value in values] for name, values in config.grid.items()},
             "fixed": {name: _grid_value_text(value) for name, value in config.fixed.items()},
-            "configurations": configurations, "shards": shards, "cache": str(config.cache),
+            "configurations": configurations, "shards": parts, "cache": str(config.cache),
             "metadata": str(config.metadata), "format": config.format}
 
 
@@ -216,7 +216,7 @@ def _sorted_table(rows: list, grid_names: list):
     import pandas as pd
 
     first = ["config"] + grid_names + ["val_score"]
-    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=first)  # a shard beyond the grid: an empty part
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=first)  # a part beyond the grid: an empty part
     table = table[first + [name for name in table.columns if name not in first]]
     return table.sort_values(["val_score", "config"], ascending=[False, True], na_position="last",
                              kind="stable").reset_index(drop=True)

@@ -200,11 +200,11 @@ def test_kill_9_during_predict_and_evaluate_leaves_every_output_whole(collection
 
 
 def test_two_extractions_of_different_partitions_at_once_never_store_a_key_twice(collection, tmp_path):
-    """A plain run and a --num-shards 2 worker on one cache both exited 0 with 20 keys stored twice."""
+    """A plain run and a --num-parts 2 worker on one cache both exited 0 with 20 keys stored twice."""
     args = (collection / "images", "--out", tmp_path / "cache", "--backbone", "tiny", "--workers", "0",
             "--batch-size", "1", "--shard-size", "2", "--device", "cpu")
     plain = subprocess.Popen(omni("extract", *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    sharded = subprocess.Popen(omni("extract", *args, "--num-shards", "2", "--shard-index", "0"), cwd=ROOT,
+    sharded = subprocess.Popen(omni("extract", *args, "--num-parts", "2", "--part-index", "0"), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     codes = [plain.wait(timeout=300), sharded.wait(timeout=300)]
     assert 0 in codes and codes != [0, 0], codes  # the second writer is refused

@@ -275,20 +275,23 @@ def test_stacked_sweep_equals_one_by_one_and_is_sorted(trained, tmp_path):
     assert (mine["best_epoch"] == by_config["best_epoch"]).all()  # one by one = fit's own training loop
 
 
-def test_sharded_sweep_merges_to_the_unsharded_configurations(trained, tmp_path):
+def test_a_sweep_split_over_workers_merges_to_the_whole_grid(trained, tmp_path):
     cache, metadata, _ = trained
     runner = CliRunner()
     args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--grid", "lr=3e-2,3e-3",
             "--grid", "shared-size=8,16", "--grid", "min-artist-samples=3", "--grid", "min-class-samples=2",
             "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "sharded")]
-    first = runner.invoke(sweep, args + ["--num-shards", "2", "--shard-index", "0"])
+    first = runner.invoke(sweep, args + ["--num-parts", "2", "--part-index", "0"])
     assert first.exit_code == 0, first.output
     assert "results.csv follows" in first.output and not (tmp_path / "sharded" / "results.csv").exists()
+    # the old spellings still work for a release, with a warning naming the new ones
     second = runner.invoke(sweep, args + ["--num-shards", "2", "--shard-index", "1"])
     assert second.exit_code == 0, second.output
+    assert "--num-shards is deprecated, use --num-parts" in second.output
+    assert "--shard-index is deprecated, use --part-index" in second.output
     merged = pd.read_csv(tmp_path / "sharded" / "results.csv")
     part = pd.read_csv(tmp_path / "sharded" / "results-00001-of-00002.csv")
-    assert sorted(part["config"]) == [1, 3]  # configuration i goes to shard i % 2
+    assert sorted(part["config"]) == [1, 3]  # configuration i goes to part i % 2
     whole = runner.invoke(sweep, args[:-1] + [str(tmp_path / "whole")])
     assert whole.exit_code == 0, whole.output
     unsharded = pd.read_csv(tmp_path / "whole" / "results.csv")
@@ -378,10 +381,10 @@ def test_sweep_refuses_other_grids_in_one_folder_and_non_finite_values(trained, 
     args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--epochs", "1", "--device", "cpu",
             "--grid", "min-artist-samples=3", "--grid", "min-class-samples=2"]
     out = tmp_path / "sweep"
-    first = runner.invoke(sweep, args + ["--grid", "lr=3e-2,3e-3", "--num-shards", "2", "--shard-index", "0",
+    first = runner.invoke(sweep, args + ["--grid", "lr=3e-2,3e-3", "--num-parts", "2", "--part-index", "0",
                                          "--out", str(out)])
     assert first.exit_code == 0, first.output
-    other = runner.invoke(sweep, args + ["--grid", "lr=1e-3,1e-4", "--num-shards", "2", "--shard-index", "1",
+    other = runner.invoke(sweep, args + ["--grid", "lr=1e-3,1e-4", "--num-parts", "2", "--part-index", "1",
                                          "--out", str(out)])
     assert other.exit_code == 1 and "holds a sweep of another grid" in other.output
     # parts that got past the start check (started at the same moment) are refused at the merge
@@ -480,7 +483,7 @@ def test_a_sweep_shard_beyond_the_grid_writes_an_empty_part_and_the_merge_comple
     runner = CliRunner()
     args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--grid", "lr=3e-2,3e-3", "--grid",
             "min-artist-samples=3", "--grid", "min-class-samples=2", "--grid", "shared-size=8", "--epochs", "1",
-            "--device", "cpu", "--out", str(tmp_path / "s"), "--num-shards", "3", "--shard-index"]
+            "--device", "cpu", "--out", str(tmp_path / "s"), "--num-parts", "3", "--part-index"]
     for index in (2, 0, 1):  # the empty shard first
         result = runner.invoke(sweep, args + [str(index)])
         assert result.exit_code == 0 and "Traceback" not in result.output, result.output
