@@ -8,11 +8,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from omniart.cache.environment import software_versions
-from omniart.cache.files import publish_folder
+from omniart.core.environment import software_versions
+from omniart.core.files import publish_folder
 from omniart.cache.format import (CHECKSUM_SUFFIX, FORMAT_VERSION, KEY_BLOCK_ATTR, SHARD_NAME, CacheError,
                                   block_checksums, decode_attrs, describe, differing, encode_attrs, key_checksums,
-                                  list_shards, non_finite_rows, open_shard, read_keys, shard_header)
+                                  list_shards, open_shard, read_keys, shard_header)
+from omniart.core.numeric import non_finite_rows
 
 __all__ = ["ShardWriter", "write_features", "check_extends", "check_partition", "partition_count", "publish_cache"]
 

@@ -3,7 +3,7 @@ from dataclasses import fields
 
 import click
 
-from omniart.cache.errors import cli_errors
+from omniart.core.errors import cli_errors
 from omniart.extract.backbones import BUILT_IN, ENTRY_POINT_GROUP, TIMM_PREFIX, backbone_names
 from omniart.extract.config import DTYPES, ExtractConfig
 

@@ -3,7 +3,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from omniart.cache.errors import OmniError
+from omniart.core.errors import OmniError
 from omniart.cache.writer import STORAGE_DTYPES
 
 __all__ = ["ExtractConfig", "ExtractError", "DTYPES", "MAX_IMAGE_PIXELS"]

@@ -32,7 +32,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     from omniart.cache import FailureLog, FeatureStore, ShardWriter, check_extends, read_failures
     from omniart.cache.format import list_shards
     from omniart.extract.backbones import backbone_spec, build_backbone
-    from omniart.cache.environment import resolve_device, resolve_part
+    from omniart.core.environment import resolve_device, resolve_part
     from omniart.extract.reader import list_images, make_loader, select_part, unstorable_key
 
     start = time.perf_counter()
@@ -158,7 +158,7 @@ def _finite_rows(keys, features, flipped, dtype: str) -> tuple:
     """(keys, features, flipped) of the rows that are finite as stored in `dtype`, and the other rows' keys."""
     import numpy as np
 
-    from omniart.cache.format import non_finite_rows
+    from omniart.core.numeric import non_finite_rows
 
     finite = np.ones(len(keys), bool)
     with np.errstate(over="ignore"):

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from omniart.cache.errors import cli_errors
+from omniart.core.errors import cli_errors
 from omniart.cache.exchange import EXPORT_FORMATS, export_cache, import_embeddings
 from omniart.extract.cli import BackboneName, deprecated_option
 from omniart.extract.config import ExtractConfig
@@ -357,7 +357,7 @@ def import_(folder, out, backbone, weights, key_column, dtype):
 def duplicates(cache_dir, threshold, out):
     """Near-duplicate images of CACHE (re-photographed, cropped copies) by cosine similarity, with their groups."""
     from omniart.cache import FeatureStore
-    from omniart.cache.files import make_parent
+    from omniart.core.files import make_parent
 
     if out:
         make_parent(out)  # an --out that cannot be written fails before the search, not after it

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omniart.cache.files import publish_file
-from omniart.heads import HeadsError
+from omniart.core.files import publish_file
+from omniart.pipeline import PipelineError
 
 __all__ = ["SweepConfig", "SweepResult", "run_sweep", "merge_results", "parse_grid", "expand_grid"]
 
@@ -81,12 +81,12 @@ def parse_grid(items) -> dict:
         name, sep, values = str(item).partition("=")
         name = name.strip().lstrip("-").replace("-", "_")
         if not sep or not values.strip():
-            raise HeadsError(f"bad --grid {item!r}: write NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
+            raise PipelineError(f"bad --grid {item!r}: write NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
         if name not in known:
-            raise HeadsError(f"--grid {item!r}: {name.replace('_', '-')} is not a fit option a sweep can vary; use one of "
+            raise PipelineError(f"--grid {item!r}: {name.replace('_', '-')} is not a fit option a sweep can vary; use one of "
                              f"{', '.join(n.replace('_', '-') for n in known)}.")
         if name in grid:
-            raise HeadsError(f"--grid names {name.replace('_', '-')} twice; give all its values in one --grid.")
+            raise PipelineError(f"--grid names {name.replace('_', '-')} twice; give all its values in one --grid.")
         kinds, optional = _field_kinds()
         grid[name] = [_typed(name, value.strip(), kinds[name], name in optional) for value in values.split(",") if value.strip()]
     return grid
@@ -97,7 +97,7 @@ def _typed(name: str, value: str, kind, optional: bool):
         return tuple(task.strip() for task in value.split("+") if task.strip())
     if kind is bool:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise HeadsError(f"--grid {name.replace('_', '-')}={value}: use true or false.")
+            raise PipelineError(f"--grid {name.replace('_', '-')}={value}: use true or false.")
         return value.lower() in ("true", "1", "yes")
     if kind is str:
         return value
@@ -107,7 +107,7 @@ def _typed(name: str, value: str, kind, optional: bool):
         return kind(value) if kind is not int or float(value).is_integer() else int(value)
     except ValueError:
         auto = " or auto" if optional else ""
-        raise HeadsError(f"--grid {name.replace('_', '-')}={value}: expected a {kind.__name__} value{auto}.") from None
+        raise PipelineError(f"--grid {name.replace('_', '-')}={value}: expected a {kind.__name__} value{auto}.") from None
 
 
 def expand_grid(grid: dict) -> list:
@@ -118,19 +118,19 @@ def expand_grid(grid: dict) -> list:
 
 def run_sweep(config: SweepConfig) -> SweepResult:
     """Train this worker's configurations; write results-<tag>.csv (or results.csv alone) and merge when complete."""
-    from omniart.cache.environment import resolve_device, resolve_part
+    from omniart.core.environment import resolve_device, resolve_part
     from omniart.pipeline.config import FitConfig
 
     if not (config.cache and config.metadata and config.format):
-        raise HeadsError("a sweep needs CACHE, --metadata and --format (as for `omni-heads fit`); "
+        raise PipelineError("a sweep needs CACHE, --metadata and --format (as for `omni-heads fit`); "
                          "only --merge works without them.")
     if not config.grid:
-        raise HeadsError("an empty grid: give at least one --grid NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
+        raise PipelineError("an empty grid: give at least one --grid NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
     worker = resolve_part(config.num_parts, config.part_index)
     combos = expand_grid(config.grid)
     clash = sorted(set(config.fixed) & set(config.grid))
     if clash:
-        raise HeadsError(f"{', '.join(clash)} is both fixed and in --grid; give it in one place.")
+        raise PipelineError(f"{', '.join(clash)} is both fixed and in --grid; give it in one place.")
     base = dict(config.fixed, cache=config.cache, metadata=config.metadata, format=config.format, progress=False)
     base["device"] = resolve_device(base.get("device"), worker.local_rank)
     fits = [FitConfig(**base, **combo) for combo in combos]
@@ -156,21 +156,21 @@ def merge_results(out) -> object:
     out = Path(out)
     plan_path = out / "sweep.json"
     if not plan_path.exists():
-        raise HeadsError(f"{out} holds no sweep.json: it is not the --out folder of `omni-heads sweep`.")
+        raise PipelineError(f"{out} holds no sweep.json: it is not the --out folder of `omni-heads sweep`.")
     plan = json.loads(plan_path.read_text())
     parts = sorted(out.glob("results-*-of-*.csv"))
     if not parts:
-        raise HeadsError(f"{out} holds no results-*.csv parts yet; run every part of the sweep first.")
+        raise PipelineError(f"{out} holds no results-*.csv parts yet; run every part of the sweep first.")
     for path in parts:  # every part must come from the grid of sweep.json
         tag = path.stem[len("results-"):]
         part_plan = out / f"sweep-{tag}.json"
         if part_plan.exists() and json.loads(part_plan.read_text()) != plan:
-            raise HeadsError(f"{path.name} in {out} was trained on another grid than sweep.json ({part_plan.name} "
+            raise PipelineError(f"{path.name} in {out} was trained on another grid than sweep.json ({part_plan.name} "
                              "differs); rerun that part with the same --grid and options, or use another --out.")
     table = pd.concat([pd.read_csv(path) for path in parts], ignore_index=True)
     missing = sorted(set(range(plan["configurations"])) - set(table["config"]))
     if missing or table["config"].duplicated().any():
-        raise HeadsError(f"the parts in {out} do not add up to the planned {plan['configurations']} configurations "
+        raise PipelineError(f"the parts in {out} do not add up to the planned {plan['configurations']} configurations "
                          f"(missing {missing[:10]}, duplicated {sorted(set(table['config'][table['config'].duplicated()]))[:10]}); "
                          f"run the missing parts (of {plan['shards']}) or delete stale parts.")
     table = _sorted_table(table.to_dict("records"), list(plan["grid"]))
@@ -191,7 +191,7 @@ def _write_plan(out: Path, plan: dict, tag: str) -> None:
     plan = json.loads(json.dumps(plan, default=str))  # as it reads back
     shared = out / "sweep.json"
     if shared.exists() and json.loads(shared.read_text()) != plan:
-        raise HeadsError(f"{out} holds a sweep of another grid or options (sweep.json differs); use another --out, "
+        raise PipelineError(f"{out} holds a sweep of another grid or options (sweep.json differs); use another --out, "
                          "or delete that folder to start over.")
     for path in (shared, out / f"sweep-{tag}.json"):
         publish_file(path, lambda temporary: Path(temporary).write_text(json.dumps(plan, indent=2)))

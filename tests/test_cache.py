@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from omniart.cache import writer as cache_writer
-from omniart.cache.environment import software_versions
-from omniart.cache import (FORMAT_VERSION, CacheError, FailureLog, FeatureStore, OmniError, ShardWriter, cached_keys,
-                   read_failures, write_features)
+from omniart.core.environment import software_versions
+from omniart.cache import (FORMAT_VERSION, CacheError, FailureLog, FeatureStore, ShardWriter, cached_keys, read_failures,
+                           write_features)
+from omniart.core import OmniError
 
 ATTRS = {"backbone": "resnet50", "weights": "random",
          "preprocessing": {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406]},

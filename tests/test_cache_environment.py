@@ -1,8 +1,8 @@
 """Worker shard and device resolution shared by omni-extract and omni-heads sweep."""
 import pytest
 
-from omniart.cache.errors import OmniError
-from omniart.cache.environment import WorkerPart, resolve_device, resolve_part
+from omniart.core.errors import OmniError
+from omniart.core.environment import WorkerPart, resolve_device, resolve_part
 
 
 def test_single_worker_without_options_or_launcher():

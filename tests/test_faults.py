@@ -148,12 +148,12 @@ def test_kill_9_during_embed_and_sweep_leaves_nothing_that_looks_complete(collec
 def test_a_publish_killed_between_its_two_renames_is_put_back(tmp_path):
     """The one window publish_folder cannot close (old folder moved aside, new one not yet in place) is repaired
     by the next publish: the old folder comes back, then the new one replaces it."""
-    from omniart.cache.files import publish_folder
+    from omniart.core.files import publish_folder
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out = tmp_path / "run"
-    from omniart.cache.files import _HOST
+    from omniart.core.files import _HOST
 
     retired = tmp_path / f".run.old-{_HOST}-{dead.pid}-abc"
     (retired / "run").mkdir(parents=True)
@@ -168,7 +168,7 @@ def test_a_publish_killed_between_its_two_renames_is_put_back(tmp_path):
 
 def test_published_files_and_folders_get_the_usual_permissions(tmp_path):
     """mkstemp/mkdtemp create 0600/0700: published runs would have been owner-only."""
-    from omniart.cache.files import _umask, publish_file, publish_folder
+    from omniart.core.files import _umask, publish_file, publish_folder
 
     publish_file(tmp_path / "a.json", lambda path: Path(path).write_text("{}"))
     publish_folder(tmp_path / "run", lambda folder: (folder / "x").write_text("1"))

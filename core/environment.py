@@ -4,7 +4,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from omniart.cache.errors import OmniError
+from omniart.core.errors import OmniError
 
 __all__ = ["WorkerPart", "resolve_part", "resolve_device", "software_versions"]
 
