@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from omniart.cache import FeatureStore, write_features
-from omniart.heads import HeadsError
+from omniart.core import OmniError
+from omniart.pipeline import PipelineError
 from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline import FitConfig, fit, load_run
 from omniart.pipeline.cli import embed, neighbors, predict, sweep
@@ -312,7 +313,7 @@ def test_grid_parsing_and_sweep_errors(trained, tmp_path):
     assert len(expand_grid({"a": [1, 2], "b": [3, 4, 5]})) == 6
     for bad, message in ((["sharedsize=3"], "not a fit option"), (["lr"], "NAME=V1,V2"),
                          (["shared-size=big"], "expected a int"), (["lr=1", "lr=2"], "twice")):
-        with pytest.raises(HeadsError, match=message):
+        with pytest.raises(PipelineError, match=message):
             parse_grid(bad)
     cache, metadata, _ = trained
     runner = CliRunner()
@@ -327,7 +328,7 @@ def test_sweep_grid_takes_linear_heads_and_automatic_values(trained, tmp_path):
     grid = parse_grid(["shared-size=0,16", "weight-decay=auto,0.5", "year-scale=auto,0.1", "batch-size=auto,32"])
     assert grid == {"shared_size": [0, 16], "weight_decay": [None, 0.5], "year_scale": [None, 0.1],
                     "batch_size": [None, 32]}
-    with pytest.raises(HeadsError, match="expected a float value or auto"):
+    with pytest.raises(PipelineError, match="expected a float value or auto"):
         parse_grid(["weight-decay=strong"])
     cache, metadata, _ = trained
     fixed = {name: value for name, value in TINY_FIT.items() if name not in ("format", "progress", "lr", "shared_size")}
@@ -412,7 +413,7 @@ def test_predict_checks_its_options_first_and_publishes_the_csv_whole(trained, t
     for option in ("--threshold", "--min-confidence"):
         result = runner.invoke(predict, [str(run_dir), "--cache", str(cache), "--out", str(out), option, "nan"])
         assert result.exit_code != 0 and "Traceback" not in result.output and not out.exists()
-    with pytest.raises(HeadsError, match="must be a number in"):
+    with pytest.raises(PipelineError, match="must be a number in"):
         run_predict(PredictConfig(run=str(run_dir), out=str(out), cache=str(cache), threshold=float("nan")))
     fifo = tmp_path / "weights.fifo"
     os.mkfifo(fifo)
@@ -449,7 +450,7 @@ def test_fit_refuses_a_bad_out_or_leakage_threshold_before_training(tmp_path, mo
              (dict(out=str(tmp_path / "run"), leakage_threshold=float("nan")), "--leakage-threshold must be"),
              (dict(out=str(tmp_path / "run"), leakage_threshold=-0.5), r"in \(0, 1\]"))
     for changes, message in cases:
-        with pytest.raises(HeadsError, match=message):
+        with pytest.raises(OmniError, match=message):  # the run's rules (PipelineError), the heads' (HeadsError)
             fit(FitConfig(cache=str(cache), metadata=str(metadata), **{**TINY_FIT, **changes}))
     assert (tmp_path / "notes" / "notes.txt").read_text() == "mine"
 
