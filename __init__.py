@@ -7,7 +7,7 @@ __all__ = ["__version__", "FeatureStore", "ExtractConfig", "run_extract", "Multi
            "OmniError"]
 
 # Loaded on first use, so `import omniart` (and every CLI's --help) stays instant: no torch, h5py or pandas yet.
-_LAZY = {"FeatureStore": "omniart.cache", "OmniError": "omniart.cache", "ExtractConfig": "omniart.extract",
+_LAZY = {"FeatureStore": "omniart.cache", "OmniError": "omniart.core", "ExtractConfig": "omniart.extract",
          "run_extract": "omniart.extract", "MultiTaskHeads": "omniart.heads", "HeadsConfig": "omniart.heads",
          "load_run": "omniart.pipeline"}
 

@@ -348,7 +348,7 @@ def main(argv=None) -> dict:
     else:
         result = quality(args)
         if args.results:
-            from omniart.cache.files import publish_file
+            from omniart.core.files import publish_file
 
             path = Path(args.results)
             everything = json.loads(path.read_text()) if path.is_file() else {}

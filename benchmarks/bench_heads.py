@@ -178,7 +178,7 @@ def main(argv=None) -> dict:
     import torch
 
     from omniart.cache import FeatureStore
-    from omniart.cache.environment import resolve_device
+    from omniart.core.environment import resolve_device
     from omniart.heads.neighbors import nearest_neighbors
 
     device = resolve_device(args.device)

@@ -260,7 +260,7 @@ def main(argv=None) -> dict:
         report["collections"] = run_collections(args.collections.split(","), args.repeats, args.folds, args.workdir)
     print(json.dumps(report, indent=2))
     if args.results:
-        from omniart.cache.files import publish_file
+        from omniart.core.files import publish_file
 
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         publish_file(Path(args.results), lambda path: Path(path).write_text(json.dumps(report, indent=2)))

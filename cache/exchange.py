@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from omniart.cache.files import make_parent, publish_folder
-from omniart.cache.format import CacheError, non_finite_rows
+from omniart.core.files import make_parent, publish_folder
+from omniart.cache.format import CacheError
+from omniart.core.numeric import non_finite_rows
 from omniart.cache.parts import PARQUET_FILE, folder_parts
 
 if TYPE_CHECKING:  # the store exported, for the annotation only

@@ -8,9 +8,10 @@ import numpy as np
 
 from omniart.cache.failures import read_failures
 from omniart.cache.format import (CACHE_HELP, CHECKSUM_SUFFIX, KEY_BLOCK_ATTR, CacheError, describe, differing,
-                                  key_checksums, list_shards, non_finite_rows, open_shard, read_keys)
+                                  key_checksums, list_shards, open_shard, read_keys)
 from omniart.cache.index import FEATURE_DATASETS, shard_headers
 from omniart.cache.rows import ShardRows
+from omniart.core.numeric import non_finite_rows
 
 __all__ = ["FeatureStore"]
 

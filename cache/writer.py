@@ -8,11 +8,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from omniart.cache.environment import software_versions
-from omniart.cache.files import publish_folder
+from omniart.core.environment import software_versions
+from omniart.core.files import publish_folder
 from omniart.cache.format import (CHECKSUM_SUFFIX, FORMAT_VERSION, KEY_BLOCK_ATTR, SHARD_NAME, CacheError,
                                   block_checksums, decode_attrs, describe, differing, encode_attrs, key_checksums,
-                                  list_shards, non_finite_rows, open_shard, read_keys, shard_header)
+                                  list_shards, open_shard, read_keys, shard_header)
+from omniart.core.numeric import non_finite_rows
 
 __all__ = ["ShardWriter", "write_features", "check_extends", "check_partition", "partition_count", "publish_cache"]
 
@@ -94,8 +95,8 @@ class ShardWriter:
         self._lock_file.close()
         self._lock_file = None
         raise CacheError(f"another writer is adding to {self.cache_dir} as worker {self.worker_tag} right now (the "
-                         "same command started twice, or two jobs given the same shard index): wait for it, or "
-                         "give each job its own --shard-index / --num-shards")
+                         "same command started twice, or two jobs given the same part index): wait for it, or "
+                         "give each job its own --part-index / --num-parts")
 
     def _unlock(self) -> None:
         if getattr(self, "_lock_file", None) is not None:
@@ -217,7 +218,7 @@ def check_extends(cache_dir, attrs: dict, dtype: str, with_flip: bool) -> None:
 
 
 def partition_count(worker_tag: str) -> int:
-    """How many workers split a cache's keys under this tag's scheme: N for omni-extract's 'I-of-N' (--num-shards,
+    """How many workers split a cache's keys under this tag's scheme: N for omni-extract's 'I-of-N' (--num-parts,
     torchrun, Slurm), else 1 (one writer over all keys)."""
     match = PARTITION_TAG.match(str(worker_tag))
     return int(match["count"]) if match else 1
@@ -244,8 +245,8 @@ def check_partition(cache_dir, worker_tag: str) -> None:
 
 def _scheme(count: int, fix: bool = False) -> str:
     if count == 1:
-        return "no --num-shards / --shard-index (one worker)" if fix else "one worker over all keys"
-    return f"--num-shards {count} and --shard-index 0..{count - 1}" if fix else f"--num-shards {count}"
+        return "no --num-parts / --part-index (one worker)" if fix else "one worker over all keys"
+    return f"--num-parts {count} and --part-index 0..{count - 1}" if fix else f"--num-parts {count}"
 
 
 def _held(lock: Path) -> bool:

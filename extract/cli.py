@@ -3,11 +3,22 @@ from dataclasses import fields
 
 import click
 
-from omniart.cache.errors import cli_errors
+from omniart.core.errors import cli_errors
 from omniart.extract.backbones import BUILT_IN, ENTRY_POINT_GROUP, TIMM_PREFIX, backbone_names
 from omniart.extract.config import DTYPES, ExtractConfig
 
 DEFAULTS = {field.name: field.default for field in fields(ExtractConfig)}
+
+
+def deprecated_option(old: str, new: str, **options):
+    """A hidden option under an old spelling, kept for a release: it warns, naming the new one, and passes its value
+    on as a parameter of its own (the command uses it where the new option is not given)."""
+    def warn(ctx, param, value):
+        if value is not None:
+            click.echo(f"Warning: {old} is deprecated, use {new} (a shard is a cache file; a worker's slice of the "
+                       "work is a part).", err=True)
+        return value
+    return click.option(old, hidden=True, default=None, callback=warn, **options)
 
 
 class BackboneName(click.ParamType):
@@ -50,10 +61,12 @@ class BackboneName(click.ParamType):
               help="Storage dtype of the cached features.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULTS["shard_size"], show_default=True,
               help="Rows per shard file (a killed run loses at most one unpublished shard).")
-@click.option("--num-shards", type=click.IntRange(min=1), default=None,
+@click.option("--num-parts", type=click.IntRange(min=1), default=None,
               help="Split the images into this many disjoint parts (default: from torchrun/Slurm, else 1).")
-@click.option("--shard-index", type=click.IntRange(min=0), default=None,
-              help="Which part this process extracts (0-based; with --num-shards).")
+@click.option("--part-index", type=click.IntRange(min=0), default=None,
+              help="Which part this process extracts (0-based; with --num-parts).")
+@deprecated_option("--num-shards", "--num-parts", type=click.IntRange(min=1))
+@deprecated_option("--shard-index", "--part-index", type=click.IntRange(min=0))
 @click.option("--retry-failed", is_flag=True, help="Re-attempt images listed in the cache's failures-*.csv.")
 @click.option("--strict", is_flag=True,
               help="Exit with status 1 while any image of the cache's failure records (this run's or an earlier "
@@ -73,17 +86,19 @@ class BackboneName(click.ParamType):
               show_default=True, help="Larger images are failure records (decompression bomb guard).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @cli_errors
-def main(images, out, backbone, weights, flip, batch_size, workers, device, dtype, shard_size, num_shards,
-         shard_index, retry_failed, strict, path_column, key_column, image_column, key_field, max_image_pixels, quiet):
-    """Extract pooled backbone features of every image in IMAGES (a folder, searched recursively, its .tar shards
-    read too; a CSV/parquet table of paths; WebDataset tar shards: a .tar, a folder of them, or
-    shards/{00000..00127}.tar; or with --image-column parquet/Arrow tables holding the images) into the HDF5 feature
+def main(images, out, backbone, weights, flip, batch_size, workers, device, dtype, shard_size, num_parts,
+         part_index, num_shards, shard_index, retry_failed, strict, path_column, key_column, image_column, key_field,
+         max_image_pixels, quiet):
+    """Extract pooled backbone features of every image in IMAGES (a folder, searched recursively, its .tar files
+    read too; a CSV/parquet table of paths; WebDataset tar files: a .tar, a folder of them, or
+    tars/{00000..00127}.tar; or with --image-column parquet/Arrow tables holding the images) into the HDF5 feature
     cache OUT. Reruns resume; bad images are listed in OUT/failures-*.csv."""
     from omniart.extract.runner import run_extract
 
     config = ExtractConfig(images=images, out=out, backbone=backbone, weights=weights, flip=flip,
                            batch_size=batch_size, workers=workers, device=device, dtype=dtype,
-                           shard_size=shard_size, num_shards=num_shards, shard_index=shard_index,
+                           shard_size=shard_size, num_parts=num_shards if num_parts is None else num_parts,
+                           part_index=shard_index if part_index is None else part_index,
                            retry_failed=retry_failed, strict=strict, path_column=path_column,
                            key_column=key_column, image_column=image_column, key_field=key_field,
                            max_image_pixels=max_image_pixels, progress=not quiet)

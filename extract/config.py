@@ -3,7 +3,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from omniart.cache.errors import OmniError
+from omniart.core.errors import OmniError
 from omniart.cache.writer import STORAGE_DTYPES
 
 __all__ = ["ExtractConfig", "ExtractError", "DTYPES", "MAX_IMAGE_PIXELS"]
@@ -20,9 +20,9 @@ class ExtractError(OmniError):
 class ExtractConfig:
     """Options of `omni-extract`; the CLI takes its defaults from here."""
 
-    # a folder (searched recursively, links to folders followed; the .tar shards in it are read too), a CSV/parquet
-    # table with a path column, WebDataset tar shards (a .tar, a folder of them, or a brace pattern
-    # shards/{00000..00127}.tar), or with image_column parquet/Arrow tables of encoded images (a file, a folder of
+    # a folder (searched recursively, links to folders followed; the .tar files in it are read too), a CSV/parquet
+    # table with a path column, WebDataset tar files (a .tar, a folder of them, or a brace pattern
+    # tars/{00000..00127}.tar), or with image_column parquet/Arrow tables of encoded images (a file, a folder of
     # them, or a brace pattern)
     images: Union[str, Path]
     out: Union[str, Path]  # cache directory (created; an existing one is resumed)
@@ -34,8 +34,8 @@ class ExtractConfig:
     device: Optional[str] = None  # None/"auto": cuda (LOCAL_RANK's GPU) when available, else cpu
     dtype: str = "float16"  # storage dtype of the features
     shard_size: int = 4096  # rows per published shard file: a killed run loses at most this many rows
-    num_shards: Optional[int] = None  # with shard_index: this worker's part; None = from torchrun/Slurm or all
-    shard_index: Optional[int] = None
+    num_parts: Optional[int] = None  # with part_index: this worker's part; None = from torchrun/Slurm or all
+    part_index: Optional[int] = None
     retry_failed: bool = False  # re-attempt keys listed in failures-*.csv
     strict: bool = False  # the CLI exits non-zero while any key of the cache's failure records is not extracted
     path_column: Optional[str] = None  # table input: column of image paths (default "path" or the only column)

@@ -1,5 +1,5 @@
 """Folder input: image files found recursively (symbolic links to folders followed, each real folder once), and
-the .tar shards among them."""
+the .tar files among them."""
 import os
 from pathlib import Path
 from typing import List, NamedTuple
@@ -12,7 +12,7 @@ __all__ = ["FolderListing", "walk_folder"]
 
 class FolderListing(NamedTuple):
     images: List[ImageItem]  # keyed by their posix path relative to the folder
-    tars: List[str]  # uncompressed .tar files (WebDataset shards)
+    tars: List[str]  # uncompressed .tar files (WebDataset's)
     compressed: List[str]  # compressed tars, which cannot be read
 
 

@@ -16,7 +16,7 @@ class UnusableImage(Exception):
 
 
 class ImageItem(NamedTuple):
-    """One image to decode: a file; the `size` bytes at `offset` of a tar shard (its `member`); or, with `column`,
+    """One image to decode: a file; the `size` bytes at `offset` of a tar file (its `member`); or, with `column`,
     the encoded image in that column of row `size` of record batch (row group) `offset` of a parquet/Arrow table.
     `group` (the tar's or row group's number over all inputs) splits the work between workers. An item with a
     `reason` is not read: it becomes a failure record with that text (a tar member that is not a sample's image)."""
@@ -65,7 +65,7 @@ _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 def expand_braces(pattern: str, kind: str) -> Optional[List[str]]:
-    """The files a brace pattern such as shards/{00000..00127}.tar names (all must exist), or None if no pattern."""
+    """The files a brace pattern such as tars/{00000..00127}.tar names (all must exist), or None if no pattern."""
     match = _BRACES.search(pattern)
     if not match:
         return None

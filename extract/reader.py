@@ -21,15 +21,15 @@ from omniart.extract.items import IMAGE_SUFFIXES, ImageItem, UnusableImage, expa
 from omniart.extract.tables import image_tables, list_image_tables, list_path_table, read_table_image
 from omniart.extract.tars import list_tars, refuse_compressed_tar
 
-__all__ = ["ImageItem", "Batch", "IMAGE_SUFFIXES", "list_images", "select_shard", "decode_image", "ImageDataset",
+__all__ = ["ImageItem", "Batch", "IMAGE_SUFFIXES", "list_images", "select_part", "decode_image", "ImageDataset",
            "collate", "make_loader", "UnusableImage", "read_table_image"]
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 WHITE = (255, 255, 255, 255)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
-SUPPORTED = ("a folder of images (searched recursively; .tar shards in it are read too), WebDataset tar shards (a "
-             ".tar, a folder of them, or a brace pattern shards/{00000..00127}.tar), a .csv/.parquet/.pq table of "
+SUPPORTED = ("a folder of images (searched recursively; .tar files in it are read too), WebDataset tar files (a "
+             ".tar, a folder of them, or a brace pattern tars/{00000..00127}.tar), a .csv/.parquet/.pq table of "
              "image paths, or with --image-column parquet/Arrow tables holding the images")
 
 @dataclass
@@ -50,8 +50,8 @@ def list_images(images: Union[str, Path], path_column: Optional[str] = None,
                 key_column: Optional[str] = None, exclude: Sequence = (), key_field: Optional[str] = None,
                 image_column: Optional[str] = None) -> List[ImageItem]:
     """All images of a folder (recursive, following links to folders, never inside the `exclude` folders; the .tar
-    shards in it read too), a table of paths, WebDataset tar shards (a .tar, a folder of them, or a brace pattern
-    such as shards/{00000..00127}.tar), sorted by key; or, with `image_column`, the rows of parquet/Arrow tables
+    files in it read too), a table of paths, WebDataset tar files (a .tar, a folder of them, or a brace pattern
+    such as tars/{00000..00127}.tar), sorted by key; or, with `image_column`, the rows of parquet/Arrow tables
     holding encoded images (a file, a folder of them or a brace pattern), in table order so that each row group is
     read once. Keys are posix paths relative to the folder, the table's key column, a tar member's __key__ (or
     `key_field` of its JSON), or for image tables `key_column`, else the image struct's path, else FILE_STEM/ROW
@@ -59,7 +59,7 @@ def list_images(images: Union[str, Path], path_column: Optional[str] = None,
     if image_column:
         if path_column or key_field:
             raise ExtractError("--image-column reads images stored in a table; --path-column (a table of paths) and "
-                               "--key-field (tar shards) do not apply to it: use --key-column for the keys.")
+                               "--key-field (tar files) do not apply to it: use --key-column for the keys.")
         return list_image_tables(image_tables(str(images)), image_column, key_column)
     refuse_compressed_tar(str(images))
     tars = expand_braces(str(images), "tar")
@@ -67,17 +67,17 @@ def list_images(images: Union[str, Path], path_column: Optional[str] = None,
         tars = [str(images)]
     if tars is not None:
         if path_column or key_column:
-            raise ExtractError("--path-column/--key-column apply to a table; for tar shards use --key-field.")
-        return _found(list_tars(tars, key_field), f"the tar shards {str(images)!r}", "members ending in")
+            raise ExtractError("--path-column/--key-column apply to a table; for tar files use --key-field.")
+        return _found(list_tars(tars, key_field), f"the tar files {str(images)!r}", "members ending in")
     source = Path(images)
     if not source.exists():
         raise ExtractError(f"images folder or table {str(source)!r} does not exist: pass {SUPPORTED}.")
     if source.is_dir():
         return _list_folder(source, {os.path.realpath(path) for path in exclude}, path_column, key_column, key_field)
     if key_field:
-        raise ExtractError("--key-field applies to WebDataset tar shards; for a table use --key-column.")
+        raise ExtractError("--key-field applies to WebDataset tar files; for a table use --key-column.")
     if source.suffix.lower() not in TABLE_SUFFIXES:
-        raise ExtractError(f"{str(source)!r} is neither a folder, a .tar shard nor a table: pass {SUPPORTED}.")
+        raise ExtractError(f"{str(source)!r} is neither a folder, a .tar file nor a table: pass {SUPPORTED}.")
     if not source.is_file():  # a FIFO would block the table reader for ever
         raise ExtractError(f"table {str(source)!r} is not a regular file (a pipe or device): pass the table file.")
     return _found(list_path_table(source, path_column, key_column), repr(str(source)), "files ending in")
@@ -85,19 +85,19 @@ def list_images(images: Union[str, Path], path_column: Optional[str] = None,
 
 def _list_folder(folder: Path, exclude: set, path_column: Optional[str], key_column: Optional[str],
                  key_field: Optional[str]) -> List[ImageItem]:
-    """The folder's image files and the samples of the .tar shards in it, all read (keys must not clash)."""
+    """The folder's image files and the samples of the .tar files in it, all read (keys must not clash)."""
     if path_column or key_column:
         raise ExtractError(f"--path-column/--key-column apply to a CSV/parquet table, but {str(folder)!r} is a folder.")
     listing = walk_folder(folder, exclude)
     if key_field and not listing.tars:
-        raise ExtractError(f"--key-field applies to WebDataset tar shards, and {str(folder)!r} holds no .tar file; "
+        raise ExtractError(f"--key-field applies to WebDataset tar files, and {str(folder)!r} holds no .tar file; "
                            "for a table use --key-column.")
     items = listing.images + (list_tars(listing.tars, key_field) if listing.tars else [])
-    unique_keys(items, f"the images and tar shards of {str(folder)!r} repeat",
+    unique_keys(items, f"the images and tar files of {str(folder)!r} repeat",
                 "(a loose image's path and a tar sample's key, or two tars' samples, clash: keep them apart)")
     hint = (f"; its {len(listing.compressed)} compressed tar(s), such as {listing.compressed[0]!r}, are not supported: "
             "decompress them to .tar" if listing.compressed else "")
-    return _found(items, repr(str(folder)), "files ending in", " and .tar shards, searching sub-folders too" + hint)
+    return _found(items, repr(str(folder)), "files ending in", " and .tar files, searching sub-folders too" + hint)
 
 
 def _found(items: List[ImageItem], where: str, looked: str, more: str = "") -> List[ImageItem]:
@@ -108,8 +108,8 @@ def _found(items: List[ImageItem], where: str, looked: str, more: str = "") -> L
     return sorted(items)
 
 
-def shard_of(key: str, count: int) -> int:
-    """Stable shard number of a key (crc32, not Python's salted hash): new images never move old ones.
+def part_of(key: str, count: int) -> int:
+    """Stable part number of a key (crc32, not Python's salted hash): new images never move old ones.
 
     A file name that is not valid UTF-8 reaches Python with surrogate escapes; it hashes by its bytes."""
     return zlib.crc32(key.encode("utf-8", "surrogateescape")) % count
@@ -126,10 +126,10 @@ def unstorable_key(key: str) -> Optional[str]:
     return None
 
 
-def select_shard(items: Sequence[ImageItem], index: int, count: int) -> List[ImageItem]:
+def select_part(items: Sequence[ImageItem], index: int, count: int) -> List[ImageItem]:
     """This worker's disjoint part; the parts of index 0..count-1 together cover every item once. Tar members
-    split by tar file (a worker reads whole shards), other items by a stable hash of the key."""
-    return [item for item in items if (item.group % count if item.group >= 0 else shard_of(item.key, count)) == index]
+    split by tar file (a worker reads whole tars), other items by a stable hash of the key."""
+    return [item for item in items if (item.group % count if item.group >= 0 else part_of(item.key, count)) == index]
 
 
 @contextmanager

@@ -32,17 +32,17 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     from omniart.cache import FailureLog, FeatureStore, ShardWriter, check_extends, read_failures
     from omniart.cache.format import list_shards
     from omniart.extract.backbones import backbone_spec, build_backbone
-    from omniart.cache.environment import resolve_device, resolve_shard
-    from omniart.extract.reader import list_images, make_loader, select_shard, unstorable_key
+    from omniart.core.environment import resolve_device, resolve_part
+    from omniart.extract.reader import list_images, make_loader, select_part, unstorable_key
 
     start = time.perf_counter()
     preprocessing = backbone_spec(config.backbone).preprocessing  # unknown names fail before any work
-    shard = resolve_shard(config.num_shards, config.shard_index)
+    part = resolve_part(config.num_parts, config.part_index)
     out = _usable_out(Path(config.out))
     # outputs inside the images folder (the cache, a run's gallery) are never taken for inputs on a rerun
     listed = list_images(config.images, config.path_column, config.key_column, exclude=(config.out, *config.exclude),
                          key_field=config.key_field, image_column=config.image_column)
-    mine = select_shard(listed, shard.index, shard.count)
+    mine = select_part(listed, part.index, part.count)
     existing = FeatureStore(out) if list_shards(out) else None  # the store refuses duplicated keys by name
     if existing is not None:
         existing.verify()  # checksums: a damaged shard is named before it is reused or extended (cheap vs extraction)
@@ -52,7 +52,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     skipped = len(mine) - len(todo)
     unstorable = [(item.key, unstorable_key(item.key)) for item in todo if unstorable_key(item.key)]
     if unstorable:  # failure records, like any other bad file: the rest of the run goes on
-        failures = FailureLog(out, shard.tag)
+        failures = FailureLog(out, part.tag)
         for key, reason in unstorable:
             failures.record(key, reason)
         todo = [item for item in todo if not unstorable_key(item.key)]
@@ -63,7 +63,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
             check_extends(out, _cache_attrs(build_backbone(config.backbone, config.weights), config), config.dtype,
                           config.flip)
         return ExtractSummary(0, len(unstorable), skipped, str(out), time.perf_counter() - start,
-                              str(FailureLog(out, shard.tag).path) if unstorable else None, listed,
+                              str(FailureLog(out, part.tag).path) if unstorable else None, listed,
                               unresolved=_unresolved(out))
 
     import torch
@@ -71,7 +71,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
 
     from omniart.extract.encoder import Encoder
 
-    device = resolve_device(config.device, shard.local_rank)
+    device = resolve_device(config.device, part.local_rank)
     target = torch.device(device)
     on_cuda = target.type == "cuda"
     if on_cuda and target.index is not None:  # "cuda:N": also the pinning thread's device
@@ -83,11 +83,11 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     backbone = build_backbone(config.backbone, config.weights)
     attrs = _cache_attrs(backbone, config)
     encoder = Encoder(backbone, device, config.flip)
-    failures = FailureLog(out, shard.tag)
+    failures = FailureLog(out, part.tag)
     extracted, failed = 0, len(unstorable)
-    with ShardWriter(out, shard.tag, attrs, backbone.feature_dim, dtype=config.dtype, shard_rows=config.shard_size,
+    with ShardWriter(out, part.tag, attrs, backbone.feature_dim, dtype=config.dtype, shard_rows=config.shard_size,
                      with_flip=config.flip, known_keys=cached) as writer, \
-            tqdm(total=len(todo), unit="img", desc=f"extract {shard.tag} on {device}", disable=not config.progress,
+            tqdm(total=len(todo), unit="img", desc=f"extract {part.tag} on {device}", disable=not config.progress,
                  smoothing=0.1, mininterval=1 if sys.stderr.isatty() else 60) as bar:  # logs: a line a minute
         try:
             for batch in loader:
@@ -158,7 +158,7 @@ def _finite_rows(keys, features, flipped, dtype: str) -> tuple:
     """(keys, features, flipped) of the rows that are finite as stored in `dtype`, and the other rows' keys."""
     import numpy as np
 
-    from omniart.cache.format import non_finite_rows
+    from omniart.core.numeric import non_finite_rows
 
     finite = np.ones(len(keys), bool)
     with np.errstate(over="ignore"):

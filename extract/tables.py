@@ -14,7 +14,7 @@ IMAGE_TABLE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather")
 
 def image_tables(images: str) -> List[str]:
     """The parquet/Arrow files `images` names: one file, a brace pattern, or every such file of a folder (less the
-    metadata img2dataset writes beside its shards). ExtractError for img2dataset's metadata named as a table."""
+    metadata img2dataset writes beside its tars). ExtractError for img2dataset's metadata named as a table."""
     paths = expand_braces(images, "table")
     if paths is not None:
         _refuse_img2dataset_metadata(paths, images)
@@ -26,7 +26,7 @@ def image_tables(images: str) -> List[str]:
     if source.is_dir():
         paths = sorted(str(entry) for entry in source.iterdir()
                        if entry.is_file() and entry.suffix.lower() in IMAGE_TABLE_SUFFIXES)
-        tables = [path for path in paths if not img2dataset_shard(Path(path))]
+        tables = [path for path in paths if not img2dataset_tar(Path(path))]
         if tables:
             return tables
         _refuse_img2dataset_metadata(paths, images)
@@ -35,8 +35,8 @@ def image_tables(images: str) -> List[str]:
                        "files: pass a table file, a folder of them, or a brace pattern (data/{00000..00009}.parquet).")
 
 
-def img2dataset_shard(table: Path) -> Optional[str]:
-    """The shard (00000.tar, or the folder 00000/ of its "files" format) whose metadata `table` is, when `table` is the
+def img2dataset_tar(table: Path) -> Optional[str]:
+    """The tar (00000.tar, or the folder 00000/ of its "files" format) whose metadata `table` is, when `table` is the
     00000.parquet img2dataset writes beside it (url, caption, key, status, error_message, ... of every URL, the
     failed ones included: no image in it); else None."""
     import pyarrow.parquet as pq
@@ -56,7 +56,7 @@ def img2dataset_shard(table: Path) -> Optional[str]:
 def _refuse_img2dataset_metadata(paths: List[str], images: str) -> None:
     """ExtractError when one of `paths` is img2dataset's metadata of a shard rather than a table of images."""
     for path in paths:
-        shard = img2dataset_shard(Path(path))
+        shard = img2dataset_tar(Path(path))
         if shard:
             raise ExtractError(_img2dataset_message(path, shard, images, "--image-column"))
 
@@ -272,7 +272,7 @@ def list_path_table(table: Path, path_column: Optional[str], key_column: Optiona
     `key_column`, else the path as written."""
     import pandas as pd
 
-    shard = img2dataset_shard(table)
+    shard = img2dataset_tar(table)
     if shard:  # its "url" column is no local path: every row would fail as a missing file
         raise ExtractError(_img2dataset_message(str(table), shard, str(table), "--path-column"))
     try:

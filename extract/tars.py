@@ -1,4 +1,4 @@
-"""WebDataset tar shards: samples listed from the tar headers alone (nothing extracted), one image per sample;
+"""WebDataset tar files: samples listed from the tar headers alone (nothing extracted), one image per sample;
 every image member that is not read becomes an item with a `reason` (a failure record), never a silent drop."""
 import json
 import re
@@ -23,7 +23,7 @@ def refuse_compressed_tar(path: str) -> None:
     if is_compressed_tar(path):
         raise ExtractError(f"{str(path)!r} is a compressed tar, and tar.gz/.tgz (or any compressed tar) is not "
                            "supported: its members cannot be read in place. Decompress it to an uncompressed .tar "
-                           "(e.g. gunzip -c x.tgz > x.tar) and pass that .tar, a folder of .tar shards or a brace "
+                           "(e.g. gunzip -c x.tgz > x.tar) and pass that .tar, a folder of .tar files or a brace "
                            "pattern shards/{00000..00127}.tar (img2dataset writes uncompressed shards); a folder of "
                            "images or a .csv/.parquet table of paths also work.")
 
@@ -42,7 +42,7 @@ def list_tars(paths: List[str], key_field: Optional[str]) -> List[ImageItem]:
         items += _keyed_by_field(samples, key_field, paths)
     else:
         items += [_item(key, member, path, group) for key, path, group, member, _ in samples]
-    return unique_keys(items, "the tar shards repeat", "(with --key-field, pick a field unique per sample)")
+    return unique_keys(items, "the tar files repeat", "(with --key-field, pick a field unique per sample)")
 
 
 def _item(key: str, member: tarfile.TarInfo, path: str, group: int, reason: str = "") -> ImageItem:

@@ -1,7 +1,7 @@
 """Phase two on arrays: a shared ReLU layer and one head per task (MultiTaskHeads), trained in seconds on features."""
 import importlib
 
-from omniart.cache.errors import OmniError
+from omniart.core.errors import OmniError
 
 __all__ = ["MultiTaskHeads", "HeadsConfig", "fit_many", "nearest_neighbors", "TASKS", "HeadsError"]
 

@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from omniart.cache.format import non_finite_rows
+from omniart.core.numeric import non_finite_rows
 from omniart.heads import HeadsError
 from omniart.heads.lda import shrinkage_lda
 from omniart.heads.metrics import labelled_rows

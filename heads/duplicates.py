@@ -216,7 +216,7 @@ def near_duplicates(store: "FeatureStore", threshold: Optional[float] = None, fl
         collect()
         pairs = list(_rows(keys, *_sorted(state["kept"])))
     else:
-        from omniart.cache.files import publish_file
+        from omniart.core.files import publish_file
 
         def write(path):
             with open(path, "w", newline="") as handle:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from omniart.cache.format import non_finite_rows
+from omniart.core.numeric import non_finite_rows
 from omniart.heads import HeadsError
 from omniart.heads.config import TASKS, HeadsConfig, bf16_autocast, check_tasks
 
@@ -96,7 +96,7 @@ class MultiTaskHeads:
         return tasks
 
     def _device(self) -> str:
-        from omniart.cache.environment import resolve_device
+        from omniart.core.environment import resolve_device
 
         return resolve_device(self.config.device)
 
@@ -209,7 +209,7 @@ class MultiTaskHeads:
     # -- persistence --------------------------------------------------------------------------------------------
     def state(self) -> dict:
         """What `save` writes into model.pt: weights, model sizes, config, learned attributes, software versions."""
-        from omniart.cache.environment import software_versions
+        from omniart.core.environment import software_versions
 
         model = self._fitted()
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, **model.sizes(),
@@ -220,7 +220,7 @@ class MultiTaskHeads:
         """Write model.pt and heads.json into `folder` (created); each file is published atomically."""
         import torch
 
-        from omniart.cache.files import publish_file
+        from omniart.core.files import publish_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,20 @@
 """Everything that starts from files: metadata -> labels, fit/sweep/predict on a cache, run directories, the CLI."""
 import importlib
 
-__all__ = ["FitConfig", "fit", "evaluate", "load_run", "Run", "RunConfig", "run_pipeline", "LabelConfig", "build_labels"]
+from omniart.core.errors import OmniError
+
+__all__ = ["PipelineError", "FitConfig", "fit", "evaluate", "load_run", "Run", "RunConfig", "run_pipeline", "LabelConfig", "build_labels"]
 
 # loaded on first use: `omni-heads --help` imports this package and must not wait for torch
 _LAZY = {"FitConfig": "omniart.pipeline.config", "fit": "omniart.pipeline.fitting", "evaluate": "omniart.pipeline.fitting",
          "load_run": "omniart.pipeline.run_dir", "Run": "omniart.pipeline.run_dir",
          "RunConfig": "omniart.pipeline.end_to_end", "run_pipeline": "omniart.pipeline.end_to_end",
          "LabelConfig": "omniart.pipeline.labels", "build_labels": "omniart.pipeline.labels"}
+
+
+class PipelineError(OmniError):
+    """Bad input to a job that starts from files (options, run directories, sweeps, predictions); the message says
+    how to fix it."""
 
 
 def __getattr__(name):

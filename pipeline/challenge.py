@@ -88,7 +88,7 @@ def compare_runs(runs: list) -> list:
     import json
     from pathlib import Path
 
-    from omniart.heads import HeadsError
+    from omniart.pipeline import PipelineError
 
     rows = []
     for run in runs:
@@ -97,7 +97,7 @@ def compare_runs(runs: list) -> list:
             info = json.loads((run / "config.json").read_text())
             metrics = json.loads((run / "metrics.json").read_text())
         except (OSError, ValueError) as error:
-            raise HeadsError(f"{run} is not a readable run ({type(error).__name__}: {error}); pass --out folders of "
+            raise PipelineError(f"{run} is not a readable run ({type(error).__name__}: {error}); pass --out folders of "
                              "`omni-heads fit`.") from error
         attrs, test = info.get("cache_attrs", {}), metrics.get("test", {})
         row = {"run": str(run), "backbone": attrs.get("backbone"), "weights": attrs.get("weights"),

@@ -5,9 +5,9 @@ import json
 
 import click
 
-from omniart.cache.errors import cli_errors
+from omniart.core.errors import cli_errors
 from omniart.cache.exchange import EXPORT_FORMATS, export_cache, import_embeddings
-from omniart.extract.cli import BackboneName
+from omniart.extract.cli import BackboneName, deprecated_option
 from omniart.extract.config import ExtractConfig
 from omniart.heads.config import ARTIST_INITS, PRECISIONS
 from omniart.heads.duplicates import DEFAULT_THRESHOLD as _DUPLICATE_DEFAULT_THRESHOLD, near_duplicates
@@ -18,7 +18,8 @@ from omniart.pipeline.embed import embed as embed_cache
 from omniart.pipeline.labels import PROTOCOLS, LabelConfig, build_labels
 from omniart.pipeline.parsing import LANGUAGES
 from omniart.pipeline.predict import PredictConfig
-from omniart.pipeline.sources import FORMATS, SPLITS
+from omniart.pipeline.records import SPLITS
+from omniart.pipeline.sources import FORMATS
 
 __all__ = ["main"]
 
@@ -279,11 +280,14 @@ def embed(run, cache_dir, out, flip, dtype, device):
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU, or the local rank's GPU).")
 @_label_options
 @click.option("--sequential", is_flag=True, help="Train configurations one by one instead of stacked.")
-@click.option("--num-shards", type=click.IntRange(min=1), help="Split the grid over this many workers.")
-@click.option("--shard-index", type=click.IntRange(min=0), help="This worker's part (0-based).")
+@click.option("--num-parts", type=click.IntRange(min=1), help="Split the grid over this many workers.")
+@click.option("--part-index", type=click.IntRange(min=0), help="This worker's part (0-based).")
+@deprecated_option("--num-shards", "--num-parts", type=click.IntRange(min=1))
+@deprecated_option("--shard-index", "--part-index", type=click.IntRange(min=0))
 @click.option("--merge", "merge_only", is_flag=True, help="Only merge the results-*.csv parts in --out.")
 @cli_errors
-def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_shards, shard_index, merge_only, **options):
+def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_parts, part_index, num_shards, shard_index,
+          merge_only, **options):
     """Train every configuration of a hyperparameter grid on CACHE and rank them in OUT/results.csv."""
     from omniart.pipeline.sweep import SweepConfig, merge_results, parse_grid, run_sweep
 
@@ -299,7 +303,8 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_shard
         fixed["tasks"] = tuple(task.strip() for task in options["tasks"].split(",") if task.strip())
     result = run_sweep(SweepConfig(cache=cache_dir, metadata=metadata, format=metadata_format, out=out,
                                    grid=parse_grid(grid), fixed=fixed, batched=not sequential,
-                                   num_shards=num_shards, shard_index=shard_index))
+                                   num_parts=num_shards if num_parts is None else num_parts,
+                                   part_index=shard_index if part_index is None else part_index))
     click.echo(result.summary())
 
 
@@ -352,7 +357,7 @@ def import_(folder, out, backbone, weights, key_column, dtype):
 def duplicates(cache_dir, threshold, out):
     """Near-duplicate images of CACHE (re-photographed, cropped copies) by cosine similarity, with their groups."""
     from omniart.cache import FeatureStore
-    from omniart.cache.files import make_parent
+    from omniart.core.files import make_parent
 
     if out:
         make_parent(out)  # an --out that cannot be written fails before the search, not after it

@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from omniart.heads import HeadsError
+from omniart.pipeline import PipelineError
 from omniart.heads.config import TASKS, HeadsConfig, check_tasks
 from omniart.heads.duplicates import DEFAULT_THRESHOLD
 
@@ -52,7 +52,7 @@ class FitConfig(HeadsConfig):
             return LabelConfig(**options)
         except TypeError as error:
             valid = ", ".join(f.name for f in dataclasses.fields(LabelConfig))
-            raise HeadsError(f"bad label option ({error}); LabelConfig fields are: {valid}.") from error
+            raise PipelineError(f"bad label option ({error}); LabelConfig fields are: {valid}.") from error
 
     def checked_tasks(self) -> tuple:
         """The tasks to train (all four when none are named), every hyperparameter checked first."""
@@ -61,5 +61,5 @@ class FitConfig(HeadsConfig):
         threshold = self.leakage_threshold
         if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)
                                           and 0 < threshold <= 1):
-            raise HeadsError(f"--leakage-threshold must be a cosine similarity in (0, 1] (or none), got {threshold!r}.")
+            raise PipelineError(f"--leakage-threshold must be a cosine similarity in (0, 1] (or none), got {threshold!r}.")
         return tasks

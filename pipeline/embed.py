@@ -2,7 +2,7 @@
 from pathlib import Path
 from typing import Optional
 
-from omniart.heads import HeadsError
+from omniart.pipeline import PipelineError
 
 __all__ = ["embed", "embedding_attrs"]
 
@@ -27,20 +27,20 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
     Flipped features are embedded too when the source has them and `flip`. Returns rows, feature_dim, out.
     """
     from omniart.cache import FeatureStore, ShardWriter, cached_keys, publish_cache
-    from omniart.cache.environment import resolve_device
+    from omniart.core.environment import resolve_device
     from omniart.pipeline.predict import check_cache_matches
     from omniart.pipeline.run_dir import load_run
 
     run = load_run(run_dir, device=resolve_device(device))
     if not run.model.shared_size:
-        raise HeadsError(f"run {run_dir} has linear heads (--shared-size 0): there is no shared layer to embed; "
+        raise PipelineError(f"run {run_dir} has linear heads (--shared-size 0): there is no shared layer to embed; "
                          "refit with --shared-size > 0, or use the cache's own features.")
     store = FeatureStore(cache_dir)
     check_cache_matches(run.cache_attrs, store.attrs, store.path)
     if cached_keys(out_dir):
-        raise HeadsError(f"{out_dir} already holds feature shards; pass a new --out folder for the embeddings.")
+        raise PipelineError(f"{out_dir} already holds feature shards; pass a new --out folder for the embeddings.")
     if Path(out_dir).exists() and (not Path(out_dir).is_dir() or any(Path(out_dir).iterdir())):
-        raise HeadsError(f"{out_dir} is not an empty folder; pass a new --out folder for the embeddings.")
+        raise PipelineError(f"{out_dir} is not an empty folder; pass a new --out folder for the embeddings.")
     with_flip = flip and store.has_flip
     hidden = run.model.shared_size
     attrs = embedding_attrs(run_dir, store.attrs)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 
-from omniart.cache.errors import OmniError
+from omniart.core.errors import OmniError
 from omniart.extract.config import ExtractConfig
 from omniart.pipeline.config import FitConfig
 
@@ -49,7 +49,7 @@ class RunConfig:
         """Write `<out>/run-config.json`: every setting of both phases and of the run."""
         path = Path(self.out) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        from omniart.cache.environment import software_versions
+        from omniart.core.environment import software_versions
 
         path.write_text(json.dumps({**asdict(self), "software": software_versions()}, indent=2, default=str) + "\n")
         return path

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from omniart.heads import HeadsError
+from omniart.pipeline import PipelineError
 from omniart.heads.config import HeadsConfig
 from omniart.pipeline.config import FitConfig
-from omniart.pipeline.sources import SPLITS
+from omniart.pipeline.records import SPLITS
 
 if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
     from omniart.cache import FeatureStore
@@ -79,13 +79,13 @@ def open_labelled_cache(config: FitConfig, tasks: tuple) -> tuple:
     from omniart.pipeline.labels import build_labels
 
     if not Path(config.cache).is_dir():
-        raise HeadsError(f"cache directory {config.cache!r} does not exist; pass the --out directory of omni-extract.")
+        raise PipelineError(f"cache directory {config.cache!r} does not exist; pass the --out directory of omni-extract.")
     if not Path(config.metadata).exists():
-        raise HeadsError(f"metadata file {config.metadata!r} does not exist; pass it with --metadata.")
+        raise PipelineError(f"metadata file {config.metadata!r} does not exist; pass it with --metadata.")
     store = FeatureStore(config.cache)
     labels, report = build_labels(config.metadata, config.label_config(), cache_keys=store.keys)
     if len(labels.keys) == 0:
-        raise HeadsError(f"no cache key matched a metadata record ({config.cache} vs {config.metadata}); check --format "
+        raise PipelineError(f"no cache key matched a metadata record ({config.cache} vs {config.metadata}); check --format "
                          "and the key/file-name rules of the label format.")
     return store, labels, report
 
@@ -96,7 +96,7 @@ def class_counts(labels) -> dict:
 
 def fit(config: FitConfig) -> FitResult:
     """Train on `config.cache` with labels from `config.metadata`; publish and return the run directory."""
-    from omniart.cache.environment import software_versions
+    from omniart.core.environment import software_versions
     from omniart.heads import MultiTaskHeads
     from omniart.pipeline.run_dir import check_run_out, publish_run, write_history
 
@@ -192,7 +192,7 @@ def trainable_tasks(labels, tasks: tuple) -> tuple:
         dropped[task] = f"{found} {what} (a task needs 2 to learn anything; {hint} to keep it)"
         warnings.warn(f"task {task} is not trained: {dropped[task]}.", UserWarning, stacklevel=2)
     if not kept:
-        raise HeadsError("no task has anything to learn: " + "; ".join(f"{task}: {why}" for task, why in dropped.items()))
+        raise PipelineError("no task has anything to learn: " + "; ".join(f"{task}: {why}" for task, why in dropped.items()))
     return tuple(kept), dropped
 
 
@@ -323,26 +323,26 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     protocol="rijks14-challenge": the challenge's tables instead (heads.challenge_metrics), for a run fit under
     that protocol, stored as metrics.json["rijks14_challenge"][split]."""
     from omniart.cache import FeatureStore
-    from omniart.cache.files import publish_file
+    from omniart.core.files import publish_file
     from omniart.heads.metrics import task_metrics
     from omniart.pipeline.plots import write_plots
     from omniart.pipeline.predict import check_cache_matches
     from omniart.pipeline.run_dir import load_run, read_history
 
     if split not in SPLITS:
-        raise HeadsError(f"unknown split {split!r}: use train, val or test.")
+        raise PipelineError(f"unknown split {split!r}: use train, val or test.")
     if protocol not in (None, "omniart", CHALLENGE):
-        raise HeadsError(f"unknown --protocol {protocol!r}: use omniart or {CHALLENGE}.")
+        raise PipelineError(f"unknown --protocol {protocol!r}: use omniart or {CHALLENGE}.")
     run = load_run(run_dir, device=device or "cpu")
     if protocol == CHALLENGE and run.labels.config.protocol != CHALLENGE:
-        raise HeadsError(f"run {run_dir} was fit with omniart's labels ({len(run.labels.artist_names)} artists), not the "
+        raise PipelineError(f"run {run_dir} was fit with omniart's labels ({len(run.labels.artist_names)} artists), not the "
                          f"challenge's classes; refit with `omni-heads fit ... --protocol {CHALLENGE}`.")
     cache = cache or run.config.cache
     if not Path(cache).is_dir():
-        raise HeadsError(f"cache directory {cache!r} of run {run_dir} does not exist; pass the cache with --cache.")
+        raise PipelineError(f"cache directory {cache!r} of run {run_dir} does not exist; pass the cache with --cache.")
     if not (np.asarray(run.labels.split) == split).any():
         present = sorted(set(np.asarray(run.labels.split).tolist()))
-        raise HeadsError(f"run {run_dir} has no {split} samples (its splits: {', '.join(present)}); evaluate another "
+        raise PipelineError(f"run {run_dir} has no {split} samples (its splits: {', '.join(present)}); evaluate another "
                          "--split, or refit with metadata that gives this split samples.")
     store = FeatureStore(cache)
     check_cache_matches(run.cache_attrs, store.attrs, store.path)  # features made as the run's, or wrong metrics
@@ -356,7 +356,7 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     try:
         metrics = json.loads(path.read_text()) if path.exists() else {}
     except ValueError as error:
-        raise HeadsError(f"{path} is damaged ({error}); rerun `omni-heads fit --out {run_dir}`.") from error
+        raise PipelineError(f"{path} is damaged ({error}); rerun `omni-heads fit --out {run_dir}`.") from error
     if protocol == CHALLENGE:
         metrics.setdefault(CHALLENGE_KEY, {})[split] = result
     else:

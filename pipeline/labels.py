@@ -10,7 +10,8 @@ import numpy as np
 
 from omniart.heads.config import TASKS
 from omniart.pipeline.parsing import LANGUAGES, LabelError
-from omniart.pipeline.sources import FORMATS, SPLITS, key_stem, read_records, record_key_of
+from omniart.pipeline.records import SPLITS, key_stem, record_key_of
+from omniart.pipeline.sources import FORMATS, read_records
 
 __all__ = ["TASKS", "PROTOCOLS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels",
            "challenge_labels", "stratified_split"]
@@ -263,7 +264,7 @@ def challenge_labels(metadata_path, config, cache_keys=None):
     Returns (LabelSet, JoinReport or None).
     """
     from omniart.pipeline.parsing import artist_display
-    from omniart.pipeline.sources import mat_strings, load_rijks14_gt, rijks14_display, rijks14_keys
+    from omniart.pipeline.rijks14 import load_rijks14_gt, mat_strings, rijks14_display, rijks14_keys
 
     gt, n = load_rijks14_gt(metadata_path)
     split_code = np.asarray(gt["set"]).ravel()

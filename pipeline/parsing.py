@@ -4,7 +4,7 @@ import math
 import re
 import unicodedata
 
-from omniart.cache.errors import OmniError
+from omniart.core.errors import OmniError
 
 __all__ = [
     "LabelError",

@@ -5,7 +5,7 @@ from typing import Optional
 
 import numpy as np
 
-from omniart.cache.files import publish_file
+from omniart.core.files import publish_file
 
 __all__ = ["write_plots", "learning_curves", "confusion_figure", "confusion_matrix", "confused_pairs",
            "reliability_figure"]

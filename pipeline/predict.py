@@ -8,16 +8,13 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from omniart.cache.files import file_in_the_way, publish_file
-from omniart.heads import HeadsError
+from omniart.core.files import file_in_the_way, publish_file
+from omniart.pipeline import PipelineError
 
 if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
     from omniart.cache import FeatureStore
 
 __all__ = ["PredictConfig", "predict", "predictions_table", "check_cache_matches", "file_sha256"]
-
-# Attributes that decide what a feature vector means: a run only understands features made exactly so.
-MATCHED_ATTRS = ("backbone", "weights", "feature_dim", "preprocessing")
 
 
 @dataclass
@@ -43,33 +40,33 @@ class PredictConfig:
     key_column: Optional[str] = None
 
     def check(self) -> None:
-        """HeadsError naming the first bad option, before a model is loaded or an image read."""
+        """PipelineError naming the first bad option, before a model is loaded or an image read."""
         for name in ("threshold", "min_confidence"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-                raise HeadsError(f"--{name.replace('_', '-')} must be a number in [0, 1], got {value!r}.")
+                raise PipelineError(f"--{name.replace('_', '-')} must be a number in [0, 1], got {value!r}.")
         for name in ("top_k", "batch_size", "rows"):
             if int(getattr(self, name)) < 1:
-                raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+                raise PipelineError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if Path(self.out).is_dir():
-            raise HeadsError(f"--out {self.out} is a folder; name the CSV file to write, e.g. {Path(self.out) / 'predictions.csv'}.")
+            raise PipelineError(f"--out {self.out} is a folder; name the CSV file to write, e.g. {Path(self.out) / 'predictions.csv'}.")
         blocker = file_in_the_way(Path(self.out).resolve())
         if blocker is not None:
-            raise HeadsError(f"--out {self.out} cannot be written: {blocker} is a file, not a folder.")
+            raise PipelineError(f"--out {self.out} cannot be written: {blocker} is a file, not a folder.")
         if self.weights is not None and not Path(self.weights).is_file():
-            raise HeadsError(f"--weights {self.weights} " + ("is not a regular file" if Path(self.weights).exists()
+            raise PipelineError(f"--weights {self.weights} " + ("is not a regular file" if Path(self.weights).exists()
                              else "does not exist") + "; pass the backbone weights file the run's cache was extracted with.")
 
 
 def predict(cfg: PredictConfig):
     """Write cfg.out and return it as a pandas DataFrame (key, artist_1, artist_1_prob, ..., type, material, year)."""
     from omniart.cache import FeatureStore
-    from omniart.cache.environment import resolve_device
+    from omniart.core.environment import resolve_device
     from omniart.pipeline.run_dir import load_run
 
     cfg.check()
     if (cfg.cache is None) == (cfg.images is None):
-        raise HeadsError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "
+        raise PipelineError("predict needs exactly one of --cache DIR (features extracted already) and --images DIR "
                         "(features extracted now with the run's backbone).")
     run = load_run(cfg.run, device=resolve_device(cfg.device))
     if cfg.images is not None:
@@ -130,12 +127,13 @@ def predictions_table(run, keys, features: np.ndarray, threshold: float = 0.5, t
 def check_cache_matches(run_attrs: dict, cache_attrs: dict, where="the cache", images_option: bool = False) -> None:
     """Refuse features made another way than the run's training features, naming both values; `images_option`:
     the command can extract the images itself (predict --images), so the advice names it."""
-    for name in MATCHED_ATTRS:
-        if run_attrs.get(name) != cache_attrs.get(name):
-            raise HeadsError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
-                            f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
-                            f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights)"
-                            + (", or pass --images to let predict do it." if images_option else "."))
+    from omniart.cache.format import differing  # here: h5py loads only when a cache is read
+
+    for name in differing(run_attrs, cache_attrs)[:1]:  # what the shards of one cache must agree on, too
+        raise PipelineError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
+                         f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
+                         f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights)"
+                         + (", or pass --images to let predict do it." if images_option else "."))
 
 
 def file_sha256(path) -> str:
@@ -155,11 +153,11 @@ def _extract_like_run(run, cfg: PredictConfig, cache_dir) -> None:
     weights = attrs.get("weights")
     if isinstance(weights, str) and weights.startswith("sha256:"):
         if cfg.weights is None:
-            raise HeadsError(f"the run's features came from a weights file with {weights}; pass that file with "
+            raise PipelineError(f"the run's features came from a weights file with {weights}; pass that file with "
                             "--weights FILE so the images are extracted the same way.")
         found = file_sha256(cfg.weights)
         if f"sha256:{found}" != weights:
-            raise HeadsError(f"--weights {cfg.weights} has sha256:{found} but the run's features were made with "
+            raise PipelineError(f"--weights {cfg.weights} has sha256:{found} but the run's features were made with "
                             f"{weights}; pass the weights file the run's cache was extracted with.")
         weights = cfg.weights
     # a --work-cache extracted before with flips is extended with flips (predict does not read them)

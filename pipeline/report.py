@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import List
 
-from omniart.cache.files import publish_file
+from omniart.core.files import publish_file
 
 __all__ = ["write_report"]
 

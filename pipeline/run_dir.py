@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omniart.cache.files import file_in_the_way
-from omniart.heads import HeadsError
+from omniart.core.files import file_in_the_way
+from omniart.pipeline import PipelineError
 
 __all__ = ["Run", "load_run", "publish_run", "write_history", "read_history", "RUN_FILES"]
 
@@ -39,29 +39,29 @@ class Run:
         """features (N, D) -> artist probs (N,A), type/material probs (N,K)/(N,M), year (N,) in years."""
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != self.model.feature_dim:
-            raise HeadsError(f"features of shape {features.shape} do not fit run {self.run_dir}: it expects "
+            raise PipelineError(f"features of shape {features.shape} do not fit run {self.run_dir}: it expects "
                              f"(N, {self.model.feature_dim}) features from backbone {self.cache_attrs.get('backbone')!r}.")
         return self.estimator.predict_scores(features)
 
 
 def load_run(run_dir, device: str = "cpu") -> Run:
-    """Read a run written by `fit`; a missing, damaged or inconsistent directory raises HeadsError saying what is wrong."""
+    """Read a run written by `fit`; a missing, damaged or inconsistent directory raises PipelineError saying what is wrong."""
     from omniart.heads import MultiTaskHeads
     from omniart.pipeline.config import FitConfig
     from omniart.pipeline.labels import LabelSet
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise HeadsError(f"run directory {str(run_dir)!r} does not exist; pass the --out directory of `omni-heads fit`.")
+        raise PipelineError(f"run directory {str(run_dir)!r} does not exist; pass the --out directory of `omni-heads fit`.")
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
-        raise HeadsError(f"{run_dir} is not a complete run: {', '.join(missing)} missing; rerun `omni-heads fit --out {run_dir}`.")
+        raise PipelineError(f"{run_dir} is not a complete run: {', '.join(missing)} missing; rerun `omni-heads fit --out {run_dir}`.")
     try:
         info = json.loads((run_dir / "config.json").read_text())
         known = {f.name for f in dataclasses.fields(FitConfig)}
         config = FitConfig(**{k: v for k, v in info["fit"].items() if k in known})
     except Exception as error:  # any damage (truncated JSON, wrong keys) is the same user problem
-        raise HeadsError(f"run {run_dir} has a damaged config.json ({type(error).__name__}: {error}); "
+        raise PipelineError(f"run {run_dir} has a damaged config.json ({type(error).__name__}: {error}); "
                          f"rerun `omni-heads fit --out {run_dir}`.") from error
     # runs of omniart 0.1 saved no hyperparameters with the weights: those of config.json then
     estimator = MultiTaskHeads.load(run_dir, device=device)
@@ -70,12 +70,12 @@ def load_run(run_dir, device: str = "cpu") -> Run:
     try:
         labels = LabelSet.load(run_dir)
     except Exception as error:
-        raise HeadsError(f"run {run_dir} has unreadable labels ({type(error).__name__}: {error}); rerun `omni-heads fit`.") from error
+        raise PipelineError(f"run {run_dir} has unreadable labels ({type(error).__name__}: {error}); rerun `omni-heads fit`.") from error
     vocabularies = {"artist": len(labels.artist_names), "type": len(labels.type_names), "material": len(labels.material_names)}
     clash = {task: (size, vocabularies[task]) for task, size in estimator.task_sizes_.items()
              if task in vocabularies and size != vocabularies[task]}
     if clash:
-        raise HeadsError(f"run {run_dir} mixes files of different fits: " + ", ".join(
+        raise PipelineError(f"run {run_dir} mixes files of different fits: " + ", ".join(
             f"the {task} head has {size} outputs but the labels {names} names" for task, (size, names) in clash.items())
             + f"; rerun `omni-heads fit --out {run_dir}`.")
     return Run(run_dir, estimator, config, labels, info.get("cache_attrs", {}), info, device)
@@ -84,21 +84,21 @@ def load_run(run_dir, device: str = "cpu") -> Run:
 def publish_run(out, build) -> Path:
     """build(folder) beside `out`, then swapped into place (a killed fit leaves the old run whole, never a mix);
     refuses an `out` that holds something other than a run, which the swap would delete."""
-    from omniart.cache.files import publish_folder
+    from omniart.core.files import publish_folder
 
     check_run_out(out)
     return publish_folder(Path(out), build)
 
 
 def check_run_out(out) -> None:
-    """HeadsError unless `out` can become a run directory: new, empty, or an earlier run (checked before training)."""
+    """PipelineError unless `out` can become a run directory: new, empty, or an earlier run (checked before training)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
-        raise HeadsError(f"--out {str(out)!r} exists and is not a run directory (it would be replaced whole); "
+        raise PipelineError(f"--out {str(out)!r} exists and is not a run directory (it would be replaced whole); "
                          "pass a new folder, an empty one, or an earlier run to overwrite.")
     blocker = file_in_the_way(out.resolve())
     if blocker is not None:
-        raise HeadsError(f"--out {str(out)!r} cannot be created: {blocker} is a file, not a folder; pass another --out.")
+        raise PipelineError(f"--out {str(out)!r} cannot be created: {blocker} is a file, not a folder; pass another --out.")
 
 
 def write_history(path: Path, history: list) -> None:

@@ -1,23 +1,20 @@
-"""Readers that turn each collection's metadata file into one normalised table of raw labels."""
-import functools
+"""Readers that turn each collection's metadata file into one normalised table of raw labels (Records): the Met's
+and any CSV or parquet table here, Rijks'14 in pipeline.rijks14."""
 import json
-import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from omniart.pipeline.parsing import (LabelError, artist_display, medium_words, normalise_artist, normalise_phrase,
-                                      parse_date)
+from omniart.pipeline.parsing import LabelError, medium_words, normalise_phrase, parse_date
+from omniart.pipeline.records import Records, artist_vocabulary
+from omniart.pipeline.rijks14 import RIJKS14_EXPECTED, rijks14_display, rijks14_records
 
-__all__ = ["FORMATS", "SPLITS", "Records", "read_records", "record_key_of", "rijks14_display", "mat_strings"]
+__all__ = ["FORMATS", "read_records"]
 
 FORMATS = ("rijks14", "met", "csv")
-SPLITS = ("train", "val", "test")
 
-RIJKS_FIELDS = ("C", "Cnames", "T", "Tnames", "M", "Mnames", "Y", "set")
 MET_CSV_COLUMNS = {
     "key": "Object ID", "artist": "Artist Display Name", "name": "Object Name",
     "classification": "Classification", "medium": "Medium", "begin": "Object Begin Date",
@@ -29,73 +26,6 @@ MET_JSON_FIELDS = {
     "end": "objectEndDate", "date": "objectDate",
 }
 MET_SEPARATOR = "|"  # the Met joins several artists / classifications with '|'
-
-
-@dataclass
-class Records:
-    """One row per metadata record: raw labels before vocabularies, filters and splits.
-
-    artist: int codes into artist_names (-1 = anonymous/unknown/empty); types/materials: scipy CSR bool
-    matrices over type_ids/material_ids (class ids, e.g. stems) with readable *_display names;
-    year: interval mean, NaN = none; split: official split names or None; year_unparsed: bool per row,
-    True where a date text was present but did not parse.
-    """
-
-    keys: np.ndarray
-    artist: np.ndarray
-    artist_names: list
-    types: object
-    type_ids: list
-    type_display: list
-    materials: object
-    material_ids: list
-    material_display: list
-    year: np.ndarray
-    year_unparsed: np.ndarray
-    split: object = None
-    artist_display: Optional[list] = None  # readable artist names (catalogue capitalisation); None: artist_names
-
-    def __len__(self):
-        return len(self.keys)
-
-    def take(self, rows):
-        """The records at integer positions or a boolean mask `rows`, in that order."""
-        return replace(
-            self,
-            keys=self.keys[rows], artist=self.artist[rows], types=self.types[rows],
-            materials=self.materials[rows], year=self.year[rows], year_unparsed=self.year_unparsed[rows],
-            split=None if self.split is None else self.split[rows],
-        )
-
-
-_RIJKS14_NUMBER = re.compile(r"\d{7}")
-
-
-def key_name(cache_key) -> str:
-    """PurePosixPath(cache_key).name by string operations: a join takes one per cache key (Rijks'14's 112k keys:
-    0.46 s as path objects, 0.12 s as strings)."""
-    for part in reversed(str(cache_key).split("/")):
-        if part not in ("", "."):
-            return part
-    return ""
-
-
-def key_stem(cache_key) -> str:
-    """PurePosixPath(cache_key).stem, by string operations as key_name."""
-    name = key_name(cache_key)
-    dot = name.rfind(".")
-    return name[:dot] if 0 < dot < len(name) - 1 else name
-
-
-def record_key_of(fmt, cache_key):
-    """The record key a cache key (an image path) joins to: rijks14 -> its file name's 7-digit number,
-    met -> file stem (the object ID); csv -> None (csv matches the whole key first, then the stem)."""
-    if fmt == "rijks14":
-        match = _RIJKS14_NUMBER.match(key_name(cache_key))
-        return match.group(0) if match else None
-    if fmt == "met":
-        return key_stem(cache_key)
-    return None
 
 
 def read_records(path, config):
@@ -117,169 +47,10 @@ def read_records(path, config):
     if stat.st_size == 0:
         raise LabelError(f"metadata file {path} is empty; expected {_EXPECTED[config.format]}")
     if config.format == "rijks14":
-        records = _rijks14_records(str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        records = rijks14_records(str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
         return replace(records, type_display=rijks14_display("type", records.type_ids, config.language),
                        material_display=rijks14_display("material", records.material_ids, config.language))
     return _READERS[config.format](path, config)
-
-
-# rijksgt.mat takes ~1.5 s to decompress and parse and a sweep or benchmark reads it once per fit: keep the last one,
-# keyed by the file's identity and modification time, read-only so that no caller can alter the shared copy.
-@functools.lru_cache(maxsize=1)
-def _rijks14_records(path: str, inode: int, size: int, mtime_ns: int):
-    return _frozen(_read_rijks14(Path(path)))
-
-
-_GLOSSARY = Path(__file__).with_name("glossary_rijks14.json")
-_LOST_LETTERS = re.compile("\x1a+")  # where rijksgt.mat lost an accented letter in its encoding
-
-
-@functools.lru_cache(maxsize=1)
-def _glossary() -> dict:
-    return json.loads(_GLOSSARY.read_text(encoding="utf-8"))
-
-
-def rijks14_display(vocabulary: str, ids, language: str) -> list:
-    """The names shown for Rijks'14 type or material class ids (Dutch, as rijksgt.mat has them): English from the
-    package's glossary (a class it lacks keeps its Dutch id), or with `language` dutch the Dutch originals; a
-    letter the file lost shown as U+FFFD."""
-    english = _glossary()[vocabulary] if language == "english" else {}
-    return [english.get(name) or _LOST_LETTERS.sub("\ufffd", name) for name in ids]
-
-
-_CSR_BUFFERS = ("data", "indices", "indptr")
-
-
-def _frozen(records):
-    """`records` with its arrays and its sparse matrices' buffers made read-only."""
-    for value in vars(records).values():
-        arrays = [value] if isinstance(value, np.ndarray) else [getattr(value, name, None) for name in _CSR_BUFFERS]
-        for array in arrays:
-            if isinstance(array, np.ndarray):
-                array.flags.writeable = False
-    return records
-
-
-def _artist_vocabulary(names, counts=None, lower_cased_source=False):
-    """(code_of, vocabulary, display): the sorted normalised artist names, each name's code into it followed by a
-    trailing -1, so index -1 (or len(names)) means no artist (anonymous names get -1; names that normalise alike
-    share one class), and each class's display name: its most frequent original spelling (`counts`: records per
-    name; None: one each), in catalogue capitalisation for a source that lower-cased its names."""
-    normalised = [normalise_artist(name) for name in names]
-    vocabulary = sorted({name for name in normalised if name is not None})
-    index = {name: i for i, name in enumerate(vocabulary)}
-    code_of = np.array([index[name] if name is not None else -1 for name in normalised] + [-1], dtype=np.int64)
-    spellings = Counter()
-    for name, normal, count in zip(names, normalised, counts if counts is not None else [1] * len(names)):
-        if normal is not None:
-            spellings[index[normal], artist_display(name, lower_cased_source)] += int(count)
-    display = [None] * len(vocabulary)
-    for (code, spelling), _ in sorted(spellings.items(), key=lambda item: (-item[1], item[0])):
-        if display[code] is None:
-            display[code] = spelling
-    return code_of, vocabulary, display
-
-
-# ---- rijks14 ------------------------------------------------------------------------------------------
-
-def mat_strings(cells):
-    """MATLAB cell array of char arrays -> list of str ('' for empty cells)."""
-    return [str(cell[0]) if getattr(cell, "size", 0) else "" for cell in np.asarray(cells).ravel()]
-
-
-def _nonzero(matrix):
-    """(rows, cols) of the non-zero entries of a sparse-valued 2-D array, ~10x faster than np.nonzero.
-
-    MATLAB arrays load column-major; scanning the transposed buffer 8 bytes at a time skips the ~99.9%
-    zero words without touching them one by one.
-    """
-    if matrix.dtype.itemsize != 1:
-        matrix = matrix != 0
-    flat = np.ascontiguousarray(matrix.T).reshape(-1).view(np.uint8)
-    whole = len(flat) // 8 * 8
-    words = np.flatnonzero(flat[:whole].view(np.uint64))
-    candidates = np.concatenate([(words[:, None] * 8 + np.arange(8)).ravel(), np.arange(whole, len(flat))])
-    found = candidates[flat[candidates] != 0]
-    cols, rows = np.divmod(found, matrix.shape[0])
-    return rows, cols
-
-
-def load_rijks14_gt(path):
-    """The `gt` struct of a Rijks'14 rijksgt.mat (fields checked, one row per object) and its object count."""
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except Exception as error:  # scipy raises ValueError/MatReadError/OSError/... for non-MAT input
-        raise LabelError(f"cannot read {path} as a MATLAB .mat file ({error}); expected {_EXPECTED['rijks14']}") \
-            from error
-    if "gt" not in mat:
-        found = ", ".join(k for k in mat if not k.startswith("__")) or "none"
-        raise LabelError(f"{path} has no 'gt' struct (variables found: {found}); expected {_EXPECTED['rijks14']}")
-    gt = mat["gt"]
-    names = gt.dtype.names or ()
-    missing = [f for f in RIJKS_FIELDS if f not in names]
-    if missing:
-        raise LabelError(
-            f"{path}: gt lacks field(s) {', '.join(missing)}; expected fields {', '.join(RIJKS_FIELDS)}"
-        )
-    gt = gt[0, 0]
-    n = np.asarray(gt["C"]).size
-    shapes = {f: np.asarray(gt[f]).shape[0] for f in ("T", "M", "Y", "set")}
-    if any(rows != n for rows in shapes.values()):
-        raise LabelError(f"{path}: fields C, T, M, Y, set must have one row per object; rows: {shapes}, C: {n}")
-    official = np.asarray(gt["set"]).ravel()
-    bad = ~np.isin(official, (1, 2, 3))
-    if bad.any():
-        raise LabelError(f"{path}: field 'set' has values {sorted(set(official[bad].tolist()))[:5]}; "
-                         "expected 1 (train), 2 (validation) or 3 (test)")
-    return gt, n
-
-
-def rijks14_keys(n: int) -> np.ndarray:
-    """The record keys of a Rijks'14 ground truth: the 7-digit object numbers 0000001 ... (row + 1)."""
-    return np.char.zfill(np.arange(1, n + 1).astype(str), 7)
-
-
-def _read_rijks14(path):
-    import scipy.sparse
-
-    gt, n = load_rijks14_gt(path)
-    creator = np.asarray(gt["C"]).ravel().astype(np.int64) - 1
-
-    # Normalise the 6,622 names once, then map codes; names that normalise alike merge into one class.
-    names = mat_strings(gt["Cnames"])
-    code_of, unique, display = _artist_vocabulary(names, np.bincount(creator[creator >= 0], minlength=len(names))[:len(names)],
-                                                  lower_cased_source=True)
-    artist = code_of[np.where((creator >= 0) & (creator < len(names)), creator, len(names))]
-
-    def vocabulary(field, names_field):
-        # Multi-hot counts (values > 1 occur) -> bool CSR; columns with an empty name carry no label.
-        matrix, ids = np.asarray(gt[field]), mat_strings(gt[names_field])
-        if matrix.ndim != 2 or matrix.shape[1] != len(ids):
-            raise LabelError(f"{path}: field {field} has shape {matrix.shape}; expected ({n}, {len(ids)}), "
-                             f"one column per name in {names_field}")
-        keep = np.array([bool(name.strip()) for name in ids])
-        rows, cols = _nonzero(matrix)
-        new_col = np.cumsum(keep) - 1
-        rows, cols = rows[keep[cols]], new_col[cols[keep[cols]]]
-        ids = [name for name, k in zip(ids, keep) if k]
-        csr = scipy.sparse.csr_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, len(ids)))
-        return csr, ids
-
-    types, type_ids = vocabulary("T", "Tnames")
-    materials, material_ids = vocabulary("M", "Mnames")
-    interval = np.asarray(gt["Y"], dtype=np.float64)
-    year = interval.mean(axis=1)
-    year[(interval == 0).all(axis=1)] = np.nan  # [0, 0] marks an unknown date in this file
-    official = np.asarray(gt["set"]).ravel()
-    keys = rijks14_keys(n)
-    return Records(
-        keys=keys, artist=artist, artist_names=unique, artist_display=display,
-        types=types, type_ids=type_ids, type_display=list(type_ids),
-        materials=materials, material_ids=material_ids, material_display=list(material_ids),
-        year=year, year_unparsed=np.zeros(n, bool), split=np.array(SPLITS)[official - 1],
-    )
 
 
 # ---- tables (met, csv) ----------------------------------------------------------------------------------
@@ -355,7 +126,7 @@ def _artist_codes(names, separator):
 
     first = _objects([name.split(separator)[0] if name and separator else name for name in _text(names)])
     codes, uniques = pd.factorize(first, use_na_sentinel=True)
-    code_of, vocabulary, display = _artist_vocabulary(uniques, np.bincount(codes[codes >= 0], minlength=len(uniques)))
+    code_of, vocabulary, display = artist_vocabulary(uniques, np.bincount(codes[codes >= 0], minlength=len(uniques)))
     return code_of[codes], vocabulary, display
 
 
@@ -525,7 +296,7 @@ def _read_csv(path, config):
 
 _READERS = {"met": _read_met, "csv": _read_csv}
 _EXPECTED = {
-    "rijks14": "the Rijks'14 ground truth rijksgt.mat (struct gt with fields " + ", ".join(RIJKS_FIELDS) + ")",
+    "rijks14": RIJKS14_EXPECTED,
     "met": "MetObjects.csv or Met API JSON records (list or {\"objects\": [...]})",
     "csv": "a CSV or parquet table with a header row",
 }

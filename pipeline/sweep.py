@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omniart.cache.files import publish_file
-from omniart.heads import HeadsError
+from omniart.core.files import publish_file
+from omniart.pipeline import PipelineError
 
 __all__ = ["SweepConfig", "SweepResult", "run_sweep", "merge_results", "parse_grid", "expand_grid"]
 
@@ -44,8 +44,8 @@ class SweepConfig:
     grid: dict  # fit option -> list of values (see parse_grid)
     fixed: dict = field(default_factory=dict)  # fit options shared by every configuration (epochs, seed, ...)
     batched: bool = True  # stack same-shape configurations into one model; False: one after another
-    num_shards: Optional[int] = None  # with shard_index: train configurations i with i % num_shards == shard_index
-    shard_index: Optional[int] = None
+    num_parts: Optional[int] = None  # with part_index: train configurations i with i % num_parts == part_index
+    part_index: Optional[int] = None
 
 
 @dataclass
@@ -60,9 +60,9 @@ class SweepResult:
     def summary(self) -> str:
         table = self.merged if self.merged is not None else self.part
         done = f"all {len(table)} configurations in {self.out / 'results.csv'}" if self.merged is not None \
-            else f"{len(self.part)} configurations in {self.part_path} (results.csv follows once every shard is done)"
+            else f"{len(self.part)} configurations in {self.part_path} (results.csv follows once every part is done)"
         if not len(table):
-            return f"{done}: this shard has none of the grid's configurations to train"
+            return f"{done}: this part has none of the grid's configurations to train"
         best = table.iloc[0]
         shown = ", ".join(f"{name}={best[name]}" for name in _grid_columns(table))
         return f"{done}; best: {shown} (val score {best['val_score']:.4f})"
@@ -81,12 +81,12 @@ def parse_grid(items) -> dict:
         name, sep, values = str(item).partition("=")
         name = name.strip().lstrip("-").replace("-", "_")
         if not sep or not values.strip():
-            raise HeadsError(f"bad --grid {item!r}: write NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
+            raise PipelineError(f"bad --grid {item!r}: write NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
         if name not in known:
-            raise HeadsError(f"--grid {item!r}: {name.replace('_', '-')} is not a fit option a sweep can vary; use one of "
+            raise PipelineError(f"--grid {item!r}: {name.replace('_', '-')} is not a fit option a sweep can vary; use one of "
                              f"{', '.join(n.replace('_', '-') for n in known)}.")
         if name in grid:
-            raise HeadsError(f"--grid names {name.replace('_', '-')} twice; give all its values in one --grid.")
+            raise PipelineError(f"--grid names {name.replace('_', '-')} twice; give all its values in one --grid.")
         kinds, optional = _field_kinds()
         grid[name] = [_typed(name, value.strip(), kinds[name], name in optional) for value in values.split(",") if value.strip()]
     return grid
@@ -97,7 +97,7 @@ def _typed(name: str, value: str, kind, optional: bool):
         return tuple(task.strip() for task in value.split("+") if task.strip())
     if kind is bool:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise HeadsError(f"--grid {name.replace('_', '-')}={value}: use true or false.")
+            raise PipelineError(f"--grid {name.replace('_', '-')}={value}: use true or false.")
         return value.lower() in ("true", "1", "yes")
     if kind is str:
         return value
@@ -107,7 +107,7 @@ def _typed(name: str, value: str, kind, optional: bool):
         return kind(value) if kind is not int or float(value).is_integer() else int(value)
     except ValueError:
         auto = " or auto" if optional else ""
-        raise HeadsError(f"--grid {name.replace('_', '-')}={value}: expected a {kind.__name__} value{auto}.") from None
+        raise PipelineError(f"--grid {name.replace('_', '-')}={value}: expected a {kind.__name__} value{auto}.") from None
 
 
 def expand_grid(grid: dict) -> list:
@@ -118,71 +118,71 @@ def expand_grid(grid: dict) -> list:
 
 def run_sweep(config: SweepConfig) -> SweepResult:
     """Train this worker's configurations; write results-<tag>.csv (or results.csv alone) and merge when complete."""
-    from omniart.cache.environment import resolve_device, resolve_shard
+    from omniart.core.environment import resolve_device, resolve_part
     from omniart.pipeline.config import FitConfig
 
     if not (config.cache and config.metadata and config.format):
-        raise HeadsError("a sweep needs CACHE, --metadata and --format (as for `omni-heads fit`); "
+        raise PipelineError("a sweep needs CACHE, --metadata and --format (as for `omni-heads fit`); "
                          "only --merge works without them.")
     if not config.grid:
-        raise HeadsError("an empty grid: give at least one --grid NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
-    shard = resolve_shard(config.num_shards, config.shard_index)
+        raise PipelineError("an empty grid: give at least one --grid NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
+    worker = resolve_part(config.num_parts, config.part_index)
     combos = expand_grid(config.grid)
     clash = sorted(set(config.fixed) & set(config.grid))
     if clash:
-        raise HeadsError(f"{', '.join(clash)} is both fixed and in --grid; give it in one place.")
+        raise PipelineError(f"{', '.join(clash)} is both fixed and in --grid; give it in one place.")
     base = dict(config.fixed, cache=config.cache, metadata=config.metadata, format=config.format, progress=False)
-    base["device"] = resolve_device(base.get("device"), shard.local_rank)
+    base["device"] = resolve_device(base.get("device"), worker.local_rank)
     fits = [FitConfig(**base, **combo) for combo in combos]
     tasks = [fit_config.checked_tasks() for fit_config in fits]  # every configuration checked before any trains
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_plan(out, _plan(config, len(combos), shard.count), shard.tag)
-    mine = [index for index in range(len(combos)) if index % shard.count == shard.index]
+    _write_plan(out, _plan(config, len(combos), worker.count), worker.tag)
+    mine = [index for index in range(len(combos)) if index % worker.count == worker.index]
     rows = _train_all([(index, fits[index], tasks[index]) for index in mine], config.batched)
     for row in rows:
         row.update({name: _grid_value_text(combos[row["config"]][name]) for name in config.grid})
     part = _sorted_table(rows, list(config.grid))
-    part_path = out / ("results.csv" if shard.count == 1 else f"results-{shard.tag}.csv")
+    part_path = out / ("results.csv" if worker.count == 1 else f"results-{worker.tag}.csv")
     publish_file(part_path, lambda path: part.to_csv(path, index=False))
-    merged = part if shard.count == 1 else (merge_results(out) if _all_parts(out, shard.count) else None)
+    merged = part if worker.count == 1 else (merge_results(out) if _all_parts(out, worker.count) else None)
     return SweepResult(part, part_path, merged, out)
 
 
 def merge_results(out) -> object:
-    """Join the results-*.csv parts of a sharded sweep in `out` into results.csv, best first; returns it."""
+    """Join the results-*.csv parts of a sweep split over workers in `out` into results.csv, best first; returns it."""
     import pandas as pd
 
     out = Path(out)
     plan_path = out / "sweep.json"
     if not plan_path.exists():
-        raise HeadsError(f"{out} holds no sweep.json: it is not the --out folder of `omni-heads sweep`.")
+        raise PipelineError(f"{out} holds no sweep.json: it is not the --out folder of `omni-heads sweep`.")
     plan = json.loads(plan_path.read_text())
     parts = sorted(out.glob("results-*-of-*.csv"))
     if not parts:
-        raise HeadsError(f"{out} holds no results-*.csv parts yet; run every shard of the sweep first.")
+        raise PipelineError(f"{out} holds no results-*.csv parts yet; run every part of the sweep first.")
     for path in parts:  # every part must come from the grid of sweep.json
         tag = path.stem[len("results-"):]
         part_plan = out / f"sweep-{tag}.json"
         if part_plan.exists() and json.loads(part_plan.read_text()) != plan:
-            raise HeadsError(f"{path.name} in {out} was trained on another grid than sweep.json ({part_plan.name} "
-                             "differs); rerun that shard with the same --grid and options, or use another --out.")
+            raise PipelineError(f"{path.name} in {out} was trained on another grid than sweep.json ({part_plan.name} "
+                             "differs); rerun that part with the same --grid and options, or use another --out.")
     table = pd.concat([pd.read_csv(path) for path in parts], ignore_index=True)
     missing = sorted(set(range(plan["configurations"])) - set(table["config"]))
     if missing or table["config"].duplicated().any():
-        raise HeadsError(f"the parts in {out} do not add up to the planned {plan['configurations']} configurations "
+        raise PipelineError(f"the parts in {out} do not add up to the planned {plan['configurations']} configurations "
                          f"(missing {missing[:10]}, duplicated {sorted(set(table['config'][table['config'].duplicated()]))[:10]}); "
-                         f"run the missing shards (of {plan['shards']}) or delete stale parts.")
+                         f"run the missing parts (of {plan['shards']}) or delete stale parts.")
     table = _sorted_table(table.to_dict("records"), list(plan["grid"]))
     publish_file(out / "results.csv", lambda path: table.to_csv(path, index=False))
     return table
 
 
-def _plan(config: SweepConfig, configurations: int, shards: int) -> dict:
-    """What makes sweep parts belong together: the grid, the fixed options, the data and the split into shards."""
+def _plan(config: SweepConfig, configurations: int, parts: int) -> dict:
+    """What makes sweep parts belong together: the grid, the fixed options, the data and the split into parts."""
     return {"grid": {name: [_grid_value_text(value) for value in values] for name, values in config.grid.items()},
             "fixed": {name: _grid_value_text(value) for name, value in config.fixed.items()},
-            "configurations": configurations, "shards": shards, "cache": str(config.cache),
+            "configurations": configurations, "shards": parts, "cache": str(config.cache),
             "metadata": str(config.metadata), "format": config.format}
 
 
@@ -191,7 +191,7 @@ def _write_plan(out: Path, plan: dict, tag: str) -> None:
     plan = json.loads(json.dumps(plan, default=str))  # as it reads back
     shared = out / "sweep.json"
     if shared.exists() and json.loads(shared.read_text()) != plan:
-        raise HeadsError(f"{out} holds a sweep of another grid or options (sweep.json differs); use another --out, "
+        raise PipelineError(f"{out} holds a sweep of another grid or options (sweep.json differs); use another --out, "
                          "or delete that folder to start over.")
     for path in (shared, out / f"sweep-{tag}.json"):
         publish_file(path, lambda temporary: Path(temporary).write_text(json.dumps(plan, indent=2)))
@@ -216,7 +216,7 @@ def _sorted_table(rows: list, grid_names: list):
     import pandas as pd
 
     first = ["config"] + grid_names + ["val_score"]
-    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=first)  # a shard beyond the grid: an empty part
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=first)  # a part beyond the grid: an empty part
     table = table[first + [name for name in table.columns if name not in first]]
     return table.sort_values(["val_score", "config"], ascending=[False, True], na_position="last",
                              kind="stable").reset_index(drop=True)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from omniart.cache import writer as cache_writer
-from omniart.cache.environment import software_versions
-from omniart.cache import (FORMAT_VERSION, CacheError, FailureLog, FeatureStore, OmniError, ShardWriter, cached_keys,
-                   read_failures, write_features)
+from omniart.core.environment import software_versions
+from omniart.cache import (FORMAT_VERSION, CacheError, FailureLog, FeatureStore, ShardWriter, cached_keys, read_failures,
+                           write_features)
+from omniart.core import OmniError
 
 ATTRS = {"backbone": "resnet50", "weights": "random",
          "preprocessing": {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406]},
@@ -383,13 +384,13 @@ def test_checksums_catch_finite_damage_that_loads_do_not_see(tmp_path):
 
 
 def test_writers_of_two_partition_schemes_are_refused_before_they_write(tmp_path):
-    """A plain run and a --num-shards 2 run on one cache split the keys differently: both used to write, leaving
+    """A plain run and a --num-parts 2 run on one cache split the keys differently: both used to write, leaving
     keys stored twice (every reader then refuses the cache). One cache takes one partition scheme."""
     keys, features = planted(8)
     live = ShardWriter(tmp_path, "00000-of-00001", ATTRS, DIM, with_flip=False)  # a plain run, nothing written yet
-    with pytest.raises(CacheError, match=r"as worker 00000-of-00002 \(--num-shards 2\): it is written by worker\(s\) "
+    with pytest.raises(CacheError, match=r"as worker 00000-of-00002 \(--num-parts 2\): it is written by worker\(s\) "
                                          r"00000-of-00001 \(one worker over all keys\); one cache takes one partition "
-                                         r"scheme .* no --num-shards / --shard-index"):
+                                         r"scheme .* no --num-parts / --part-index"):
         ShardWriter(tmp_path, "00000-of-00002", ATTRS, DIM, with_flip=False)
     live.add(keys, features)
     live.close()
@@ -402,8 +403,8 @@ def test_writers_of_two_partition_schemes_are_refused_before_they_write(tmp_path
     split = tmp_path / "split"
     write_features(split, keys[:4], features[:4], ATTRS, worker_tag="00000-of-00002")
     write_features(split, keys[4:], features[4:], ATTRS, worker_tag="00001-of-00002")  # the other part: welcome
-    with pytest.raises(CacheError, match=r"written by worker\(s\) 00000-of-00002, 00001-of-00002 \(--num-shards 2\).*"
-                                         r"--num-shards 2 and --shard-index 0..1"):
+    with pytest.raises(CacheError, match=r"written by worker\(s\) 00000-of-00002, 00001-of-00002 \(--num-parts 2\).*"
+                                         r"--num-parts 2 and --part-index 0..1"):
         ShardWriter(split, "00000-of-00001", ATTRS, DIM, with_flip=False)
     empty = tmp_path / "empty"
     ShardWriter(empty, "00000-of-00002", ATTRS, DIM, with_flip=False).close()  # wrote nothing, and is gone

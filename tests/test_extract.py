@@ -16,7 +16,7 @@ from omniart.cache import CacheError, FeatureStore, ShardWriter, read_failures
 from omniart.extract import BACKBONES, ExtractConfig, ExtractError, build_backbone, run_extract
 from omniart.extract.backbones import backbone_spec
 from omniart.extract.cli import main
-from omniart.extract.reader import decode_image, list_images, select_shard
+from omniart.extract.reader import decode_image, list_images, select_part
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = BACKBONES["tiny"].preprocessing
@@ -509,18 +509,18 @@ def test_new_images_are_appended_and_failures_retried(tmp_path):
     np.testing.assert_array_equal(store.load(["a.jpg"]), reference)
 
 
-def test_two_shard_workers_cover_every_key_once(tmp_path):
+def test_two_workers_parts_cover_every_key_once(tmp_path):
     names = [f"sub{i % 3}/img{i}.jpg" for i in range(12)]
     images = make_images(tmp_path / "images", names, size=(24, 20))
     cache = tmp_path / "cache"
-    parts = [run_extract(tiny_config(images, cache, num_shards=2, shard_index=i)) for i in range(2)]
+    parts = [run_extract(tiny_config(images, cache, num_parts=2, part_index=i)) for i in range(2)]
     assert sum(p.extracted for p in parts) == 12 and all(p.extracted > 0 for p in parts)
     store = FeatureStore(cache)
     assert sorted(store.keys) == sorted(names) and len(set(store.keys)) == 12
     assert {p.name.split("-of-")[0] for p in cache.glob("features-*.h5")} == {"features-00000", "features-00001"}
     items = list_images(images)
     # Stable hash: the same split whatever the process (no PYTHONHASHSEED dependence) and disjoint.
-    first, second = select_shard(items, 0, 2), select_shard(items, 1, 2)
+    first, second = select_part(items, 0, 2), select_part(items, 1, 2)
     assert not set(first) & set(second) and len(first) + len(second) == 12
 
 
@@ -538,7 +538,7 @@ def test_torchrun_and_slurm_pick_the_shard(tmp_path, monkeypatch, env, tag):
     index = int(tag[:5])
     run_extract(tiny_config(images, tmp_path / "cache"))
     assert {p.name[len("features-"):-len("-00000.h5")] for p in (tmp_path / "cache").glob("*.h5")} == {tag}
-    expected = [item.key for item in select_shard(list_images(images), index, 3)]
+    expected = [item.key for item in select_part(list_images(images), index, 3)]
     assert FeatureStore(tmp_path / "cache").keys == expected
 
 
@@ -701,7 +701,7 @@ def test_webdataset_tar_shards_stream_with_failures_resume_and_split_by_tar(tmp_
     assert (again.extracted, again.skipped) == (0, 6)
     by_url = run_extract(tiny_config(shards / "00000.tar", tmp_path / "urls", key_field="url"))
     assert by_url.extracted == 4 and sorted(FeatureStore(tmp_path / "urls").keys)[0] == "http://x/0.jpg"
-    parts = [select_shard(list_images(shards), index, 2) for index in range(2)]
+    parts = [select_part(list_images(shards), index, 2) for index in range(2)]
     assert [{item.path for item in part} for part in parts] == [{str(shards / "00000.tar")}, {str(shards / "00001.tar")}]
     truncated = _tar(tmp_path / "cut.tar", [(f"{i:08d}", _jpeg(i), {}) for i in range(3)])
     truncated.write_bytes(truncated.read_bytes()[:2 * 512 + len(_jpeg(0)) + 700])  # inside the 2nd sample
@@ -751,7 +751,7 @@ def test_parquet_and_arrow_tables_of_image_bytes_extract_like_files_with_failure
     assert (again.extracted, again.skipped) == (0, 7)
     # workers split by row group: disjoint, covering, whole row groups each; one row group in memory at a time
     items = list_images(table, image_column="image")
-    parts = [select_shard(items, index, 2) for index in range(2)]
+    parts = [select_part(items, index, 2) for index in range(2)]
     assert sorted(item.key for part in parts for item in part) == sorted(item.key for item in items)
     assert [{item.offset for item in part} for part in parts] == [{0, 2}, {1, 3}]
     dataset = ImageDataset(items, TINY, 10 ** 8)

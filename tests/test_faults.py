@@ -148,12 +148,12 @@ def test_kill_9_during_embed_and_sweep_leaves_nothing_that_looks_complete(collec
 def test_a_publish_killed_between_its_two_renames_is_put_back(tmp_path):
     """The one window publish_folder cannot close (old folder moved aside, new one not yet in place) is repaired
     by the next publish: the old folder comes back, then the new one replaces it."""
-    from omniart.cache.files import publish_folder
+    from omniart.core.files import publish_folder
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out = tmp_path / "run"
-    from omniart.cache.files import _HOST
+    from omniart.core.files import _HOST
 
     retired = tmp_path / f".run.old-{_HOST}-{dead.pid}-abc"
     (retired / "run").mkdir(parents=True)
@@ -168,7 +168,7 @@ def test_a_publish_killed_between_its_two_renames_is_put_back(tmp_path):
 
 def test_published_files_and_folders_get_the_usual_permissions(tmp_path):
     """mkstemp/mkdtemp create 0600/0700: published runs would have been owner-only."""
-    from omniart.cache.files import _umask, publish_file, publish_folder
+    from omniart.core.files import _umask, publish_file, publish_folder
 
     publish_file(tmp_path / "a.json", lambda path: Path(path).write_text("{}"))
     publish_folder(tmp_path / "run", lambda folder: (folder / "x").write_text("1"))
@@ -200,11 +200,11 @@ def test_kill_9_during_predict_and_evaluate_leaves_every_output_whole(collection
 
 
 def test_two_extractions_of_different_partitions_at_once_never_store_a_key_twice(collection, tmp_path):
-    """A plain run and a --num-shards 2 worker on one cache both exited 0 with 20 keys stored twice."""
+    """A plain run and a --num-parts 2 worker on one cache both exited 0 with 20 keys stored twice."""
     args = (collection / "images", "--out", tmp_path / "cache", "--backbone", "tiny", "--workers", "0",
             "--batch-size", "1", "--shard-size", "2", "--device", "cpu")
     plain = subprocess.Popen(omni("extract", *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    sharded = subprocess.Popen(omni("extract", *args, "--num-shards", "2", "--shard-index", "0"), cwd=ROOT,
+    sharded = subprocess.Popen(omni("extract", *args, "--num-parts", "2", "--part-index", "0"), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     codes = [plain.wait(timeout=300), sharded.wait(timeout=300)]
     assert 0 in codes and codes != [0, 0], codes  # the second writer is refused

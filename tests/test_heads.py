@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from omniart.cache import write_features
 from omniart.heads import HeadsError
+from omniart.pipeline import PipelineError
 from omniart.pipeline.cli import main
 from omniart.heads.losses import auto_task_weights, combined_loss, inverse_frequency_weights
 from omniart.heads.metrics import average_precision, imap_score, map_score, mca, task_metrics, top3_accuracy
@@ -315,22 +316,22 @@ def test_load_run_predicts_in_years_and_probabilities(planted_run):
     assert out["artist"].shape == (10, 4) and np.allclose(out["artist"].sum(1), 1, atol=1e-5)
     assert out["type"].shape == (10, 3) and ((out["type"] >= 0) & (out["type"] <= 1)).all()
     assert out["year"].shape == (10,) and np.abs(out["year"] - data["year"][:10]).mean() < 40
-    with pytest.raises(HeadsError, match="expects"):
+    with pytest.raises(PipelineError, match="expects"):
         run.predict(np.zeros((2, D + 1), dtype=np.float32))
 
 
 def test_load_run_errors(tmp_path, planted_run):
-    with pytest.raises(HeadsError, match="does not exist"):
+    with pytest.raises(PipelineError, match="does not exist"):
         load_run(tmp_path / "nowhere")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(HeadsError, match="model.pt, labels.npz, vocab.json missing"):
+    with pytest.raises(PipelineError, match="model.pt, labels.npz, vocab.json missing"):
         load_run(tmp_path / "half")
     run_dir = planted_run[0]
     for name in ("config.json", "labels.npz", "vocab.json"):
         (tmp_path / "half" / name).write_bytes((run_dir / name).read_bytes())
     (tmp_path / "half" / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(HeadsError, match="model.pt is damaged"):
+    with pytest.raises(PipelineError, match="model.pt is damaged"):
         load_run(tmp_path / "half")
 
 
@@ -350,7 +351,7 @@ def test_load_run_refuses_a_model_and_labels_of_different_fits(tmp_path, planted
         (mixed / name).write_bytes((other.run_dir / name).read_bytes())
     names = len(other.labels.artist_names)
     assert names != ARTISTS
-    with pytest.raises(HeadsError, match=f"artist head has {ARTISTS} outputs but the labels {names} names"):
+    with pytest.raises(PipelineError, match=f"artist head has {ARTISTS} outputs but the labels {names} names"):
         load_run(mixed)
 
 

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from omniart.cache import FeatureStore, write_features
-from omniart.heads import HeadsError
+from omniart.core import OmniError
+from omniart.pipeline import PipelineError
 from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline import FitConfig, fit, load_run
 from omniart.pipeline.cli import embed, neighbors, predict, sweep
@@ -275,20 +276,23 @@ def test_stacked_sweep_equals_one_by_one_and_is_sorted(trained, tmp_path):
     assert (mine["best_epoch"] == by_config["best_epoch"]).all()  # one by one = fit's own training loop
 
 
-def test_sharded_sweep_merges_to_the_unsharded_configurations(trained, tmp_path):
+def test_a_sweep_split_over_workers_merges_to_the_whole_grid(trained, tmp_path):
     cache, metadata, _ = trained
     runner = CliRunner()
     args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--grid", "lr=3e-2,3e-3",
             "--grid", "shared-size=8,16", "--grid", "min-artist-samples=3", "--grid", "min-class-samples=2",
             "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "sharded")]
-    first = runner.invoke(sweep, args + ["--num-shards", "2", "--shard-index", "0"])
+    first = runner.invoke(sweep, args + ["--num-parts", "2", "--part-index", "0"])
     assert first.exit_code == 0, first.output
     assert "results.csv follows" in first.output and not (tmp_path / "sharded" / "results.csv").exists()
+    # the old spellings still work for a release, with a warning naming the new ones
     second = runner.invoke(sweep, args + ["--num-shards", "2", "--shard-index", "1"])
     assert second.exit_code == 0, second.output
+    assert "--num-shards is deprecated, use --num-parts" in second.output
+    assert "--shard-index is deprecated, use --part-index" in second.output
     merged = pd.read_csv(tmp_path / "sharded" / "results.csv")
     part = pd.read_csv(tmp_path / "sharded" / "results-00001-of-00002.csv")
-    assert sorted(part["config"]) == [1, 3]  # configuration i goes to shard i % 2
+    assert sorted(part["config"]) == [1, 3]  # configuration i goes to part i % 2
     whole = runner.invoke(sweep, args[:-1] + [str(tmp_path / "whole")])
     assert whole.exit_code == 0, whole.output
     unsharded = pd.read_csv(tmp_path / "whole" / "results.csv")
@@ -309,7 +313,7 @@ def test_grid_parsing_and_sweep_errors(trained, tmp_path):
     assert len(expand_grid({"a": [1, 2], "b": [3, 4, 5]})) == 6
     for bad, message in ((["sharedsize=3"], "not a fit option"), (["lr"], "NAME=V1,V2"),
                          (["shared-size=big"], "expected a int"), (["lr=1", "lr=2"], "twice")):
-        with pytest.raises(HeadsError, match=message):
+        with pytest.raises(PipelineError, match=message):
             parse_grid(bad)
     cache, metadata, _ = trained
     runner = CliRunner()
@@ -324,7 +328,7 @@ def test_sweep_grid_takes_linear_heads_and_automatic_values(trained, tmp_path):
     grid = parse_grid(["shared-size=0,16", "weight-decay=auto,0.5", "year-scale=auto,0.1", "batch-size=auto,32"])
     assert grid == {"shared_size": [0, 16], "weight_decay": [None, 0.5], "year_scale": [None, 0.1],
                     "batch_size": [None, 32]}
-    with pytest.raises(HeadsError, match="expected a float value or auto"):
+    with pytest.raises(PipelineError, match="expected a float value or auto"):
         parse_grid(["weight-decay=strong"])
     cache, metadata, _ = trained
     fixed = {name: value for name, value in TINY_FIT.items() if name not in ("format", "progress", "lr", "shared_size")}
@@ -378,10 +382,10 @@ def test_sweep_refuses_other_grids_in_one_folder_and_non_finite_values(trained, 
     args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--epochs", "1", "--device", "cpu",
             "--grid", "min-artist-samples=3", "--grid", "min-class-samples=2"]
     out = tmp_path / "sweep"
-    first = runner.invoke(sweep, args + ["--grid", "lr=3e-2,3e-3", "--num-shards", "2", "--shard-index", "0",
+    first = runner.invoke(sweep, args + ["--grid", "lr=3e-2,3e-3", "--num-parts", "2", "--part-index", "0",
                                          "--out", str(out)])
     assert first.exit_code == 0, first.output
-    other = runner.invoke(sweep, args + ["--grid", "lr=1e-3,1e-4", "--num-shards", "2", "--shard-index", "1",
+    other = runner.invoke(sweep, args + ["--grid", "lr=1e-3,1e-4", "--num-parts", "2", "--part-index", "1",
                                          "--out", str(out)])
     assert other.exit_code == 1 and "holds a sweep of another grid" in other.output
     # parts that got past the start check (started at the same moment) are refused at the merge
@@ -409,7 +413,7 @@ def test_predict_checks_its_options_first_and_publishes_the_csv_whole(trained, t
     for option in ("--threshold", "--min-confidence"):
         result = runner.invoke(predict, [str(run_dir), "--cache", str(cache), "--out", str(out), option, "nan"])
         assert result.exit_code != 0 and "Traceback" not in result.output and not out.exists()
-    with pytest.raises(HeadsError, match="must be a number in"):
+    with pytest.raises(PipelineError, match="must be a number in"):
         run_predict(PredictConfig(run=str(run_dir), out=str(out), cache=str(cache), threshold=float("nan")))
     fifo = tmp_path / "weights.fifo"
     os.mkfifo(fifo)
@@ -446,7 +450,7 @@ def test_fit_refuses_a_bad_out_or_leakage_threshold_before_training(tmp_path, mo
              (dict(out=str(tmp_path / "run"), leakage_threshold=float("nan")), "--leakage-threshold must be"),
              (dict(out=str(tmp_path / "run"), leakage_threshold=-0.5), r"in \(0, 1\]"))
     for changes, message in cases:
-        with pytest.raises(HeadsError, match=message):
+        with pytest.raises(OmniError, match=message):  # the run's rules (PipelineError), the heads' (HeadsError)
             fit(FitConfig(cache=str(cache), metadata=str(metadata), **{**TINY_FIT, **changes}))
     assert (tmp_path / "notes" / "notes.txt").read_text() == "mine"
 
@@ -480,7 +484,7 @@ def test_a_sweep_shard_beyond_the_grid_writes_an_empty_part_and_the_merge_comple
     runner = CliRunner()
     args = [str(cache), "--metadata", str(metadata), "--format", "csv", "--grid", "lr=3e-2,3e-3", "--grid",
             "min-artist-samples=3", "--grid", "min-class-samples=2", "--grid", "shared-size=8", "--epochs", "1",
-            "--device", "cpu", "--out", str(tmp_path / "s"), "--num-shards", "3", "--shard-index"]
+            "--device", "cpu", "--out", str(tmp_path / "s"), "--num-parts", "3", "--part-index"]
     for index in (2, 0, 1):  # the empty shard first
         result = runner.invoke(sweep, args + [str(index)])
         assert result.exit_code == 0 and "Traceback" not in result.output, result.output

@@ -174,7 +174,7 @@ def test_rijks14_names_shown_in_english_and_catalogue_capitals(rijks14_dir):
     default thresholds keep, under either protocol) and artists as a catalogue prints them; --language dutch shows
     the Dutch words, a letter the file lost as U+FFFD."""
     from omniart.pipeline.labels import challenge_labels
-    from omniart.pipeline.sources import _glossary
+    from omniart.pipeline.rijks14 import _glossary
 
     english, _ = build_labels(rijks14_dir / "rijksgt.mat", LabelConfig())
     assert english.type_names[:2] == ["prent", "tekening"] and english.type_display[:2] == ["print", "drawing"]
@@ -263,7 +263,7 @@ def test_join_file_names_and_stems_match_purepath(key):
     """The join's string-only file name and stem (one per cache key) agree with PurePosixPath's on any key."""
     from pathlib import PurePosixPath
 
-    from omniart.pipeline.sources import key_name, key_stem
+    from omniart.pipeline.records import key_name, key_stem
 
     assert (key_name(key), key_stem(key)) == (PurePosixPath(key).name, PurePosixPath(key).stem)
 
@@ -290,12 +290,12 @@ def test_rijks14_records_are_read_once_per_file_version_and_read_only(tmp_path, 
     """A sweep reads rijksgt.mat once, not once per fit; a rewritten file is read again; no caller can alter it."""
     import os
 
-    from omniart.pipeline import sources
+    from omniart.pipeline import rijks14, sources
 
     reads = []
-    original = sources._read_rijks14
-    monkeypatch.setattr(sources, "_read_rijks14", lambda path: reads.append(path) or original(path))
-    sources._rijks14_records.cache_clear()
+    original = rijks14.read_rijks14
+    monkeypatch.setattr(rijks14, "read_rijks14", lambda path: reads.append(path) or original(path))
+    rijks14.rijks14_records.cache_clear()
     mat = write_mat(tmp_path / "gt.mat")
     config = LabelConfig(min_artist_samples=1, min_class_samples=1)
     first, _ = build_labels(mat, config)
@@ -310,7 +310,7 @@ def test_rijks14_records_are_read_once_per_file_version_and_read_only(tmp_path, 
     os.utime(mat, ns=(0, 10 ** 18))  # a new modification time even where the clock's resolution is coarse
     rewritten, _ = build_labels(mat, config)
     assert len(reads) == 2 and len(rewritten.keys) == 9
-    sources._rijks14_records.cache_clear()
+    rijks14.rijks14_records.cache_clear()
 
 
 def test_duplicate_keys_are_named(tmp_path):

@@ -106,7 +106,7 @@ def test_rerun_skips_extraction_and_rewrites_the_report(collection, first_run):
 
 
 def test_rerun_with_another_backbone_is_refused(collection, first_run):
-    from omniart.cache.errors import OmniError
+    from omniart.core.errors import OmniError
 
     out, _ = first_run
     config = _config(collection, out)

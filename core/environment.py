@@ -4,13 +4,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from omniart.cache.errors import OmniError
+from omniart.core.errors import OmniError
 
-__all__ = ["WorkerShard", "resolve_shard", "resolve_device", "software_versions"]
+__all__ = ["WorkerPart", "resolve_part", "resolve_device", "software_versions"]
 
 
 @dataclass(frozen=True)
-class WorkerShard:
+class WorkerPart:
     """This worker's part of the work: items whose stable hash modulo `count` equals `index`."""
 
     index: int = 0
@@ -24,17 +24,17 @@ class WorkerShard:
         return f"{self.index:05d}-of-{self.count:05d}"
 
 
-def resolve_shard(num_shards: Optional[int] = None, shard_index: Optional[int] = None,
-                  env: Optional[Mapping[str, str]] = None) -> WorkerShard:
+def resolve_part(num_parts: Optional[int] = None, part_index: Optional[int] = None,
+                  env: Optional[Mapping[str, str]] = None) -> WorkerPart:
     """Explicit options win; else torchrun (RANK/WORLD_SIZE), Slurm arrays, Slurm tasks; else one worker."""
     env = os.environ if env is None else env
     local_rank = _int_env(env, "LOCAL_RANK")
     if local_rank is None:
         local_rank = _int_env(env, "SLURM_LOCALID")
-    if num_shards is not None or shard_index is not None:
-        if num_shards is None or shard_index is None:
-            raise OmniError("--num-shards and --shard-index go together: pass both (e.g. --num-shards 4 --shard-index 0).")
-        index, count, source = shard_index, num_shards, "options"
+    if num_parts is not None or part_index is not None:
+        if num_parts is None or part_index is None:
+            raise OmniError("--num-parts and --part-index go together: pass both (e.g. --num-parts 4 --part-index 0).")
+        index, count, source = part_index, num_parts, "options"
     elif "WORLD_SIZE" in env and "RANK" in env:
         index, count, source = _int_env(env, "RANK"), _int_env(env, "WORLD_SIZE"), "torchrun"
     elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
@@ -46,9 +46,9 @@ def resolve_shard(num_shards: Optional[int] = None, shard_index: Optional[int] =
     else:
         index, count, source = 0, 1, "single"
     if count < 1 or not 0 <= index < count:
-        raise OmniError(f"shard index {index} is not in 0..{count - 1} (from {source}): the index must be "
-                        f"at least 0 and below the number of shards {count}.")
-    return WorkerShard(index=index, count=count, local_rank=local_rank, source=source)
+        raise OmniError(f"part index {index} is not in 0..{count - 1} (from {source}): the index must be "
+                        f"at least 0 and below the number of parts {count}.")
+    return WorkerPart(index=index, count=count, local_rank=local_rank, source=source)
 
 
 def resolve_device(requested: Optional[str] = None, local_rank: Optional[int] = None) -> str:

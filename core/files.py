@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from omniart.cache.errors import OmniError
+from omniart.core.errors import OmniError
 
 __all__ = ["publish_file", "publish_folder", "make_parent"]
 
