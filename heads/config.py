@@ -6,7 +6,7 @@ from typing import Optional, Union
 from omniart.heads import HeadsError
 
 __all__ = ["HeadsConfig", "TASKS", "ARTIST_INITS", "EVAL_BATCH_SIZE", "L2_CANDIDATES", "artist_init", "loss_scales",
-           "auto_weight_decay", "task_decays", "l2_candidates", "auto_batch_size", "auto_epochs", "auto_shared_size", "balanced_year_weight", "parse_task_weights", "check_tasks", "PRECISIONS", "bf16_autocast"]
+           "auto_weight_decay", "task_decays", "l2_candidates", "auto_batch_size", "auto_epochs", "auto_shared_size", "balanced_year_weight", "parse_task_weights", "check_tasks", "tasks_to_train", "PRECISIONS", "bf16_autocast"]
 
 TASKS = ("artist", "type", "material", "year")
 # auto_weight_decay's L2 coefficient times the training rows: the fixed rule of fits that choose nothing
@@ -179,6 +179,20 @@ def bf16_autocast(config: HeadsConfig, device) -> bool:
     if config.precision is not None:
         return config.precision == "bf16"
     return str(device).startswith("cuda")
+
+
+def tasks_to_train(config: HeadsConfig, targets) -> tuple:
+    """The tasks a fit on `targets` trains: the config's, else every task `targets` gives arrays for."""
+    if config.tasks is not None:
+        return check_tasks(config.tasks)
+    tasks = tuple(task for task in TASKS if task in targets)
+    if not tasks:
+        raise HeadsError(f"targets name no task ({', '.join(map(str, targets)) or 'empty'}): give arrays for some of "
+                         f"{', '.join(TASKS)}.")
+    extra = sorted(set(targets) - set(TASKS))
+    if extra:
+        raise HeadsError(f"unknown task {', '.join(map(str, extra))} in targets; tasks are {', '.join(TASKS)}.")
+    return tasks
 
 
 def check_tasks(tasks) -> tuple:

@@ -10,7 +10,8 @@ import numpy as np
 
 from omniart.core.numeric import non_finite_rows
 from omniart.heads import HeadsError
-from omniart.heads.config import TASKS, HeadsConfig, bf16_autocast, check_tasks
+from omniart.core.environment import resolve_device
+from omniart.heads.config import HeadsConfig, bf16_autocast, tasks_to_train
 
 __all__ = ["MultiTaskHeads", "MODEL_FILE"]
 
@@ -69,8 +70,8 @@ class MultiTaskHeads:
         from omniart.heads.data import device_data
 
         self.config.check()
-        tasks = self._tasks(targets)
-        device = self._device()
+        tasks = tasks_to_train(self.config, targets)
+        device = resolve_device(self.config.device)
         data = device_data(X, targets, tasks, device, masks=masks, X_flip=X_flip if self.config.flip else None,
                            validation=validation, n_classes=n_classes, bf16=bf16_autocast(self.config, device))
         if not len(data.val) and self.config.patience is not None:
@@ -78,30 +79,14 @@ class MultiTaskHeads:
                           RuntimeWarning, stacklevel=2)
         start = time.perf_counter()
         selection = fit_selected(data, tasks, self.config, device, label)
-        self._learned(selection, tasks, device)
+        self.learned_from(selection, tasks, device)
         # every model the choice trained counts: the candidates, the cross-validation parts and the refit
         self.train_seconds_ = time.perf_counter() - start
         return self
 
-    def _tasks(self, targets: dict) -> tuple:
-        if self.config.tasks is not None:
-            return check_tasks(self.config.tasks)
-        tasks = tuple(task for task in TASKS if task in targets)
-        if not tasks:
-            raise HeadsError(f"targets name no task ({', '.join(map(str, targets)) or 'empty'}): give arrays for some of "
-                             f"{', '.join(TASKS)}.")
-        extra = sorted(set(targets) - set(TASKS))
-        if extra:
-            raise HeadsError(f"unknown task {', '.join(map(str, extra))} in targets; tasks are {', '.join(TASKS)}.")
-        return tasks
-
-    def _device(self) -> str:
-        from omniart.core.environment import resolve_device
-
-        return resolve_device(self.config.device)
-
-    def _learned(self, selection, tasks: tuple, device: str) -> "MultiTaskHeads":
-        """Copy a heads.selection.Selection (its Outcome and calibration) into the fitted attributes."""
+    def learned_from(self, selection, tasks: tuple, device: str) -> "MultiTaskHeads":
+        """Take a trained heads.selection.Selection (its model, history and calibration rows) as this estimator's
+        fit: what `fit` does once it has trained, and what heads.sweep.fit_many does for each member of a stack."""
         from omniart.heads.selection import calibration
 
         outcome = selection.outcome

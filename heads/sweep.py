@@ -5,7 +5,8 @@ import time
 from typing import Optional
 
 from omniart.heads import HeadsError
-from omniart.heads.config import HeadsConfig, bf16_autocast
+from omniart.core.environment import resolve_device
+from omniart.heads.config import HeadsConfig, bf16_autocast, tasks_to_train
 
 __all__ = ["fit_many", "group_by", "STACKABLE"]
 
@@ -35,7 +36,8 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
         raise HeadsError("no configurations to train: give at least one HeadsConfig.")
     for estimator in estimators:
         estimator.config.check()
-    members = [(index, estimator, estimator._tasks(targets), estimator._device()) for index, estimator in enumerate(estimators)]
+    members = [(index, estimator, tasks_to_train(estimator.config, targets), resolve_device(estimator.config.device))
+               for index, estimator in enumerate(estimators)]
     for group in group_by(members, lambda e, tasks, device: json.dumps([list(tasks), e.config.flip, device,
                                                                          bf16_autocast(e.config, device)])).values():
         _, first, tasks, device = group[0]
@@ -56,7 +58,7 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
                     selections.append(fit_selected(data, tasks, estimator.config, device))
                     seconds.append(time.perf_counter() - started)
             for (_, estimator, _, _), selection, spent in zip(stack, selections, seconds):
-                estimator._learned(selection, tasks, device)
+                estimator.learned_from(selection, tasks, device)
                 estimator.train_seconds_, estimator.stacked_ = spent, len(stack) if batched else 1
         del data  # before the next group's tensors are built
     return estimators
