@@ -13,7 +13,8 @@ from omniart.core import OmniError
 from omniart.pipeline import PipelineError
 from omniart.heads.neighbors import nearest_neighbors
 from omniart.pipeline import FitConfig, fit, load_run
-from omniart.pipeline.cli import embed, neighbors, predict, sweep
+from omniart.pipeline.cli import embed, predict, sweep
+from omniart.pipeline.cli_cache import neighbors
 from omniart.pipeline.cli import main as omni_heads
 from omniart.pipeline.embed import embed as embed_cache
 from omniart.pipeline.sweep import SweepConfig, expand_grid, merge_results, parse_grid, run_sweep
