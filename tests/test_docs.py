@@ -128,6 +128,8 @@ def test_every_option_of_every_command_is_in_the_reference():
     for name, command in make_docs().commands():
         assert f"## {name}\n" in text
         for param in command.params:
+            if getattr(param, "hidden", False):  # an old spelling kept a release: not in --help, not in the reference
+                continue
             for option in param.opts + param.secondary_opts:
                 if option.startswith("--"):
                     assert option in text, f"docs/commands.md lacks {name} {option}"

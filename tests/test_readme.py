@@ -133,8 +133,8 @@ def all_commands():
 
 @pytest.mark.parametrize("name, command", all_commands(), ids=[name for name, _ in all_commands()])
 def test_every_option_has_a_one_line_explanation(name, command):
-    undocumented = [param.opts[0] for param in command.params
-                    if isinstance(param, click.Option) and not (param.help or "").strip()]
+    undocumented = [param.opts[0] for param in command.params  # hidden: an old spelling kept a release
+                    if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()]
     assert not undocumented, f"{name} --help lists {undocumented} without an explanation"
     assert (command.help or "").strip(), f"{name} has no help text"
 
