@@ -1,5 +1,5 @@
 """Benchmark: `omni-extract` end to end (a whole process) vs the bare backbone forward on ready tensors, and the same
-images read from a WebDataset tar shard and from a parquet table of image bytes vs the folder (same run);
+images read from a WebDataset tar file and from a parquet table of image bytes vs the folder (same run);
 prints JSON."""
 import argparse
 import functools
@@ -31,7 +31,7 @@ def make_jpegs(folder: Path, count: int, size=(500, 400)) -> None:
 
 
 def make_tar(folder: Path, tar: Path) -> None:
-    """The folder's JPEGs as one WebDataset shard (KEY.jpg members), as img2dataset writes them."""
+    """The folder's JPEGs as one WebDataset tar file (KEY.jpg members), as img2dataset writes them."""
     import tarfile
 
     with tarfile.open(tar, "w") as archive:
