@@ -25,7 +25,7 @@ class WorkerPart:
 
 
 def resolve_part(num_parts: Optional[int] = None, part_index: Optional[int] = None,
-                  env: Optional[Mapping[str, str]] = None) -> WorkerPart:
+                 env: Optional[Mapping[str, str]] = None) -> WorkerPart:
     """Explicit options win; else torchrun (RANK/WORLD_SIZE), Slurm arrays, Slurm tasks; else one worker."""
     env = os.environ if env is None else env
     local_rank = _int_env(env, "LOCAL_RANK")

@@ -70,7 +70,8 @@ def _on_validation(data, tasks, config, device, label) -> Selection:
     limit = int(config.selection_rows)
     subset = len(values) > 1 and 0 < limit < rows
     chosen_on = _subset(data, limit, config.seed) if subset else data
-    configs = [dataclasses.replace(config, weight_decay=value, **(_refit_schedule(config, rows) if subset else {}))
+    schedule = _refit_schedule(config, rows) if subset else {}
+    configs = [dataclasses.replace(config, weight_decay=value, **schedule)
                for value in l2_candidates(config, len(chosen_on.train))]
     outcomes = train_stacked(chosen_on, tasks, configs, device, labels=[f"{label}[L2 {c.weight_decay:.3g}] " for c in configs]) \
         if len(configs) > 1 else [train_one(chosen_on, tasks, configs[0], device, label)]
@@ -86,7 +87,6 @@ def _on_validation(data, tasks, config, device, label) -> Selection:
     final = dataclasses.replace(config, weight_decay=_chosen(values, best))
     outcome = train_one(data, tasks, final, device, label)  # each task's coefficient, on every training row
     if subset:
-        schedule = _refit_schedule(config, rows)
         record["candidates_trained_on"] = (f"a random {limit:,} of the {rows:,} training rows, with the refit's batch "
                                            f"size ({schedule['batch_size']}) and epochs ({schedule['epochs']})")
     return Selection(outcome, _raw(outcome.model, data.val.x, config, device), targets, masks, record)

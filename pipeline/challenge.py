@@ -98,7 +98,7 @@ def compare_runs(runs: list) -> list:
             metrics = json.loads((run / "metrics.json").read_text())
         except (OSError, ValueError) as error:
             raise PipelineError(f"{run} is not a readable run ({type(error).__name__}: {error}); pass --out folders of "
-                             "`omni-heads fit`.") from error
+                                "`omni-heads fit`.") from error
         attrs, test = info.get("cache_attrs", {}), metrics.get("test", {})
         row = {"run": str(run), "backbone": attrs.get("backbone"), "weights": attrs.get("weights"),
                "feature_dim": attrs.get("feature_dim"), "shared_size": info.get("model", {}).get("shared_size"),

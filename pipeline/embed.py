@@ -34,7 +34,7 @@ def embed(run_dir, cache_dir, out_dir, flip: bool = True, dtype: str = "float16"
     run = load_run(run_dir, device=resolve_device(device))
     if not run.model.shared_size:
         raise PipelineError(f"run {run_dir} has linear heads (--shared-size 0): there is no shared layer to embed; "
-                         "refit with --shared-size > 0, or use the cache's own features.")
+                            "refit with --shared-size > 0, or use the cache's own features.")
     store = FeatureStore(cache_dir)
     check_cache_matches(run.cache_attrs, store.attrs, store.path)
     if cached_keys(out_dir):

@@ -86,7 +86,7 @@ def open_labelled_cache(config: FitConfig, tasks: tuple) -> tuple:
     labels, report = build_labels(config.metadata, config.label_config(), cache_keys=store.keys)
     if len(labels.keys) == 0:
         raise PipelineError(f"no cache key matched a metadata record ({config.cache} vs {config.metadata}); check --format "
-                         "and the key/file-name rules of the label format.")
+                            "and the key/file-name rules of the label format.")
     return store, labels, report
 
 
@@ -336,14 +336,14 @@ def evaluate(run_dir, split: str = "test", cache: Optional[str] = None, device: 
     run = load_run(run_dir, device=device or "cpu")
     if protocol == CHALLENGE and run.labels.config.protocol != CHALLENGE:
         raise PipelineError(f"run {run_dir} was fit with omniart's labels ({len(run.labels.artist_names)} artists), not the "
-                         f"challenge's classes; refit with `omni-heads fit ... --protocol {CHALLENGE}`.")
+                            f"challenge's classes; refit with `omni-heads fit ... --protocol {CHALLENGE}`.")
     cache = cache or run.config.cache
     if not Path(cache).is_dir():
         raise PipelineError(f"cache directory {cache!r} of run {run_dir} does not exist; pass the cache with --cache.")
     if not (np.asarray(run.labels.split) == split).any():
         present = sorted(set(np.asarray(run.labels.split).tolist()))
         raise PipelineError(f"run {run_dir} has no {split} samples (its splits: {', '.join(present)}); evaluate another "
-                         "--split, or refit with metadata that gives this split samples.")
+                            "--split, or refit with metadata that gives this split samples.")
     store = FeatureStore(cache)
     check_cache_matches(run.cache_attrs, store.attrs, store.path)  # features made as the run's, or wrong metrics
     part = split_arrays(store, run.labels, run.tasks, split)

@@ -55,7 +55,7 @@ class PredictConfig:
             raise PipelineError(f"--out {self.out} cannot be written: {blocker} is a file, not a folder.")
         if self.weights is not None and not Path(self.weights).is_file():
             raise PipelineError(f"--weights {self.weights} " + ("is not a regular file" if Path(self.weights).exists()
-                             else "does not exist") + "; pass the backbone weights file the run's cache was extracted with.")
+                                else "does not exist") + "; pass the backbone weights file the run's cache was extracted with.")
 
 
 def predict(cfg: PredictConfig):
@@ -129,11 +129,13 @@ def check_cache_matches(run_attrs: dict, cache_attrs: dict, where="the cache", i
     the command can extract the images itself (predict --images), so the advice names it."""
     from omniart.cache.format import differing  # here: h5py loads only when a cache is read
 
-    for name in differing(run_attrs, cache_attrs)[:1]:  # what the shards of one cache must agree on, too
+    wrong = differing(run_attrs, cache_attrs)  # what the shards of one cache must agree on, too
+    if wrong:
+        name = wrong[0]
         raise PipelineError(f"{where} was made with {name}={cache_attrs.get(name)!r} but the run was trained on "
-                         f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
-                         f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights)"
-                         + (", or pass --images to let predict do it." if images_option else "."))
+                            f"features with {name}={run_attrs.get(name)!r}; extract the images again with "
+                            f"`omni-extract --backbone {run_attrs.get('backbone')}` (same weights)"
+                            + (", or pass --images to let predict do it." if images_option else "."))
 
 
 def file_sha256(path) -> str:

@@ -40,7 +40,7 @@ class Run:
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != self.model.feature_dim:
             raise PipelineError(f"features of shape {features.shape} do not fit run {self.run_dir}: it expects "
-                             f"(N, {self.model.feature_dim}) features from backbone {self.cache_attrs.get('backbone')!r}.")
+                                f"(N, {self.model.feature_dim}) features from backbone {self.cache_attrs.get('backbone')!r}.")
         return self.estimator.predict_scores(features)
 
 
@@ -62,7 +62,7 @@ def load_run(run_dir, device: str = "cpu") -> Run:
         config = FitConfig(**{k: v for k, v in info["fit"].items() if k in known})
     except Exception as error:  # any damage (truncated JSON, wrong keys) is the same user problem
         raise PipelineError(f"run {run_dir} has a damaged config.json ({type(error).__name__}: {error}); "
-                         f"rerun `omni-heads fit --out {run_dir}`.") from error
+                            f"rerun `omni-heads fit --out {run_dir}`.") from error
     # runs of omniart 0.1 saved no hyperparameters with the weights: those of config.json then
     estimator = MultiTaskHeads.load(run_dir, device=device)
     if not getattr(estimator, "history_", None):
@@ -95,7 +95,7 @@ def check_run_out(out) -> None:
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise PipelineError(f"--out {str(out)!r} exists and is not a run directory (it would be replaced whole); "
-                         "pass a new folder, an empty one, or an earlier run to overwrite.")
+                            "pass a new folder, an empty one, or an earlier run to overwrite.")
     blocker = file_in_the_way(out.resolve())
     if blocker is not None:
         raise PipelineError(f"--out {str(out)!r} cannot be created: {blocker} is a file, not a folder; pass another --out.")

@@ -84,7 +84,7 @@ def parse_grid(items) -> dict:
             raise PipelineError(f"bad --grid {item!r}: write NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
         if name not in known:
             raise PipelineError(f"--grid {item!r}: {name.replace('_', '-')} is not a fit option a sweep can vary; use one of "
-                             f"{', '.join(n.replace('_', '-') for n in known)}.")
+                                f"{', '.join(n.replace('_', '-') for n in known)}.")
         if name in grid:
             raise PipelineError(f"--grid names {name.replace('_', '-')} twice; give all its values in one --grid.")
         kinds, optional = _field_kinds()
@@ -123,7 +123,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
 
     if not (config.cache and config.metadata and config.format):
         raise PipelineError("a sweep needs CACHE, --metadata and --format (as for `omni-heads fit`); "
-                         "only --merge works without them.")
+                            "only --merge works without them.")
     if not config.grid:
         raise PipelineError("an empty grid: give at least one --grid NAME=V1,V2 (e.g. --grid shared-size=1024,2048).")
     worker = resolve_part(config.num_parts, config.part_index)
@@ -166,13 +166,13 @@ def merge_results(out) -> object:
         part_plan = out / f"sweep-{tag}.json"
         if part_plan.exists() and json.loads(part_plan.read_text()) != plan:
             raise PipelineError(f"{path.name} in {out} was trained on another grid than sweep.json ({part_plan.name} "
-                             "differs); rerun that part with the same --grid and options, or use another --out.")
+                                "differs); rerun that part with the same --grid and options, or use another --out.")
     table = pd.concat([pd.read_csv(path) for path in parts], ignore_index=True)
     missing = sorted(set(range(plan["configurations"])) - set(table["config"]))
     if missing or table["config"].duplicated().any():
         raise PipelineError(f"the parts in {out} do not add up to the planned {plan['configurations']} configurations "
-                         f"(missing {missing[:10]}, duplicated {sorted(set(table['config'][table['config'].duplicated()]))[:10]}); "
-                         f"run the missing parts (of {plan['shards']}) or delete stale parts.")
+                            f"(missing {missing[:10]}, duplicated {sorted(set(table['config'][table['config'].duplicated()]))[:10]}); "
+                            f"run the missing parts (of {plan['shards']}) or delete stale parts.")
     table = _sorted_table(table.to_dict("records"), list(plan["grid"]))
     publish_file(out / "results.csv", lambda path: table.to_csv(path, index=False))
     return table
@@ -192,7 +192,7 @@ def _write_plan(out: Path, plan: dict, tag: str) -> None:
     shared = out / "sweep.json"
     if shared.exists() and json.loads(shared.read_text()) != plan:
         raise PipelineError(f"{out} holds a sweep of another grid or options (sweep.json differs); use another --out, "
-                         "or delete that folder to start over.")
+                            "or delete that folder to start over.")
     for path in (shared, out / f"sweep-{tag}.json"):
         publish_file(path, lambda temporary: Path(temporary).write_text(json.dumps(plan, indent=2)))
 
