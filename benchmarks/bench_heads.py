@@ -105,7 +105,7 @@ def _fit_child(job: dict, queue) -> None:
         run_sweep(SweepConfig(**job["sweep"]))
     else:
         for settings in job["fits"]:
-            result = fit(FitConfig(**settings))
+            result = fit(FitConfig.from_options(**settings))
             fits.append({name: result.metrics[name] for name in ("train_seconds", "epochs", "samples", "batch_size")})
             fits[-1]["epoch_seconds"] = [row["seconds"] for row in result.history]
             model = json.loads((Path(settings["out"]) / "config.json").read_text())["model"]

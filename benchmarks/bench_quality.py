@@ -163,7 +163,7 @@ def one_setting(min_samples: int, generator: str, args, tmp: Path) -> dict:
               "classes": model["task_sizes"], "batch_size": metrics["batch_size"], "epochs": metrics["epochs"],
               "best_epoch": metrics["best_epoch"], "shared_size": model["shared_size"],
               # the precision the fit ran in: its --precision, or the automatic rule on the device it ran on
-              "precision": "bf16" if bf16_autocast(HeadsConfig(precision=saved["fit"]["precision"]), metrics["device"])
+              "precision": "bf16" if bf16_autocast(HeadsConfig(precision=saved["fit"]["heads"]["precision"]), metrics["device"])
               else "float32", "fit_seeds": args.fit_seeds,
               "test": rows, "test_per_seed": [run[0] for run in runs], "seconds": seconds,
               "probe_details": probe, "goals": goals(rows, seconds, generator)}
@@ -176,9 +176,9 @@ def _fits(cache: Path, out: Path, base: dict, overrides: dict) -> tuple:
     from omniart.pipeline import FitConfig, fit
 
     start = time.perf_counter()
-    multi = fit(FitConfig(cache=str(cache), out=str(out / "multi"), single_task_baselines=True, **overrides, **base))
+    multi = fit(FitConfig.from_options(cache=str(cache), out=str(out / "multi"), single_task_baselines=True, **overrides, **base))
     fit_seconds = time.perf_counter() - start
-    linear = fit(FitConfig(cache=str(cache), out=str(out / "linear"), shared_size=0, **base))
+    linear = fit(FitConfig.from_options(cache=str(cache), out=str(out / "linear"), shared_size=0, **base))
     metrics = multi.metrics
     rows = {"multi_task": {task: metrics["test"][task][SCORE[task]] for task in TASKS},
             "single_task": {task: metrics["single_task"][task]["test"][SCORE[task]] for task in TASKS},

@@ -3,10 +3,10 @@ import importlib
 
 from omniart.core.errors import OmniError
 
-__all__ = ["MultiTaskHeads", "HeadsConfig", "fit_many", "nearest_neighbors", "TASKS", "HeadsError"]
+__all__ = ["MultiTaskHeads", "HeadsConfig", "RuntimeConfig", "fit_many", "nearest_neighbors", "TASKS", "HeadsError"]
 
 # torch-heavy modules load on first use, so importing the package (and `omni-heads --help`) stays instant.
-_LAZY = {"MultiTaskHeads": "omniart.heads.estimator", "HeadsConfig": "omniart.heads.config",
+_LAZY = {"MultiTaskHeads": "omniart.heads.estimator", "HeadsConfig": "omniart.heads.config", "RuntimeConfig": "omniart.heads.config",
          "TASKS": "omniart.heads.config", "fit_many": "omniart.heads.sweep",
          "nearest_neighbors": "omniart.heads.neighbors"}
 

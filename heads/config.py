@@ -1,11 +1,12 @@
 """`HeadsConfig`: the hyperparameters of phase two and their default rules (no paths, no label rules, no torch)."""
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from omniart.heads import HeadsError
 
-__all__ = ["HeadsConfig", "TASKS", "ARTIST_INITS", "EVAL_BATCH_SIZE", "L2_CANDIDATES", "artist_init", "loss_scales",
+__all__ = ["HeadsConfig", "RuntimeConfig", "TASKS", "ARTIST_INITS", "EVAL_BATCH_SIZE", "L2_CANDIDATES", "artist_init", "loss_scales",
            "auto_weight_decay", "task_decays", "l2_candidates", "auto_batch_size", "auto_epochs", "auto_shared_size", "balanced_year_weight", "parse_task_weights", "check_tasks", "tasks_to_train", "PRECISIONS", "bf16_autocast"]
 
 TASKS = ("artist", "type", "material", "year")
@@ -42,7 +43,8 @@ EVAL_BATCH_SIZE = 2048  # rows per inference pass: one (rows, H) float32 activat
 
 @dataclass
 class HeadsConfig:
-    """Every hyperparameter of the shared layer and task heads; saved with each trained model.
+    """Every hyperparameter of the shared layer and task heads; saved with each trained model (where it trains and
+    how it reports are a RuntimeConfig's: the same hyperparameters give the same model on any device).
 
     A field whose default is None is chosen automatically; its metadata["auto"] says how (the CLI shows it).
     """
@@ -100,20 +102,17 @@ class HeadsConfig:
     class_weights: bool = False  # inverse-frequency artist class weights (paper 4.3.1, unbalanced splits)
     flip: bool = True  # train on the mirrored images' features too (random per sample and epoch) when given
     seed: int = 0
-    device: Optional[str] = field(default=None, metadata={"auto": "the GPU when present, else CPU with a warning"})
     # bf16: training and inference under bf16 autocast (bfloat16 matmuls; float32 weights, optimiser and losses);
     # float32 throughout. Paired CPU fits on the quality benchmark gave the same figures within the shared layer's
     # initialisation draw and trained 1.6-1.7x faster on a CPU with AMX (bf16 units; without them bf16 is slower).
     precision: Optional[str] = field(default=None, metadata={"auto": "bf16 on a GPU, float32 on a CPU"})
-    eval_batch_size: int = EVAL_BATCH_SIZE
-    progress: bool = True  # one line per epoch on stderr
 
     def check(self) -> None:
         """Raise HeadsError naming the first value out of range (before any training starts): fit, sweep and run
         all pass through here."""
         if self.tasks is not None:
             check_tasks(self.tasks)
-        for name in ("epochs", "batch_size", "eval_batch_size", "patience", "min_validation_rows"):
+        for name in ("epochs", "batch_size", "patience", "min_validation_rows"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise HeadsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
         if int(self.selection_rows) < 0:
@@ -148,6 +147,26 @@ class HeadsConfig:
                              "path (drop --no-linear-path), use --shared-size 0, or pass --artist-init zero.")
         parse_task_weights(self.task_weights, check_tasks(self.tasks) if self.tasks is not None else TASKS,
                            self.shared_size or 0)
+
+
+@dataclass
+class RuntimeConfig:
+    """Where a fit runs and how it reports: not the model's hyperparameters, so not saved with it."""
+
+    device: Optional[str] = field(default=None, metadata={"auto": "the GPU when present, else CPU with a warning"})
+    eval_batch_size: int = EVAL_BATCH_SIZE  # rows per inference pass
+    progress: bool = True  # one line per epoch on stderr
+
+    def check(self) -> None:
+        if isinstance(self.eval_batch_size, bool) or not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
+            raise HeadsError(f"eval_batch_size must be an integer of at least 1, got {self.eval_batch_size!r}.")
+
+    def resolved(self) -> "RuntimeConfig":
+        """This runtime with its device chosen (omniart.core.environment.resolve_device: None -> the GPU or CPU)."""
+        from omniart.core.environment import resolve_device
+
+        self.check()
+        return dataclasses.replace(self, device=str(resolve_device(self.device)))
 
 
 # (field, lower test, upper test, the rule in words): finite numbers in the ranges where training can work

@@ -10,8 +10,7 @@ import numpy as np
 
 from omniart.core.numeric import non_finite_rows
 from omniart.heads import HeadsError
-from omniart.core.environment import resolve_device
-from omniart.heads.config import HeadsConfig, bf16_autocast, tasks_to_train
+from omniart.heads.config import HeadsConfig, RuntimeConfig, bf16_autocast, tasks_to_train
 
 __all__ = ["MultiTaskHeads", "MODEL_FILE"]
 
@@ -26,34 +25,32 @@ class MultiTaskHeads:
     """The OmniArt shared ReLU layer and one head per task, trained with L = sum_i w_i s_i L_i on feature arrays.
 
     `MultiTaskHeads(shared_size=1024).fit(X, {"artist": ids, "year": years})`; hyperparameters are the fields of
-    HeadsConfig (pass a config, keyword overrides, or both). Targets: artist int ids (-1 = no label), type and
+    HeadsConfig, where and how it runs those of RuntimeConfig (`device`, `progress`, `eval_batch_size`): pass
+    configs, keyword overrides of either, or both. Only the hyperparameters are saved with the model. Targets: artist int ids (-1 = no label), type and
     material multi-hot (N, K) 0/1 arrays, year floats (nan = no label). After `fit`, attributes ending in `_` hold
     what was learnt: `model_` (heads.model.OmniArtHeads), `history_` (one dict per epoch), `best_epoch_`,
     `task_weights_`, `input_mean_`/`input_std_` (the input standardisation), `loss_scales_`, ...
     """
 
-    def __init__(self, config: Optional[HeadsConfig] = None, **params):
-        self.config = dataclasses.replace(config or HeadsConfig(), **self._checked_names(params))
-
-    @staticmethod
-    def _checked_names(params: dict) -> dict:
-        known = [f.name for f in dataclasses.fields(HeadsConfig)]
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise HeadsError(f"unknown hyperparameter {', '.join(unknown)}; MultiTaskHeads takes {', '.join(known)}.")
-        return params
+    def __init__(self, config: Optional[HeadsConfig] = None, runtime: Optional[RuntimeConfig] = None, **params):
+        hyper, run = _split(params)
+        self.config = dataclasses.replace(config or HeadsConfig(), **hyper)
+        self.runtime = dataclasses.replace(runtime or RuntimeConfig(), **run)
 
     def get_params(self, deep: bool = True) -> dict:
-        """The hyperparameters (scikit-learn's contract: the values themselves, so `clone` sees the same objects)."""
-        return {f.name: getattr(self.config, f.name) for f in dataclasses.fields(HeadsConfig)}
+        """The hyperparameters and runtime options (scikit-learn's contract: the values themselves, so `clone` sees
+        the same objects)."""
+        return {f.name: getattr(part, f.name) for part in (self.config, self.runtime) for f in dataclasses.fields(part)}
 
     def set_params(self, **params) -> "MultiTaskHeads":
-        self.config = dataclasses.replace(self.config, **self._checked_names(params))
+        hyper, run = _split(params)
+        self.config = dataclasses.replace(self.config, **hyper)
+        self.runtime = dataclasses.replace(self.runtime, **run)
         return self
 
     def __repr__(self) -> str:
-        changed = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(HeadsConfig)
-                   if getattr(self.config, f.name) != f.default}
+        changed = {f.name: getattr(part, f.name) for part in (self.config, self.runtime) for f in dataclasses.fields(part)
+                   if getattr(part, f.name) != f.default}
         return f"MultiTaskHeads({', '.join(f'{name}={value!r}' for name, value in changed.items())})"
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -71,14 +68,15 @@ class MultiTaskHeads:
 
         self.config.check()
         tasks = tasks_to_train(self.config, targets)
-        device = resolve_device(self.config.device)
+        runtime = self.runtime.resolved()
+        device = runtime.device
         data = device_data(X, targets, tasks, device, masks=masks, X_flip=X_flip if self.config.flip else None,
                            validation=validation, n_classes=n_classes, bf16=bf16_autocast(self.config, device))
         if not len(data.val) and self.config.patience is not None:
             warnings.warn("no validation rows: no validation score and no early stopping; the last epoch is kept.",
                           RuntimeWarning, stacklevel=2)
         start = time.perf_counter()
-        selection = fit_selected(data, tasks, self.config, device, label)
+        selection = fit_selected(data, tasks, self.config, runtime, label)
         self.learned_from(selection, tasks, device)
         # every model the choice trained counts: the candidates, the cross-validation parts and the refit
         self.train_seconds_ = time.perf_counter() - start
@@ -136,7 +134,7 @@ class MultiTaskHeads:
         """Task -> numpy: artist softmax (N, A), type/material sigmoid (N, K), year in years (N,); the
         probabilities calibrated on held-out rows (temperatures_) unless `calibrated` is False."""
         features = self._tensor(X)
-        return self._fitted().predict(features, self.config.eval_batch_size, bf16_autocast(self.config, features.device),
+        return self._fitted().predict(features, self.runtime.eval_batch_size, bf16_autocast(self.config, features.device),
                                       getattr(self, "temperatures_", None) if calibrated else None)
 
     def predict_interval(self, X) -> tuple:
@@ -187,8 +185,8 @@ class MultiTaskHeads:
         parts = []
         model.eval()
         with torch.no_grad():
-            for start in range(0, len(x), self.config.eval_batch_size):
-                parts.append(model.shared(x[start:start + self.config.eval_batch_size]).float().cpu().numpy())
+            for start in range(0, len(x), self.runtime.eval_batch_size):
+                parts.append(model.shared(x[start:start + self.runtime.eval_batch_size]).float().cpu().numpy())
         return np.concatenate(parts) if parts else np.empty((0, model.shared_size), np.float32)
 
     # -- persistence --------------------------------------------------------------------------------------------
@@ -239,7 +237,7 @@ class MultiTaskHeads:
         stored = {name: value for name, value in saved.get("config", {}).items() if name in known}
         if stored.get("tasks") is not None:
             stored["tasks"] = tuple(stored["tasks"])
-        estimator = cls(config if config is not None else HeadsConfig(**stored))
+        estimator = cls(config if config is not None else HeadsConfig(**stored), RuntimeConfig(device=str(device)))
         estimator.model_ = model.to(device).eval()
         learned = saved.get("learned", {})
         for name in _LEARNED:
@@ -247,6 +245,16 @@ class MultiTaskHeads:
         estimator.tasks_ = tuple(model.task_sizes)
         estimator.task_sizes_, estimator.n_features_in_, estimator.device_ = dict(model.task_sizes), model.feature_dim, device
         return estimator
+
+
+def _split(params: dict) -> tuple:
+    """Keyword options -> (HeadsConfig's, RuntimeConfig's); HeadsError naming an unknown one."""
+    hyper, run = ([f.name for f in dataclasses.fields(kind)] for kind in (HeadsConfig, RuntimeConfig))
+    unknown = sorted(set(params) - set(hyper) - set(run))
+    if unknown:
+        raise HeadsError(f"unknown hyperparameter {', '.join(unknown)}; MultiTaskHeads takes {', '.join(hyper)} and "
+                         f"where it runs: {', '.join(run)}.")
+    return tuple({name: value for name, value in params.items() if name in names} for names in (hyper, run))
 
 
 def _plain(value):

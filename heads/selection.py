@@ -14,7 +14,7 @@ import torch
 
 from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
                                        scaled_probabilities)
-from omniart.heads.config import (HeadsConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size, bf16_autocast,
+from omniart.heads.config import (HeadsConfig, RuntimeConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size, bf16_autocast,
                                   l2_candidates)
 from omniart.heads.metrics import task_metrics
 from omniart.heads.data import DeviceData, SplitTensors, label_rates_of, median_artist_rows
@@ -36,8 +36,9 @@ class Selection:
     record: dict  # JSON: where the held-out rows came from, the candidates, their scores and the choice
 
 
-def fit_selected(data: DeviceData, tasks: tuple, config: HeadsConfig, device, label: str = "") -> Selection:
-    """Train `config` on `data`, choosing the L2 coefficient on held-out rows when `config.weight_decay` is None."""
+def fit_selected(data: DeviceData, tasks: tuple, config: HeadsConfig, runtime: RuntimeConfig, label: str = "") -> Selection:
+    """Train `config` on `data` (on `runtime`'s resolved device), choosing the L2 coefficient on held-out rows when
+    `config.weight_decay` is None."""
     rows = len(data.train)
     automatic = config.weight_decay is None
     if "artist" in tasks and config.artist_init is None:
@@ -45,15 +46,15 @@ def fit_selected(data: DeviceData, tasks: tuple, config: HeadsConfig, device, la
         # be scored as the model the refit trains (the LDA start or the zero start), not as another one
         config = dataclasses.replace(config, artist_init=artist_init(config, median_artist_rows(data.train)))
     if len(data.val) >= config.min_validation_rows:
-        return _on_validation(data, tasks, config, device, label)
+        return _on_validation(data, tasks, config, runtime, label)
     folds = min(int(config.cv_folds), rows)
     if folds < 2 or not (automatic or config.calibrate):
-        outcome = train_one(data, tasks, config, device, label)
+        outcome = train_one(data, tasks, config, runtime, label)
         chosen = outcome.weight_decay
         return Selection(outcome, None, None, None, {"source": "none", "candidates": [chosen], "chosen": chosen,
                                                      "reason": "fewer than 2 training rows" if folds < 2 else
                                                      "weight_decay given and calibration off"})
-    return _on_folds(data, tasks, config, device, label, folds)
+    return _on_folds(data, tasks, config, runtime, label, folds)
 
 
 def selects_alone(config: HeadsConfig, validation_rows: int) -> bool:
@@ -62,7 +63,7 @@ def selects_alone(config: HeadsConfig, validation_rows: int) -> bool:
     return config.weight_decay is None or (config.calibrate and validation_rows < config.min_validation_rows)
 
 
-def _on_validation(data, tasks, config, device, label) -> Selection:
+def _on_validation(data, tasks, config, runtime, label) -> Selection:
     from omniart.heads.stacking import train_stacked
 
     rows = len(data.train)
@@ -73,9 +74,9 @@ def _on_validation(data, tasks, config, device, label) -> Selection:
     schedule = _refit_schedule(config, rows) if subset else {}
     configs = [dataclasses.replace(config, weight_decay=value, **schedule)
                for value in l2_candidates(config, len(chosen_on.train))]
-    outcomes = train_stacked(chosen_on, tasks, configs, device, labels=[f"{label}[L2 {c.weight_decay:.3g}] " for c in configs]) \
-        if len(configs) > 1 else [train_one(chosen_on, tasks, configs[0], device, label)]
-    held = [_raw(outcome.model, data.val.x, config, device) for outcome in outcomes]
+    outcomes = train_stacked(chosen_on, tasks, configs, runtime, labels=[f"{label}[L2 {c.weight_decay:.3g}] " for c in configs]) \
+        if len(configs) > 1 else [train_one(chosen_on, tasks, configs[0], runtime, label)]
+    held = [_raw(outcome.model, data.val.x, config, runtime) for outcome in outcomes]
     targets, masks = _numpy(data.val.targets), _numpy(data.val.masks)
     scores = [_held_scores(outputs, targets, masks, data) for outputs in held]
     best = _choose(scores, tasks)
@@ -85,11 +86,11 @@ def _on_validation(data, tasks, config, device, label) -> Selection:
         return Selection(outcomes[index], held[index], targets, masks, record)
     del outcomes
     final = dataclasses.replace(config, weight_decay=_chosen(values, best))
-    outcome = train_one(data, tasks, final, device, label)  # each task's coefficient, on every training row
+    outcome = train_one(data, tasks, final, runtime, label)  # each task's coefficient, on every training row
     if subset:
         record["candidates_trained_on"] = (f"a random {limit:,} of the {rows:,} training rows, with the refit's batch "
                                            f"size ({schedule['batch_size']}) and epochs ({schedule['epochs']})")
-    return Selection(outcome, _raw(outcome.model, data.val.x, config, device), targets, masks, record)
+    return Selection(outcome, _raw(outcome.model, data.val.x, config, runtime), targets, masks, record)
 
 
 def _refit_schedule(config: HeadsConfig, rows: int) -> dict:
@@ -113,7 +114,7 @@ def _subset(data: DeviceData, rows: int, seed: int) -> DeviceData:
     return dataclasses.replace(data, train=part, label_rates=label_rates_of(part, data.sizes), artist_lda={})
 
 
-def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:
+def _on_folds(data, tasks, config, runtime, label, folds: int) -> Selection:
     from omniart.heads.stacking import train_stacked
 
     rows = len(data.train)
@@ -125,10 +126,11 @@ def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:
     for fold in range(folds):
         keep = part_t != fold
         for value in l2_candidates(config, int(keep.sum())):
-            members.append(dataclasses.replace(config, weight_decay=value, progress=False))
+            members.append(dataclasses.replace(config, weight_decay=value))
             parts.append((keep, fold))
-    outcomes = train_stacked(data, tasks, members, device, parts) if len(members) > 1 else \
-        [train_one(data, tasks, members[0], device, label)]
+    quiet = dataclasses.replace(runtime, progress=False)  # the parts' models train silently
+    outcomes = train_stacked(data, tasks, members, quiet, parts) if len(members) > 1 else \
+        [train_one(data, tasks, members[0], quiet, label)]
     count = len(members) // folds
     held = []
     for index in range(count):  # each candidate's out-of-part outputs, every training row predicted once
@@ -136,7 +138,7 @@ def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:
         for fold in range(folds):
             where = np.flatnonzero(part == fold)
             raw = _raw(outcomes[fold * count + index].model, data.train.x[torch.from_numpy(where).to(part_t.device)],
-                       config, device)
+                       config, runtime)
             if outputs is None:
                 outputs = {task: np.zeros((rows,) + value.shape[1:], value.dtype) for task, value in raw.items()}
             for task, value in raw.items():
@@ -147,27 +149,27 @@ def _on_folds(data, tasks, config, device, label, folds: int) -> Selection:
     scores = [part_scores(outputs, targets, masks, part, data) for outputs in held]
     values = l2_candidates(config, rows)
     best = _choose(scores, tasks)
-    outcome = train_one(data, tasks, dataclasses.replace(config, weight_decay=_chosen(values, best)), device, label)
+    outcome = train_one(data, tasks, dataclasses.replace(config, weight_decay=_chosen(values, best)), runtime, label)
     # each task's calibration rows: the out-of-part outputs of its chosen coefficient
     chosen_held = {task: held[index][task] for task, index in best.items()}
     return Selection(outcome, chosen_held, targets, masks,
                      _record(f"{folds}-fold cross-validation of the training rows", rows, values, scores, best, tasks))
 
 
-def on_validation(outcome: Outcome, data: DeviceData, config: HeadsConfig, device) -> Selection:
+def on_validation(outcome: Outcome, data: DeviceData, config: HeadsConfig, runtime: RuntimeConfig) -> Selection:
     """The Selection of a model trained with a given coefficient (a sweep's stack member): its validation outputs
     are the held-out rows, where the split has any."""
     record = {"source": "validation" if len(data.val) else "none", "held_out_rows": len(data.val),
               "candidates": [outcome.weight_decay], "chosen": outcome.weight_decay}
     if not len(data.val):
         return Selection(outcome, None, None, None, record)
-    return Selection(outcome, _raw(outcome.model, data.val.x, config, device), _numpy(data.val.targets),
+    return Selection(outcome, _raw(outcome.model, data.val.x, config, runtime), _numpy(data.val.targets),
                      _numpy(data.val.masks), record)
 
 
-def _raw(model, x: torch.Tensor, config: HeadsConfig, device) -> dict:
+def _raw(model, x: torch.Tensor, config: HeadsConfig, runtime: RuntimeConfig) -> dict:
     return {task: value.cpu().numpy() for task, value in
-            model.forward_batched(x, config.eval_batch_size, bf16_autocast(config, device)).items()}
+            model.forward_batched(x, runtime.eval_batch_size, bf16_autocast(config, runtime.device)).items()}
 
 
 def _numpy(tensors: dict) -> dict:

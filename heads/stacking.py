@@ -4,7 +4,7 @@ from typing import Optional
 __all__ = ["train_stacked"]
 
 
-def train_stacked(data, tasks: tuple, configs: list, device, parts: Optional[list] = None,
+def train_stacked(data, tasks: tuple, configs: list, runtime, parts: Optional[list] = None,
                   labels: Optional[list] = None) -> list:
     """Train same-shape configurations as one stacked model; returns one heads.training.Outcome per config.
 
@@ -23,7 +23,7 @@ def train_stacked(data, tasks: tuple, configs: list, device, parts: Optional[lis
 
     parts = parts or [(None, None)] * len(configs)
     labels = labels or [""] * len(configs)  # each member's progress prefix
-    members = [Trainer(data, tasks, config, device, label, keep=keep, part=part)
+    members = [Trainer(data, tasks, config, runtime, label, keep=keep, part=part)
                for config, (keep, part), label in zip(configs, parts, labels)]
     params, buffers = stack_module_state([member.model for member in members])
     stacked = {**params, **buffers}
@@ -53,7 +53,7 @@ def train_stacked(data, tasks: tuple, configs: list, device, parts: Optional[lis
                 parameter.grad = params[name].grad[i]
             members[i].step()
 
-    return run_epochs(members, data, configs[0], device, lambda x: forward(params, buffers, x), update)
+    return run_epochs(members, data, configs[0], lambda x: forward(params, buffers, x), update)
 
 
 class _JointAdam:

@@ -5,8 +5,7 @@ import time
 from typing import Optional
 
 from omniart.heads import HeadsError
-from omniart.core.environment import resolve_device
-from omniart.heads.config import HeadsConfig, bf16_autocast, tasks_to_train
+from omniart.heads.config import HeadsConfig, RuntimeConfig, bf16_autocast, tasks_to_train
 
 __all__ = ["fit_many", "group_by", "STACKABLE"]
 
@@ -16,8 +15,9 @@ STACKABLE = ("lr", "weight_decay", "warmup", "patience", "year_scale", "year_hub
 
 
 def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_flip=None, validation=None,
-             n_classes: Optional[dict] = None, batched: bool = True) -> list:
-    """One fitted MultiTaskHeads per HeadsConfig, in order, each as `MultiTaskHeads(config).fit(...)` would give.
+             n_classes: Optional[dict] = None, batched: bool = True, runtime: Optional[RuntimeConfig] = None) -> list:
+    """One fitted MultiTaskHeads per HeadsConfig, in order, each as `MultiTaskHeads(config, runtime).fit(...)` would
+    give (`runtime`: where they all train and how they report; default RuntimeConfig()).
 
     The arrays go to the device once per (tasks, flip, device); with `batched`, configurations that differ only
     in STACKABLE options train as one stacked model (one forward pass for all), where each needs nothing but
@@ -31,12 +31,14 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
     from omniart.heads.stacking import train_stacked
     from omniart.heads.data import device_data
 
-    estimators = [MultiTaskHeads(config) for config in configs]
+    estimators = [MultiTaskHeads(config, runtime) for config in configs]
     if not estimators:
         raise HeadsError("no configurations to train: give at least one HeadsConfig.")
     for estimator in estimators:
         estimator.config.check()
-    members = [(index, estimator, tasks_to_train(estimator.config, targets), resolve_device(estimator.config.device))
+    resolved = (runtime or RuntimeConfig()).resolved()
+    device = resolved.device
+    members = [(index, estimator, tasks_to_train(estimator.config, targets), device)
                for index, estimator in enumerate(estimators)]
     for group in group_by(members, lambda e, tasks, device: json.dumps([list(tasks), e.config.flip, device,
                                                                          bf16_autocast(e.config, device)])).values():
@@ -48,14 +50,14 @@ def fit_many(configs: list, X, targets: dict, masks: Optional[dict] = None, X_fl
             config = stack[0][1].config  # the key below makes selects_alone the same for every member
             if batched and len(stack) > 1 and not selects_alone(config, validation_rows):
                 started = time.perf_counter()
-                outcomes = train_stacked(data, tasks, [e.config for _, e, _, _ in stack], device)
-                selections = [on_validation(outcome, data, e.config, device) for outcome, (_, e, _, _) in zip(outcomes, stack)]
+                outcomes = train_stacked(data, tasks, [e.config for _, e, _, _ in stack], resolved)
+                selections = [on_validation(outcome, data, e.config, resolved) for outcome, (_, e, _, _) in zip(outcomes, stack)]
                 seconds = [(time.perf_counter() - started) / len(stack)] * len(stack)  # the stack's time, shared
             else:
                 selections, seconds = [], []
                 for _, estimator, _, _ in stack:
                     started = time.perf_counter()
-                    selections.append(fit_selected(data, tasks, estimator.config, device))
+                    selections.append(fit_selected(data, tasks, estimator.config, resolved))
                     seconds.append(time.perf_counter() - started)
             for (_, estimator, _, _), selection, spent in zip(stack, selections, seconds):
                 estimator.learned_from(selection, tasks, device)
@@ -78,7 +80,6 @@ def _stack_key(config: HeadsConfig, validation_rows: int) -> str:
     from omniart.heads.selection import selects_alone
 
     values = dataclasses.asdict(config)
-    ignored = STACKABLE + ("progress", "device")  # the device is resolved per data group already
-    kept = {name: value for name, value in values.items() if name not in ignored}
+    kept = {name: value for name, value in values.items() if name not in STACKABLE}
     kept["selects"] = selects_alone(config, validation_rows)
     return json.dumps(kept, default=str, sort_keys=True)

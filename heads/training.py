@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from omniart.heads import HeadsError
-from omniart.heads.config import (HeadsConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size,
+from omniart.heads.config import (HeadsConfig, RuntimeConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size,
                                   bf16_autocast, loss_scales, parse_task_weights, task_decays)
 from omniart.heads.data import DeviceData, SplitTensors, batch_features, label_rates_of, median_artist_rows
 from omniart.heads.denormals import denormals_flushed
@@ -82,11 +82,13 @@ class Trainer:
     validation, and the kept epoch (the last, or the best with early stopping). `train_one` drives one;
     heads.sweep drives a stack of them."""
 
-    def __init__(self, data: DeviceData, tasks: tuple, config: HeadsConfig, device, label: str = "",
+    def __init__(self, data: DeviceData, tasks: tuple, config: HeadsConfig, runtime: RuntimeConfig, label: str = "",
                  keep: Optional[torch.Tensor] = None, part=None):
         """`keep`: (training rows,) bool, the rows this model learns from (a cross-validation part named `part`,
-        whose other rows it is scored on); None: all. Such a part's model skips the validation split."""
+        whose other rows it is scored on); None: all. Such a part's model skips the validation split. `runtime`:
+        its device resolved (RuntimeConfig.resolved)."""
         self.data, self.tasks, self.config, self.label, self.keep, self.part = data, tasks, config, label, keep, part
+        self.runtime, device = runtime, runtime.device
         with torch.random.fork_rng(devices=[]):  # the seed's initialisation, leaving the caller's generator alone
             torch.manual_seed(config.seed)
             model = OmniArtHeads(data.train.x.shape[1], auto_shared_size(config, len(data.train)), {t: data.sizes[t] for t in tasks},
@@ -211,7 +213,7 @@ class Trainer:
                     for t in tasks})
         score = None
         if self.has_val:
-            metrics, val_losses = split_metrics(self.model, self.data.val, config.eval_batch_size, self.year_huber,
+            metrics, val_losses = split_metrics(self.model, self.data.val, self.runtime.eval_batch_size, self.year_huber,
                                                 self.bf16)
             row.update({f"val_{t}_loss": val_losses[t] for t in tasks})
             row.update({f"val_{t}_{name}": value for t in tasks for name, value in metrics[t].items()})
@@ -237,7 +239,7 @@ class Trainer:
                 for name, value in state.items():
                     self.best_state[name].copy_(value.detach())
         self.done = self.has_val and config.patience is not None and self.stale >= config.patience
-        if config.progress:  # opt-in progress display, like a progress bar
+        if self.runtime.progress:  # opt-in progress display, like a progress bar
             losses = " ".join(f"{t} {v:.4f}" for t, v in zip(tasks, train_losses[1:]))
             shown = "-" if score is None else f"{score:.4f}"
             print(f"{self.label}epoch {epoch}/{self.epochs}  loss {train_losses[0]:.4f} ({losses})  val score {shown}"
@@ -280,13 +282,14 @@ def decay_factors(model: OmniArtHeads, decays: dict) -> dict:
     return factors
 
 
-def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, device, forward, update) -> list:
+def run_epochs(trainers: list, data: DeviceData, config: HeadsConfig, forward, update) -> list:
     """The epoch loop shared by one model and a stack: returns each trainer's Outcome.
 
     Every epoch draws one data order and flip mask from `config.seed`; per batch, `forward(features)` (under bf16
     autocast where the trainers' precision says so) gives the outputs and `update(active, outputs, targets, masks)` steps the trainers whose
     indices are in `active` (those not yet stopped early). Each active trainer then ends its epoch.
     """
+    device = trainers[0].runtime.device  # a stack's members share it (heads.sweep groups by it)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     cuda = torch.device(device).type == "cuda"
     # the trainers' own flag, which their validation uses too (a stack's members share it: heads.sweep groups by it)
@@ -329,10 +332,10 @@ def _cuda_index(device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def train_one(data: DeviceData, tasks: tuple, config: HeadsConfig, device, label: str = "") -> Outcome:
+def train_one(data: DeviceData, tasks: tuple, config: HeadsConfig, runtime: RuntimeConfig, label: str = "") -> Outcome:
     """One model: mini-batch Adam (L2 penalty), warm-up + cosine LR, per-epoch validation; the last epoch kept,
     or the best with `patience` (early stopping)."""
-    trainer = Trainer(data, tasks, config, device, label)
+    trainer = Trainer(data, tasks, config, runtime, label)
 
     def update(active, outputs, targets, masks, rows):
         total = trainer.loss(outputs, targets, masks, rows)
@@ -340,4 +343,4 @@ def train_one(data: DeviceData, tasks: tuple, config: HeadsConfig, device, label
         total.backward()
         trainer.step()
 
-    return run_epochs([trainer], data, config, device, trainer.model, update)[0]
+    return run_epochs([trainer], data, config, trainer.model, update)[0]

@@ -21,8 +21,8 @@ from omniart.pipeline.sources import FORMATS
 
 __all__ = ["main"]
 
-_FIT_FIELDS = {f.name: f for f in dataclasses.fields(FitConfig)}
-_LABEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LabelConfig)}
+_FIT_FIELDS = FitConfig.options()  # flat option name -> the field of the fit or of one of its parts
+_LABEL_DEFAULTS = {name: field.default for name, field in _FIT_FIELDS.items()}  # the label options' among them
 _EXTRACT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
 _PREDICT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PredictConfig)}
 _EMBED_DEFAULTS = {name: p.default for name, p in inspect.signature(embed_cache).parameters.items()}
@@ -65,7 +65,8 @@ _RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patie
                     "min_class_samples", "seed", "precision")
 
 
-# Label options of csv metadata: one spelling on labels, fit, sweep and run (LabelConfig's fields)
+# Label options of csv metadata: one spelling on labels, fit, sweep and run (CsvOptions' fields, and LabelConfig's
+# language)
 _LABEL_OPTIONS = {
     "key_column": ("csv: column of each record's image key (its file name, path or tar key).", str),
     "artist_column": ("csv: artist column [default: 'artist' if present].", str),
@@ -169,8 +170,8 @@ def fit(cache, metadata, label_format, out, **options):
 
     names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "calibrate", "flip", "keep_all_samples", "protocol", "device",
                                   "single_task_baselines", "plots", "leakage_threshold"]
-    config = FitConfig(cache=cache, metadata=metadata, format=label_format, out=out,
-                       label_options=_given_labels(options), **_chosen(options, names))
+    config = FitConfig.from_options(cache=cache, metadata=metadata, format=label_format, out=out,
+                                    **_given_labels(options), **_chosen(options, names))
     result = run_fit(config)
     metrics = result.metrics
     click.echo(markdown_table({"val": metrics["val"], "test": metrics["test"]}))
@@ -294,9 +295,7 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_parts
         click.echo(f"merged {len(table)} configurations into {out}/results.csv")
         return
     fixed = _chosen(options, ("epochs", "seed", "device"))
-    labels = _given_labels(options)
-    if labels:
-        fixed["label_options"] = labels
+    fixed.update(_given_labels(options))
     if options.get("tasks"):
         fixed["tasks"] = tuple(task.strip() for task in options["tasks"].split(",") if task.strip())
     result = run_sweep(SweepConfig(cache=cache_dir, metadata=metadata, format=metadata_format, out=out,
@@ -337,8 +336,9 @@ def compare(runs, as_json):
 def labels(metadata, format_, min_artist_samples, min_class_samples, keep_all_samples, seed, protocol, as_json,
            **options):
     """Print label statistics of collection METADATA: samples, classes, years, splits, coverage."""
-    config = LabelConfig(format=format_, min_artist_samples=min_artist_samples, min_class_samples=min_class_samples,
-                         keep_all_samples=keep_all_samples, seed=seed, protocol=protocol, **_given_labels(options))
+    config = LabelConfig.from_options(format=format_, min_artist_samples=min_artist_samples,
+                                      min_class_samples=min_class_samples, keep_all_samples=keep_all_samples, seed=seed,
+                                      protocol=protocol, **_given_labels(options))
     stats = build_labels(metadata, config)[0].statistics()
     if as_json:
         click.echo(json.dumps(stats))
@@ -397,10 +397,7 @@ def run(images, metadata, label_format, out, gallery, quiet, **options):
     from omniart.pipeline.end_to_end import run_pipeline
 
     extract = {field: options[name] for name, field in _EXTRACT_OPTIONS.items() if options[name] is not None}
-    fit_options = _chosen(options, _RUN_FIT_OPTIONS + ("keep_all_samples", "device"))
-    labels = _given_labels(options)
-    if labels:
-        fit_options["label_options"] = labels
+    fit_options = {**_chosen(options, _RUN_FIT_OPTIONS + ("keep_all_samples", "device")), **_given_labels(options)}
     config = RunConfig.create(images, metadata, label_format, out, extract={**extract, "progress": not quiet},
                               fit={**fit_options, "progress": not quiet}, gallery=gallery)
     click.echo(str(run_pipeline(config)))

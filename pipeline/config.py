@@ -1,30 +1,34 @@
-"""`FitConfig`: phase two's files, label rules and every HeadsConfig hyperparameter, saved in each run directory."""
+"""`FitConfig`: a fit's files, its label rules, its hyperparameters and its runtime, saved in each run directory."""
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from omniart.pipeline import PipelineError
-from omniart.heads.config import TASKS, HeadsConfig, check_tasks
+from omniart.core.configs import from_options, from_saved, options_of
+from omniart.heads.config import TASKS, HeadsConfig, RuntimeConfig, check_tasks
 from omniart.heads.duplicates import DEFAULT_THRESHOLD
+from omniart.pipeline import PipelineError
+from omniart.pipeline.labels import LabelConfig
 
 __all__ = ["FitConfig"]
 
 
 @dataclass
-class FitConfig(HeadsConfig):
-    """Everything `omni-heads fit` needs: where features, metadata and the run go, the label rules, and every
-    HeadsConfig hyperparameter (same names, same defaults); saved as config.json["fit"] in the run directory."""
+class FitConfig:
+    """Everything `omni-heads fit` needs, composed of its parts: where features, metadata and the run go (its own
+    fields), how metadata becomes labels (`labels`), the model's hyperparameters (`heads`, saved with the model)
+    and where it trains and how it reports (`runtime`). Saved as config.json["fit"] in the run directory.
+
+    `FitConfig.from_options(cache=..., metadata=..., format="csv", key_column="file", epochs=5, device="cpu")`
+    takes every part's options flat, by the command line's names (`seed` seeds both the label split and training).
+    """
 
     cache: str = ""
     metadata: str = ""
-    format: str = "rijks14"  # label format: rijks14 | met | csv (pipeline.labels)
     out: str = "run"
-    min_artist_samples: Optional[int] = None  # None: LabelConfig's default
-    min_class_samples: Optional[int] = None
-    keep_all_samples: Optional[bool] = None
-    protocol: Optional[str] = None  # None: LabelConfig's (omniart); rijks14-challenge: the challenge's own classes
-    label_options: dict = field(default_factory=dict)  # any other LabelConfig field (csv columns, separator...)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     single_task_baselines: bool = False
     # validation/test samples with a training sample this cosine-similar (or the same vector) count as leaked
     # (duplicates across splits inflate every figure); None: not checked. The default is `omni-heads duplicates`'s,
@@ -34,30 +38,30 @@ class FitConfig(HeadsConfig):
     # (about 1 s a fit), for benchmarks and scripted fits that read metrics.json alone
     plots: bool = True
 
-    def heads_config(self, **changes) -> HeadsConfig:
-        """The hyperparameters alone (what the estimator is built from), with `changes` applied."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(HeadsConfig)}
-        return HeadsConfig(**{**values, **changes})
+    @classmethod
+    def from_options(cls, **options) -> "FitConfig":
+        """A FitConfig from flat options, each the name of a field of the fit or of one of its parts (PipelineError
+        naming an unknown one and listing the valid names)."""
+        return from_options(cls, options, error=PipelineError, what="fit option")
 
-    def label_config(self):
-        """The LabelConfig this fit builds its labels with."""
-        from omniart.pipeline.labels import LabelConfig
+    @classmethod
+    def from_saved(cls, values: dict) -> "FitConfig":
+        """The FitConfig of a run directory's config.json["fit"], as this version writes it or as earlier versions
+        did (flat, with the csv options under "label_options")."""
+        values = dict(values)
+        values.update(values.pop("label_options", None) or {})
+        return from_saved(cls, values)
 
-        options = {"format": self.format, **self.label_options}
-        for name in ("min_artist_samples", "min_class_samples", "keep_all_samples", "protocol"):
-            if getattr(self, name) is not None:
-                options[name] = getattr(self, name)
-        options.setdefault("seed", self.seed)
-        try:
-            return LabelConfig(**options)
-        except TypeError as error:
-            valid = ", ".join(f.name for f in dataclasses.fields(LabelConfig))
-            raise PipelineError(f"bad label option ({error}); LabelConfig fields are: {valid}.") from error
+    @staticmethod
+    def options() -> dict:
+        """Flat option name -> the dataclass field it sets (the first, for `seed`): defaults and help of the CLI."""
+        return {name: found[0].field for name, found in options_of(FitConfig).items()}
 
     def checked_tasks(self) -> tuple:
         """The tasks to train (all four when none are named), every hyperparameter checked first."""
-        tasks = check_tasks(self.tasks) if self.tasks is not None else TASKS
-        self.heads_config(tasks=tasks).check()
+        tasks = check_tasks(self.heads.tasks) if self.heads.tasks is not None else TASKS
+        dataclasses.replace(self.heads, tasks=tasks).check()
+        self.runtime.check()
         threshold = self.leakage_threshold
         if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)
                                           and 0 < threshold <= 1):

@@ -41,8 +41,8 @@ class RunConfig:
         cache = out / "cache"
         return cls(out=str(out),
                    extract=ExtractConfig(images=str(images), out=str(cache), exclude=(str(out),), **(extract or {})),
-                   fit=FitConfig(cache=str(cache), metadata=str(metadata), format=format, out=str(out / "run"),
-                                 **(fit or {})),
+                   fit=FitConfig.from_options(cache=str(cache), metadata=str(metadata), format=format,
+                                              out=str(out / "run"), **(fit or {})),
                    **options)
 
     def save(self) -> Path:
@@ -124,7 +124,7 @@ def _check_inputs(config: RunConfig) -> None:
                         f"(Met JSON/CSV, Rijks'14 rijksgt.mat or a CSV table) with --metadata.")
     from omniart.pipeline.sources import read_records
 
-    read_records(config.fit.metadata, config.fit.label_config())  # its columns and label options, before extracting
+    read_records(config.fit.metadata, config.fit.labels)  # its columns and label options, before extracting
 
 
 def _predict_gallery(run, store: "FeatureStore", config: RunConfig, paths: dict) -> List[dict]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from omniart.pipeline import PipelineError
-from omniart.heads.config import HeadsConfig
+from omniart.heads.config import HeadsConfig, RuntimeConfig
 from omniart.pipeline.config import FitConfig
 from omniart.pipeline.records import SPLITS
 
@@ -83,7 +83,7 @@ def open_labelled_cache(config: FitConfig, tasks: tuple) -> tuple:
     if not Path(config.metadata).exists():
         raise PipelineError(f"metadata file {config.metadata!r} does not exist; pass it with --metadata.")
     store = FeatureStore(config.cache)
-    labels, report = build_labels(config.metadata, config.label_config(), cache_keys=store.keys)
+    labels, report = build_labels(config.metadata, config.labels, cache_keys=store.keys)
     if len(labels.keys) == 0:
         raise PipelineError(f"no cache key matched a metadata record ({config.cache} vs {config.metadata}); check --format "
                             "and the key/file-name rules of the label format.")
@@ -104,14 +104,14 @@ def fit(config: FitConfig) -> FitResult:
     check_run_out(config.out)  # before the training, not after it
     store, labels, report = open_labelled_cache(config, tasks)
     tasks, dropped = trainable_tasks(labels, tasks)
-    if config.progress:
+    if config.runtime.progress:
         print(data_summary(labels, tasks, report, dropped), file=sys.stderr, flush=True)
-    heads_config = config.heads_config(tasks=tasks)
-    train = split_arrays(store, labels, tasks, "train", flip=config.flip)
+    heads_config = dataclasses.replace(config.heads, tasks=tasks)
+    train = split_arrays(store, labels, tasks, "train", flip=heads_config.flip)
     val = split_arrays(store, labels, tasks, "val")
-    estimator = MultiTaskHeads(heads_config).fit(train.X, train.targets, train.masks, X_flip=train.X_flip,
-                                                 validation=val.validation() if len(val.rows) else None,
-                                                 n_classes=class_counts(labels))
+    estimator = MultiTaskHeads(heads_config, config.runtime).fit(
+        train.X, train.targets, train.masks, X_flip=train.X_flip, validation=val.validation() if len(val.rows) else None,
+        n_classes=class_counts(labels))
     test = split_arrays(store, labels, tasks, "test")
     scores = {"val": estimator.predict_scores(val.X), "test": estimator.predict_scores(test.X)}
     metrics = {name: _split_metrics(estimator, scores[name], part) for name, part in (("val", val), ("test", test))}
@@ -134,11 +134,12 @@ def fit(config: FitConfig) -> FitResult:
     if labels.config.protocol == CHALLENGE and len(test.rows):
         metrics[CHALLENGE_KEY] = {"test": _challenge(scores["test"], test, labels)}
     if config.single_task_baselines:
-        metrics["single_task"] = _single_task_baselines(heads_config, tasks, train, val, test, class_counts(labels))
+        metrics["single_task"] = _single_task_baselines(heads_config, config.runtime, tasks, train, val, test,
+                                                            class_counts(labels))
         single_seconds = sum(entry["train_seconds"] for entry in metrics["single_task"].values())
         metrics["single_task_seconds"] = single_seconds
         metrics["speedup"] = single_seconds / estimator.train_seconds_
-    config = dataclasses.replace(config, tasks=list(tasks))
+    config = dataclasses.replace(config, heads=heads_config)  # its tasks resolved
     info = {"fit": dataclasses.asdict(config), "tasks": list(tasks),
             "cache_attrs": store.attrs, "labels": _plain(labels.config), "join": _plain(report),
             "label_statistics": labels.statistics(), "model": estimator.model_.sizes(),
@@ -293,13 +294,13 @@ def _year_baseline(train: SplitArrays, held: SplitArrays) -> Optional[float]:
     return year_baseline(train.targets["year"], held.targets["year"])
 
 
-def _single_task_baselines(heads_config: HeadsConfig, tasks: tuple, train, val, test, n_classes: dict) -> dict:
+def _single_task_baselines(heads_config: HeadsConfig, runtime: RuntimeConfig, tasks: tuple, train, val, test, n_classes: dict) -> dict:
     """Each task trained alone with the same settings: test metrics and training seconds per task."""
     from omniart.heads import MultiTaskHeads
 
     results = {}
     for task in tasks:
-        alone = MultiTaskHeads(dataclasses.replace(heads_config, tasks=(task,))).fit(
+        alone = MultiTaskHeads(dataclasses.replace(heads_config, tasks=(task,)), runtime).fit(
             train.X, train.targets, train.masks, X_flip=train.X_flip,
             validation=val.validation() if len(val.rows) else None, n_classes=n_classes, label=f"[{task} only] ")
         test_metrics = _split_metrics(alone, alone.predict_scores(test.X), test)

@@ -2,18 +2,19 @@
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from omniart.core.configs import from_options, from_saved
 from omniart.heads.config import TASKS
 from omniart.pipeline.parsing import LANGUAGES, LabelError
 from omniart.pipeline.records import SPLITS, key_stem, record_key_of
 from omniart.pipeline.sources import FORMATS, read_records
 
-__all__ = ["TASKS", "PROTOCOLS", "LabelConfig", "LabelSet", "JoinReport", "LabelError", "build_labels",
+__all__ = ["TASKS", "PROTOCOLS", "LabelConfig", "CsvOptions", "LabelSet", "JoinReport", "LabelError", "build_labels",
            "challenge_labels", "stratified_split"]
 
 SPLIT_FRACTIONS = (0.7, 0.2, 0.1)  # paper section 4.1: train / validation / test, stratified per artist
@@ -26,24 +27,11 @@ _EXAMPLES = 5
 
 
 @dataclass
-class LabelConfig:
-    """How metadata becomes labels. Saved with every LabelSet.
+class CsvOptions:
+    """How a csv's columns become labels (`format="csv"` only): the *_column options name columns (artist, type,
+    material, year and split default to columns of those names when present); separator splits multi-valued
+    cells."""
 
-    min_artist_samples: artists with fewer samples get no class (paper: 100/300/700/1100); their samples stay,
-    the artist masked, so the other tasks keep every row; keep_all_samples=False restricts the data set to the
-    kept artists' samples (the paper's Table 4). min_class_samples: type/material classes need this many
-    positives (10 drops one-off free-text words and typos while keeping every class a head can learn).
-    The *_column options name csv columns (artist/type/material/year/split default to columns of those
-    names when present); separator splits multi-valued csv cells; language picks the stemmer of
-    free-text media and types (met, csv) and the language of the Rijks'14 type and material names shown
-    (english: the package's glossary; dutch: the catalogue's own words).
-    """
-
-    format: str = "rijks14"
-    min_artist_samples: int = 100
-    min_class_samples: int = 10
-    keep_all_samples: bool = True
-    seed: int = 0
     key_column: str = "key"
     artist_column: Optional[str] = None
     type_column: Optional[str] = None
@@ -53,9 +41,36 @@ class LabelConfig:
     end_column: Optional[str] = None
     split_column: Optional[str] = None
     separator: str = "|"
+
+
+@dataclass
+class LabelConfig:
+    """How metadata becomes labels. Saved with every LabelSet.
+
+    min_artist_samples: artists with fewer samples get no class (paper: 100/300/700/1100); their samples stay,
+    the artist masked, so the other tasks keep every row; keep_all_samples=False restricts the data set to the
+    kept artists' samples (the paper's Table 4). min_class_samples: type/material classes need this many
+    positives (10 drops one-off free-text words and typos while keeping every class a head can learn).
+    language picks the stemmer of free-text media and types (met, csv) and the language of the Rijks'14 type
+    and material names shown (english: the package's glossary; dutch: the catalogue's own words). csv: the
+    columns of a csv (CsvOptions). `LabelConfig.from_options(format="csv", key_column="file", ...)` takes
+    the csv options flat, as the command line does.
+    """
+
+    format: str = "rijks14"
+    min_artist_samples: int = 100
+    min_class_samples: int = 10
+    keep_all_samples: bool = True
+    seed: int = 0
     language: str = "english"
     # omniart: the rules above; rijks14-challenge: the Rijksmuseum Challenge 2014's own classes (challenge_labels)
     protocol: str = "omniart"
+    csv: CsvOptions = field(default_factory=CsvOptions)
+
+    @classmethod
+    def from_options(cls, **options) -> "LabelConfig":
+        """A LabelConfig from flat options: its own fields' names and CsvOptions' (LabelError naming an unknown)."""
+        return from_options(cls, options, error=LabelError, what="label option")
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -186,8 +201,7 @@ class LabelSet:
             if not (run_dir / name).is_file():
                 raise LabelError(f"{run_dir} has no {name}; expected a directory written by LabelSet.save")
         vocab = json.loads((run_dir / VOCAB_FILE).read_text(encoding="utf-8"))
-        known = {f.name for f in fields(LabelConfig)}
-        config = LabelConfig(**{k: v for k, v in vocab.pop("config").items() if k in known})
+        config = from_saved(LabelConfig, vocab.pop("config"))  # an older, flat config too
         with np.load(run_dir / LABELS_FILE, allow_pickle=False) as arrays:
             data = {name: arrays[name] for name in arrays.files}
         return cls(config=config, **data, **vocab)

@@ -29,7 +29,7 @@ def write_report(summary, run, config) -> Path:
 def _header(run, config, run_link: str) -> str:
     attrs = run.cache_attrs
     return (f"# omniart end-to-end report\n\n"
-            f"- images: `{config.extract.images}`; metadata: `{config.fit.metadata}` (format `{config.fit.format}`)\n"
+            f"- images: `{config.extract.images}`; metadata: `{config.fit.metadata}` (format `{config.fit.labels.format}`)\n"
             f"- features: `{attrs.get('backbone')}` (weights `{attrs.get('weights')}`, {attrs.get('feature_dim')}-d, "
             f"flipped copies {'yes' if config.extract.flip else 'no'}), cache `cache/`\n"
             f"- heads: tasks {', '.join(run.tasks)}, shared layer {run.model.shared_size}, "

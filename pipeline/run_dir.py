@@ -58,15 +58,14 @@ def load_run(run_dir, device: str = "cpu") -> Run:
         raise PipelineError(f"{run_dir} is not a complete run: {', '.join(missing)} missing; rerun `omni-heads fit --out {run_dir}`.")
     try:
         info = json.loads((run_dir / "config.json").read_text())
-        known = {f.name for f in dataclasses.fields(FitConfig)}
-        config = FitConfig(**{k: v for k, v in info["fit"].items() if k in known})
+        config = FitConfig.from_saved(info["fit"])
     except Exception as error:  # any damage (truncated JSON, wrong keys) is the same user problem
         raise PipelineError(f"run {run_dir} has a damaged config.json ({type(error).__name__}: {error}); "
                             f"rerun `omni-heads fit --out {run_dir}`.") from error
     # runs of omniart 0.1 saved no hyperparameters with the weights: those of config.json then
     estimator = MultiTaskHeads.load(run_dir, device=device)
     if not getattr(estimator, "history_", None):
-        estimator = MultiTaskHeads.load(run_dir, device=device, config=config.heads_config(tasks=tuple(estimator.tasks_)))
+        estimator = MultiTaskHeads.load(run_dir, device=device, config=dataclasses.replace(config.heads, tasks=tuple(estimator.tasks_)))
     try:
         labels = LabelSet.load(run_dir)
     except Exception as error:

@@ -220,7 +220,7 @@ def _table_records(frame, path, keys, artist, types, materials, begin, end, date
         first = int(np.flatnonzero([k is None for k in key_array])[0])
         raise LabelError(f"{path}: empty key in data row {first + 1}; every record needs a key")
     empty = (scipy.sparse.csr_matrix((n, 0), dtype=bool), [], [])
-    separator = config.separator if config.format == "csv" else MET_SEPARATOR
+    separator = config.csv.separator if config.format == "csv" else MET_SEPARATOR
     codes, vocabulary, artist_shown = _artist_codes(artist, separator) if artist is not None else (np.full(n, -1), [], [])
     types, type_ids, type_display = (
         _multi_label(types, _phrases(separator, config.language)) if types is not None else empty
@@ -272,10 +272,11 @@ def _read_met(path, config):
 
 def _read_csv(path, config):
     frame = _read_table(path, "csv")
+    columns = config.csv
     named = {
-        "key": config.key_column, "artist": config.artist_column, "type": config.type_column,
-        "material": config.material_column, "year": config.year_column, "begin": config.begin_column,
-        "end": config.end_column, "split": config.split_column,
+        "key": columns.key_column, "artist": columns.artist_column, "type": columns.type_column,
+        "material": columns.material_column, "year": columns.year_column, "begin": columns.begin_column,
+        "end": columns.end_column, "split": columns.split_column,
     }
     # Columns named explicitly must exist; unnamed label columns default to the task's name when present.
     _require(frame, [c for c in named.values() if c], path, "named by the column options")

@@ -12,19 +12,26 @@ from omniart.pipeline import PipelineError
 
 __all__ = ["SweepConfig", "SweepResult", "run_sweep", "merge_results", "parse_grid", "expand_grid"]
 
-# Options a grid cannot vary: where data comes from and goes, and how a process runs.
-_NOT_GRIDDED = ("cache", "metadata", "format", "out", "progress", "single_task_baselines", "device", "label_options")
+# Options a grid cannot vary: where data comes from and goes (a csv's columns too), and how a process runs (the
+# fit's runtime part).
+_NOT_GRIDDED = ("cache", "metadata", "format", "out", "single_task_baselines")
+_NOT_GRIDDED_PARTS = (("runtime",), ("labels", "csv"))
 
 
 @functools.lru_cache(maxsize=None)
 def _field_kinds() -> tuple:
-    """FitConfig field -> its value type (Optional[X] -> X), and the fields that may be None (automatic)."""
+    """Grid option (a flat FitConfig option) -> its value type (Optional[X] -> X), and the options that may be None
+    (automatic)."""
     import typing
 
+    from omniart.core.configs import options_of
     from omniart.pipeline.config import FitConfig
 
     kinds, optional = {}, set()
-    for name, hint in typing.get_type_hints(FitConfig).items():
+    for name, found in options_of(FitConfig).items():
+        if name in _NOT_GRIDDED or found[0].path in _NOT_GRIDDED_PARTS:
+            continue
+        hint = found[0].hint
         arguments = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         if typing.get_origin(hint) is typing.Union:
             optional.add(name)
@@ -73,9 +80,7 @@ def parse_grid(items) -> dict:
 
     Tasks are joined with '+' inside one value: tasks=artist+type,artist.
     """
-    from omniart.pipeline.config import FitConfig
-
-    known = {f.name: f for f in dataclasses.fields(FitConfig) if f.name not in _NOT_GRIDDED}
+    known, _ = _field_kinds()
     grid = {}
     for item in items:
         name, sep, values = str(item).partition("=")
@@ -133,7 +138,7 @@ def run_sweep(config: SweepConfig) -> SweepResult:
         raise PipelineError(f"{', '.join(clash)} is both fixed and in --grid; give it in one place.")
     base = dict(config.fixed, cache=config.cache, metadata=config.metadata, format=config.format, progress=False)
     base["device"] = resolve_device(base.get("device"), worker.local_rank)
-    fits = [FitConfig(**base, **combo) for combo in combos]
+    fits = [FitConfig.from_options(**base, **combo) for combo in combos]
     tasks = [fit_config.checked_tasks() for fit_config in fits]  # every configuration checked before any trains
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,11 +237,11 @@ def _train_all(members: list, batched: bool) -> list:
     for group in group_by(members, _data_key).values():
         _, first, tasks = group[0]
         store, labels, _ = open_labelled_cache(first, tasks)
-        train = split_arrays(store, labels, tasks, "train", flip=first.flip)
+        train = split_arrays(store, labels, tasks, "train", flip=first.heads.flip)
         val = split_arrays(store, labels, tasks, "val")
-        fitted = fit_many([fit.heads_config(tasks=tasks) for _, fit, _ in group], train.X, train.targets, train.masks,
-                          X_flip=train.X_flip, validation=val.validation() if len(val.rows) else None,
-                          n_classes=class_counts(labels), batched=batched)
+        fitted = fit_many([dataclasses.replace(fit.heads, tasks=tasks) for _, fit, _ in group], train.X, train.targets,
+                          train.masks, X_flip=train.X_flip, validation=val.validation() if len(val.rows) else None,
+                          n_classes=class_counts(labels), batched=batched, runtime=first.runtime)
         rows.extend(_row(index, estimator) for (index, _, _), estimator in zip(group, fitted))
         del train, val, fitted  # before the next label setting's features are loaded
     return rows
@@ -244,7 +249,7 @@ def _train_all(members: list, batched: bool) -> list:
 
 def _data_key(fit, tasks) -> str:
     """Configurations with the same key train on the same labels and features."""
-    return json.dumps([dataclasses.asdict(fit.label_config()), list(tasks), fit.flip], default=str, sort_keys=True)
+    return json.dumps([dataclasses.asdict(fit.labels), list(tasks), fit.heads.flip], default=str, sort_keys=True)
 
 
 def _row(index: int, estimator) -> dict:

@@ -1,5 +1,6 @@
 """Phase two heads: loss/mask math, metrics vs sklearn, planted-signal recovery, run directory, CLI, real features."""
 import csv
+import dataclasses
 import json
 import math
 
@@ -17,7 +18,7 @@ from omniart.heads.metrics import average_precision, imap_score, map_score, mca,
 from omniart.heads.model import MaskDropout, OmniArtHeads
 from omniart.pipeline.plots import confused_pairs
 from omniart.pipeline.run_dir import load_run
-from omniart.heads.config import parse_task_weights
+from omniart.heads.config import RuntimeConfig, parse_task_weights
 from omniart.pipeline import FitConfig, evaluate, fit
 
 D, ARTISTS, TYPES, MATERIALS = 16, 4, 3, 3
@@ -298,7 +299,7 @@ def test_run_directory_contents_and_metrics_keys(planted_run):
         assert {task: set(values) for task, values in metrics[split].items()} == expected
     assert metrics["epochs"] == 40 and metrics["train_seconds"] > 0 and 1 <= metrics["best_epoch"] <= 40
     config = json.loads((run / "config.json").read_text())
-    assert config["fit"]["shared_size"] == 64 and config["cache_attrs"]["backbone"] == "planted"
+    assert config["fit"]["heads"]["shared_size"] == 64 and config["cache_attrs"]["backbone"] == "planted"
     assert config["labels"]["format"] == "csv" and config["labels"]["min_artist_samples"] == 1
     with open(run / "history.csv") as handle:
         history = list(csv.DictReader(handle))
@@ -310,7 +311,7 @@ def test_load_run_predicts_in_years_and_probabilities(planted_run):
     run_dir, data, *_ = planted_run
     run = load_run(run_dir)
     assert run.model.task_sizes == {"artist": 4, "type": 3, "material": 3, "year": 1}
-    assert run.config.shared_size == 64 and run.cache_attrs["backbone"] == "planted"
+    assert run.config.heads.shared_size == 64 and run.cache_attrs["backbone"] == "planted"
     assert list(run.labels.keys[:2]) == data["keys"][:2]
     out = run.predict(data["x"][:10])
     assert out["artist"].shape == (10, 4) and np.allclose(out["artist"].sum(1), 1, atol=1e-5)
@@ -339,7 +340,7 @@ def test_load_run_refuses_a_model_and_labels_of_different_fits(tmp_path, planted
     """A run whose labels come from another fit (a killed rewrite in place, or files copied together) is refused
     by name instead of failing later with an IndexError."""
     run_dir, data, cache, metadata, _ = planted_run
-    other = fit(FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "other"),
+    other = fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "other"),
                           tasks=("artist",), shared_size=8, epochs=1, min_class_samples=1,
                           min_artist_samples=int(np.sort(np.bincount(data["artist"]))[-2]),  # the two largest artists
                           device="cpu", progress=False))
@@ -386,10 +387,10 @@ def test_seed_makes_fits_repeatable_and_flip_features_are_used(tmp_path):
     cache, metadata = write_planted(tmp_path, data, flip=data["x"] + rng.normal(scale=0.3, size=data["x"].shape))
     base = dict(cache=str(cache), metadata=str(metadata), format="csv", shared_size=32, epochs=4, batch_size=32,
                 min_artist_samples=1, min_class_samples=1, device="cpu", progress=False)
-    first = fit(FitConfig(out=str(tmp_path / "a"), **base))
-    second = fit(FitConfig(out=str(tmp_path / "b"), **base))
-    unflipped = fit(FitConfig(out=str(tmp_path / "c"), flip=False, **base))
-    other_seed = fit(FitConfig(out=str(tmp_path / "d"), seed=1, **base))
+    first = fit(FitConfig.from_options(out=str(tmp_path / "a"), **base))
+    second = fit(FitConfig.from_options(out=str(tmp_path / "b"), **base))
+    unflipped = fit(FitConfig.from_options(out=str(tmp_path / "c"), flip=False, **base))
+    other_seed = fit(FitConfig.from_options(out=str(tmp_path / "d"), seed=1, **base))
     assert first.metrics["flip"] and not unflipped.metrics["flip"]
     losses = [[row["train_loss"] for row in result.history] for result in (first, second, unflipped, other_seed)]
     assert losses[0] == losses[1] and first.metrics["test"] == second.metrics["test"]
@@ -410,10 +411,10 @@ def test_float16_cache_stays_float16_in_memory_and_trains_like_float32(tmp_path)
                 min_class_samples=1, device="cpu", progress=False)
     held = {}
     for cache in (wide, half):
-        store, labels, _ = open_labelled_cache(FitConfig(cache=str(cache), **base), ("artist",))
+        store, labels, _ = open_labelled_cache(FitConfig.from_options(cache=str(cache), **base), ("artist",))
         held[cache] = split_arrays(store, labels, ("artist",), "train").X.dtype
     assert held == {wide: np.float32, half: np.float16}  # half the memory, nothing lost
-    results = [fit(FitConfig(cache=str(cache), out=str(tmp_path / cache.name / "run"), **base)) for cache in (wide, half)]
+    results = [fit(FitConfig.from_options(cache=str(cache), out=str(tmp_path / cache.name / "run"), **base)) for cache in (wide, half)]
     assert [row["train_loss"] for row in results[0].history] == [row["train_loss"] for row in results[1].history]
     assert results[0].metrics["test"] == results[1].metrics["test"]
 
@@ -421,7 +422,7 @@ def test_float16_cache_stays_float16_in_memory_and_trains_like_float32(tmp_path)
 def test_uncertainty_weighting_and_task_subset(tmp_path):
     data = planted(n=400, seed=4)
     cache, metadata = write_planted(tmp_path, data)
-    result = fit(FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
+    result = fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
                            tasks=("artist", "year"), task_weights="uncertainty", shared_size=32, epochs=20,
                            batch_size=32, lr=1e-2, device="cpu", min_artist_samples=1, min_class_samples=1, progress=False))
     assert set(result.metrics["test"]) == {"artist", "year"} and set(result.metrics["log_vars"]) == {"artist", "year"}
@@ -429,7 +430,7 @@ def test_uncertainty_weighting_and_task_subset(tmp_path):
     loaded = load_run(tmp_path / "run")
     assert set(loaded.predict(data["x"][:3])) == {"artist", "year"}
     # the run fit() hands back is the one load_run reads: same config (tasks resolved), same predictions
-    assert result.run().config == loaded.config and result.config.tasks == ["artist", "year"]
+    assert result.run().config == loaded.config and result.config.heads.tasks == ("artist", "year")
     np.testing.assert_allclose(result.run().predict(data["x"][:3])["year"], loaded.predict(data["x"][:3])["year"],
                                rtol=1e-6)
 
@@ -437,7 +438,7 @@ def test_uncertainty_weighting_and_task_subset(tmp_path):
 def test_uncertainty_weighting_learns_a_log_variance_for_every_task(tmp_path):
     data = planted(n=200, seed=4)
     cache, metadata = write_planted(tmp_path, data)
-    result = fit(FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
+    result = fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
                            task_weights="uncertainty", shared_size=16, epochs=2, batch_size=32, device="cpu",
                            min_artist_samples=1, min_class_samples=1, progress=False))
     log_vars = result.metrics["log_vars"]
@@ -454,7 +455,7 @@ def test_fit_options_early_stopping_keeps_best_epoch_with_warmup_cosine_lr(tmp_p
                                        "--weight-decay", "0.05", "--class-weights", *FAST])
     assert result.exit_code == 0, result.output
     assert "epoch 1/60  loss " in result.output and "val score" in result.output  # a progress line per epoch
-    config = json.loads((run / "config.json").read_text())["fit"]
+    config = json.loads((run / "config.json").read_text())["fit"]["heads"]
     assert (config["dropout"], config["weight_decay"], config["class_weights"], config["patience"]) == (0.3, 0.05, True, 2)
     assert load_run(run).model.trunk[2].p == 0.3
     metrics = json.loads((run / "metrics.json").read_text())
@@ -607,8 +608,8 @@ def rijks14_folds(rijks14_features, tmp_path_factory):
 
 def fold_config(cache, metadata, out, tasks, seed=0) -> FitConfig:
     """Default options on one fold's CSV (Dutch type and material names, as Rijks'14 has them)."""
-    return FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(out), tasks=tasks, seed=seed,
-                     min_class_samples=1, keep_all_samples=True, label_options={"language": "dutch"}, device="cpu",
+    return FitConfig.from_options(cache=str(cache), metadata=str(metadata), format="csv", out=str(out), tasks=tasks, seed=seed,
+                     min_class_samples=1, keep_all_samples=True, language="dutch", device="cpu",
                      progress=False, plots=False)
 
 
@@ -733,7 +734,7 @@ def test_default_fit_beats_linear_probes_and_single_task_fits_at_a_realistic_sca
     and the multi-task fit at least as good as each single-task fit (the paper's claim). The defaults before
     the quality work lost on every task (artist 0.31 vs 0.82 at Rijks'14 scale)."""
     cache, metadata = realistic_planted(tmp_path)
-    result = fit(FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
+    result = fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
                            shared_size=512, min_artist_samples=1, min_class_samples=1, single_task_baselines=True,
                            device="cpu", progress=False, plots=False))
     metrics = result.metrics
@@ -778,7 +779,7 @@ def test_the_shared_layer_carries_every_tasks_l2_prior():
     targets = {"artist": rng.integers(0, 3, 400), "type": rng.integers(0, 2, (400, 2)), "year": rng.normal(1800, 50, 400)}
 
     def decay_of(tasks, **options):
-        trainer = Trainer(device_data(x, targets, tasks, "cpu"), tasks, HeadsConfig(shared_size=4, **options), "cpu")
+        trainer = Trainer(device_data(x, targets, tasks, "cpu"), tasks, HeadsConfig(shared_size=4, **options), RuntimeConfig("cpu"))
         assert trainer.optimizer.defaults["weight_decay"] == 0  # the L2 is added by hand, row by row
         return {name: trainer.decay[name][:, 0].tolist() if name in trainer.decay else 0.0
                 for name, _ in trainer.model.named_parameters()}
@@ -813,14 +814,14 @@ def test_fit_learns_input_standardisation_and_starts_from_the_priors(tmp_path):
     data = planted(n=400, seed=2)
     data["x"] = data["x"] * 5.0 + 3.0  # far from standardised
     cache, metadata = write_planted(tmp_path, data)
-    config = FitConfig(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
+    config = FitConfig.from_options(cache=str(cache), metadata=str(metadata), format="csv", out=str(tmp_path / "run"),
                        min_artist_samples=1, min_class_samples=1, device="cpu", progress=False, artist_init="zero")
     tasks = ("artist", "type", "material", "year")
     store, labels, _ = open_labelled_cache(config, tasks)
     part = split_arrays(store, labels, tasks, "train")
     training = device_data(part.X, part.targets, tasks, "cpu", masks=part.masks,
                            n_classes={"artist": len(labels.artist_names)})
-    state = Trainer(training, tasks, config.heads_config(tasks=tasks), "cpu")
+    state = Trainer(training, tasks, dataclasses.replace(config.heads, tasks=tasks), RuntimeConfig("cpu"))
     train = labels.split == "train"
     np.testing.assert_allclose(state.model.input_mean.numpy(), data["x"][train].mean(0), rtol=1e-5)
     np.testing.assert_allclose(state.model.input_std.numpy(), data["x"][train].std(0), rtol=1e-4)
@@ -876,7 +877,7 @@ def test_the_artist_head_starts_at_the_lda_and_its_l2_prior_centres_there():
     reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(
         (x[y >= 0] - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0), y[y >= 0])
     for shared_size in (8, 0):
-        trainer = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=shared_size, weight_decay=0.5), "cpu")
+        trainer = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=shared_size, weight_decay=0.5), RuntimeConfig("cpu"))
         first = trainer.model.predict(torch.from_numpy(x[:40]))["artist"]
         np.testing.assert_allclose(first[:, :8], reference.predict_proba((x[:40] - x.mean(0)) /
                                    np.where(x.std(0) > 0, x.std(0), 1.0)), atol=2e-4)
@@ -889,9 +890,9 @@ def test_the_artist_head_starts_at_the_lda_and_its_l2_prior_centres_there():
         assert before[weight].abs().max() > 0.1
         torch.testing.assert_close(after[weight], before[weight], rtol=0, atol=1e-7)
     assert data.artist_lda is not None  # computed once: both trainers read the same discriminant
-    zero = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=8, artist_init="zero"), "cpu")
+    zero = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=8, artist_init="zero"), RuntimeConfig("cpu"))
     assert not zero.model.direct.weight.any()
-    paper = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=8, linear_path=False), "cpu")
+    paper = Trainer(data, ("type", "artist"), HeadsConfig(shared_size=8, linear_path=False), RuntimeConfig("cpu"))
     assert not paper.model.heads["artist_head"].weight.any()  # auto: zero without a linear path
     with pytest.raises(HeadsError, match="--artist-init lda needs the artist head to read the features linearly"):
         HeadsConfig(shared_size=8, linear_path=False, artist_init="lda").check()

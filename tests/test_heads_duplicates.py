@@ -108,7 +108,7 @@ def test_the_default_threshold_is_the_benchmarks_choice_for_duplicates_and_leaka
     measured = results["backbones"]["efficientnet_lite0"]
     assert measured["measured"] and DEFAULT_THRESHOLD == measured["chosen"]["threshold"]
     assert not results["backbones"]["resnet50"]["measured"] and "offline" in results["backbones"]["resnet50"]["why"]
-    assert FitConfig(cache="c", metadata="m").leakage_threshold == DEFAULT_THRESHOLD
+    assert FitConfig.from_options(cache="c", metadata="m").leakage_threshold == DEFAULT_THRESHOLD
     help_text = CliRunner().invoke(main, ["duplicates", "--help"]).output
     assert "bench_duplicates.py" in help_text and str(DEFAULT_THRESHOLD) in help_text
 

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 from test_heads import D, planted, write_planted
 
-from omniart.heads import HeadsConfig, HeadsError, MultiTaskHeads, fit_many
+from omniart.heads import HeadsConfig, HeadsError, MultiTaskHeads, RuntimeConfig, fit_many
 from omniart.heads.duplicates import DEFAULT_THRESHOLD
 from omniart.pipeline import load_run
 from omniart.pipeline.cli import main
@@ -168,9 +168,10 @@ def test_the_estimator_gives_the_numbers_of_omni_heads_fit(tmp_path):
 def test_fit_many_stacks_configurations_and_matches_one_by_one(fitted):
     _, data = fitted
     X, targets = arrays(data, "train")
-    configs = [HeadsConfig(shared_size=32, epochs=3, lr=lr, device="cpu", progress=False) for lr in (1e-3, 3e-3)]
-    stacked = fit_many(configs, X, targets, validation=arrays(data, "val"))
-    alone = fit_many(configs, X, targets, validation=arrays(data, "val"), batched=False)
+    configs = [HeadsConfig(shared_size=32, epochs=3, lr=lr) for lr in (1e-3, 3e-3)]
+    quiet = RuntimeConfig(device="cpu", progress=False)
+    stacked = fit_many(configs, X, targets, validation=arrays(data, "val"), runtime=quiet)
+    alone = fit_many(configs, X, targets, validation=arrays(data, "val"), batched=False, runtime=quiet)
     assert [e.stacked_ for e in stacked] == [2, 2] and [e.stacked_ for e in alone] == [1, 1]
     for a, b in zip(stacked, alone):
         np.testing.assert_allclose([r["train_loss"] for r in a.history_], [r["train_loss"] for r in b.history_], rtol=1e-4)
@@ -179,9 +180,10 @@ def test_fit_many_stacks_configurations_and_matches_one_by_one(fitted):
 def test_year_huber_is_stackable_and_each_stacked_model_keeps_its_own_threshold(fitted):
     _, data = fitted
     X, targets = arrays(data, "train")
-    configs = [HeadsConfig(shared_size=32, epochs=3, year_huber=huber, device="cpu", progress=False) for huber in (0.0, 0.25)]
-    stacked = fit_many(configs, X, targets, validation=arrays(data, "val"))
-    alone = fit_many(configs, X, targets, validation=arrays(data, "val"), batched=False)
+    configs = [HeadsConfig(shared_size=32, epochs=3, year_huber=huber) for huber in (0.0, 0.25)]
+    quiet = RuntimeConfig(device="cpu", progress=False)
+    stacked = fit_many(configs, X, targets, validation=arrays(data, "val"), runtime=quiet)
+    alone = fit_many(configs, X, targets, validation=arrays(data, "val"), batched=False, runtime=quiet)
     assert [e.stacked_ for e in stacked] == [2, 2]
     for a, b in zip(stacked, alone):
         np.testing.assert_allclose([r["val_year_loss"] for r in a.history_], [r["val_year_loss"] for r in b.history_], rtol=1e-4)
@@ -205,8 +207,10 @@ def test_empty_input_keeps_the_output_shapes_and_clone_works(fitted):
     empty = estimator.predict_proba(np.empty((0, D), np.float32))
     assert empty["artist"].shape == (0, 4) and empty["type"].shape == (0, 3)
     assert estimator.predict(np.empty((0, D), np.float32))["artist"].shape == (0,)
-    twin = clone(MultiTaskHeads(tasks=("artist", "year"), shared_size=8))
-    assert twin.get_params() == {**HeadsConfig().__dict__, "tasks": ("artist", "year"), "shared_size": 8}
+    twin = clone(MultiTaskHeads(tasks=("artist", "year"), shared_size=8, progress=False))
+    assert twin.get_params() == {**HeadsConfig().__dict__, **RuntimeConfig().__dict__, "tasks": ("artist", "year"),
+                                 "shared_size": 8, "progress": False}
+    assert twin.runtime == RuntimeConfig(progress=False) and "progress" not in twin.config.__dict__
     X, targets = arrays(data, "train")
     flipped = X.copy()
     flipped[5, 1] = np.nan

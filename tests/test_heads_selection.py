@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from omniart.heads import MultiTaskHeads
-from omniart.heads.config import auto_batch_size
+from omniart.heads.config import RuntimeConfig, auto_batch_size
 from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
                                        scaled_probabilities)
 
@@ -195,7 +195,7 @@ def test_the_artist_starts_at_the_discriminant_only_with_enough_rows_an_artist()
     for per_artist, anchored in ((2, False), (20, True)):
         ids = np.repeat(np.arange(5), per_artist)
         x = rng.normal(size=(len(ids), 32)).astype(np.float32)
-        trainer = Trainer(device_data(x, {"artist": ids}, ("artist",), "cpu"), ("artist",), HeadsConfig(shared_size=4), "cpu")
+        trainer = Trainer(device_data(x, {"artist": ids}, ("artist",), "cpu"), ("artist",), HeadsConfig(shared_size=4), RuntimeConfig("cpu"))
         assert (trainer.anchor is not None) == anchored
 
 

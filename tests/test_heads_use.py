@@ -52,7 +52,7 @@ def trained(tmp_path_factory):
     """A tiny planted cache, its metadata, and a fitted four-task run on it."""
     folder = tmp_path_factory.mktemp("trained")
     cache, metadata = planted(folder)
-    fit(FitConfig(cache=str(cache), metadata=str(metadata), out=str(folder / "run"), **TINY_FIT))
+    fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), out=str(folder / "run"), **TINY_FIT))
     return cache, metadata, folder / "run"
 
 
@@ -190,7 +190,7 @@ def test_predict_from_images_extracts_with_the_runs_backbone(tmp_path):
     metadata = tmp_path / "metadata.csv"
     pd.DataFrame({"key": keys, "artist": [ARTISTS[i % 4] for i in range(24)], "type": [TYPES[i % 2] for i in range(24)],
                   "material": ["paper"] * 24, "year": [1600 + 40 * (i % 4) for i in range(24)]}).to_csv(metadata, index=False)
-    fit(FitConfig(cache=str(cache), metadata=str(metadata), out=str(tmp_path / "run"), **TINY_FIT))
+    fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), out=str(tmp_path / "run"), **TINY_FIT))
     runner = CliRunner()
     by_cache, by_images = tmp_path / "cache.csv", tmp_path / "images.csv"
     assert runner.invoke(predict, [str(tmp_path / "run"), "--cache", str(cache), "--out", str(by_cache)]).exit_code == 0
@@ -346,7 +346,7 @@ def test_sweep_grid_takes_linear_heads_and_automatic_values(trained, tmp_path):
 def test_linear_heads_run_predicts_and_refuses_embed(tmp_path):
     cache, metadata = planted(tmp_path)
     run_dir = tmp_path / "linear"
-    result = fit(FitConfig(cache=str(cache), metadata=str(metadata), out=str(run_dir), **dict(TINY_FIT, shared_size=0)))
+    result = fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), out=str(run_dir), **dict(TINY_FIT, shared_size=0)))
     run = load_run(run_dir)
     assert run.model.shared_size == 0 and not run.model.linear_path and run.model.heads["artist_head"].in_features == 12
     assert "trunk.0.weight" not in run.model.state_dict()  # no shared layer at all
@@ -452,7 +452,7 @@ def test_fit_refuses_a_bad_out_or_leakage_threshold_before_training(tmp_path, mo
              (dict(out=str(tmp_path / "run"), leakage_threshold=-0.5), r"in \(0, 1\]"))
     for changes, message in cases:
         with pytest.raises(OmniError, match=message):  # the run's rules (PipelineError), the heads' (HeadsError)
-            fit(FitConfig(cache=str(cache), metadata=str(metadata), **{**TINY_FIT, **changes}))
+            fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), **{**TINY_FIT, **changes}))
     assert (tmp_path / "notes" / "notes.txt").read_text() == "mine"
 
 
@@ -530,8 +530,8 @@ def test_label_options_are_real_options_of_every_command_and_checked_before_extr
                                         "--min-class-samples", "2", "--epochs", "1", "--shared-size", "8", "--device", "cpu",
                                         "--no-plots", "--out", str(tmp_path / "run")])
     assert fitted.exit_code == 0, fitted.output
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["fit"]["label_options"] == {
-        "key_column": "image", "artist_column": "maker"}
+    columns = json.loads((tmp_path / "run" / "config.json").read_text())["fit"]["labels"]["csv"]
+    assert (columns["key_column"], columns["artist_column"], columns["type_column"]) == ("image", "maker", None)
 
 
 def test_cli_warnings_are_one_plain_line_once(trained, tmp_path):

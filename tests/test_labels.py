@@ -400,7 +400,7 @@ def test_csv_columns_begin_end_split_and_stem_join(tmp_path):
         "kinds": ["print;drawing", "print", "print", ""], "from": [1600, 1700, "", 0], "to": [1610, 1700, "", 0],
         "set": ["train", "val", "test", "2"],
     }).to_csv(table, index=False)
-    config = LabelConfig(format="csv", key_column="id", artist_column="who", type_column="kinds",
+    config = LabelConfig.from_options(format="csv", key_column="id", artist_column="who", type_column="kinds",
                          begin_column="from", end_column="to", split_column="set", separator=";",
                          min_artist_samples=1, min_class_samples=1)
     labels, report = build_labels(table, config, cache_keys=["x/0001.jpg", "0002", "0004.png", "0005.jpg"])

@@ -63,7 +63,7 @@ def test_run_writes_cache_run_metrics_and_report(first_run):
     assert set(summary.timings) == {"extract", "fit + evaluate", "predict", "report"}
 
     saved = json.loads((out / "run-config.json").read_text())
-    assert saved["extract"]["backbone"] == "tiny" and saved["fit"]["shared_size"] == 32
+    assert saved["extract"]["backbone"] == "tiny" and saved["fit"]["heads"]["shared_size"] == 32
     assert saved["fit"]["cache"] == saved["extract"]["out"] == str(out / "cache")
     import torch
     import torchvision
@@ -148,7 +148,7 @@ def test_cli_runs_end_to_end(collection, tmp_path):
         "--min-class-samples", "2", "--keep-all-samples", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "18 extracted" in result.output and (out / "report.md").is_file()
-    assert json.loads((out / "run-config.json").read_text())["fit"]["epochs"] == 3
+    assert json.loads((out / "run-config.json").read_text())["fit"]["heads"]["epochs"] == 3
 
 
 @pytest.mark.parametrize("wrong, expected", [
@@ -187,9 +187,9 @@ def test_demo_on_real_met_paintings(tmp_path):
     (data / "objects.json").write_text(json.dumps({"total": len(chosen), "objects": chosen}))
 
     config = demo_config(tmp_path / "demo", "efficientnet_lite0", data=data)
-    config.extract.progress = config.fit.progress = False
+    config.extract.progress = config.fit.runtime.progress = False
     # This test checks the wiring on real data, not accuracy: half the backbone passes, fewer epochs.
-    config.extract.flip, config.fit.epochs = False, 15
+    config.extract.flip, config.fit.heads.epochs = False, 15
     summary = run_pipeline(config)
     assert (summary.extracted, summary.failed) == (16, 0)
     report = summary.report.read_text()
