@@ -71,7 +71,8 @@ class HeadsConfig:
     # subset; the coefficient per training row then refits on every row): choosing stays a fraction of one fit at
     # any scale. 0: the candidates train on every row
     selection_rows: int = 4096
-    # temperature scaling of each classification head and a split-conformal year interval, on the held-out rows
+    # a calibration map of each classification head (heads.calibration) and a split-conformal year interval, on the
+    # held-out rows
     calibrate: bool = True
     interval: float = 0.8  # the year interval's nominal coverage
     # after the shared ReLU: with the L2 penalty alone the wide layer fits noise for the year; on bench_quality.py

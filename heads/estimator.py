@@ -18,7 +18,7 @@ MODEL_FILE = "model.pt"  # weights, sizes, config and learned attributes (torch.
 INFO_FILE = "heads.json"  # the same config and learned attributes, for people and other tools
 _LEARNED = ("tasks_", "task_sizes_", "n_features_in_", "history_", "best_epoch_", "epochs_run_", "train_seconds_",
             "task_weights_", "log_vars_", "batch_size_", "weight_decay_", "loss_scales_", "device_", "selection_",
-            "temperatures_", "year_interval_", "calibration_")
+            "calibrators_", "year_interval_", "calibration_")
 
 
 class MultiTaskHeads:
@@ -89,7 +89,7 @@ class MultiTaskHeads:
 
         outcome = selection.outcome
         self.selection_ = selection.record
-        self.temperatures_, self.year_interval_, self.calibration_ = calibration(selection, tasks, self.config.interval) \
+        self.calibrators_, self.year_interval_, self.calibration_ = calibration(selection, tasks, self.config.interval) \
             if self.config.calibrate else (None, None, {})
         self.model_ = outcome.model
         self.tasks_, self.task_sizes_ = tasks, dict(outcome.model.task_sizes)
@@ -132,10 +132,10 @@ class MultiTaskHeads:
 
     def predict_scores(self, X, calibrated: bool = True) -> dict:
         """Task -> numpy: artist softmax (N, A), type/material sigmoid (N, K), year in years (N,); the
-        probabilities calibrated on held-out rows (temperatures_) unless `calibrated` is False."""
+        probabilities calibrated on held-out rows (calibrators_) unless `calibrated` is False."""
         features = self._tensor(X)
         return self._fitted().predict(features, self.runtime.eval_batch_size, bf16_autocast(self.config, features.device),
-                                      getattr(self, "temperatures_", None) if calibrated else None)
+                                      getattr(self, "calibrators_", None) if calibrated else None)
 
     def predict_interval(self, X) -> tuple:
         """(low, high) years (N,) of the split-conformal interval (nominal coverage `interval`) around the year
@@ -242,6 +242,8 @@ class MultiTaskHeads:
         learned = saved.get("learned", {})
         for name in _LEARNED:
             setattr(estimator, name, learned.get(name))
+        if estimator.calibrators_ is None and learned.get("temperatures_"):  # saved before the per-label maps
+            estimator.calibrators_ = {task: {"temperature": value} for task, value in learned["temperatures_"].items()}
         estimator.tasks_ = tuple(model.task_sizes)
         estimator.task_sizes_, estimator.n_features_in_, estimator.device_ = dict(model.task_sizes), model.feature_dim, device
         return estimator

@@ -105,11 +105,12 @@ class OmniArtHeads(nn.Module):
                 for task, values in parts.items()}
 
     def predict(self, x: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False,
-                temperatures: Optional[dict] = None) -> dict:
+                calibrators: Optional[dict] = None) -> dict:
         """Task -> numpy array: artist softmax (N,A), type/material sigmoid (N,K), year in years (N,); the
-        classification logits divided by `temperatures` (task -> T, heads.calibration) first."""
-        temperatures = temperatures or {}
-        return {task: probabilities(task, value, temperatures.get(task, 1.0)).cpu().numpy()
+        classification logits through `calibrators` (task -> a temperature or per-label slopes and biases,
+        heads.calibration) first."""
+        calibrators = calibrators or {}
+        return {task: probabilities(task, value, calibrators.get(task)).cpu().numpy()
                 for task, value in self.forward_batched(x, batch_size, bf16).items()}
 
 
@@ -140,10 +141,12 @@ class MaskDropout(nn.Module):
         return f"p={self.p}"
 
 
-def probabilities(task: str, output: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Raw head output -> what users read: softmax for the artist, sigmoid for multi-label (of the logits divided
-    by `temperature`), years as is."""
+def probabilities(task: str, output: torch.Tensor, calibrator=None) -> torch.Tensor:
+    """Raw head output -> what users read: softmax for the artist, sigmoid for multi-label (of the logits through
+    `calibrator`, heads.calibration.scaled_logits), years as is."""
+    from omniart.heads.calibration import scaled_logits
+
     if task == "year":
         return output
-    output = output if temperature == 1.0 else output / temperature
+    output = scaled_logits(output, calibrator)
     return output.softmax(-1) if task == "artist" else output.sigmoid()

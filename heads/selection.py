@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
+from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_calibrator,
                                        scaled_probabilities)
 from omniart.heads.config import (HeadsConfig, RuntimeConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size, bf16_autocast,
                                   l2_candidates)
@@ -228,10 +228,11 @@ def _record(source: str, rows: int, values: list, scores: list, best: dict, task
 
 
 def calibration(selection: Selection, tasks: tuple, coverage: float) -> tuple:
-    """(temperatures task -> T, year half-width or None, report task -> dict) from the held-out outputs."""
+    """(calibrators task -> a temperature or per-label slopes and biases (heads.calibration.fit_calibrator), year
+    half-width or None, report task -> dict) from the held-out outputs."""
     if selection.held_out is None:
         return None, None, {}
-    temperatures, report, half_width = {}, {}, None
+    calibrators, report, half_width = {}, {}, None
     for task in tasks:
         rows = selection.masks[task]
         raw, targets = selection.held_out[task][rows], selection.targets[task][rows]
@@ -239,9 +240,9 @@ def calibration(selection: Selection, tasks: tuple, coverage: float) -> tuple:
             half_width = conformal_half_width(raw, targets, coverage)
             report[task] = {"coverage": coverage, "half_width": half_width, "held_out_rows": int(rows.sum())}
             continue
-        temperatures[task] = fit_temperature(task, raw, targets)
-        report[task] = {"temperature": temperatures[task], "held_out_rows": int(rows.sum()),
+        calibrators[task] = fit_calibrator(task, raw, targets)
+        report[task] = {**calibrators[task], "held_out_rows": int(rows.sum()),
                         "held_out_ece_before": expected_calibration_error(task, scaled_probabilities(task, raw), targets),
                         "held_out_ece_after": expected_calibration_error(
-                            task, scaled_probabilities(task, raw, temperatures[task]), targets)}
-    return temperatures, half_width, report
+                            task, scaled_probabilities(task, raw, calibrators[task]), targets)}
+    return calibrators, half_width, report

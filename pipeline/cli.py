@@ -143,7 +143,8 @@ for _command in COMMANDS:  # the commands on a cache alone (pipeline.cli_cache)
 @click.option("--class-weights/--no-class-weights", default=None,
               help=f"Inverse-frequency artist class weights [default: {'on' if _FIT_FIELDS['class_weights'].default else 'off'}].")
 @click.option("--calibrate/--no-calibrate", default=None,
-              help="Temperature-scale each classification head and fit the year interval on held-out rows "
+              help="Calibrate each classification head (artist: a temperature; type, material: each label's slope and "
+                   "bias) and fit the year interval on held-out rows "
                    f"[default: {'on' if _FIT_FIELDS['calibrate'].default else 'off'}].")
 @click.option("--flip/--no-flip", default=None,
               help=f"Use the cache's flipped features as random augmentation [default: {'on' if _FIT_FIELDS['flip'].default else 'off'}].")

@@ -1,4 +1,6 @@
 """MultiTaskHeads from a notebook: fit on arrays, predict, score, embed, save/load, and the same numbers as the CLI."""
+import json
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -75,6 +77,27 @@ def test_save_and_load_give_the_same_predictions(fitted, tmp_path):
     assert loaded.loss_scales_ == estimator.loss_scales_ and loaded.best_epoch_ == estimator.best_epoch_
     info = (tmp_path / "model" / "heads.json").read_text()
     assert '"shared_size": 256' in info and '"torch":' in info  # the config and the software versions, readable
+    assert '"device"' not in json.loads(info)["config"]  # where it ran is no hyperparameter
+
+
+def test_a_model_saved_with_temperatures_loads_with_them(fitted, tmp_path):
+    """Models saved before the per-label maps hold one temperature a head: they load and predict with it."""
+    import torch
+
+    from omniart.heads.calibration import scaled_probabilities
+
+    estimator, data = fitted
+    state = estimator.state()
+    state["learned"]["temperatures_"] = {"artist": 2.0, "type": 3.0}
+    del state["learned"]["calibrators_"]
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "model.pt")
+    old = MultiTaskHeads.load(tmp_path / "old")
+    X_test, _ = arrays(data, "test")
+    raw = estimator.model_.forward_batched(torch.from_numpy(X_test), 64)
+    np.testing.assert_allclose(old.predict_scores(X_test)["type"], scaled_probabilities("type", raw["type"].numpy(), 3.0),
+                               rtol=1e-5, atol=1e-6)
+    assert old.calibrators_ == {"artist": {"temperature": 2.0}, "type": {"temperature": 3.0}}
 
 
 def test_bf16_precision_trains_and_predicts_under_autocast_with_the_float32_quality(fitted, tmp_path):

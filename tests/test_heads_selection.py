@@ -4,8 +4,8 @@ import pytest
 
 from omniart.heads import MultiTaskHeads
 from omniart.heads.config import RuntimeConfig, auto_batch_size
-from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_temperature,
-                                       scaled_probabilities)
+from omniart.heads.calibration import (conformal_half_width, expected_calibration_error, fit_label_scaling,
+                                       fit_temperature, scaled_probabilities)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -76,7 +76,7 @@ def test_artist_probabilities_on_real_features_are_not_all_certain(rijks_feature
         labelled = labels.artist[test] >= 0
         tops.append(probabilities[labelled].max(1))
         hits.append(probabilities[labelled].argmax(1) == labels.artist[test][labelled])
-        assert model.temperatures_["artist"] > 1  # the discriminant's start is over-confident on held-out rows
+        assert model.calibrators_["artist"]["temperature"] > 1  # the discriminant's start is over-confident on held-out rows
     tops, hits = np.concatenate(tops), np.concatenate(hits)
     assert hits.mean() < 0.7
     assert (tops < 0.99).mean() > 0.5 and tops.mean() < hits.mean() + 0.3, (tops.mean(), hits.mean())
@@ -100,6 +100,29 @@ def test_temperature_scaling_lowers_the_ece_of_fresh_held_out_rows():
     # multi-label: every label's probability, the same rule
     multi = (rng.random((3000, 4)) < scaled_probabilities("type", rng.normal(size=(3000, 4)))).astype(np.uint8)
     assert expected_calibration_error("type", np.full((3000, 4), 0.5), multi) > 0
+
+
+def test_per_label_scaling_fixes_each_label_s_bias_where_one_temperature_cannot():
+    """Three labels whose logits are off by -2, 0 and +2: a temperature shares one scale, Platt scaling moves each."""
+    rng = np.random.default_rng(3)
+    offsets = np.array([-2.0, 0.0, 2.0])
+
+    def draw(n):
+        logits = rng.normal(scale=2.0, size=(n, 3))
+        return logits, (rng.random((n, 3)) < scaled_probabilities("type", logits + offsets)).astype(np.uint8)
+
+    logits, targets = draw(3000)
+    scaling = fit_label_scaling(logits, targets)
+    np.testing.assert_allclose(scaling["bias"], offsets, atol=0.25)
+    np.testing.assert_allclose(scaling["slope"], 1.0, atol=0.15)
+    fresh, fresh_targets = draw(3000)
+    by_temperature = expected_calibration_error(
+        "type", scaled_probabilities("type", fresh, fit_temperature("type", logits, targets)), fresh_targets)
+    by_label = expected_calibration_error("type", scaled_probabilities("type", fresh, scaling), fresh_targets)
+    assert by_label < 0.03 and by_label < by_temperature / 2, (by_label, by_temperature)
+    # a label without a held-out positive keeps a finite bias and a low probability (Platt's smoothed targets)
+    none = fit_label_scaling(logits[:200, :1], np.zeros((200, 1)))
+    assert np.isfinite(none["bias"][0]) and scaled_probabilities("type", logits[:200, :1], none).max() < 0.05
 
 
 def test_the_estimator_calibrates_and_reports_held_out_ece():
@@ -179,7 +202,7 @@ def test_an_explicit_weight_decay_means_exactly_what_it_says():
     model = MultiTaskHeads(progress=False, device="cpu", shared_size=8, weight_decay=0.01, epochs=3).fit(
         X, {"artist": (X[:, 0] > 0).astype(int)})
     assert model.weight_decay_ == {"artist": 0.01} and model.selection_["candidates"] == [0.01] and model.epochs_run_ == 3
-    assert model.batch_size_ == 16 and model.temperatures_ is not None  # still calibrated (cross-validation)
+    assert model.batch_size_ == 16 and model.calibrators_ is not None  # still calibrated (cross-validation)
 
 
 def test_the_artist_starts_at_the_discriminant_only_with_enough_rows_an_artist():
