@@ -4,10 +4,35 @@ import os
 from pathlib import Path
 from typing import List, NamedTuple
 
-from omniart.extract.items import IMAGE_SUFFIXES, ImageItem
-from omniart.extract.tars import is_compressed_tar
+from omniart.extract.config import ExtractError
+from omniart.extract.items import IMAGE_SUFFIXES, ImageItem, ListOptions, found, unique_keys
+from omniart.extract.tars import is_compressed_tar, list_tars
 
-__all__ = ["FolderListing", "walk_folder"]
+__all__ = ["Folder", "FolderListing", "walk_folder"]
+
+
+class Folder:
+    """A folder of images, searched recursively, never inside the excluded folders; the .tar files in it are read
+    too (keys must not clash)."""
+
+    name = "folder"
+
+    def claims(self, images: str, options: ListOptions) -> bool:
+        return os.path.isdir(images)
+
+    def items(self, images: str, options: ListOptions) -> List[ImageItem]:
+        if options.path_column or options.key_column:
+            raise ExtractError(f"--path-column/--key-column apply to a CSV/parquet table, but {images!r} is a folder.")
+        listing = walk_folder(Path(images), {os.path.realpath(path) for path in options.exclude})
+        if options.key_field and not listing.tars:
+            raise ExtractError(f"--key-field applies to WebDataset tar files, and {images!r} holds no .tar file; "
+                               "for a table use --key-column.")
+        items = listing.images + (list_tars(listing.tars, options.key_field) if listing.tars else [])
+        unique_keys(items, f"the images and tar files of {images!r} repeat",
+                    "(a loose image's path and a tar sample's key, or two tars' samples, clash: keep them apart)")
+        hint = (f"; its {len(listing.compressed)} compressed tar(s), such as {listing.compressed[0]!r}, are not "
+                "supported: decompress them to .tar" if listing.compressed else "")
+        return found(items, repr(images), "files ending in", " and .tar files, searching sub-folders too" + hint)
 
 
 class FolderListing(NamedTuple):

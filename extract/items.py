@@ -1,14 +1,19 @@
-"""What every input kind lists: keyed `ImageItem`s, and the checks they share (unique keys, present columns)."""
+"""What every input kind lists: keyed `ImageItem`s, the interface each kind implements (`InputKind`), and the
+checks they share (unique keys, present columns)."""
 import os
 import re
 from collections import Counter
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Protocol, Tuple
 
 from omniart.extract.config import ExtractError
 
-__all__ = ["ImageItem", "UnusableImage", "IMAGE_SUFFIXES", "unique_keys", "check_columns", "expand_braces"]
+__all__ = ["ImageItem", "UnusableImage", "IMAGE_SUFFIXES", "SUPPORTED", "ListOptions", "InputKind", "unique_keys", "found",
+           "check_columns", "expand_braces"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+SUPPORTED = ("a folder of images (searched recursively; .tar files in it are read too), WebDataset tar files (a "
+             ".tar, a folder of them, or a brace pattern tars/{00000..00127}.tar), a .csv/.parquet/.pq table of "
+             "image paths, or with --image-column parquet/Arrow tables holding the images")
 
 
 class UnusableImage(Exception):
@@ -42,6 +47,37 @@ class ImageItem(NamedTuple):
         if self.column:
             return f"row {self.size} of row group {self.offset} of {self.path!r}"
         return repr(self.path)
+
+
+class ListOptions(NamedTuple):
+    """How the images are keyed and found (ExtractConfig's listing options); each kind refuses those not its own."""
+
+    path_column: Optional[str] = None  # a table of paths: its column of paths
+    key_column: Optional[str] = None  # a table: its column of keys
+    key_field: Optional[str] = None  # tar files: the field of each sample's JSON that keys it
+    image_column: Optional[str] = None  # image tables: the column holding the encoded images
+    exclude: Tuple[str, ...] = ()  # folders never listed (real paths): the cache, a run's outputs
+
+
+class InputKind(Protocol):
+    """One kind of input (a folder, tar files, a table of paths, tables of images): extract.reader.list_images asks
+    each kind in turn whether `images` is of its kind, and lists it with the first that says so."""
+
+    name: str
+
+    def claims(self, images: str, options: ListOptions) -> bool:
+        """Whether `images` (a path or a brace pattern) is of this kind; cheap, never raises."""
+
+    def items(self, images: str, options: ListOptions) -> List[ImageItem]:
+        """Its images, in reading order (unique keys); ExtractError for an option of another kind or no image."""
+
+
+def found(items: List[ImageItem], where: str, looked: str, more: str = "") -> List[ImageItem]:
+    """`items` sorted by key, or ExtractError saying what was looked for."""
+    if not items:
+        raise ExtractError(f"no images found in {where}: looked for {looked} {', '.join(IMAGE_SUFFIXES)} (any "
+                           f"case){more}.")
+    return sorted(items)
 
 
 def unique_keys(items: List[ImageItem], where: str, fix: str) -> List[ImageItem]:

@@ -1,4 +1,5 @@
-"""`run_extract`: list -> skip what the cache has -> decode (workers) -> encode (device) -> write shards + failures."""
+"""`run_extract`: read (list, skip what the cache has) -> decode (workers) -> encode (device) -> write shards and
+failures, each part testable alone."""
 import os
 import sys
 import time
@@ -8,7 +9,7 @@ from typing import List, Optional
 
 from omniart.extract.config import ExtractConfig, ExtractError
 
-__all__ = ["ExtractSummary", "run_extract"]
+__all__ = ["ExtractSummary", "run_extract", "Work", "plan", "pump"]
 
 
 @dataclass
@@ -28,15 +29,46 @@ class ExtractSummary:
 
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
-    """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file."""
-    from omniart.cache import FailureLog, FeatureStore, ShardWriter, check_extends, read_failures
-    from omniart.cache.format import list_shards
-    from omniart.extract.backbones import backbone_spec, build_backbone
-    from omniart.core.environment import resolve_device, resolve_part
-    from omniart.extract.reader import list_images, make_loader, select_part, unstorable_key
+    """Extract features of this worker's images that the cache lacks; resumable, never stopped by a bad file.
+
+    Assembled from parts, as clip-retrieval's runner is: the reader lists this worker's images the cache lacks
+    (`plan`), the decoder turns them into uint8 batches in worker processes (extract.decoder.make_loader), the
+    encoder runs the frozen backbone (extract.encoder.Encoder) and the writer appends shards
+    (cache.ShardWriter); `pump` moves batches from one to the next and records every failure."""
+    from omniart.extract.backbones import backbone_spec
 
     start = time.perf_counter()
-    preprocessing = backbone_spec(config.backbone).preprocessing  # unknown names fail before any work
+    backbone_spec(config.backbone)  # unknown names fail before any work
+    work = plan(config)
+    if not work.todo:
+        return _nothing_to_do(work, config, start)
+    extracted, failed, failures = _extract(work, config)
+    failed += len(work.unstorable)
+    return ExtractSummary(extracted, failed, work.skipped, str(work.out), time.perf_counter() - start,
+                          str(failures.path) if failed else None, work.listed, unresolved=_unresolved(work.out))
+
+
+@dataclass
+class Work:
+    """What a run has to do: this worker's part, the images listed, those to extract and what the cache holds."""
+
+    out: Path
+    part: object  # core.environment.WorkerPart
+    listed: list  # every ImageItem of the input
+    todo: list  # this worker's items the cache lacks (and that may be stored)
+    skipped: int  # this worker's items in the cache, or failed before (without retry_failed)
+    cached: set  # keys the cache holds
+    unstorable: list  # (key, reason) of the items whose keys no cache can hold (recorded as failures)
+
+
+def plan(config: ExtractConfig) -> Work:
+    """The reader's side: list the input, take this worker's part, and leave out what the cache has (verified
+    first) or failed before; keys no cache can hold are recorded as failures here."""
+    from omniart.cache import FailureLog, FeatureStore, read_failures
+    from omniart.cache.format import list_shards
+    from omniart.core.environment import resolve_part
+    from omniart.extract.reader import list_images, select_part, unstorable_key
+
     part = resolve_part(config.num_parts, config.part_index)
     out = _usable_out(Path(config.out))
     # outputs inside the images folder (the cache, a run's gallery) are never taken for inputs on a rerun
@@ -49,62 +81,59 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     cached = set(existing.keys) if existing is not None else set()
     done = cached if config.retry_failed else cached | set(read_failures(out))
     todo = [item for item in mine if item.key not in done]
-    skipped = len(mine) - len(todo)
     unstorable = [(item.key, unstorable_key(item.key)) for item in todo if unstorable_key(item.key)]
     if unstorable:  # failure records, like any other bad file: the rest of the run goes on
         failures = FailureLog(out, part.tag)
         for key, reason in unstorable:
             failures.record(key, reason)
-        todo = [item for item in todo if not unstorable_key(item.key)]
-    if not todo:
-        # Everything a cached row means is checked before it is reused: a rerun with other weights, flip or dtype
-        # must not keep the old features and report success. (With work to do, the ShardWriter checks the same.)
-        if cached:
-            check_extends(out, _cache_attrs(build_backbone(config.backbone, config.weights), config), config.dtype,
-                          config.flip)
-        return ExtractSummary(0, len(unstorable), skipped, str(out), time.perf_counter() - start,
-                              str(FailureLog(out, part.tag).path) if unstorable else None, listed,
-                              unresolved=_unresolved(out))
+    return Work(out, part, listed, [item for item in todo if not unstorable_key(item.key)], len(mine) - len(todo),
+                cached, unstorable)
 
+
+def _nothing_to_do(work: Work, config: ExtractConfig, start: float) -> ExtractSummary:
+    from omniart.cache import FailureLog, check_extends
+    from omniart.extract.backbones import build_backbone
+
+    # Everything a cached row means is checked before it is reused: a rerun with other weights, flip or dtype must
+    # not keep the old features and report success. (With work to do, the ShardWriter checks the same.)
+    if work.cached:
+        check_extends(work.out, _cache_attrs(build_backbone(config.backbone, config.weights), config), config.dtype,
+                      config.flip)
+    return ExtractSummary(0, len(work.unstorable), work.skipped, str(work.out), time.perf_counter() - start,
+                          str(FailureLog(work.out, work.part.tag).path) if work.unstorable else None, work.listed,
+                          unresolved=_unresolved(work.out))
+
+
+def _extract(work: Work, config: ExtractConfig) -> tuple:
+    """Decoder -> encoder -> writer over `work.todo`: (extracted, failed, the FailureLog)."""
     import torch
     from tqdm import tqdm
 
+    from omniart.cache import FailureLog, ShardWriter
+    from omniart.core.environment import resolve_device
+    from omniart.extract.backbones import backbone_spec, build_backbone
+    from omniart.extract.decoder import make_loader
     from omniart.extract.encoder import Encoder
 
-    device = resolve_device(config.device, part.local_rank)
+    device = resolve_device(config.device, work.part.local_rank)
     target = torch.device(device)
     on_cuda = target.type == "cuda"
     if on_cuda and target.index is not None:  # "cuda:N": also the pinning thread's device
         torch.cuda.set_device(target)
     # Workers start (fork) and decode the first batches while the model is built and moved to the device.
-    loader = iter(make_loader(todo, preprocessing, config.batch_size, config.workers,
-                              config.max_image_pixels, pin_memory=on_cuda, timeout=config.timeout,
-                              yield_cpu=not on_cuda))
+    batches = iter(make_loader(work.todo, backbone_spec(config.backbone).preprocessing, config.batch_size, config.workers,
+                               config.max_image_pixels, pin_memory=on_cuda, timeout=config.timeout,
+                               yield_cpu=not on_cuda))
     backbone = build_backbone(config.backbone, config.weights)
-    attrs = _cache_attrs(backbone, config)
     encoder = Encoder(backbone, device, config.flip)
-    failures = FailureLog(out, part.tag)
-    extracted, failed = 0, len(unstorable)
-    with ShardWriter(out, part.tag, attrs, backbone.feature_dim, dtype=config.dtype, shard_rows=config.shard_size,
-                     with_flip=config.flip, known_keys=cached) as writer, \
-            tqdm(total=len(todo), unit="img", desc=f"extract {part.tag} on {device}", disable=not config.progress,
-                 smoothing=0.1, mininterval=1 if sys.stderr.isatty() else 60) as bar:  # logs: a line a minute
+    failures = FailureLog(work.out, work.part.tag)
+    with ShardWriter(work.out, work.part.tag, _cache_attrs(backbone, config), backbone.feature_dim, dtype=config.dtype,
+                     shard_rows=config.shard_size, with_flip=config.flip, known_keys=work.cached) as writer, \
+            tqdm(total=len(work.todo), unit="img", desc=f"extract {work.part.tag} on {device}",
+                 disable=not config.progress, smoothing=0.1,
+                 mininterval=1 if sys.stderr.isatty() else 60) as bar:  # logs: a line a minute
         try:
-            for batch in loader:
-                for key, error in batch.failures:
-                    failures.record(key, error)
-                failed += len(batch.failures)
-                if batch.keys:
-                    features, flipped = encoder(batch.images)
-                    keys, features, flipped, broken = _finite_rows(batch.keys, features, flipped, config.dtype)
-                    for key in broken:
-                        failures.record(key, f"the backbone's features are nan or inf as {config.dtype} (an extreme "
-                                             "image, or values beyond float16: try --dtype float32)")
-                    failed += len(broken)
-                    if keys:
-                        writer.add(keys, features, flipped)
-                    extracted += len(keys)
-                bar.update(len(batch.keys) + len(batch.failures))
+            extracted, failed = pump(batches, encoder, writer, failures, config.dtype, bar.update)
         except RuntimeError as error:
             if "timed out" in str(error):  # a DataLoader worker stalled on one batch for config.timeout seconds
                 raise ExtractError(f"image decoding stalled for {config.timeout:.0f} s ({error}); rows so far are "
@@ -115,8 +144,31 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
             raise
         except (ConnectionError, EOFError) as error:  # it died while handing over a batch's shared memory
             raise _decoder_died(error) from error
-    return ExtractSummary(extracted, failed, skipped, str(out), time.perf_counter() - start,
-                          str(failures.path) if failed else None, listed, unresolved=_unresolved(out))
+    return extracted, failed, failures
+
+
+def pump(batches, encode, writer, failures, dtype: str, progress=None) -> tuple:
+    """Move decoded batches (extract.decoder.Batch) through `encode` (uint8 images -> (features, flipped or None))
+    into `writer.add(keys, features, flipped)`; a decoding failure, or features not finite as `dtype`, becomes
+    `failures.record(key, text)`. `progress(n)` after each batch. Returns (extracted, failed)."""
+    extracted = failed = 0
+    for batch in batches:
+        for key, error in batch.failures:
+            failures.record(key, error)
+        failed += len(batch.failures)
+        if batch.keys:
+            features, flipped = encode(batch.images)
+            keys, features, flipped, broken = _finite_rows(batch.keys, features, flipped, dtype)
+            for key in broken:
+                failures.record(key, f"the backbone's features are nan or inf as {dtype} (an extreme image, or values "
+                                     "beyond float16: try --dtype float32)")
+            failed += len(broken)
+            if keys:
+                writer.add(keys, features, flipped)
+            extracted += len(keys)
+        if progress is not None:
+            progress(len(batch.keys) + len(batch.failures))
+    return extracted, failed
 
 
 def _usable_out(out: Path) -> Path:

@@ -5,11 +5,49 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from omniart.extract.config import ExtractError
-from omniart.extract.items import ImageItem, UnusableImage, check_columns, expand_braces, unique_keys
+from omniart.extract.items import (SUPPORTED, ImageItem, ListOptions, UnusableImage, check_columns, expand_braces, found,
+                                   unique_keys)
 
-__all__ = ["IMAGE_TABLE_SUFFIXES", "image_tables", "list_image_tables", "read_table_image", "list_path_table"]
+__all__ = ["ImageTables", "PathTable", "IMAGE_TABLE_SUFFIXES", "PATH_TABLE_SUFFIXES", "image_tables",
+           "list_image_tables", "read_table_image", "list_path_table"]
 
 IMAGE_TABLE_SUFFIXES = (".parquet", ".pq", ".arrow", ".feather")
+PATH_TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+class ImageTables:
+    """Parquet/Arrow tables holding the encoded images (`--image-column`): a file, a folder or a brace pattern."""
+
+    name = "image tables"
+
+    def claims(self, images: str, options: ListOptions) -> bool:
+        return bool(options.image_column)
+
+    def items(self, images: str, options: ListOptions) -> List[ImageItem]:
+        if options.path_column or options.key_field:
+            raise ExtractError("--image-column reads images stored in a table; --path-column (a table of paths) and "
+                               "--key-field (tar files) do not apply to it: use --key-column for the keys.")
+        # in table order, so that each row group is read once
+        return list_image_tables(image_tables(images), options.image_column, options.key_column)
+
+
+class PathTable:
+    """A CSV/parquet table of image paths (relative ones relative to the table): any file the other kinds leave."""
+
+    name = "table of paths"
+
+    def claims(self, images: str, options: ListOptions) -> bool:
+        return os.path.exists(images) and not os.path.isdir(images)
+
+    def items(self, images: str, options: ListOptions) -> List[ImageItem]:
+        if options.key_field:
+            raise ExtractError("--key-field applies to WebDataset tar files; for a table use --key-column.")
+        source = Path(images)
+        if source.suffix.lower() not in PATH_TABLE_SUFFIXES:
+            raise ExtractError(f"{images!r} is neither a folder, a .tar file nor a table: pass {SUPPORTED}.")
+        if not source.is_file():  # a FIFO would block the table reader for ever
+            raise ExtractError(f"table {images!r} is not a regular file (a pipe or device): pass the table file.")
+        return found(list_path_table(source, options.path_column, options.key_column), repr(images), "files ending in")
 
 
 def image_tables(images: str) -> List[str]:

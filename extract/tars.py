@@ -1,16 +1,34 @@
 """WebDataset tar files: samples listed from the tar headers alone (nothing extracted), one image per sample;
 every image member that is not read becomes an item with a `reason` (a failure record), never a silent drop."""
 import json
+import os
 import re
 import tarfile
 from typing import Dict, List, Optional, Tuple
 
 from omniart.extract.config import ExtractError
-from omniart.extract.items import IMAGE_SUFFIXES, ImageItem, unique_keys
+from omniart.extract.items import IMAGE_SUFFIXES, ImageItem, ListOptions, expand_braces, found, unique_keys
 
-__all__ = ["is_compressed_tar", "refuse_compressed_tar", "list_tars"]
+__all__ = ["TarFiles", "is_compressed_tar", "refuse_compressed_tar", "list_tars"]
 
 _COMPRESSED = re.compile(r"(\.tar\.(gz|bz2|xz|zst|zstd|lz4|lzma|z)|\.(tgz|tbz|tbz2|tb2|txz|tzst|taz))$", re.I)
+
+
+class TarFiles:
+    """WebDataset tar files: a .tar, or a brace pattern of them (a folder of them is a folder: extract.folders)."""
+
+    name = "tar files"
+
+    def claims(self, images: str, options: ListOptions) -> bool:
+        return is_compressed_tar(images) or expand_braces(images, "tar") is not None or \
+            (os.path.isfile(images) and images.lower().endswith(".tar"))
+
+    def items(self, images: str, options: ListOptions) -> List[ImageItem]:
+        refuse_compressed_tar(images)
+        if options.path_column or options.key_column:
+            raise ExtractError("--path-column/--key-column apply to a table; for tar files use --key-field.")
+        return found(list_tars(expand_braces(images, "tar") or [images], options.key_field),
+                     f"the tar files {images!r}", "members ending in")
 
 
 def is_compressed_tar(name: str) -> bool:

@@ -1,4 +1,5 @@
 """omni-extract: keyed rows, bad inputs, conversions, resume after kill -9, shard workers, CLI errors."""
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -16,7 +17,8 @@ from omniart.cache import CacheError, FeatureStore, ShardWriter, read_failures
 from omniart.extract import BACKBONES, ExtractConfig, ExtractError, build_backbone, run_extract
 from omniart.extract.backbones import backbone_spec
 from omniart.extract.cli import main
-from omniart.extract.reader import decode_image, list_images, select_part
+from omniart.extract.decoder import decode_image
+from omniart.extract.reader import list_images, select_part
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = BACKBONES["tiny"].preprocessing
@@ -450,13 +452,13 @@ def test_a_rerun_verifies_the_checksums_before_it_reuses_the_cache(tmp_path):
 
 OOM_RUN = textwrap.dedent("""
     import os, signal, sys
-    from omniart.extract import ExtractConfig, ExtractError, reader, run_extract
-    real = reader.decode_image
+    from omniart.extract import ExtractConfig, ExtractError, decoder, run_extract
+    real = decoder.decode_image
     def oom_killed(path, *args, **kwargs):  # what the kernel's OOM killer does to a decode process
         if path.endswith("09.jpg"):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, *args, **kwargs)
-    reader.decode_image = oom_killed
+    decoder.decode_image = oom_killed
     try:
         run_extract(ExtractConfig(images=sys.argv[1], out=sys.argv[2], backbone="tiny", workers=1, batch_size=2,
                                   shard_size=2, progress=False, device="cpu"))
@@ -730,7 +732,7 @@ def _image_table(path, rows, row_group_size=2, arrow_stream=False):
 
 
 def test_parquet_and_arrow_tables_of_image_bytes_extract_like_files_with_failures_resume_and_split(tmp_path):
-    from omniart.extract.reader import ImageDataset
+    from omniart.extract.decoder import ImageDataset
 
     files = make_images(tmp_path / "files", [f"{i}.jpg" for i in range(4)])
     rows = [(f"pics/{i}.jpg", (files / f"{i}.jpg").read_bytes()) for i in range(4)]
@@ -805,3 +807,74 @@ def test_a_damaged_row_group_fails_its_rows_only(tmp_path):
     assert (summary.extracted, summary.failed) == (2, 2)
     failures = FeatureStore(tmp_path / "cache").failures()
     assert sorted(failures) == ["2.jpg", "3.jpg"] and "cannot read row group 1" in failures["2.jpg"]
+
+
+def test_each_input_kind_claims_its_own_inputs(tmp_path):
+    """The reader asks the kinds in order (extract.reader.INPUT_KINDS): the first that claims an input lists it."""
+    import tarfile
+
+    from omniart.extract.items import ListOptions
+    from omniart.extract.reader import INPUT_KINDS
+
+    make_images(tmp_path / "folder", ["a.jpg"])
+    with tarfile.open(tmp_path / "one.tar", "w") as archive:
+        archive.add(tmp_path / "folder" / "a.jpg", arcname="a.jpg")
+    pd.DataFrame({"path": ["folder/a.jpg"]}).to_csv(tmp_path / "paths.csv", index=False)
+
+    def claimed(images, **options):
+        return [kind.name for kind in INPUT_KINDS if kind.claims(str(images), ListOptions(**options))][0]
+
+    assert claimed(tmp_path / "folder") == "folder" and claimed(tmp_path / "one.tar") == "tar files"
+    assert claimed(tmp_path / "paths.csv") == "table of paths" and claimed(tmp_path / "x.tgz") == "tar files"
+    assert claimed(tmp_path / "paths.csv", image_column="image") == "image tables"
+    assert not any(kind.claims(str(tmp_path / "missing"), ListOptions()) for kind in INPUT_KINDS)
+    assert [item.key for item in list_images(tmp_path / "one.tar")] == ["a"]
+    assert [item.key for item in list_images(tmp_path / "paths.csv")] == ["folder/a.jpg"]
+    with pytest.raises(ExtractError, match="for tar files use --key-field"):
+        list_images(tmp_path / "one.tar", key_column="key")
+
+
+def test_pump_moves_batches_through_encoder_into_writer_and_records_every_failure():
+    """The runner's middle part alone, with stand-ins: decoded batches in, rows and failure records out."""
+    import torch
+
+    from omniart.extract.decoder import Batch
+    from omniart.extract.runner import pump
+
+    written, failed, progressed = [], [], []
+
+    class Writer:
+        def add(self, keys, features, flipped):
+            written.append((list(keys), features.copy(), flipped))
+
+    class Failures:
+        def record(self, key, text):
+            failed.append((key, text))
+
+    def encode(images):  # one feature: the image's first pixel; a 255 pixel overflows float16's range
+        values = images[:, 0, 0, 0].double().numpy()[:, None] * np.array([[1.0, 1e3]])
+        return values, None
+
+    images = torch.tensor([1, 255, 3], dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 2, 2, 3)
+    batches = [Batch(["a", "b", "c"], images, [("bad.jpg", "not an image")]),
+               Batch([], torch.empty((0, 0, 0, 3), dtype=torch.uint8), [("gone.jpg", "file does not exist")])]
+    extracted, failures = pump(iter(batches), encode, Writer(), Failures(), "float16", progressed.append)
+    assert (extracted, failures) == (2, 3) and progressed == [4, 1]
+    assert written[0][0] == ["a", "c"] and written[0][1][:, 0].tolist() == [1.0, 3.0]
+    assert [key for key, _ in failed] == ["bad.jpg", "b", "gone.jpg"]
+    assert "nan or inf as float16" in dict(failed)["b"]
+
+
+def test_plan_leaves_out_what_the_cache_has_and_what_failed_before(tmp_path):
+    from omniart.extract.runner import plan
+
+    make_images(tmp_path / "images", ["a.jpg", "b.jpg", "c.png"])
+    (tmp_path / "images" / "d.jpg").write_bytes(b"")  # fails once, then is skipped
+    config = tiny_config(tmp_path / "images", tmp_path / "cache")
+    assert [item.key for item in plan(config).todo] == ["a.jpg", "b.jpg", "c.png", "d.jpg"]
+    run_extract(config)
+    make_images(tmp_path / "images", ["e.jpg"])
+    work = plan(config)
+    assert [item.key for item in work.todo] == ["e.jpg"] and work.skipped == 4 and len(work.listed) == 5
+    retry = plan(dataclasses.replace(config, retry_failed=True))
+    assert [item.key for item in retry.todo] == ["d.jpg", "e.jpg"]

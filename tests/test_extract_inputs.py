@@ -9,7 +9,8 @@ import pytest
 
 from omniart.cache import FeatureStore, read_failures
 from omniart.extract import ExtractError, build_backbone, run_extract
-from omniart.extract.reader import ImageDataset, list_images
+from omniart.extract.decoder import ImageDataset
+from omniart.extract.reader import list_images
 from test_extract import TINY, _image_table, _jpeg, _tar, invoke, make_images, tiny_config
 
 COMMON = ["--backbone", "tiny", "--workers", "0", "--device", "cpu", "--quiet"]
