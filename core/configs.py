@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from omniart.core.errors import OmniError
 
-__all__ = ["Option", "options_of", "from_options", "from_saved"]
+__all__ = ["Option", "options_of", "from_options", "from_saved", "renamed_fields"]
 
 
 class Option(NamedTuple):
@@ -67,6 +67,18 @@ def from_saved(kind, values: dict):
                     continue
                 _place(nested, option.path, name, tuple(value) if isinstance(value, list) else value)
     return _build(kind, nested)
+
+
+def renamed_fields(config, **old) -> None:
+    """Old spellings of renamed fields (InitVar aliases, e.g. num_shards -> num_parts), kept for a release: each
+    given value (not None) goes to its new field, with a DeprecationWarning naming both."""
+    import warnings
+
+    for name, (new, value) in old.items():
+        if value is not None:
+            warnings.warn(f"{type(config).__name__}({name}=...) is now {new}; the old name goes in a later release.",
+                          DeprecationWarning, stacklevel=4)
+            setattr(config, new, value)
 
 
 def _place(nested: dict, path: tuple, name: str, value) -> None:

@@ -1,8 +1,9 @@
 """`ExtractConfig`: every setting of phase one and its default, saved into the cache as `extract_config`."""
-from dataclasses import asdict, dataclass
+from dataclasses import InitVar, asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from omniart.core.configs import renamed_fields
 from omniart.core.errors import OmniError
 from omniart.cache.writer import STORAGE_DTYPES
 
@@ -52,8 +53,11 @@ class ExtractConfig:
     timeout: float = 600.0  # seconds a DataLoader worker may take for one batch before the run stops
     # folders never listed under a folder input: --out always, and a run's whole output folder (its gallery)
     exclude: tuple = ()
+    num_shards: InitVar[Optional[int]] = None  # the old spellings of num_parts and part_index (a shard is a file)
+    shard_index: InitVar[Optional[int]] = None
 
-    def __post_init__(self):
+    def __post_init__(self, num_shards=None, shard_index=None):
+        renamed_fields(self, num_shards=("num_parts", num_shards), shard_index=("part_index", shard_index))
         if self.dtype not in DTYPES:
             raise ExtractError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}.")
         for name in ("batch_size", "shard_size", "max_image_pixels"):

@@ -3,10 +3,11 @@ import dataclasses
 import functools
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from omniart.core.configs import renamed_fields
 from omniart.core.files import publish_file
 from omniart.pipeline import PipelineError
 
@@ -53,6 +54,11 @@ class SweepConfig:
     batched: bool = True  # stack same-shape configurations into one model; False: one after another
     num_parts: Optional[int] = None  # with part_index: train configurations i with i % num_parts == part_index
     part_index: Optional[int] = None
+    num_shards: InitVar[Optional[int]] = None  # the old spellings of num_parts and part_index (a shard is a file)
+    shard_index: InitVar[Optional[int]] = None
+
+    def __post_init__(self, num_shards=None, shard_index=None):
+        renamed_fields(self, num_shards=("num_parts", num_shards), shard_index=("part_index", shard_index))
 
 
 @dataclass

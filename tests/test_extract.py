@@ -878,3 +878,15 @@ def test_plan_leaves_out_what_the_cache_has_and_what_failed_before(tmp_path):
     assert [item.key for item in work.todo] == ["e.jpg"] and work.skipped == 4 and len(work.listed) == 5
     retry = plan(dataclasses.replace(config, retry_failed=True))
     assert [item.key for item in retry.todo] == ["d.jpg", "e.jpg"]
+
+
+def test_the_old_python_spellings_of_a_worker_s_part_still_work_with_a_deprecation_warning():
+    from omniart.pipeline.sweep import SweepConfig
+
+    with pytest.warns(DeprecationWarning, match=r"ExtractConfig\(num_shards=...\) is now num_parts"):
+        config = ExtractConfig(images="a", out="b", num_shards=4, shard_index=1)
+    assert (config.num_parts, config.part_index) == (4, 1) and "num_shards" not in config.to_dict()
+    assert dataclasses.replace(config, batch_size=3).num_parts == 4
+    with pytest.warns(DeprecationWarning, match=r"SweepConfig\(shard_index=...\) is now part_index"):
+        sweep = SweepConfig(cache="c", metadata="m", format="csv", out="o", grid={}, num_shards=2, shard_index=0)
+    assert (sweep.num_parts, sweep.part_index) == (2, 0)
