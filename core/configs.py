@@ -88,7 +88,17 @@ def _place(nested: dict, path: tuple, name: str, value) -> None:
 
 
 def _build(kind, nested: dict):
+    """`kind` with the `nested` values; a part given as a dict changes that part's default (its default_factory's
+    instance: a config may default a part differently from the part's own class, as an audit its label rules)."""
     parts = _parts(kind)
-    values = {name: _build(parts[name], value) if name in parts and isinstance(value, dict) else value
-              for name, value in nested.items()}
-    return kind(**values)
+    defaults = {f.name: f.default_factory for f in dataclasses.fields(kind) if f.default_factory is not dataclasses.MISSING}
+    return kind(**{name: _changed(defaults.get(name, parts[name])(), value) if name in parts and isinstance(value, dict)
+                   else value for name, value in nested.items()})
+
+
+def _changed(base, nested: dict):
+    """`base` (a dataclass instance) with the `nested` values, its own parts changed the same way."""
+    parts = _parts(type(base))
+    return dataclasses.replace(base, **{name: _changed(getattr(base, name), value)
+                                        if name in parts and isinstance(value, dict) else value
+                                        for name, value in nested.items()})

@@ -8,118 +8,23 @@ import click
 from omniart.core.errors import cli_errors
 from omniart.extract.cli import BackboneName, deprecated_option
 from omniart.extract.config import ExtractConfig
-from omniart.heads.config import ARTIST_INITS, PRECISIONS
+from omniart.pipeline.audit import AuditConfig
 from omniart.pipeline.end_to_end import RunConfig
 from omniart.pipeline.cli_cache import COMMANDS
+from omniart.pipeline.cli_options import (FIT_FIELDS, FIT_OPTIONS, LABEL_DEFAULTS, RUN_FIT_OPTIONS, chosen,
+                                          fit_options, given_labels, label_options, shown_default)
 from omniart.pipeline.config import FitConfig
 from omniart.pipeline.embed import embed as embed_cache
 from omniart.pipeline.labels import PROTOCOLS, LabelConfig, build_labels
-from omniart.pipeline.parsing import LANGUAGES
 from omniart.pipeline.predict import PredictConfig
 from omniart.pipeline.records import SPLITS
 from omniart.pipeline.sources import FORMATS
 
 __all__ = ["main"]
 
-_FIT_FIELDS = FitConfig.options()  # flat option name -> the field of the fit or of one of its parts
-_LABEL_DEFAULTS = {name: field.default for name, field in _FIT_FIELDS.items()}  # the label options' among them
 _EXTRACT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
 _PREDICT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PredictConfig)}
 _EMBED_DEFAULTS = {name: p.default for name, p in inspect.signature(embed_cache).parameters.items()}
-
-# The phase-two options of `fit` (all) and `run` (the first part): help text and click type. The default shown is
-# FitConfig's (or the automatic rule in its field metadata, or LabelConfig's); an option left out keeps it.
-_FIT_OPTIONS = {
-    "tasks": ("Comma-separated subset of artist,type,material,year.", str),
-    "shared_size": ("Shared ReLU layer width; 0: linear heads on the features (a linear probe).", click.IntRange(min=0)),
-    "epochs": ("Training epochs.", click.IntRange(min=1)),
-    "batch_size": ("Training mini-batch size.", click.IntRange(min=1)),
-    "lr": ("Peak Adam learning rate (warm-up, then cosine decay).", float),
-    "patience": ("Early stopping: epochs without a better validation score; the best epoch is kept.", click.IntRange(min=1)),
-    "min_artist_samples": ("Labels: keep artists with at least this many samples.", click.IntRange(min=1)),
-    "min_class_samples": ("Labels: keep types/materials with at least this many samples.", click.IntRange(min=1)),
-    "seed": ("Seed of the label split and of training: same seed, same run.", int),
-    "weight_decay": ("L2 coefficient of the heads' weight matrices on the mean loss (given: no automatic choice); "
-                     "the shared layer, which serves every task, gets it once per trained task.", float),
-    "dropout": ("Dropout on what the heads read: the shared layer's output (with --shared-size 0, the "
-                "features).", float),
-    "year_scale": ("s_year on the year loss in years (the paper: 0.1).", float),
-    "year_huber": ("The year loss: squared below this many standard deviations of the training years, absolute "
-                   "error above (Huber); 0: the paper's MAE.", float),
-    "task_weights": ("balanced (1 for artist, type and material; the year min(1, sqrt(256 / shared size)): 0.5 at "
-                     "1024, 0.2 at 6144), equal (all 1), auto (from validation loss ratios), uncertainty, or "
-                     "artist=1,type=0.5,...", str),
-    "artist_init": ("lda: the artist's linear weights on the features start at the training split's shrinkage LDA, "
-                    "their L2 prior centred there; zero: at zero, like the other heads.", click.Choice(ARTIST_INITS)),
-    "precision": ("bf16: training and inference under bf16 autocast (faster on GPUs and CPUs with bf16 units, "
-                  "same quality); float32 throughout.", click.Choice(PRECISIONS)),
-    "cv_folds": ("Folds of the cross-validation that chooses the L2 strength and calibrates, where the validation "
-                 "split is smaller than --min-validation-rows.", click.IntRange(min=2)),
-    "min_validation_rows": ("Validation rows needed to choose and calibrate on the validation split instead of "
-                            "cross-validation.", click.IntRange(min=1)),
-    "selection_rows": ("Training rows (a random subset) the L2 candidates train on where the validation split "
-                       "scores them; the choice then refits on every row. 0: every row.", click.IntRange(min=0)),
-    "interval": ("Nominal coverage of the year's prediction interval (split-conformal).", click.FloatRange(0, 1, min_open=True, max_open=True)),
-}
-_RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",
-                    "min_class_samples", "seed", "precision")
-
-
-# Label options of csv metadata: one spelling on labels, fit, sweep and run (CsvOptions' fields, and LabelConfig's
-# language)
-_LABEL_OPTIONS = {
-    "key_column": ("csv: column of each record's image key (its file name, path or tar key).", str),
-    "artist_column": ("csv: artist column [default: 'artist' if present].", str),
-    "type_column": ("csv: object type column [default: 'type' if present].", str),
-    "material_column": ("csv: material/medium column [default: 'material' if present].", str),
-    "year_column": ("csv: year or free-text date column [default: 'year' if present].", str),
-    "begin_column": ("csv: creation interval begin column (with --end-column).", str),
-    "end_column": ("csv: creation interval end column.", str),
-    "split_column": ("csv: official split column (train/val/test or 1/2/3) [default: 'split' if present, else a "
-                     "seeded 70/20/10 split].", str),
-    "separator": ("csv: separator of multi-valued cells.", str),
-    "language": ("Stemmer of free-text media and types (met, csv); for rijks14, the language of the type and "
-                 "material names shown (english: a glossary; dutch: the catalogue's words).", click.Choice(LANGUAGES)),
-}
-
-
-def _label_options(command):
-    """Decorator adding the csv label options (default None: LabelConfig's own default applies)."""
-    for name in reversed(list(_LABEL_OPTIONS)):
-        text, kind = _LABEL_OPTIONS[name]
-        default = _LABEL_DEFAULTS[name]
-        shown = f" [default: {default}]" if default is not None and "[default" not in text else ""
-        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None, help=text + shown)(command)
-    return command
-
-
-def _given_labels(options: dict) -> dict:
-    """The label options the user gave, removed from `options`."""
-    return {name: options.pop(name) for name in list(_LABEL_OPTIONS) if options.get(name) is not None}
-
-
-def _shown_default(name: str) -> str:
-    spec = _FIT_FIELDS[name]
-    if spec.default is not None and spec.default is not dataclasses.MISSING:
-        return str(spec.default)
-    return spec.metadata.get("auto") or str(_LABEL_DEFAULTS.get(name))
-
-
-def _fit_options(names, prefix: str = ""):
-    """Decorator adding the named phase-two options (default None: the config's own default applies)."""
-    def decorate(command):
-        for name in reversed(names):
-            text, kind = _FIT_OPTIONS[name]
-            command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
-                                   help=f"{prefix}{text} [default: {_shown_default(name)}]")(command)
-        return command
-    return decorate
-
-
-def _chosen(options: dict, names) -> dict:
-    """The named options the user gave (None: left to the config)."""
-    return {name: options[name] for name in names if options.get(name) is not None}
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
@@ -133,46 +38,46 @@ for _command in COMMANDS:  # the commands on a cache alone (pipeline.cli_cache)
 @main.command()
 @click.argument("cache", type=click.Path(file_okay=False))
 @click.option("--metadata", required=True, type=click.Path(dir_okay=False), help="Collection metadata (rijksgt.mat, Met CSV, or a CSV).")
-@click.option("--format", "label_format", default=_FIT_FIELDS["format"].default, show_default=True,
+@click.option("--format", "label_format", default=FIT_FIELDS["format"].default, show_default=True,
               type=click.Choice(FORMATS), help="Metadata format (how records join cache keys).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write (published whole).")
-@_fit_options(list(_FIT_OPTIONS))
+@fit_options(list(FIT_OPTIONS))
 @click.option("--linear-path/--no-linear-path", default=None,
               help="Heads also read the standardised features beside the shared layer; --no-linear-path: the "
-                   f"paper's network exactly [default: {'on' if _FIT_FIELDS['linear_path'].default else 'off'}].")
+                   f"paper's network exactly [default: {'on' if FIT_FIELDS['linear_path'].default else 'off'}].")
 @click.option("--class-weights/--no-class-weights", default=None,
-              help=f"Inverse-frequency artist class weights [default: {'on' if _FIT_FIELDS['class_weights'].default else 'off'}].")
+              help=f"Inverse-frequency artist class weights [default: {'on' if FIT_FIELDS['class_weights'].default else 'off'}].")
 @click.option("--calibrate/--no-calibrate", default=None,
               help="Calibrate each classification head (artist: a temperature; type, material: each label's slope and "
                    "bias) and fit the year interval on held-out rows "
-                   f"[default: {'on' if _FIT_FIELDS['calibrate'].default else 'off'}].")
+                   f"[default: {'on' if FIT_FIELDS['calibrate'].default else 'off'}].")
 @click.option("--flip/--no-flip", default=None,
-              help=f"Use the cache's flipped features as random augmentation [default: {'on' if _FIT_FIELDS['flip'].default else 'off'}].")
+              help=f"Use the cache's flipped features as random augmentation [default: {'on' if FIT_FIELDS['flip'].default else 'off'}].")
 @click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=None,
               help="Keep the samples whose artist is filtered out (artist unlabelled, the other tasks train on them); "
                    "--artist-samples-only: only the kept artists' samples (the paper's Table 4) [default: keep].")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
               help="Label rules: omniart's (the options above), or rijks14-challenge: the Rijksmuseum Challenge "
-                   f"2014's own classes (--format rijks14) [default: {_LABEL_DEFAULTS['protocol']}].")
-@_label_options
-@click.option("--device", help=f"auto, cpu, cuda or cuda:N [default: {_shown_default('device')}].")
+                   f"2014's own classes (--format rijks14) [default: {LABEL_DEFAULTS['protocol']}].")
+@label_options
+@click.option("--device", help=f"auto, cpu, cuda or cuda:N [default: {shown_default('device')}].")
 @click.option("--single-task-baselines", is_flag=True, help="Also train each task alone and compare (metrics, time ratio).")
 @click.option("--plots/--no-plots", default=None,
               help="Learning curves, artist confusion figure and confused pairs in the run directory "
-                   f"[default: {'on' if _FIT_FIELDS['plots'].default else 'off'}].")
+                   f"[default: {'on' if FIT_FIELDS['plots'].default else 'off'}].")
 @click.option("--leakage-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Count validation/test samples with a training sample at least this cosine-similar (leaked "
-                   f"near-duplicates) [default: {_FIT_FIELDS['leakage_threshold'].default}].")
+                   f"near-duplicates) [default: {FIT_FIELDS['leakage_threshold'].default}].")
 @cli_errors
 def fit(cache, metadata, label_format, out, **options):
     """Train the shared layer and task heads on CACHE with labels from --metadata; write the run to --out."""
     from omniart.heads.metrics import markdown_table
     from omniart.pipeline.fitting import comparison_table, fit as run_fit
 
-    names = list(_FIT_OPTIONS) + ["linear_path", "class_weights", "calibrate", "flip", "keep_all_samples", "protocol", "device",
+    names = list(FIT_OPTIONS) + ["linear_path", "class_weights", "calibrate", "flip", "keep_all_samples", "protocol", "device",
                                   "single_task_baselines", "plots", "leakage_threshold"]
     config = FitConfig.from_options(cache=cache, metadata=metadata, format=label_format, out=out,
-                                    **_given_labels(options), **_chosen(options, names))
+                                    **given_labels(options), **chosen(options, names))
     result = run_fit(config)
     metrics = result.metrics
     click.echo(markdown_table({"val": metrics["val"], "test": metrics["test"]}))
@@ -191,7 +96,7 @@ def fit(cache, metadata, label_format, out, **options):
 @click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS), help="Split to evaluate.")
 @click.option("--cache", type=click.Path(file_okay=False), help="Feature cache (default: the one the run was trained on).")
 @click.option("--device", help="cpu, cuda or cuda:N [default: cpu].")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default=_LABEL_DEFAULTS["protocol"], show_default=True,
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=LABEL_DEFAULTS["protocol"], show_default=True,
               help="rijks14-challenge: the challenge's metrics (MCA@k on creator subsets, 11-point mAP/imAP, year "
                    "RMSE/MAE) for a run fit under that protocol.")
 @click.option("--table", type=click.Choice(["challenge", "paper"]), default="challenge", show_default=True,
@@ -276,9 +181,9 @@ def embed(run, cache_dir, out, flip, dtype, device):
               help="A fit option and its values, e.g. shared-size=1024,2048 or lr=1e-3,3e-4; repeat for more. "
                    "One value fixes the option for every configuration.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for results.csv.")
-@_fit_options(["epochs", "tasks", "seed"])
+@fit_options(["epochs", "tasks", "seed"])
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: GPU, or the local rank's GPU).")
-@_label_options
+@label_options
 @click.option("--sequential", is_flag=True, help="Train configurations one by one instead of stacked.")
 @click.option("--num-parts", type=click.IntRange(min=1), help="Split the grid over this many workers.")
 @click.option("--part-index", type=click.IntRange(min=0), help="This worker's part (0-based).")
@@ -295,8 +200,8 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_parts
         table = merge_results(out)
         click.echo(f"merged {len(table)} configurations into {out}/results.csv")
         return
-    fixed = _chosen(options, ("epochs", "seed", "device"))
-    fixed.update(_given_labels(options))
+    fixed = chosen(options, ("epochs", "seed", "device"))
+    fixed.update(given_labels(options))
     if options.get("tasks"):
         fixed["tasks"] = tuple(task.strip() for task in options["tasks"].split(",") if task.strip())
     result = run_sweep(SweepConfig(cache=cache_dir, metadata=metadata, format=metadata_format, out=out,
@@ -304,6 +209,39 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_parts
                                    num_parts=num_shards if num_parts is None else num_parts,
                                    part_index=shard_index if part_index is None else part_index))
     click.echo(result.summary())
+
+
+@main.command()
+@click.argument("cache", type=click.Path(file_okay=False))
+@click.option("--metadata", required=True, type=click.Path(dir_okay=False), help="Collection metadata (as for `fit`).")
+@click.option("--format", "label_format", default=FIT_FIELDS["format"].default, show_default=True,
+              type=click.Choice(FORMATS), help="Metadata format (how records join cache keys).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write: audit.csv, conflicts.csv, config.json (published whole).")
+@click.option("--folds", type=click.IntRange(min=2), default=AuditConfig.folds, show_default=True,
+              help="Each record is predicted by the model trained on the other folds.")
+@click.option("--min-artist-samples", type=click.IntRange(min=1), default=None,
+              help="Labels: keep artists with at least this many records [default: 2].")
+@click.option("--min-class-samples", type=click.IntRange(min=1), default=None,
+              help="Labels: keep types/materials with at least this many records [default: 5].")
+@fit_options(["tasks", "seed"])
+@label_options
+@click.option("--duplicate-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Near-duplicate images (cosine similarity) whose records disagree are listed in conflicts.csv "
+                   f"[default: {AuditConfig.duplicate_threshold}].")
+@click.option("--device", help="auto, cpu, cuda or cuda:N [default: the GPU when present].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@cli_errors
+def audit(cache, metadata, label_format, out, folds, quiet, **options):
+    """Find the catalogue records that look wrong: every labelled record of CACHE's collection is predicted by a
+    model that never saw it (k-fold), and audit.csv ranks the recorded values by surprise, most surprising first."""
+    from omniart.pipeline.audit import run_audit
+
+    given = chosen(options, ("tasks", "seed", "min_artist_samples", "min_class_samples", "duplicate_threshold",
+                             "device"))
+    config = AuditConfig.from_options(cache=cache, metadata=metadata, format=label_format, out=out, folds=folds,
+                                      progress=not quiet, **given_labels(options), **given)
+    click.echo(run_audit(config).summary())
 
 
 @main.command()
@@ -321,16 +259,16 @@ def compare(runs, as_json):
 @main.command()
 @click.argument("metadata", type=click.Path(dir_okay=False))
 @click.option("--format", "format_", type=click.Choice(FORMATS), required=True, help="Metadata format.")
-@click.option("--min-artist-samples", type=click.IntRange(min=1), default=_LABEL_DEFAULTS["min_artist_samples"], show_default=True,
+@click.option("--min-artist-samples", type=click.IntRange(min=1), default=LABEL_DEFAULTS["min_artist_samples"], show_default=True,
               help="Keep artists with at least K samples (paper: 100/300/700/1100).")
-@click.option("--min-class-samples", type=click.IntRange(min=1), default=_LABEL_DEFAULTS["min_class_samples"], show_default=True,
+@click.option("--min-class-samples", type=click.IntRange(min=1), default=LABEL_DEFAULTS["min_class_samples"], show_default=True,
               help="Keep type/material classes with at least N positives.")
-@click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=_LABEL_DEFAULTS["keep_all_samples"],
+@click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=LABEL_DEFAULTS["keep_all_samples"],
               show_default=True, help="Keep the samples of dropped/anonymous artists (artist masked); "
                                       "--artist-samples-only: only the kept artists' samples (paper Table 4).")
-@click.option("--seed", type=int, default=_LABEL_DEFAULTS["seed"], show_default=True, help="Seed of the 70/20/10 split.")
-@_label_options
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default=_LABEL_DEFAULTS["protocol"], show_default=True,
+@click.option("--seed", type=int, default=LABEL_DEFAULTS["seed"], show_default=True, help="Seed of the 70/20/10 split.")
+@label_options
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=LABEL_DEFAULTS["protocol"], show_default=True,
               help="rijks14-challenge: the Rijksmuseum Challenge 2014's own classes (the options above do not apply).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @cli_errors
@@ -339,7 +277,7 @@ def labels(metadata, format_, min_artist_samples, min_class_samples, keep_all_sa
     """Print label statistics of collection METADATA: samples, classes, years, splits, coverage."""
     config = LabelConfig.from_options(format=format_, min_artist_samples=min_artist_samples,
                                       min_class_samples=min_class_samples, keep_all_samples=keep_all_samples, seed=seed,
-                                      protocol=protocol, **_given_labels(options))
+                                      protocol=protocol, **given_labels(options))
     stats = build_labels(metadata, config)[0].statistics()
     if as_json:
         click.echo(json.dumps(stats))
@@ -382,10 +320,10 @@ _EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip"
               show_default=True, help="Phase one: images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=_EXTRACT_DEFAULTS["workers"], show_default=True,
               help="Phase one: image decode processes (0 = decode in this process).")
-@_fit_options(_RUN_FIT_OPTIONS, prefix="Phase two: ")
+@fit_options(RUN_FIT_OPTIONS, prefix="Phase two: ")
 @click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=None,
               help="Labels: keep the samples of dropped artists, their artist masked [default: keep].")
-@_label_options
+@label_options
 @click.option("--device", help="Both phases: auto, cpu, cuda or cuda:N [default: the GPU when present].")
 @click.option("--gallery", type=click.IntRange(min=0), default=RunConfig.gallery, show_default=True,
               help="Test images shown in the report with their true and predicted labels.")
@@ -398,7 +336,7 @@ def run(images, metadata, label_format, out, gallery, quiet, **options):
     from omniart.pipeline.end_to_end import run_pipeline
 
     extract = {field: options[name] for name, field in _EXTRACT_OPTIONS.items() if options[name] is not None}
-    fit_options = {**_chosen(options, _RUN_FIT_OPTIONS + ("keep_all_samples", "device")), **_given_labels(options)}
+    fit_options = {**chosen(options, RUN_FIT_OPTIONS + ("keep_all_samples", "device")), **given_labels(options)}
     config = RunConfig.create(images, metadata, label_format, out, extract={**extract, "progress": not quiet},
                               fit={**fit_options, "progress": not quiet}, gallery=gallery)
     click.echo(str(run_pipeline(config)))

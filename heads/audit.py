@@ -1,0 +1,97 @@
+"""Catalogue audit on arrays: every labelled row predicted by a model that never saw it (k-fold), and how surprising
+its recorded value is to that model."""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from omniart.heads import HeadsError
+
+__all__ = ["OutOfFold", "out_of_fold", "surprise", "fold_of"]
+
+
+@dataclass
+class OutOfFold:
+    """Each row's calibrated prediction by the fold model that did not train on it."""
+
+    fold: np.ndarray  # (N,) the fold each row was held out in
+    scores: dict  # task -> artist (N, A) / type, material (N, K) probabilities, year (N,) in years
+    half_width: Optional[np.ndarray]  # (N,) the year interval's half-width of the row's fold model (nan: none)
+    residuals: Optional[np.ndarray]  # (N,) |year - prediction| of the labelled years, nan elsewhere
+    seconds: float  # training time of the fold models together
+
+
+def fold_of(rows: int, folds: int, seed: int) -> np.ndarray:
+    """(rows,) fold numbers 0..folds-1, shuffled with `seed`, as even as can be."""
+    if folds < 2 or folds > rows:
+        raise HeadsError(f"--folds must be between 2 and the number of rows ({rows}), got {folds}.")
+    fold = np.empty(rows, np.int64)
+    fold[np.random.default_rng(seed).permutation(rows)] = np.arange(rows) % folds
+    return fold
+
+
+def out_of_fold(X, targets: dict, masks: dict, folds: int = 5, config=None, runtime=None,
+                n_classes: Optional[dict] = None, progress=None) -> OutOfFold:
+    """Train `folds` default (or `config`) MultiTaskHeads, each on all rows but one fold, and predict that fold with
+    its calibrated probabilities and year interval. `progress(done, folds)` after each fold."""
+    from omniart.heads.config import HeadsConfig
+    from omniart.heads.estimator import MultiTaskHeads
+
+    config = config or HeadsConfig()
+    rows = len(X)
+    fold = fold_of(rows, folds, config.seed)
+    scores, half_width, seconds = None, np.full(rows, np.nan), 0.0
+    for index in range(folds):
+        train, held = np.flatnonzero(fold != index), np.flatnonzero(fold == index)
+        model = MultiTaskHeads(config, runtime).fit(
+            X[train], {task: value[train] for task, value in targets.items()},
+            {task: value[train] for task, value in masks.items()}, n_classes=n_classes)
+        seconds += model.train_seconds_
+        predicted = model.predict_scores(X[held])
+        if scores is None:
+            scores = {task: np.zeros((rows,) + value.shape[1:], value.dtype) for task, value in predicted.items()}
+        for task, value in predicted.items():
+            scores[task][held] = value
+        if "year" in predicted and model.year_interval_ is not None:
+            half_width[held] = model.year_interval_
+        if progress is not None:
+            progress(index + 1, folds)
+    residuals = None
+    if "year" in scores:
+        years = np.asarray(targets["year"], np.float64)
+        residuals = np.where(masks["year"], np.abs(years - scores["year"]), np.nan)
+    return OutOfFold(fold, scores, half_width if "year" in scores else None, residuals, seconds)
+
+
+def surprise(task: str, predicted: np.ndarray, recorded: np.ndarray, labelled: np.ndarray,
+             half_width: Optional[np.ndarray] = None, residuals: Optional[np.ndarray] = None) -> dict:
+    """Per labelled row, how surprising its recorded value is to its out-of-fold prediction, in one unit for every
+    task: score = -ln(probability of the recorded value), so the tasks rank in one queue.
+
+    artist: the probability of the recorded artist; type, material: of the most surprising label's recorded state
+    (a present label's probability, or one minus a missing label's), that label named in `label`; year: the
+    conformal p-value of its residual among the other records' residuals ((1 + #as large) / (1 + #others)), with
+    `outside` = how far outside the year interval it lies, in interval widths (0 inside).
+    Returns arrays over the labelled rows: rows, probability, score, and label or outside."""
+    rows = np.flatnonzero(labelled)
+    if task == "artist":
+        probability = predicted[rows, recorded[rows]]
+        return {"rows": rows, "probability": probability, "score": _surprisal(probability)}
+    if task == "year":
+        residual = residuals[rows]
+        ordered = np.sort(residual)
+        larger = len(ordered) - np.searchsorted(ordered, residual, side="left")  # itself included
+        probability = larger / len(ordered)  # (1 + #others at least as large) / (1 + #others)
+        width = 2.0 * half_width[rows]
+        outside = np.where(np.isfinite(width) & (width > 0), np.maximum(0.0, residual - width / 2) / width, np.nan)
+        return {"rows": rows, "probability": probability, "score": _surprisal(probability), "outside": outside}
+    state = np.where(np.asarray(recorded[rows]) > 0, predicted[rows], 1.0 - predicted[rows])  # the recorded states
+    label = state.argmin(axis=1)
+    probability = state[np.arange(len(rows)), label]
+    return {"rows": rows, "probability": probability, "score": _surprisal(probability), "label": label}
+
+
+def _surprisal(probability: np.ndarray) -> np.ndarray:
+    # probabilities of 0 (a float's underflow) cap at the surprisal of the smallest positive double
+    return -np.log(np.maximum(np.asarray(probability, np.float64), math.ulp(0.0)))

@@ -1,0 +1,60 @@
+"""omni-heads audit: planted catalogue errors rank at the top of audit.csv; near-duplicates that disagree conflict."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_heads import planted, write_planted
+
+from omniart.heads.audit import fold_of, surprise
+from omniart.pipeline.cli import main
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def test_surprise_is_minus_log_the_probability_of_the_recorded_value():
+    artist = surprise("artist", np.array([[0.9, 0.1], [0.5, 0.5]]), np.array([1, 0]), np.array([True, True]))
+    np.testing.assert_allclose(artist["score"], -np.log([0.1, 0.5]))
+    # multi-label: the most surprising label's recorded state (present 0.2, or missing at 0.95)
+    labels = surprise("type", np.array([[0.2, 0.1], [0.6, 0.95]]), np.array([[1, 0], [1, 0]]), np.array([True, True]))
+    assert labels["label"].tolist() == [0, 1]
+    np.testing.assert_allclose(labels["probability"], [0.2, 0.05])
+    # year: the conformal p-value of the residual; outside the interval in interval widths
+    year = surprise("year", None, None, np.array([True, True, True, False]), half_width=np.full(4, 10.0),
+                    residuals=np.array([5.0, 50.0, 10.0, np.nan]))
+    np.testing.assert_allclose(year["probability"], [3 / 3, 1 / 3, 2 / 3])
+    np.testing.assert_allclose(year["outside"], [0.0, 2.0, 0.0])
+    assert sorted(np.bincount(fold_of(10, 3, 0)).tolist()) == [3, 3, 4]
+
+
+def test_audit_ranks_planted_catalogue_errors_first_and_lists_conflicting_duplicates(tmp_path):
+    data = planted(n=600, seed=4)
+    rng = np.random.default_rng(0)
+    wrong_artist = rng.choice(600, 15, replace=False)
+    data["artist"][wrong_artist] = (data["artist"][wrong_artist] + 1) % data["artist"].max()  # another maker
+    wrong_year = rng.choice(np.setdiff1d(np.arange(600), wrong_artist), 15, replace=False)
+    data["year"][wrong_year] += 200.0
+    data["x"][1] = data["x"][0]  # the same image catalogued twice, with another year
+    data["year"][1] = data["year"][0] + 80
+    cache, metadata = write_planted(tmp_path, data)
+    out = tmp_path / "audit"
+    result = CliRunner().invoke(main, ["audit", str(cache), "--metadata", str(metadata), "--format", "csv", "--out",
+                                       str(out), "--tasks", "artist,year", "--device", "cpu", "--quiet",
+                                       "--folds", "3"])
+    assert result.exit_code == 0, result.output
+    assert "audit.csv" in result.output
+    table = pd.read_csv(out / "audit.csv", keep_default_na=False)
+    assert list(table.columns)[:6] == ["key", "task", "recorded", "predicted", "probability_of_recorded", "score"]
+    assert (np.diff(table["score"]) <= 0).all() and set(table["task"]) == {"artist", "year"}
+    keys = np.asarray(data["keys"])
+    for task, planted_rows in (("artist", wrong_artist), ("year", wrong_year)):
+        ranked = table[table["task"] == task]["key"].tolist()
+        top = set(ranked[:30])  # 5 % of the records
+        assert len(top & set(keys[planted_rows])) >= 12, (task, len(top & set(keys[planted_rows])))
+    first = table[table["task"] == "year"].iloc[0]
+    assert float(first["outside_interval"]) > 1 and " to " in str(first["predicted"])
+    conflicts = pd.read_csv(out / "conflicts.csv")
+    assert ((conflicts["key"] == keys[0]) & (conflicts["other_key"] == keys[1]) & (conflicts["task"] == "year")).any()
+    info = json.loads((out / "config.json").read_text())
+    assert info["audit"]["folds"] == 3 and info["audited_values"] == len(table) and info["tasks"] == ["artist", "year"]
