@@ -24,6 +24,9 @@ OTHER_BENCHMARKS = (
      "python benchmarks/bench_heads.py"),
 )
 DUPLICATES = "duplicates.json"  # bench_duplicates.py quality: the near-duplicate threshold, per backbone
+AUDIT = "audit.json"  # bench_audit.py: planted catalogue errors found by omni-heads audit and by the baseline
+AUDIT_METRICS = (("precision_at_k", "precision at k"), ("recall_top_10pct", "recall in the top 10 %"),
+                 ("average_precision", "average precision"))
 SHOWN_THRESHOLDS = (0.75, 0.79, 0.84, 0.9, 0.95)
 
 
@@ -149,6 +152,8 @@ def benchmarks_page(results=RESULTS):
              "(`benchmarks/small_collections.py` describes each collection).", ""]
     measured = set()
     for name, report in reports.items():
+        if name == AUDIT:
+            continue
         for collection in report.get("collections", []):
             measured.add(collection["collection"])
             lines += collection_section(name, report, collection)
@@ -166,6 +171,7 @@ def benchmarks_page(results=RESULTS):
         "Not measured for the current version; run `python benchmarks/bench_quality.py --collections '' "
         "--results benchmarks/results/quality.json`.", ""]
     lines += duplicates_section(reports.get(DUPLICATES))
+    lines += audit_section(reports.get(AUDIT))
     for title, filename, command in OTHER_BENCHMARKS:
         lines += [f"## {title}", ""]
         if filename in reports:
@@ -176,6 +182,37 @@ def benchmarks_page(results=RESULTS):
             lines += [f"Not measured for the current version; run `{command}` and save its JSON as "
                       f"`benchmarks/results/{filename}`.", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def audit_section(report) -> list:
+    """Catalogue audit: how high the planted errors rank in audit.csv, against scikit-learn's cross_val_predict."""
+    lines = ["## Catalogue audit (`omni-heads audit`) against scikit-learn's `cross_val_predict`", ""]
+    if report is None:
+        return lines + ["Not measured for the current version; run `python benchmarks/bench_audit.py` and save its "
+                        f"JSON as `benchmarks/results/{AUDIT}`.", ""]
+    settings = report["settings"]
+    lines += [f"From `benchmarks/results/{AUDIT}` (`python benchmarks/bench_audit.py`): errors planted in "
+              f"{settings['rate']:.0%} of the records of each task (a maker swapped for another, a type or material "
+              "replaced by another class, a year moved by 150 to 300 years); every record predicted out of fold "
+              f"({settings['folds']} folds) by the default fit and by `LogisticRegression` / `RidgeCV` on the "
+              "standardised features, both ranked by the recorded value's surprise. k is the number planted; "
+              f"machine: {_machine(report)}.", ""]
+    for entry in report["collections"]:
+        if "skipped" in entry:
+            lines += [f"### `{entry['collection']}`", "", f"Skipped: {entry['skipped']}.", ""]
+            continue
+        lines += [f"### `{entry['collection']}`: {entry['records']:,} records, {entry['repeats']} repeat(s), planted "
+                  + ", ".join(f"{task} {count}" for task, count in entry["planted"].items()), "",
+                  "| error | " + " | ".join(f"{title}: omniart / baseline" for _, title in AUDIT_METRICS) + " |",
+                  "| --- |" + " --- |" * len(AUDIT_METRICS)]
+        for task in entry["tasks"]:
+            cells = [f"{_figure(entry['results']['omniart'][task][metric])} / "
+                     f"{_figure(entry['results']['baseline'][task][metric])}" for metric, _ in AUDIT_METRICS]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        goals = ", ".join(f"{goal}: {'met' if value else 'not met'}" for goal, value in _flat(entry["goals"]))
+        lines += ["", f"Seconds: omniart {entry['seconds']['omniart']}, baseline {entry['seconds']['baseline']}. "
+                  f"Goals: {goals}.", ""]
+    return lines
 
 
 def duplicates_section(report) -> list:

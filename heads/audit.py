@@ -83,7 +83,7 @@ def surprise(task: str, predicted: np.ndarray, recorded: np.ndarray, labelled: n
         ordered = np.sort(residual)
         larger = len(ordered) - np.searchsorted(ordered, residual, side="left")  # itself included
         probability = larger / len(ordered)  # (1 + #others at least as large) / (1 + #others)
-        width = 2.0 * half_width[rows]
+        width = 2.0 * (half_width[rows] if half_width is not None else np.full(len(rows), np.nan))
         outside = np.where(np.isfinite(width) & (width > 0), np.maximum(0.0, residual - width / 2) / width, np.nan)
         return {"rows": rows, "probability": probability, "score": _surprisal(probability), "outside": outside}
     state = np.where(np.asarray(recorded[rows]) > 0, predicted[rows], 1.0 - predicted[rows])  # the recorded states
