@@ -74,8 +74,9 @@ def decode_image(path: str, resize: int, crop: int, interpolation: str = "biline
             image = _to_rgb(image)
             width, height = image.size
             scale = resize / min(width, height)
-            box_w, box_h = crop / scale, crop / scale
-            left, top = (width - box_w) / 2, (height - box_h) / 2
+            # min/max: with crop == resize the box is the shorter side, a rounding error past the image's edge
+            box_w, box_h = min(crop / scale, width), min(crop / scale, height)
+            left, top = max(0.0, (width - box_w) / 2), max(0.0, (height - box_h) / 2)
             # Resampling only the crop's source box: the same pixels as resize-then-crop, without the big resize.
             image = image.resize((crop, crop), INTERPOLATIONS[interpolation],
                                  box=(left, top, left + box_w, top + box_h))

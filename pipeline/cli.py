@@ -10,6 +10,8 @@ from omniart.extract.cli import BackboneName, deprecated_option
 from omniart.extract.config import ExtractConfig
 from omniart.pipeline.audit import AuditConfig
 from omniart.pipeline.end_to_end import RunConfig
+from omniart.pipeline.explore import ExploreConfig
+from omniart.pipeline.maps import METHODS as MAP_METHODS
 from omniart.pipeline.cli_cache import COMMANDS
 from omniart.pipeline.cli_options import (FIT_FIELDS, FIT_OPTIONS, LABEL_DEFAULTS, RUN_FIT_OPTIONS, chosen,
                                           fit_options, given_labels, label_options, shown_default)
@@ -242,6 +244,43 @@ def audit(cache, metadata, label_format, out, folds, quiet, **options):
     config = AuditConfig.from_options(cache=cache, metadata=metadata, format=label_format, out=out, folds=folds,
                                       progress=not quiet, **given_labels(options), **given)
     click.echo(run_audit(config).summary())
+
+
+@main.command()
+@click.argument("cache", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder of the site to write (index.html opens from disk; published whole).")
+@click.option("--metadata", type=click.Path(dir_okay=False), help="Collection metadata: its fields colour the map.")
+@click.option("--format", "label_format", default=FIT_FIELDS["format"].default, show_default=True,
+              type=click.Choice(FORMATS), help="Metadata format.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False),
+              help="A fit's run: its predictions and confidence colour the map, drawn from its shared layer.")
+@click.option("--audit", "audit_dir", type=click.Path(file_okay=False),
+              help="An `omni-heads audit` folder: its scores colour the map and fill the audit page.")
+@click.option("--images", help="Where the images are now, when they moved since extraction (default: the cache's).")
+@click.option("--method", type=click.Choice(MAP_METHODS), default=ExploreConfig.method, show_default=True,
+              help="The 2-D map: UMAP of the PCA-50 features, PCA then t-SNE, or PCA.")
+@click.option("--seed", type=int, default=ExploreConfig.seed, show_default=True, help="Seed of the map: same seed, same map.")
+@click.option("--neighbors", type=click.IntRange(min=1), default=ExploreConfig.neighbors, show_default=True,
+              help="Nearest neighbours shown per image.")
+@click.option("--thumbnail", type=click.IntRange(16, 256), default=ExploreConfig.thumbnail, show_default=True,
+              help="Thumbnail side in pixels.")
+@click.option("--workers", type=click.IntRange(min=0), default=ExploreConfig.workers, show_default=True,
+              help="Image decoding processes for the thumbnails (0: in this process).")
+@label_options
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@cli_errors
+def explore(cache, out, metadata, label_format, run_dir, audit_dir, images, method, seed, neighbors, thumbnail, workers,
+            quiet, **options):
+    """Write a static site to see CACHE's collection: a map of its images, coloured by metadata, predictions or
+    audit scores, with search, details, nearest neighbours, lasso export, the audit queue and duplicate groups."""
+    from omniart.pipeline.explore import build_site
+
+    config = ExploreConfig.from_options(cache=cache, out=out, metadata=metadata, format=label_format, run=run_dir,
+                                        audit=audit_dir, images=images, method=method, seed=seed, neighbors=neighbors,
+                                        thumbnail=thumbnail, workers=workers, progress=not quiet,
+                                        **given_labels(options))
+    click.echo(build_site(config).summary())
 
 
 @main.command()

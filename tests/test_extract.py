@@ -890,3 +890,11 @@ def test_the_old_python_spellings_of_a_worker_s_part_still_work_with_a_deprecati
     with pytest.warns(DeprecationWarning, match=r"SweepConfig\(shard_index=...\) is now part_index"):
         sweep = SweepConfig(cache="c", metadata="m", format="csv", out="o", grid={}, num_shards=2, shard_index=0)
     assert (sweep.num_parts, sweep.part_index) == (2, 0)
+
+
+def test_thumbnails_crop_to_the_shorter_side_without_a_rounding_error(tmp_path):
+    """resize == crop (explore's thumbnails): the box is the whole shorter side, which rounding put past the edge."""
+    for width in (103, 107, 196):  # widths whose 64 / (64 / width) rounds above width
+        path = tmp_path / f"{width}.png"
+        Image.new("RGB", (width, 150), (10, 20, 30)).save(path)
+        assert decode_image(str(path), 64, 64).shape == (64, 64, 3)
