@@ -33,10 +33,14 @@ def layout(features, method: str = "umap", seed: int = 0, neighbors: int = 8) ->
 
         position = TSNE(2, perplexity=min(30.0, (rows - 1) / 3), init="pca", random_state=seed).fit_transform(reduced)
         return _unit_box(position), _exact_neighbors(reduced, k)
-    import umap
+    import warnings
 
-    reducer = umap.UMAP(n_neighbors=min(15, rows - 1), n_components=2, random_state=seed, min_dist=0.1)
-    position = reducer.fit_transform(reduced)
+    with warnings.catch_warnings():  # umap's notes: no TensorFlow (ParametricUMAP), one thread with a seed
+        warnings.simplefilter("ignore")
+        import umap
+
+        reducer = umap.UMAP(n_neighbors=min(15, rows - 1), n_components=2, random_state=seed, min_dist=0.1)
+        position = reducer.fit_transform(reduced)
     graph = getattr(reducer, "_knn_indices", None)
     if graph is None or graph.shape[1] < k + 1:
         return _unit_box(position), _exact_neighbors(reduced, k)
