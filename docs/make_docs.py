@@ -22,6 +22,8 @@ OTHER_BENCHMARKS = (
      "python benchmarks/bench_extract.py"),
     ("Phase two at Rijks'14 scale: FLOP rate, multi- vs single-task time, peak memory, stacked sweep", "heads.json",
      "python benchmarks/bench_heads.py"),
+    ("`omni-heads explore` at Rijks'14 scale: build time, page load, frame time (headless Chromium)", "explore.json",
+     "python benchmarks/bench_explore.py"),
 )
 DUPLICATES = "duplicates.json"  # bench_duplicates.py quality: the near-duplicate threshold, per backbone
 AUDIT = "audit.json"  # bench_audit.py: planted catalogue errors found by omni-heads audit and by the baseline

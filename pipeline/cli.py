@@ -267,18 +267,22 @@ def audit(cache, metadata, label_format, out, folds, quiet, **options):
               help="Thumbnail side in pixels.")
 @click.option("--workers", type=click.IntRange(min=0), default=ExploreConfig.workers, show_default=True,
               help="Image decoding processes for the thumbnails (0: in this process).")
+@click.option("--duplicate-threshold", type=click.FloatRange(0, 1, min_open=True),
+              default=ExploreConfig.duplicate_threshold, show_default=True,
+              help="Images at least this cosine-similar to a map neighbour form the duplicate groups.")
 @label_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @cli_errors
 def explore(cache, out, metadata, label_format, run_dir, audit_dir, images, method, seed, neighbors, thumbnail, workers,
-            quiet, **options):
+            duplicate_threshold, quiet, **options):
     """Write a static site to see CACHE's collection: a map of its images, coloured by metadata, predictions or
     audit scores, with search, details, nearest neighbours, lasso export, the audit queue and duplicate groups."""
     from omniart.pipeline.explore import build_site
 
     config = ExploreConfig.from_options(cache=cache, out=out, metadata=metadata, format=label_format, run=run_dir,
                                         audit=audit_dir, images=images, method=method, seed=seed, neighbors=neighbors,
-                                        thumbnail=thumbnail, workers=workers, progress=not quiet,
+                                        thumbnail=thumbnail, workers=workers, duplicate_threshold=duplicate_threshold,
+                                        progress=not quiet,
                                         **given_labels(options))
     click.echo(build_site(config).summary())
 

@@ -23,7 +23,7 @@ __all__ = ["ExploreConfig", "ExploreResult", "build_site", "SITE_FILES"]
 
 SITE_FILES = ("index.html", "explore.js", "explore.css")  # the viewer, copied from pipeline/site
 _SITE = Path(__file__).with_name("site")
-_SHOWN_AUDIT_ROWS, _MAX_DUPLICATE_PAIRS = 2000, 200_000
+_SHOWN_AUDIT_ROWS = 2000
 
 
 @dataclass
@@ -91,7 +91,7 @@ def build_site(config: ExploreConfig) -> ExploreResult:
 
     position, neighbors = layout(features, config.method, config.seed, config.neighbors)
     seconds["map"] = time.perf_counter() - started - sum(seconds.values())
-    groups = _duplicate_groups(features, config.duplicate_threshold)
+    groups = _duplicate_groups(features, neighbors, config.duplicate_threshold)
     audit = _audit_rows(config.audit, set(keys)) if config.audit else []
     data = {"count": len(keys), "keys": keys, "x": np.round(position[:, 0], 5).tolist(),
             "y": np.round(position[:, 1], 5).tolist(), "neighbors": neighbors.ravel().tolist(),
@@ -197,10 +197,13 @@ def _audit_rows(folder: str, keys: set) -> list:
     return rows
 
 
-def _duplicate_groups(features: np.ndarray, threshold: float) -> list:
-    """Row indices of each group of near-duplicates (connected pairs of the duplicates rule), largest first."""
-    from omniart.heads.duplicates import iter_similar_pairs
+def _duplicate_groups(features: np.ndarray, neighbors: np.ndarray, threshold: float) -> list:
+    """Row indices of each group of near-duplicates, largest first: pairs of an image and one of its map neighbours
+    at cosine similarity >= threshold in the full features (the duplicates rule), joined into groups. A duplicate
+    is its image's nearest neighbour, so N x k pairs are scored, not N x N."""
+    from omniart.heads.neighbors import unit_rows
 
+    unit = unit_rows(features)
     parent = np.arange(len(features))
 
     def root(i):
@@ -209,13 +212,11 @@ def _duplicate_groups(features: np.ndarray, threshold: float) -> list:
             i = parent[i]
         return i
 
-    pairs = 0
-    for rows, others, _, _ in iter_similar_pairs(features, threshold=threshold):
-        for a, b in zip(rows, others):
-            parent[root(a)] = root(b)
-        pairs += len(rows)
-        if pairs > _MAX_DUPLICATE_PAIRS:  # a threshold this loose finds neighbourhoods, not duplicates
-            break
+    for column in range(neighbors.shape[1]):
+        other = neighbors[:, column]
+        similarity = np.einsum("ij,ij->i", unit, unit[other])
+        for a in np.flatnonzero(similarity >= threshold - 1e-6):
+            parent[root(a)] = root(int(other[a]))
     groups = {}
     for index in range(len(features)):
         groups.setdefault(root(index), []).append(index)

@@ -40,6 +40,7 @@ def site(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("explore")
     names = [f"{index:02d}.jpg" for index in range(ROWS)]
     images = make_images(tmp_path / "images", names)
+    shutil.copy(images / names[0], images / names[-1])  # one image catalogued twice: a duplicate group
     run_extract(tiny_config(images, tmp_path / "cache"))
     pd.DataFrame({"key": names, "artist": [f"maker {i % 3}" for i in range(ROWS)],
                   "year": [1600 + 10 * (i % 7) for i in range(ROWS)]}).to_csv(tmp_path / "meta.csv", index=False)
@@ -50,7 +51,8 @@ def site(tmp_path_factory):
     out = tmp_path / "site"
     result = CliRunner().invoke(main, ["explore", str(tmp_path / "cache"), "--out", str(out), "--metadata",
                                        str(tmp_path / "meta.csv"), "--format", "csv", "--audit", str(tmp_path / "audit"),
-                                       "--method", "pca", "--workers", "0", "--quiet"])
+                                       "--method", "pca", "--workers", "0", "--quiet",
+                                       "--duplicate-threshold", "0.99999"])  # the tiny random backbone's images are alike
     assert result.exit_code == 0, result.output
     return out, names
 
@@ -69,6 +71,7 @@ def test_the_site_holds_every_point_its_fields_thumbnails_and_the_audit_queue(si
     assert [artist["names"][code] for code in artist["codes"][:3]] == [f"maker {int(k[:2]) % 3}" for k in data["keys"][:3]]
     assert data["fields"]["audit score"]["values"][data["keys"].index(names[0])] == 4.6
     assert [row["key"] for row in data["audit"]] == names[:3]
+    assert [sorted(data["keys"][i] for i in group) for group in data["duplicates"]] == [[names[0], names[-1]]]
     assert data["atlas"]["files"] == ["atlas-000.jpg"] and data["atlas"]["missing"] == 0
     from PIL import Image
 
