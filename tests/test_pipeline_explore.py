@@ -173,3 +173,5 @@ def test_a_colour_change_recolours_and_a_lasso_exports_the_selected_keys(browser
     assert surely_in and surely_in <= selected <= maybe_in
     assert browser.execute_script("return window.omniart.selectionCsv()").count("\n") == len(selected) + 1
     assert not browser.find_element(By.ID, "export").get_attribute("disabled")
+    browser.find_element(By.ID, "search").send_keys("maker 1")  # a class name finds its records
+    assert browser.execute_script("return window.omniart.state.highlight.size") == 20

@@ -310,10 +310,11 @@
   $("search").addEventListener("input", (event) => {
     const query = event.target.value.trim().toLowerCase();
     if (!query) { state.highlight = state.selection.length ? new Set(state.selection) : null; draw(); return; }
-    const hits = new Set(), artist = data.fields.artist;
-    for (let i = 0; i < n; i++) {
-      if (data.keys[i].toLowerCase().includes(query) ||
-          (artist && artist.codes[i] >= 0 && artist.names[artist.codes[i]].toLowerCase().includes(query))) hits.add(i);
+    const hits = new Set(), categories = Object.values(data.fields).filter((field) => field.kind === "category")
+      .map((field) => [field.codes, field.names.map((name) => name.toLowerCase().includes(query))]);
+    for (let i = 0; i < n; i++) {  // a key, or any class name of the record (artist, type, material, ...)
+      if (data.keys[i].toLowerCase().includes(query) || categories.some(([codes, hit]) => codes[i] >= 0 && hit[codes[i]]))
+        hits.add(i);
     }
     state.highlight = hits;
     draw();
