@@ -513,3 +513,27 @@ def test_cli_module_imports_nothing_heavy():
     code = "import sys, omniart.pipeline.cli; print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_fit_config_reads_its_nested_form_and_the_flat_one_earlier_versions_saved():
+    import dataclasses
+
+    from omniart.pipeline import PipelineError
+    from omniart.pipeline.config import FitConfig
+
+    config = FitConfig.from_options(cache="c", metadata="m", format="csv", key_column="file", seed=3, epochs=5,
+                                    device="cpu", plots=False)
+    assert (config.labels.csv.key_column, config.labels.seed, config.heads.seed) == ("file", 3, 3)
+    assert (config.heads.epochs, config.runtime.device, config.plots) == (5, "cpu", False)
+    assert FitConfig.from_saved(json.loads(json.dumps(dataclasses.asdict(config)))) == config
+    flat = {"cache": "c", "metadata": "m", "format": "csv", "out": "run", "shared_size": 64, "seed": 2,
+            "min_artist_samples": None, "tasks": ["artist", "year"], "device": "cpu", "progress": False,
+            "eval_batch_size": 2048, "label_options": {"key_column": "file", "language": "dutch"}, "gone": 1}
+    old = FitConfig.from_saved(flat)  # omniart before the composed config: flat, csv options under label_options
+    assert (old.heads.shared_size, old.heads.tasks, old.heads.seed, old.labels.seed) == (64, ("artist", "year"), 2, 2)
+    assert (old.labels.min_artist_samples, old.labels.csv.key_column, old.labels.language) == (100, "file", "dutch")
+    assert (old.runtime.device, old.runtime.progress) == ("cpu", False)
+    with pytest.raises(PipelineError, match=r"unknown fit option 'shared_sise'; valid: .*shared_size"):
+        FitConfig.from_options(shared_sise=8)
+    with pytest.raises(LabelError, match="unknown label option 'epochs'"):
+        LabelConfig.from_options(epochs=3)
