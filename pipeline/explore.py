@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from omniart.heads.duplicates import DEFAULT_THRESHOLD
 from omniart.pipeline import PipelineError
 from omniart.pipeline.labels import LabelConfig
 from omniart.pipeline.maps import METHODS
+
+if TYPE_CHECKING:
+    from omniart.cache import FeatureStore
 
 __all__ = ["ExploreConfig", "ExploreResult", "build_site", "SITE_FILES"]
 
@@ -118,7 +121,7 @@ def build_site(config: ExploreConfig) -> ExploreResult:
     return ExploreResult(out, len(keys), data["atlas"]["missing"], {k: round(v, 2) for k, v in seconds.items()})
 
 
-def _features(store, keys: list, config: ExploreConfig) -> np.ndarray:
+def _features(store: "FeatureStore", keys: list, config: ExploreConfig) -> np.ndarray:
     """The cached features, or a run's shared-layer embedding of them (what its heads read)."""
     features = store.load(keys, dtype=np.float32)
     if config.run is None:
