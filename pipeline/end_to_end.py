@@ -32,6 +32,7 @@ class RunConfig:
     fit: FitConfig
     gallery: int = 6  # test images shown with their true and predicted labels in the report
     split: str = "test"  # split whose metrics the report shows
+    site: bool = False  # also build `omni-heads explore`'s site of the collection in <out>/site (the report links it)
 
     @classmethod
     def create(cls, images, metadata, format, out, extract: Optional[dict] = None, fit: Optional[dict] = None,
@@ -66,6 +67,7 @@ class RunSummary:
     metrics: dict
     timings: Dict[str, float] = field(default_factory=dict)
     gallery: List[dict] = field(default_factory=list)
+    site: Optional[Path] = None  # the explore site's index.html, when the run built one
 
     def __str__(self) -> str:
         phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.timings.items())
@@ -100,9 +102,18 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     gallery = _predict_gallery(run, FeatureStore(config.extract.out), config, paths)
     timings["predict"] = time.perf_counter() - started
 
+    site = None
+    if config.site:
+        from omniart.pipeline.explore import ExploreConfig, build_site
+
+        started = time.perf_counter()
+        site = build_site(ExploreConfig(cache=config.extract.out, out=str(Path(config.out) / "site"),
+                                        metadata=config.fit.metadata, run=str(fitted.run_dir),
+                                        labels=config.fit.labels, progress=config.extract.progress)).out / "index.html"
+        timings["site"] = time.perf_counter() - started
     summary = RunSummary(report=Path(config.out) / "report.md", extracted=extracted.extracted,
                          failed=extracted.failed, skipped=extracted.skipped, metrics=fitted.metrics, timings=timings,
-                         gallery=gallery)
+                         gallery=gallery, site=site)
     started = time.perf_counter()
     write_report(summary, run, config)
     summary.timings["report"] = time.perf_counter() - started

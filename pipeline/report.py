@@ -19,7 +19,7 @@ def write_report(summary, run, config) -> Path:
     out = Path(config.out)
     run_link = Path(os.path.relpath(run.run_dir, out)).as_posix()
     sections = [_header(run, config, run_link), _timings(summary), _data_set(run),
-                _metrics(summary.metrics, config.split), _plots(run.run_dir, run_link),
+                _metrics(summary.metrics, config.split), _site(summary, out), _plots(run.run_dir, run_link),
                 _gallery(summary.gallery, out, config.split)]
     text = "\n\n".join(section for section in sections if section) + "\n"
     publish_file(summary.report, lambda path: Path(path).write_text(text, encoding="utf-8"))
@@ -35,6 +35,15 @@ def _header(run, config, run_link: str) -> str:
             f"- heads: tasks {', '.join(run.tasks)}, shared layer {run.model.shared_size}, "
             f"run directory `{run_link}/`\n"
             f"- the full configuration is in `run-config.json`")
+
+
+def _site(summary, out: Path) -> str:
+    if summary.site is None:
+        return ""
+    link = Path(os.path.relpath(summary.site, out)).as_posix()
+    return (f"## The collection, seen\n\n[Open the map of the collection]({link}) (`omni-heads explore`): every image "
+            "where its features put it, coloured by its record or the model's predictions, with search, details "
+            "and nearest neighbours.")
 
 
 def _timings(summary) -> str:

@@ -195,6 +195,9 @@ def test_demo_on_real_met_paintings(tmp_path):
     report = summary.report.read_text()
     assert "efficientnet_lite0" in report and "| samples | 16 |" in report
     assert summary.metrics["test"]["year"]["mae"] is not None
+    # make demo's site of the paintings, linked from the report
+    assert "[Open the map of the collection](site/index.html)" in report and summary.site.is_file()
+    assert "predicted artist" in (tmp_path / "demo" / "site" / "data.js").read_text()
 
 
 def test_demo_uses_resnet50_only_when_its_weights_are_cached(tmp_path, monkeypatch, capsys):
