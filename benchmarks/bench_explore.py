@@ -52,8 +52,9 @@ def collection(folder: Path, rows: int, seed: int = 0) -> tuple:
     return cache, RIJKS14 / "rijksgt.mat"
 
 
-def browser_timings(site: Path) -> dict:
-    """Load time and the frame time of 20 scripted pans and 20 zooms (ms) in headless Chromium."""
+def browser_timings(site: Path, screenshot: Path) -> dict:
+    """Load time and the frame time of 20 scripted pans and 20 zooms (ms) in headless Chromium; a screenshot of the
+    map saved to `screenshot`."""
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_path):
         return {"skipped": "Debian's chromium and chromium-driver are not installed"}
@@ -81,7 +82,9 @@ def browser_timings(site: Path) -> dict:
               times.push(performance.now() - t);
             }
             return times;""")
-        return {"load_seconds": round(load, 2), "frame_ms_median": round(float(np.median(frames)), 1),
+        driver.execute_script("window.omniart.fit()")
+        driver.save_screenshot(str(screenshot))
+        return {"screenshot": str(screenshot), "load_seconds": round(load, 2), "frame_ms_median": round(float(np.median(frames)), 1),
                 "frame_ms_max": round(float(np.max(frames)), 1), "points_drawn": driver.execute_script(
                     "return window.omniart.count")}
     finally:
@@ -100,6 +103,7 @@ def main(argv=None) -> dict:
 
     from omniart.pipeline.explore import ExploreConfig, build_site
 
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
@@ -110,13 +114,12 @@ def main(argv=None) -> dict:
                                           method=args.method, workers=args.workers, progress=False))
         build = time.perf_counter() - started
         size = sum(path.stat().st_size for path in (folder / "site").iterdir())
-        browser = browser_timings(folder / "site")
+        browser = browser_timings(folder / "site", Path(args.results).with_suffix(".png"))
     report = {"machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "torch": torch.__version__},
               "settings": vars(args), "rows": result.points, "build_seconds": round(build, 1),
               "steps_seconds": result.seconds, "site_megabytes": round(size / 2 ** 20, 1),
               "thumbnails_missing": result.thumbnails_missing, "collection_seconds": round(prepared, 1),
               "browser": browser, "goals": {"builds_in_10_minutes": build <= GOAL_SECONDS}}
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     return report
