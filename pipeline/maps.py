@@ -55,10 +55,15 @@ def _pca(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
 
 
 def _unit_box(position: np.ndarray) -> np.ndarray:
+    """Positions scaled into [0, 1], the longer side spanning it, the shorter centred. The box is that of the central
+    99.8 % on each axis, the few points beyond drawn on its edge: one far outlier would otherwise squeeze the
+    whole collection into a corner of the map."""
     position = np.asarray(position, np.float64)
-    low, span = position.min(0), np.ptp(position, axis=0)
+    low, high = (np.percentile(position, 0.1, axis=0), np.percentile(position, 99.9, axis=0)) if len(position) >= 1000 \
+        else (position.min(0), position.max(0))
+    span = high - low
     scale = span.max() if span.max() > 0 else 1.0
-    centred = (position - low) / scale + (1 - span / scale) / 2  # the shorter side centred
+    centred = (np.clip(position, low, high) - low) / scale + (1 - span / scale) / 2
     return centred.astype(np.float32)
 
 
