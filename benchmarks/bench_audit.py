@@ -39,6 +39,11 @@ def plant(labels, rate: float, rng) -> tuple:
     planted = {}
     for task, mask in labels.masks.items():
         rows = np.flatnonzero(mask)
+        if task in ("type", "material"):  # a replaced class needs one recorded and one not
+            recorded = targets[task][rows].sum(1)
+            rows = rows[(recorded > 0) & (recorded < targets[task].shape[1])]
+        if not len(rows):
+            continue
         if task != "year" and (targets[task].max() if task == "artist" else targets[task].shape[1] - 1) < 1:
             continue
         chosen = np.sort(rng.choice(rows, max(1, int(round(rate * len(rows)))), replace=False))

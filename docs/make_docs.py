@@ -251,6 +251,8 @@ def readme_table(results=RESULTS):
     lines = ["| collection (repeats x folds) | images | artist accuracy | type MAP | material MAP | year MAE (years) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for path in sorted(Path(results).glob("*.json")):
+        if path.name == AUDIT:
+            continue
         for collection in json.loads(path.read_text()).get("collections", []):
             test = collection["test"]
             cells = [f"{_figure(test['omniart'][task]['mean'], 2)} / {_figure(test['baseline'][task]['mean'], 2)}"
