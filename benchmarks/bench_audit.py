@@ -114,7 +114,8 @@ def found(task: str, scores: dict, targets: dict, masks: dict, planted: np.ndarr
 
 def audit_collection(name: str, features: np.ndarray, labels, repeats: int, folds: int, rate: float) -> dict:
     from omniart.heads import HeadsConfig, RuntimeConfig
-    from omniart.heads.audit import fold_of, out_of_fold
+    from omniart.heads.audit import out_of_fold
+    from omniart.heads.data import fold_of
 
     tasks = trainable(labels)
     sizes = {"artist": len(labels.artist_names), "type": labels.types.shape[1], "material": labels.materials.shape[1]}

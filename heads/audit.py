@@ -6,9 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from omniart.heads import HeadsError
-
-__all__ = ["OutOfFold", "out_of_fold", "surprise", "fold_of"]
+__all__ = ["OutOfFold", "out_of_fold", "surprise"]
 
 
 @dataclass
@@ -22,20 +20,12 @@ class OutOfFold:
     seconds: float  # training time of the fold models together
 
 
-def fold_of(rows: int, folds: int, seed: int) -> np.ndarray:
-    """(rows,) fold numbers 0..folds-1, shuffled with `seed`, as even as can be."""
-    if folds < 2 or folds > rows:
-        raise HeadsError(f"--folds must be between 2 and the number of rows ({rows}), got {folds}.")
-    fold = np.empty(rows, np.int64)
-    fold[np.random.default_rng(seed).permutation(rows)] = np.arange(rows) % folds
-    return fold
-
-
 def out_of_fold(X, targets: dict, masks: dict, folds: int = 5, config=None, runtime=None,
                 n_classes: Optional[dict] = None, progress=None) -> OutOfFold:
     """Train `folds` default (or `config`) MultiTaskHeads, each on all rows but one fold, and predict that fold with
     its calibrated probabilities and year interval. `progress(done, folds)` after each fold."""
     from omniart.heads.config import HeadsConfig
+    from omniart.heads.data import fold_of
     from omniart.heads.estimator import MultiTaskHeads
 
     config = config or HeadsConfig()
@@ -46,10 +36,9 @@ def out_of_fold(X, targets: dict, masks: dict, folds: int = 5, config=None, runt
         train, held = np.flatnonzero(fold != index), np.flatnonzero(fold == index)
         train, validation = _validation_part(train, config)
         model = MultiTaskHeads(config, runtime).fit(
-            X[train], {task: value[train] for task, value in targets.items()},
-            {task: value[train] for task, value in masks.items()}, n_classes=n_classes,
-            validation=None if validation is None else (X[validation], {t: v[validation] for t, v in targets.items()},
-                                                        {t: v[validation] for t, v in masks.items()}))
+            X[train], _take(targets, train), _take(masks, train), n_classes=n_classes,
+            validation=None if validation is None else (X[validation], _take(targets, validation),
+                                                        _take(masks, validation)))
         seconds += model.train_seconds_
         predicted = model.predict_scores(X[held])
         if scores is None:
@@ -65,6 +54,10 @@ def out_of_fold(X, targets: dict, masks: dict, folds: int = 5, config=None, runt
         years = np.asarray(targets["year"], np.float64)
         residuals = np.where(masks["year"], np.abs(years - scores["year"]), np.nan)
     return OutOfFold(fold, scores, half_width if "year" in scores else None, residuals, seconds)
+
+
+def _take(arrays: dict, rows: np.ndarray) -> dict:
+    return {task: value[rows] for task, value in arrays.items()}
 
 
 def _validation_part(train: np.ndarray, config) -> tuple:

@@ -11,7 +11,7 @@ from omniart.heads import HeadsError
 from omniart.heads.lda import shrinkage_lda
 from omniart.heads.metrics import labelled_rows
 
-__all__ = ["SplitTensors", "DeviceData", "device_data", "as_targets", "label_rates_of", "median_artist_rows",
+__all__ = ["SplitTensors", "DeviceData", "device_data", "fold_of", "as_targets", "label_rates_of", "median_artist_rows",
            "batch_features"]
 
 
@@ -211,3 +211,12 @@ def batch_features(split: SplitTensors, rows: torch.Tensor, use_flip: Optional[t
     """The batch's feature rows; where the epoch's flip mask is set, the mirrored vector instead."""
     x = split.x[rows]
     return x if use_flip is None else torch.where(use_flip[rows, None], split.x_flip[rows], x)
+
+
+def fold_of(rows: int, folds: int, seed: int) -> np.ndarray:
+    """(rows,) fold numbers 0..folds-1, shuffled with `seed`, as even as can be."""
+    if folds < 2 or folds > rows:
+        raise HeadsError(f"{folds} folds of {rows} rows: the folds must number between 2 and the rows.")
+    fold = np.empty(rows, np.int64)
+    fold[np.random.default_rng(seed).permutation(rows)] = np.arange(rows) % folds
+    return fold

@@ -16,8 +16,8 @@ from omniart.heads.neighbors import unit_rows
 if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
     from omniart.cache import FeatureStore
 
-__all__ = ["similar_pairs", "iter_similar_pairs", "has_near_duplicate", "near_duplicates", "DuplicateReport",
-           "DEFAULT_THRESHOLD", "MAX_PAIRS"]
+__all__ = ["similar_pairs", "iter_similar_pairs", "has_near_duplicate", "near_duplicates", "neighbor_groups",
+           "DuplicateReport", "DEFAULT_THRESHOLD", "MAX_PAIRS"]
 
 # The default near-duplicate threshold (omni-heads duplicates, and fit's leakage check): from
 # `benchmarks/bench_duplicates.py quality` (benchmarks/results/duplicates.json): edited copies of real images
@@ -228,6 +228,19 @@ def near_duplicates(store: "FeatureStore", threshold: Optional[float] = None, fl
         pairs = []
     return DuplicateReport(pairs, components.groups(keys), threshold, state["count"], state["exact"],
                            None if out is None else str(out), out is not None and state["kept"] is None)
+
+
+def neighbor_groups(features, neighbors: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list:
+    """Groups of near-duplicate rows (sorted row indices, largest group first) among candidate pairs: each row and
+    each of its `neighbors` (N, k) row indices at cosine similarity >= threshold (iter_similar_pairs' rule). A
+    duplicate is among its image's nearest neighbours, so N x k products stand in for N x N."""
+    _check(threshold)
+    unit = unit_rows(np.asarray(features))
+    components = _Components(len(unit))
+    for other in np.asarray(neighbors).T:
+        close = np.flatnonzero(np.einsum("ij,ij->i", unit, unit[other]) >= threshold - _TOLERANCE)
+        components.add(close, other[close])
+    return components.groups(range(len(unit)))
 
 
 def _sorted(chunks: list) -> tuple:

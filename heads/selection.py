@@ -17,7 +17,7 @@ from omniart.heads.calibration import (conformal_half_width, expected_calibratio
 from omniart.heads.config import (HeadsConfig, RuntimeConfig, artist_init, auto_batch_size, auto_epochs, auto_shared_size, bf16_autocast,
                                   l2_candidates)
 from omniart.heads.metrics import task_metrics
-from omniart.heads.data import DeviceData, SplitTensors, label_rates_of, median_artist_rows
+from omniart.heads.data import DeviceData, SplitTensors, fold_of, label_rates_of, median_artist_rows
 from omniart.heads.training import Outcome, task_scores, train_one, year_baseline
 
 __all__ = ["Selection", "fit_selected", "on_validation", "selects_alone", "calibration", "part_scores"]
@@ -118,9 +118,7 @@ def _on_folds(data, tasks, config, runtime, label, folds: int) -> Selection:
     from omniart.heads.stacking import train_stacked
 
     rows = len(data.train)
-    order = np.random.default_rng(config.seed).permutation(rows)
-    part = np.empty(rows, np.int64)
-    part[order] = np.arange(rows) % folds
+    part = fold_of(rows, folds, config.seed)
     part_t = torch.from_numpy(part).to(data.train.x.device)
     members, parts = [], []
     for fold in range(folds):

@@ -67,7 +67,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
 
     from omniart.cache import FeatureStore
     from omniart.core.environment import software_versions
-    from omniart.pipeline.fitting import class_counts, trainable_tasks
+    from omniart.pipeline.fitting import class_counts, task_targets, trainable_tasks
     from omniart.pipeline.labels import build_labels
     from omniart.pipeline.run_dir import check_run_out, publish_run
 
@@ -87,9 +87,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
     if len(labels.keys) < config.folds:
         raise PipelineError(f"{len(labels.keys)} records cannot be split into --folds {config.folds}; lower --folds.")
     X = store.load([str(key) for key in labels.keys])
-    targets = {"artist": np.asarray(labels.artist, np.int64), "type": np.asarray(labels.types),
-               "material": np.asarray(labels.materials), "year": np.asarray(labels.year, np.float32)}
-    targets = {task: targets[task] for task in tasks}
+    targets = task_targets(labels, tasks)
     masks = {task: np.asarray(labels.masks[task]) for task in tasks}
     held = _out_of_fold(X, targets, masks, config, class_counts(labels))
     audit = pd.DataFrame(_audit_rows(labels, tasks, held, targets, masks), columns=list(AUDIT_COLUMNS))
@@ -125,12 +123,15 @@ def _audit_rows(labels, tasks: tuple, held, targets: dict, masks: dict):
     keys = np.asarray(labels.keys).astype(str)
     for task in tasks:
         found = surprise(task, held.scores[task], targets[task], masks[task], held.half_width, held.residuals)
-        names = {"artist": labels.artist_display, "type": labels.type_display,
-                 "material": labels.material_display}.get(task)
+        names = _display_names(labels).get(task)
         for at, row in enumerate(found["rows"]):
             recorded, predicted, label, outside = _values(task, row, at, found, held, targets, names)
             yield (keys[row], task, recorded, predicted, round(float(found["probability"][at]), 6),
                    round(float(found["score"][at]), 4), label, outside, int(held.fold[row]))
+
+
+def _display_names(labels) -> dict:
+    return {"artist": labels.artist_display, "type": labels.type_display, "material": labels.material_display}
 
 
 def _values(task: str, row: int, at: int, found: dict, held, targets: dict, names) -> tuple:
@@ -158,7 +159,7 @@ def _conflicts(X, labels, tasks: tuple, targets: dict, masks: dict, threshold: f
     from omniart.heads.duplicates import iter_similar_pairs
 
     keys = np.asarray(labels.keys).astype(str)
-    names = {"artist": labels.artist_display, "type": labels.type_display, "material": labels.material_display}
+    names = _display_names(labels)
     for rows, others, similarity, _ in iter_similar_pairs(X, threshold=threshold):
         for a, b, score in zip(rows, others, similarity):
             for task in tasks:

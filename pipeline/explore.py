@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -18,9 +18,6 @@ from omniart.heads.duplicates import DEFAULT_THRESHOLD
 from omniart.pipeline import PipelineError
 from omniart.pipeline.labels import LabelConfig
 from omniart.pipeline.maps import METHODS
-
-if TYPE_CHECKING:
-    from omniart.cache import FeatureStore
 
 __all__ = ["ExploreConfig", "ExploreResult", "build_site", "SITE_FILES"]
 
@@ -85,17 +82,25 @@ def build_site(config: ExploreConfig) -> ExploreResult:
     started = time.perf_counter()
     store = FeatureStore(config.cache)
     keys = [str(key) for key in store.keys]
-    features = _features(store, keys, config)
+    features = store.load(keys, dtype=np.float32)  # once: the map's input, the run's predictions, the duplicates
+    run = None
+    if config.run is not None:
+        from omniart.pipeline.run_dir import load_run
+
+        run = load_run(config.run)
     seconds["features"] = time.perf_counter() - started
-    fields = _fields(keys, config)
+    scores, audit = _read_audit(config.audit, keys) if config.audit else (None, [])
+    fields = _fields(keys, config, features, run, scores)
     seconds["fields"] = time.perf_counter() - started - sum(seconds.values())
 
+    from omniart.heads.duplicates import neighbor_groups
     from omniart.pipeline.maps import layout
 
-    position, neighbors = layout(features, config.method, config.seed, config.neighbors)
+    # a run's map is drawn from its shared layer (what its heads read)
+    mapped = run.estimator.embed(features) if run is not None and run.estimator.model_.shared_size else features
+    position, neighbors = layout(mapped, config.method, config.seed, config.neighbors)
     seconds["map"] = time.perf_counter() - started - sum(seconds.values())
-    groups = _duplicate_groups(features, neighbors, config.duplicate_threshold)
-    audit = _audit_rows(config.audit, set(keys)) if config.audit else []
+    groups = neighbor_groups(features, neighbors, config.duplicate_threshold)  # in the cached features
     data = {"count": len(keys), "keys": keys, "x": np.round(position[:, 0], 5).tolist(),
             "y": np.round(position[:, 1], 5).tolist(), "neighbors": neighbors.ravel().tolist(),
             "k": int(neighbors.shape[1]), "fields": fields, "audit": audit, "duplicates": groups,
@@ -121,18 +126,7 @@ def build_site(config: ExploreConfig) -> ExploreResult:
     return ExploreResult(out, len(keys), data["atlas"]["missing"], {k: round(v, 2) for k, v in seconds.items()})
 
 
-def _features(store: "FeatureStore", keys: list, config: ExploreConfig) -> np.ndarray:
-    """The cached features, or a run's shared-layer embedding of them (what its heads read)."""
-    features = store.load(keys, dtype=np.float32)
-    if config.run is None:
-        return features
-    from omniart.pipeline.run_dir import load_run
-
-    run = load_run(config.run)
-    return run.estimator.embed(features) if run.estimator.model_.shared_size else features
-
-
-def _fields(keys: list, config: ExploreConfig) -> dict:
+def _fields(keys: list, config: ExploreConfig, features: np.ndarray, run, audit_scores: Optional[dict]) -> dict:
     """Field name -> {"kind": "category", "codes", "names"} or {"kind": "number", "values"}: metadata, predictions,
     confidence and audit score of every point (missing: code -1 or null)."""
     fields = {}
@@ -154,24 +148,16 @@ def _fields(keys: list, config: ExploreConfig) -> dict:
         if np.isfinite(years).any():
             fields["year"] = _number(years)
         fields["split"] = _category(at, np.unique(labels.split, return_inverse=True)[1], list(np.unique(labels.split)))
-    if config.run:
-        from omniart.cache import FeatureStore
-        from omniart.pipeline.run_dir import load_run
-
-        run = load_run(config.run)
-        scores = run.predict(FeatureStore(config.cache).load(keys, dtype=np.float32))
+    if run is not None:
+        scores = run.predict(features)
         if "artist" in scores:
             fields["predicted artist"] = {"kind": "category", "codes": scores["artist"].argmax(1).tolist(),
                                           "names": list(run.labels.artist_display)}
             fields["artist confidence"] = _number(scores["artist"].max(1))
         if "year" in scores:
             fields["predicted year"] = _number(scores["year"])
-    if config.audit:
-        score = {}
-        with open(Path(config.audit) / "audit.csv", newline="", encoding="utf-8") as handle:
-            for line in csv.DictReader(handle):
-                score[line["key"]] = max(score.get(line["key"], 0.0), float(line["score"]))
-        fields["audit score"] = _number(np.array([score.get(key, np.nan) for key in keys]))
+    if audit_scores is not None:
+        fields["audit score"] = _number(np.array([audit_scores.get(key, np.nan) for key in keys]))
     return fields
 
 
@@ -185,42 +171,16 @@ def _number(values) -> dict:
     return {"kind": "number", "values": [None if not np.isfinite(v) else round(float(v), 4) for v in values]}
 
 
-def _audit_rows(folder: str, keys: set) -> list:
-    """The audit queue's first rows (audit.csv is sorted most surprising first) whose images are on the map."""
+def _read_audit(folder: str, keys: list) -> tuple:
+    """(key -> its highest audit score, the audit queue's first rows whose images are on the map), in one read of
+    audit.csv (sorted most surprising first)."""
     path = Path(folder) / "audit.csv"
     if not path.is_file():
         raise PipelineError(f"{folder} holds no audit.csv; pass the --out folder of `omni-heads audit`.")
-    rows = []
+    on_map, scores, rows = set(keys), {}, []
     with open(path, newline="", encoding="utf-8") as handle:
         for line in csv.DictReader(handle):
-            if line["key"] in keys:
+            scores[line["key"]] = max(scores.get(line["key"], 0.0), float(line["score"]))
+            if line["key"] in on_map and len(rows) < _SHOWN_AUDIT_ROWS:
                 rows.append({name: line[name] for name in ("key", "task", "recorded", "predicted", "score")})
-            if len(rows) >= _SHOWN_AUDIT_ROWS:
-                break
-    return rows
-
-
-def _duplicate_groups(features: np.ndarray, neighbors: np.ndarray, threshold: float) -> list:
-    """Row indices of each group of near-duplicates, largest first: pairs of an image and one of its map neighbours
-    at cosine similarity >= threshold in the full features (the duplicates rule), joined into groups. A duplicate
-    is its image's nearest neighbour, so N x k pairs are scored, not N x N."""
-    from omniart.heads.neighbors import unit_rows
-
-    unit = unit_rows(features)
-    parent = np.arange(len(features))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for column in range(neighbors.shape[1]):
-        other = neighbors[:, column]
-        similarity = np.einsum("ij,ij->i", unit, unit[other])
-        for a in np.flatnonzero(similarity >= threshold - 1e-6):
-            parent[root(a)] = root(int(other[a]))
-    groups = {}
-    for index in range(len(features)):
-        groups.setdefault(root(index), []).append(index)
-    return sorted((group for group in groups.values() if len(group) > 1), key=len, reverse=True)
+    return scores, rows

@@ -17,7 +17,7 @@ from omniart.pipeline.records import SPLITS
 if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
     from omniart.cache import FeatureStore
 
-__all__ = ["FitResult", "fit", "evaluate", "comparison_table", "split_arrays", "open_labelled_cache",
+__all__ = ["FitResult", "fit", "evaluate", "comparison_table", "task_targets", "split_arrays", "open_labelled_cache",
            "class_counts", "trainable_tasks", "data_summary"]
 
 
@@ -56,6 +56,14 @@ class SplitArrays:
         return self.X, self.targets, self.masks
 
 
+def task_targets(labels, tasks) -> dict:
+    """Task -> every row's targets as the estimator takes them: artist ids (-1: none), type and material multi-hot,
+    years (nan: none)."""
+    arrays = {"artist": np.asarray(labels.artist, np.int64), "type": np.asarray(labels.types),
+              "material": np.asarray(labels.materials), "year": np.asarray(labels.year, np.float32)}
+    return {task: arrays[task] for task in tasks}
+
+
 def split_arrays(store: "FeatureStore", labels, tasks, split: str, flip: bool = False) -> SplitArrays:
     """The `split` rows of `labels` with their features from `store` (FeatureStore), in label order.
 
@@ -65,11 +73,10 @@ def split_arrays(store: "FeatureStore", labels, tasks, split: str, flip: bool = 
     rows = np.flatnonzero(np.asarray(labels.split) == split)
     keys = [str(labels.keys[i]) for i in rows]
     dtype = np.float16 if store.attrs["dtype"] == "float16" else np.float32
-    targets = {"artist": np.asarray(labels.artist, np.int64), "type": np.asarray(labels.types),
-               "material": np.asarray(labels.materials), "year": np.asarray(labels.year, np.float32)}
+    targets = task_targets(labels, tasks)
     return SplitArrays(rows=rows, X=store.load(keys, dtype=dtype),
                        X_flip=store.load(keys, flip=True, dtype=dtype) if flip and store.has_flip else None,
-                       targets={task: targets[task][rows] for task in tasks},
+                       targets={task: value[rows] for task, value in targets.items()},
                        masks={task: np.asarray(labels.masks[task])[rows] for task in tasks})
 
 

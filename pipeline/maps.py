@@ -4,6 +4,7 @@ from typing import Tuple
 
 import numpy as np
 
+from omniart.heads.neighbors import unit_rows
 from omniart.pipeline import PipelineError
 
 __all__ = ["METHODS", "layout", "PCA_DIMENSIONS"]
@@ -18,9 +19,8 @@ def layout(features, method: str = "umap", seed: int = 0, neighbors: int = 8) ->
     PCA_DIMENSIONS first; UMAP's own neighbour graph gives the neighbours, else an exact search on the PCA vectors."""
     if method not in METHODS:
         raise PipelineError(f"unknown map method {method!r}; use one of {', '.join(METHODS)}.")
-    x = np.asarray(features, np.float32)
+    x = unit_rows(features)  # float32, scaled block by block: no second copy of the features
     rows = len(x)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     k = min(neighbors, rows - 1)
     if rows < 4:  # too few for any projection: a line
         position = np.stack([np.linspace(0, 1, rows), np.full(rows, 0.5)], 1) if rows > 1 else np.full((rows, 2), 0.5)
@@ -71,7 +71,7 @@ def _exact_neighbors(x: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
     """Each row's k nearest rows by cosine (rows are unit or PCA vectors of unit rows), blocked: bounded memory."""
     if k <= 0:
         return np.zeros((len(x), 0), np.int32)
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(x)
     found = np.empty((len(x), k), np.int32)
     for start in range(0, len(x), block):
         similarity = unit[start:start + block] @ unit.T
@@ -83,7 +83,7 @@ def _exact_neighbors(x: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
 
 
 def _without_self(graph: np.ndarray, k: int) -> np.ndarray:
-    rows = np.arange(len(graph))[:, None]
-    kept = [row[row != index][:k] for index, row in zip(rows[:, 0], graph)]
-    return np.stack([np.pad(row, (0, k - len(row)), constant_values=row[-1] if len(row) else 0) for row in kept]) \
-        .astype(np.int32)
+    """Each row's first k neighbours in `graph` (at least k + 1 wide) other than itself, in the graph's order."""
+    other = graph != np.arange(len(graph))[:, None]
+    first = np.argsort(~other, axis=1, kind="stable")[:, :k]  # the non-self columns, in order
+    return np.take_along_axis(graph, first, 1).astype(np.int32)

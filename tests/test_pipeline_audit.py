@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 from test_heads import planted, write_planted
 
-from omniart.heads.audit import fold_of, surprise
+from omniart.heads.audit import surprise
+from omniart.heads.data import fold_of
 from omniart.pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
