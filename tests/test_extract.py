@@ -604,7 +604,7 @@ def test_cli_summary_strict_and_errors(tmp_path):
 def test_mismatched_weights_file_and_offline_default_weights(tmp_path, monkeypatch):
     import torch
 
-    from omniart.extract import backbones
+    from omniart.extract import weights as weights_module
 
     wrong = tmp_path / "tiny.pth"
     torch.save(build_backbone("tiny").model.state_dict(), wrong)
@@ -615,7 +615,7 @@ def test_mismatched_weights_file_and_offline_default_weights(tmp_path, monkeypat
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(backbones, "_download", offline)
+    monkeypatch.setattr(weights_module, "download", offline)
     with pytest.raises(ExtractError) as caught:
         build_backbone("resnet50")
     message = str(caught.value)
