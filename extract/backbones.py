@@ -85,7 +85,7 @@ def _build_resnet50(weights: str):
     return with_weights(_seeded(ResNet50Trunk), weights, RESNET50_WEIGHTS, "fc.")
 
 
-# torchvision.models weights urls (checked against torchvision in tests/test_extract.py)
+# torchvision.models weights urls (checked against torchvision in tests/test_extract_backbones.py)
 VGG_WEIGHTS = {"vgg16": {"IMAGENET1K_V1": "https://download.pytorch.org/models/vgg16-397923af.pth"},
                "vgg19": {"IMAGENET1K_V1": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"}}
 INCEPTION_V3_WEIGHTS = {"IMAGENET1K_V1": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"}
