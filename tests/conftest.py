@@ -36,10 +36,10 @@ def torch_all_threads(torch_one_thread):
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A tiny planted cache, its metadata, and a fitted four-task run on it (test_heads_predict, _embed, _sweep,
-    _cli use it; module scope: one fit per module)."""
+    _cli use it and copy it before changing it: one fit for the whole suite)."""
     from test_heads_predict import TINY_FIT, planted
 
     from omniart.pipeline import FitConfig, fit
