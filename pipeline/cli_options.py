@@ -52,7 +52,7 @@ FIT_OPTIONS = {
     "interval": ("Nominal coverage of the year's prediction interval (split-conformal).", click.FloatRange(0, 1, min_open=True, max_open=True)),
 }
 REPORT_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",
-                    "min_class_samples", "seed", "precision")
+                       "min_class_samples", "seed", "precision")
 
 
 # Label options of csv metadata: one spelling on labels, fit, sweep and run (CsvOptions' fields, and LabelConfig's
