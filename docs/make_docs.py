@@ -27,6 +27,11 @@ OTHER_BENCHMARKS = (
 )
 DUPLICATES = "duplicates.json"  # bench_duplicates.py quality: the near-duplicate threshold, per backbone
 AUDIT = "audit.json"  # bench_audit.py: planted catalogue errors found by omni-heads audit and by the baseline
+
+
+def _is_audit(name: str) -> bool:  # audit.json, audit_planted100.json, ...
+    return name.startswith("audit") and name.endswith(".json")
+
 AUDIT_METRICS = (("precision_at_k", "precision at k"), ("recall_top_10pct", "recall in the top 10 %"),
                  ("average_precision", "average precision"))
 SHOWN_THRESHOLDS = (0.75, 0.79, 0.84, 0.9, 0.95)
@@ -154,7 +159,7 @@ def benchmarks_page(results=RESULTS):
              "(`benchmarks/small_collections.py` describes each collection).", ""]
     measured = set()
     for name, report in reports.items():
-        if name == AUDIT:
+        if _is_audit(name):
             continue
         for collection in report.get("collections", []):
             measured.add(collection["collection"])
@@ -173,7 +178,7 @@ def benchmarks_page(results=RESULTS):
         "Not measured for the current version; run `python benchmarks/bench_quality.py --collections '' "
         "--results benchmarks/results/quality.json`.", ""]
     lines += duplicates_section(reports.get(DUPLICATES))
-    lines += audit_section(reports.get(AUDIT))
+    lines += audit_section([(name, report) for name, report in reports.items() if _is_audit(name)])
     for title, filename, command in OTHER_BENCHMARKS:
         lines += [f"## {title}", ""]
         if filename in reports:
@@ -186,19 +191,27 @@ def benchmarks_page(results=RESULTS):
     return "\n".join(lines).rstrip() + "\n"
 
 
-def audit_section(report) -> list:
-    """Catalogue audit: how high the planted errors rank in audit.csv, against scikit-learn's cross_val_predict."""
+def audit_section(reports: list) -> list:
+    """Catalogue audit: how high the planted errors rank in audit.csv, against scikit-learn's cross_val_predict;
+    `reports`: (file name, report) of every benchmarks/results/audit*.json."""
     lines = ["## Catalogue audit (`omni-heads audit`) against scikit-learn's `cross_val_predict`", ""]
-    if report is None:
+    if not reports:
         return lines + ["Not measured for the current version; run `python benchmarks/bench_audit.py` and save its "
                         f"JSON as `benchmarks/results/{AUDIT}`.", ""]
+    for name, report in reports:
+        lines += _audit_report(name, report)
+    return lines
+
+
+def _audit_report(name: str, report: dict) -> list:
     settings = report["settings"]
-    lines += [f"From `benchmarks/results/{AUDIT}` (`python benchmarks/bench_audit.py`): errors planted in "
-              f"{settings['rate']:.0%} of the records of each task (a maker swapped for another, a type or material "
-              "replaced by another class, a year moved by 150 to 300 years); every record predicted out of fold "
-              f"({settings['folds']} folds) by the default fit and by `LogisticRegression` / `RidgeCV` on the "
-              "standardised features, both ranked by the recorded value's surprise. k is the number planted; "
-              f"machine: {_machine(report)}.", ""]
+    lines = [f"From `benchmarks/results/{name}` (`python benchmarks/bench_audit.py --collections "
+             f"{settings['collections']}`): errors planted in "
+             f"{settings['rate']:.0%} of the records of each task (a maker swapped for another, a type or material "
+             "replaced by another class, a year moved by 150 to 300 years); every record predicted out of fold "
+             f"({settings['folds']} folds) by the default fit and by `LogisticRegression` / `RidgeCV` on the "
+             "standardised features, both ranked by the recorded value's surprise. k is the number planted; "
+             f"machine: {_machine(report)}.", ""]
     for entry in report["collections"]:
         if "skipped" in entry:
             lines += [f"### `{entry['collection']}`", "", f"Skipped: {entry['skipped']}.", ""]
@@ -212,7 +225,10 @@ def audit_section(report) -> list:
                      f"{_figure(entry['results']['baseline'][task][metric])}" for metric, _ in AUDIT_METRICS]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         goals = ", ".join(f"{goal}: {'met' if value else 'not met'}" for goal, value in _flat(entry["goals"]))
-        lines += ["", f"Seconds: omniart {entry['seconds']['omniart']}, baseline {entry['seconds']['baseline']}. "
+        seconds = entry["seconds"]
+        fit = (f", one default fit of the same records {seconds['one_default_fit']} (an audit's repeat costs "
+               f"{seconds['audit_per_repeat_over_one_fit']} fits)") if "one_default_fit" in seconds else ""
+        lines += ["", f"Seconds: omniart {seconds['omniart']}, baseline {seconds['baseline']}{fit}. "
                   f"Goals: {goals}.", ""]
     return lines
 
@@ -251,7 +267,7 @@ def readme_table(results=RESULTS):
     lines = ["| collection (repeats x folds) | images | artist accuracy | type MAP | material MAP | year MAE (years) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for path in sorted(Path(results).glob("*.json")):
-        if path.name == AUDIT:
+        if _is_audit(path.name):
             continue
         for collection in json.loads(path.read_text()).get("collections", []):
             test = collection["test"]

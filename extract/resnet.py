@@ -8,7 +8,7 @@ from torch import nn
 
 __all__ = ["ResNet50Trunk", "RESNET50_WEIGHTS"]
 
-# torchvision.models.ResNet50_Weights urls (checked against torchvision in tests/test_extract.py).
+# torchvision.models.ResNet50_Weights urls (checked against torchvision in tests/test_extract_backbones.py).
 RESNET50_WEIGHTS = {
     "IMAGENET1K_V1": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
     "IMAGENET1K_V2": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["OutOfFold", "out_of_fold", "surprise"]
+__all__ = ["OutOfFold", "FoldResult", "out_of_fold", "surprise"]
 
 
 @dataclass
@@ -21,32 +21,34 @@ class OutOfFold:
 
 
 def out_of_fold(X, targets: dict, masks: dict, folds: int = 5, config=None, runtime=None,
-                n_classes: Optional[dict] = None, progress=None) -> OutOfFold:
+                n_classes: Optional[dict] = None, progress=None, done: Optional[dict] = None,
+                on_fold=None) -> OutOfFold:
     """Train `folds` default (or `config`) MultiTaskHeads, each on all rows but one fold, and predict that fold with
-    its calibrated probabilities and year interval. `progress(done, folds)` after each fold."""
+    its calibrated probabilities and year interval. `progress(done, folds)` after each fold.
+
+    Resuming: `done` maps a fold index to the FoldResult an earlier, interrupted call handed to `on_fold(index,
+    result)`; those folds are not trained again (a fold's model depends only on the seed and the other folds' rows)."""
     from omniart.heads.config import HeadsConfig
     from omniart.heads.data import fold_of
-    from omniart.heads.estimator import MultiTaskHeads
 
     config = config or HeadsConfig()
     rows = len(X)
     fold = fold_of(rows, folds, config.seed)
     scores, half_width, seconds = None, np.full(rows, np.nan), 0.0
     for index in range(folds):
-        train, held = np.flatnonzero(fold != index), np.flatnonzero(fold == index)
-        train, validation = _validation_part(train, config)
-        model = MultiTaskHeads(config, runtime).fit(
-            X[train], _take(targets, train), _take(masks, train), n_classes=n_classes,
-            validation=None if validation is None else (X[validation], _take(targets, validation),
-                                                        _take(masks, validation)))
-        seconds += model.train_seconds_
-        predicted = model.predict_scores(X[held])
+        held = np.flatnonzero(fold == index)
+        result = (done or {}).get(index)
+        if result is None:
+            result = _fit_fold(X, targets, masks, np.flatnonzero(fold != index), held, config, runtime, n_classes)
+            if on_fold is not None:
+                on_fold(index, result)
+        seconds += result.seconds
         if scores is None:
-            scores = {task: np.zeros((rows,) + value.shape[1:], value.dtype) for task, value in predicted.items()}
-        for task, value in predicted.items():
+            scores = {task: np.zeros((rows,) + value.shape[1:], value.dtype) for task, value in result.scores.items()}
+        for task, value in result.scores.items():
             scores[task][held] = value
-        if "year" in predicted and model.year_interval_ is not None:
-            half_width[held] = model.year_interval_
+        if result.half_width is not None:
+            half_width[held] = result.half_width
         if progress is not None:
             progress(index + 1, folds)
     residuals = None
@@ -54,6 +56,28 @@ def out_of_fold(X, targets: dict, masks: dict, folds: int = 5, config=None, runt
         years = np.asarray(targets["year"], np.float64)
         residuals = np.where(masks["year"], np.abs(years - scores["year"]), np.nan)
     return OutOfFold(fold, scores, half_width if "year" in scores else None, residuals, seconds)
+
+
+@dataclass
+class FoldResult:
+    """One fold model's calibrated predictions of its held-out rows (in row order) and its year half-width."""
+
+    scores: dict  # task -> the held-out rows' probabilities or years
+    half_width: Optional[float]
+    seconds: float
+
+
+def _fit_fold(X, targets, masks, train, held, config, runtime, n_classes) -> FoldResult:
+    from omniart.heads.estimator import MultiTaskHeads
+
+    train, validation = _validation_part(train, config)
+    model = MultiTaskHeads(config, runtime).fit(
+        X[train], _take(targets, train), _take(masks, train), n_classes=n_classes,
+        validation=None if validation is None else (X[validation], _take(targets, validation),
+                                                    _take(masks, validation)))
+    predicted = model.predict_scores(X[held])
+    half = float(model.year_interval_) if "year" in predicted and model.year_interval_ is not None else None
+    return FoldResult(predicted, half, model.train_seconds_)
 
 
 def _take(arrays: dict, rows: np.ndarray) -> dict:

@@ -250,7 +250,7 @@ def auto_weight_decay(train_rows: int) -> float:
     On the mean loss this is a fixed Gaussian prior on the weights against a likelihood that grows with the
     data (scikit-learn's C works the same way): strong with a few samples per class, where a wide shared layer
     would otherwise memorise them, and weak at a few hundred thousand rows: one fixed coefficient matched the probes
-    at a thousand training rows or at tens of thousands, never at both (tests/test_heads.py, bench_quality.py).
+    at a thousand training rows or at tens of thousands, never at both (tests/test_heads_quality.py, bench_quality.py).
     """
     return _L2_PER_DATASET / max(int(train_rows), 1)
 

@@ -3,12 +3,13 @@ import importlib
 
 from omniart.core.errors import OmniError
 
-__all__ = ["PipelineError", "FitConfig", "fit", "evaluate", "load_run", "Run", "RunConfig", "run_pipeline", "LabelConfig", "CsvOptions", "build_labels"]
+__all__ = ["PipelineError", "FitConfig", "fit", "evaluate", "load_run", "Run", "ReportConfig", "build_report", "LabelConfig", "CsvOptions", "build_labels"]
 
 # loaded on first use: `omni-heads --help` imports this package and must not wait for torch
 _LAZY = {"FitConfig": "omniart.pipeline.config", "fit": "omniart.pipeline.fitting", "evaluate": "omniart.pipeline.fitting",
          "load_run": "omniart.pipeline.run_dir", "Run": "omniart.pipeline.run_dir",
-         "RunConfig": "omniart.pipeline.end_to_end", "run_pipeline": "omniart.pipeline.end_to_end",
+         "ReportConfig": "omniart.pipeline.end_to_end", "build_report": "omniart.pipeline.end_to_end",
+         "RunConfig": "omniart.pipeline.end_to_end", "run_pipeline": "omniart.pipeline.end_to_end",  # deprecated
          "LabelConfig": "omniart.pipeline.labels", "CsvOptions": "omniart.pipeline.labels", "build_labels": "omniart.pipeline.labels"}
 
 

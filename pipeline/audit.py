@@ -54,9 +54,11 @@ class AuditResult:
     conflicts: int
     tasks: tuple
     seconds: float
+    resumed: int = 0  # folds an interrupted audit of the same inputs had finished
 
     def summary(self) -> str:
-        return (f"audited {self.records:,} recorded values ({', '.join(self.tasks)}) in {self.seconds:.0f} s; "
+        again = f" ({self.resumed} folds resumed)" if self.resumed else ""
+        return (f"audited {self.records:,} recorded values ({', '.join(self.tasks)}) in {self.seconds:.0f} s{again}; "
                 f"{self.conflicts:,} near-duplicate conflicts; the most surprising first in {self.out / 'audit.csv'}")
 
 
@@ -89,7 +91,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
     X = store.load([str(key) for key in labels.keys])
     targets = task_targets(labels, tasks)
     masks = {task: np.asarray(labels.masks[task]) for task in tasks}
-    held = _out_of_fold(X, targets, masks, config, class_counts(labels))
+    partial = _Partial(config, store, labels, targets, masks)
+    held = _out_of_fold(X, targets, masks, config, class_counts(labels), partial)
     audit = pd.DataFrame(_audit_rows(labels, tasks, held, targets, masks), columns=list(AUDIT_COLUMNS))
     audit = audit.sort_values(["score", "key", "task"], ascending=[False, True, True], kind="stable")
     conflicts = pd.DataFrame(_conflicts(X, labels, tasks, targets, masks, config.duplicate_threshold),
@@ -104,17 +107,71 @@ def run_audit(config: AuditConfig) -> AuditResult:
         (folder / "config.json").write_text(json.dumps(info, indent=2, default=str))
 
     out = publish_run(config.out, build)
-    return AuditResult(out, len(audit), len(conflicts), tasks, time.perf_counter() - started)
+    partial.remove()
+    return AuditResult(out, len(audit), len(conflicts), tasks, time.perf_counter() - started, len(partial.done))
 
 
-def _out_of_fold(X, targets: dict, masks: dict, config: AuditConfig, n_classes: dict):
+def _out_of_fold(X, targets: dict, masks: dict, config: AuditConfig, n_classes: dict, partial: "_Partial"):
     from tqdm import tqdm
 
     from omniart.heads.audit import out_of_fold
 
     with tqdm(total=config.folds, unit="fold", desc="audit", disable=not config.progress) as bar:
         return out_of_fold(X, targets, masks, config.folds, config.heads, config.runtime, n_classes,
-                           progress=lambda done, total: bar.update(1))
+                           progress=lambda done, total: bar.update(1), done=partial.done, on_fold=partial.save)
+
+
+class _Partial:
+    """The finished folds of an audit, kept beside its --out (`.NAME.folds/`) until the audit is published, so that
+    a killed audit resumes at the fold it was training. Reused only by an audit of the same inputs and settings
+    (a fingerprint of the cache, the labels and the config); anything else starts again."""
+
+    def __init__(self, config: AuditConfig, store, labels, targets: dict, masks: dict):
+        import hashlib
+        import shutil
+
+        out = Path(config.out)
+        self.folder = out.parent / f".{out.name}.folds"
+        settings = {**dataclasses.asdict(config), "out": None, "progress": None, "runtime": None}
+        digest = hashlib.sha256(json.dumps([settings, store.attrs], sort_keys=True, default=str).encode())
+        digest.update("\0".join(map(str, labels.keys)).encode("utf-8", "surrogateescape"))
+        for task in sorted(targets):
+            digest.update(np.ascontiguousarray(targets[task]).tobytes() + np.ascontiguousarray(masks[task]).tobytes())
+        self.fingerprint = digest.hexdigest()
+        stamp = self.folder / "fingerprint"
+        if self.folder.is_dir() and not (stamp.is_file() and stamp.read_text() == self.fingerprint):
+            shutil.rmtree(self.folder)  # another audit's folds
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(self.fingerprint)
+        self.done = {}
+        for path in sorted(self.folder.glob("fold-*.npz")):
+            self.done[int(path.stem.split("-")[1])] = self._load(path)
+
+    def save(self, index: int, result) -> None:
+        from omniart.core.files import publish_file
+
+        arrays = {f"score_{task}": value for task, value in result.scores.items()}
+        arrays["meta"] = np.array([np.nan if result.half_width is None else result.half_width, result.seconds])
+
+        def write(path):
+            with open(path, "wb") as handle:  # a file object: np.savez would add .npz to a temporary name
+                np.savez(handle, **arrays)
+
+        publish_file(self.folder / f"fold-{index}.npz", write)
+
+    @staticmethod
+    def _load(path: Path):
+        from omniart.heads.audit import FoldResult
+
+        with np.load(path) as saved:
+            half, seconds = saved["meta"]
+            scores = {name[len("score_"):]: saved[name] for name in saved.files if name.startswith("score_")}
+        return FoldResult(scores, None if np.isnan(half) else float(half), float(seconds))
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _audit_rows(labels, tasks: tuple, held, targets: dict, masks: dict):

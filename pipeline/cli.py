@@ -1,4 +1,4 @@
-"""`omni-heads`: the thin click front end of phase two and the end-to-end run (defaults read from the configs)."""
+"""`omni-heads`: the thin click front end of phase two and the end-to-end report (defaults read from the configs)."""
 import dataclasses
 import inspect
 import json
@@ -9,12 +9,13 @@ from omniart.core.errors import cli_errors
 from omniart.extract.cli import BackboneName, deprecated_option
 from omniart.extract.config import ExtractConfig
 from omniart.pipeline.audit import AuditConfig
-from omniart.pipeline.end_to_end import RunConfig
+from omniart.pipeline.end_to_end import ReportConfig
 from omniart.pipeline.explore import ExploreConfig
 from omniart.pipeline.maps import METHODS as MAP_METHODS
 from omniart.pipeline.cli_cache import COMMANDS
-from omniart.pipeline.cli_options import (FIT_FIELDS, FIT_OPTIONS, LABEL_DEFAULTS, RUN_FIT_OPTIONS, chosen,
-                                          fit_options, given_labels, label_options, shown_default)
+from omniart.pipeline.cli_options import (FIT_FIELDS, FIT_OPTIONS, LABEL_DEFAULTS, REPORT_FIT_OPTIONS, chosen,
+                                          deprecated_command, fit_options, given_labels, label_options,
+                                          shown_default)
 from omniart.pipeline.config import FitConfig
 from omniart.pipeline.embed import embed as embed_cache
 from omniart.pipeline.labels import PROTOCOLS, LabelConfig, build_labels
@@ -353,7 +354,7 @@ _EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip"
 @click.option("--format", "label_format", required=True, type=click.Choice(FORMATS),
               help="Metadata format (how records join the image keys).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output folder: cache/, run/, report.md, run-config.json (a rerun reuses cache/).")
+              help="Output folder: cache/, run/ (the fit), report.md, report-config.json (a rerun reuses cache/).")
 @click.option("--backbone", type=BackboneName(), default=_EXTRACT_DEFAULTS["backbone"],
               show_default=True, help="Phase one: frozen feature extractor.")
 @click.option("--weights", help="Phase one: torchvision weights name, a local state-dict file, or 'random'.")
@@ -363,28 +364,31 @@ _EXTRACT_OPTIONS = {"backbone": "backbone", "weights": "weights", "flip": "flip"
               show_default=True, help="Phase one: images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=_EXTRACT_DEFAULTS["workers"], show_default=True,
               help="Phase one: image decode processes (0 = decode in this process).")
-@fit_options(RUN_FIT_OPTIONS, prefix="Phase two: ")
+@fit_options(REPORT_FIT_OPTIONS, prefix="Phase two: ")
 @click.option("--keep-all-samples/--artist-samples-only", "keep_all_samples", default=None,
               help="Labels: keep the samples of dropped artists, their artist masked [default: keep].")
 @label_options
 @click.option("--device", help="Both phases: auto, cpu, cuda or cuda:N [default: the GPU when present].")
-@click.option("--gallery", type=click.IntRange(min=0), default=RunConfig.gallery, show_default=True,
+@click.option("--gallery", type=click.IntRange(min=0), default=ReportConfig.gallery, show_default=True,
               help="Test images shown in the report with their true and predicted labels.")
 @click.option("--site", is_flag=True, help="Also build the explore site of the collection in OUT/site, linked from "
                                           "the report (`omni-heads explore`).")
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 @cli_errors
-def run(images, metadata, label_format, out, gallery, site, quiet, **options):
+def report(images, metadata, label_format, out, gallery, site, quiet, **options):
     """Run both phases on IMAGES (a folder or a table) and --metadata: extract features into OUT/cache
     (resuming), fit and evaluate the heads into OUT/run, predict a gallery and write OUT/report.md.
     Phase-two and label options left out take the defaults of `omni-heads fit`."""
-    from omniart.pipeline.end_to_end import run_pipeline
+    from omniart.pipeline.end_to_end import build_report
 
     extract = {field: options[name] for name, field in _EXTRACT_OPTIONS.items() if options[name] is not None}
-    fit_options = {**chosen(options, RUN_FIT_OPTIONS + ("keep_all_samples", "device")), **given_labels(options)}
-    config = RunConfig.create(images, metadata, label_format, out, extract={**extract, "progress": not quiet},
-                              fit={**fit_options, "progress": not quiet}, gallery=gallery, site=site)
-    click.echo(str(run_pipeline(config)))
+    fit_options = {**chosen(options, REPORT_FIT_OPTIONS + ("keep_all_samples", "device")), **given_labels(options)}
+    config = ReportConfig.create(images, metadata, label_format, out, extract={**extract, "progress": not quiet},
+                                 fit={**fit_options, "progress": not quiet}, gallery=gallery, site=site)
+    click.echo(str(build_report(config)))
+
+
+main.add_command(deprecated_command(report, "run", why="a run is a fit's output folder"))
 
 
 if __name__ == "__main__":  # `python -m omniart.pipeline.cli`

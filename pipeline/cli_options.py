@@ -1,6 +1,8 @@
-"""The phase-two and label options `fit`, `sweep`, `run`, `labels` and `audit` share: help text, click type and
+"""The phase-two and label options `fit`, `sweep`, `report`, `labels` and `audit` share: help text, click type and
 the default shown, read from the configs (an option left out keeps the config's default)."""
+import copy
 import dataclasses
+import functools
 
 import click
 
@@ -8,13 +10,14 @@ from omniart.heads.config import ARTIST_INITS, PRECISIONS
 from omniart.pipeline.config import FitConfig
 from omniart.pipeline.parsing import LANGUAGES
 
-__all__ = ["FIT_FIELDS", "LABEL_DEFAULTS", "FIT_OPTIONS", "RUN_FIT_OPTIONS", "LABEL_OPTIONS", "label_options",
-           "given_labels", "shown_default", "fit_options", "chosen"]
+__all__ = ["FIT_FIELDS", "LABEL_DEFAULTS", "FIT_OPTIONS", "REPORT_FIT_OPTIONS", "LABEL_OPTIONS", "label_options",
+           "given_labels", "shown_default", "fit_options", "chosen",
+           "deprecated_command"]
 
 FIT_FIELDS = FitConfig.options()  # flat option name -> the field of the fit or of one of its parts
 LABEL_DEFAULTS = {name: field.default for name, field in FIT_FIELDS.items()}  # the label options' among them
 
-# The phase-two options of `fit` (all) and `run` (the first part): help text and click type. The default shown is
+# The phase-two options of `fit` (all) and `report` (the first part): help text and click type. The default shown is
 # FitConfig's (or the automatic rule in its field metadata, or LabelConfig's); an option left out keeps it.
 FIT_OPTIONS = {
     "tasks": ("Comma-separated subset of artist,type,material,year.", str),
@@ -48,8 +51,8 @@ FIT_OPTIONS = {
                        "scores them; the choice then refits on every row. 0: every row.", click.IntRange(min=0)),
     "interval": ("Nominal coverage of the year's prediction interval (split-conformal).", click.FloatRange(0, 1, min_open=True, max_open=True)),
 }
-RUN_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",
-                    "min_class_samples", "seed", "precision")
+REPORT_FIT_OPTIONS = ("tasks", "shared_size", "epochs", "batch_size", "lr", "patience", "min_artist_samples",
+                       "min_class_samples", "seed", "precision")
 
 
 # Label options of csv metadata: one spelling on labels, fit, sweep and run (CsvOptions' fields, and LabelConfig's
@@ -106,3 +109,18 @@ def fit_options(names, prefix: str = ""):
 def chosen(options: dict, names) -> dict:
     """The named options the user gave (None: left to the config)."""
     return {name: options[name] for name in names if options.get(name) is not None}
+
+
+def deprecated_command(command: click.Command, old: str, why: str) -> click.Command:
+    """`old` runs `command` for a release, hidden from --help, with a warning on stderr."""
+    alias = copy.copy(command)
+    alias.name, alias.hidden = old, True
+
+    @functools.wraps(command.callback)
+    def warned(*args, **kwargs):
+        click.echo(f"Warning: `omni-heads {old}` is deprecated, use `omni-heads {command.name}` ({why}).",
+                   err=True)
+        return command.callback(*args, **kwargs)
+
+    alias.callback = warned
+    return alias

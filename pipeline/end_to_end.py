@@ -1,6 +1,8 @@
-"""Both phases end to end on one collection: extract into a cache, fit and evaluate the heads, predict, report."""
+"""`omni-heads report`: both phases end to end on one collection (extract into a cache, fit and evaluate the heads,
+predict a gallery) and the markdown report of it."""
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
@@ -14,16 +16,19 @@ from omniart.pipeline.config import FitConfig
 if TYPE_CHECKING:  # the store these functions read (imported for the annotation: h5py loads only when used)
     from omniart.cache import FeatureStore
 
-__all__ = ["RunConfig", "RunSummary", "run_pipeline"]
+__all__ = ["ReportConfig", "ReportSummary", "build_report"]
 
-CONFIG_FILE = "run-config.json"
+# the names before "run" meant only a fit's output folder: kept for a release, with a DeprecationWarning
+_RENAMED = {"RunConfig": "ReportConfig", "RunSummary": "ReportSummary", "run_pipeline": "build_report"}
+
+CONFIG_FILE = "report-config.json"
 
 
 @dataclass
-class RunConfig:
-    """The union of the phases' configs (nested, not copied) plus what only the end-to-end run decides.
+class ReportConfig:
+    """The union of the phases' configs (nested, not copied) plus what only the report decides.
 
-    Build it with `RunConfig.create(images, metadata, format, out, ...)`, which points the extraction at
+    Build it with `ReportConfig.create(images, metadata, format, out, ...)`, which points the extraction at
     `<out>/cache` and the fit at that cache and `<out>/run`.
     """
 
@@ -36,7 +41,7 @@ class RunConfig:
 
     @classmethod
     def create(cls, images, metadata, format, out, extract: Optional[dict] = None, fit: Optional[dict] = None,
-               **options) -> "RunConfig":
+               **options) -> "ReportConfig":
         """Nested phase configs with their paths inside `out`; `extract`/`fit` hold the other phase options."""
         out = Path(out)
         cache = out / "cache"
@@ -47,7 +52,7 @@ class RunConfig:
                    **options)
 
     def save(self) -> Path:
-        """Write `<out>/run-config.json`: every setting of both phases and of the run."""
+        """Write `<out>/report-config.json`: every setting of both phases and of the report."""
         path = Path(self.out) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         from omniart.core.environment import software_versions
@@ -57,8 +62,8 @@ class RunConfig:
 
 
 @dataclass
-class RunSummary:
-    """What a run did: per-phase seconds, the extraction counts, the evaluated metrics and where things are."""
+class ReportSummary:
+    """What the report's job did: per-phase seconds, the extraction counts, the evaluated metrics and where things are."""
 
     report: Path
     extracted: int
@@ -67,7 +72,7 @@ class RunSummary:
     metrics: dict
     timings: Dict[str, float] = field(default_factory=dict)
     gallery: List[dict] = field(default_factory=list)
-    site: Optional[Path] = None  # the explore site's index.html, when the run built one
+    site: Optional[Path] = None  # the explore site's index.html, when the job built one
 
     def __str__(self) -> str:
         phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.timings.items())
@@ -75,7 +80,7 @@ class RunSummary:
                 f"timings: {phases}\nreport: {self.report}")
 
 
-def run_pipeline(config: RunConfig) -> RunSummary:
+def build_report(config: ReportConfig) -> ReportSummary:
     """Extract (resuming an existing cache), fit and evaluate the heads, predict a gallery, write the report."""
     from omniart.cache import FeatureStore
     from omniart.extract import run_extract
@@ -111,7 +116,7 @@ def run_pipeline(config: RunConfig) -> RunSummary:
                                         metadata=config.fit.metadata, run=str(fitted.run_dir),
                                         labels=config.fit.labels, progress=config.extract.progress)).out / "index.html"
         timings["site"] = time.perf_counter() - started
-    summary = RunSummary(report=Path(config.out) / "report.md", extracted=extracted.extracted,
+    summary = ReportSummary(report=Path(config.out) / "report.md", extracted=extracted.extracted,
                          failed=extracted.failed, skipped=extracted.skipped, metrics=fitted.metrics, timings=timings,
                          gallery=gallery, site=site)
     started = time.perf_counter()
@@ -120,8 +125,8 @@ def run_pipeline(config: RunConfig) -> RunSummary:
     return summary
 
 
-def _check_inputs(config: RunConfig) -> None:
-    """Fail before the long extraction: the fit must read the features this run extracts (and its metadata).
+def _check_inputs(config: ReportConfig) -> None:
+    """Fail before the long extraction: the fit must read the features this job extracts (and its metadata).
 
     (A cache made with another backbone is refused by run_extract itself, before it extracts anything.)
     """
@@ -129,7 +134,7 @@ def _check_inputs(config: RunConfig) -> None:
     config.fit.checked_tasks()  # every phase-two option in range before the long extraction
     if Path(config.fit.cache) != cache:
         raise OmniError(f"fit.cache {config.fit.cache!r} differs from extract.out {str(cache)!r}: the fit "
-                        f"must read the cache the run extracts; build the config with RunConfig.create().")
+                        f"must read the cache the report extracts; build the config with ReportConfig.create().")
     if not Path(config.fit.metadata).is_file():
         raise OmniError(f"metadata file {config.fit.metadata!r} does not exist: pass the collection's metadata "
                         f"(Met JSON/CSV, Rijks'14 rijksgt.mat or a CSV table) with --metadata.")
@@ -138,7 +143,7 @@ def _check_inputs(config: RunConfig) -> None:
     read_records(config.fit.metadata, config.fit.labels)  # its columns and label options, before extracting
 
 
-def _predict_gallery(run, store: "FeatureStore", config: RunConfig, paths: dict) -> List[dict]:
+def _predict_gallery(run, store: "FeatureStore", config: ReportConfig, paths: dict) -> List[dict]:
     """`gallery` images of the report's split, those with an artist label first: path (from `paths`, key ->
     image path), true and predicted labels."""
     from omniart.pipeline.predict import predictions_table
@@ -168,3 +173,11 @@ def _split_names(cell) -> Optional[List[str]]:
     if cell is None:
         return None
     return [name for name in cell.split(";") if name]
+
+
+def __getattr__(name):
+    if name in _RENAMED:
+        warnings.warn(f"omniart.pipeline.{name} is deprecated, use {_RENAMED[name]} (a \"run\" is a fit's output "
+                      "folder; the end-to-end job is `omni-heads report`)", DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

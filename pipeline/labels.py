@@ -1,6 +1,5 @@
 """Labels, vocabularies, masks and splits of the four OmniArt tasks, built from collection metadata."""
 import functools
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,11 +12,11 @@ from omniart.heads.config import TASKS
 from omniart.pipeline.parsing import LANGUAGES, LabelError
 from omniart.pipeline.records import SPLITS, key_stem, record_key_of
 from omniart.pipeline.sources import FORMATS, read_records
+from omniart.pipeline.splits import stratified_split
 
 __all__ = ["TASKS", "PROTOCOLS", "LabelConfig", "CsvOptions", "LabelSet", "JoinReport", "LabelError", "build_labels",
-           "challenge_labels", "stratified_split"]
+           "challenge_labels"]
 
-SPLIT_FRACTIONS = (0.7, 0.2, 0.1)  # paper section 4.1: train / validation / test, stratified per artist
 LABELS_FILE, VOCAB_FILE = "labels.npz", "vocab.json"
 PROTOCOLS = ("omniart", "rijks14-challenge")
 # the challenge's rules (tmensink/rijkschallenge rijks_load.m): a class needs an object in every split and this
@@ -323,35 +322,6 @@ def challenge_labels(metadata_path, config, cache_keys=None):
         year=year[rows].astype(np.float32), split=np.array(SPLITS)[split_code[rows] - 1], config=config,
         source_rows=n, type_known=type_known[rows], material_known=material_known[rows])
     return labels, report
-
-
-def stratified_split(keys, groups, seed=0):
-    """70/20/10 train/val/test split per group (artist class; -1, no artist, is one more group).
-
-    Within a group, samples are ordered by a seeded hash of their key (ties by key), so the split depends
-    only on (seed, key, group), never on row order. A group of n >= 3 gets round(0.1 n) test and
-    round(0.2 n) validation samples, each at least 1, the rest train; groups too small to stratify get
-    1 -> train, 2 -> train + val.
-    """
-    import pandas as pd
-
-    keys = np.asarray(keys).astype(str)
-    groups = np.asarray(groups)
-    hash_key = hashlib.sha256(f"omniart-split-{seed}".encode()).hexdigest()[:16]
-    hashes = pd.util.hash_array(keys.astype(object), hash_key=hash_key, categorize=False)
-    order = np.lexsort((keys, hashes, groups))
-    sorted_groups = groups[order]
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-    sizes = np.diff(np.r_[starts, len(order)])
-    rank = np.arange(len(order)) - np.repeat(starts, sizes)
-    size = np.repeat(sizes, sizes)
-    n_test = np.where(size >= 3, np.maximum(1, np.floor(SPLIT_FRACTIONS[2] * size + 0.5)), 0)
-    n_val = np.where(size >= 2, np.maximum(1, np.floor(SPLIT_FRACTIONS[1] * size + 0.5)), 0)
-    n_train = size - n_val - n_test
-    names = np.where(rank < n_train, "train", np.where(rank < n_train + n_val, "val", "test"))
-    split = np.empty(len(order), dtype=names.dtype)
-    split[order] = names
-    return split
 
 
 def _frequent(counts, names, min_count):

@@ -34,7 +34,7 @@ def _header(run, config, run_link: str) -> str:
             f"flipped copies {'yes' if config.extract.flip else 'no'}), cache `cache/`\n"
             f"- heads: tasks {', '.join(run.tasks)}, shared layer {run.model.shared_size}, "
             f"run directory `{run_link}/`\n"
-            f"- the full configuration is in `run-config.json`")
+            f"- the full configuration is in `report-config.json`")
 
 
 def _site(summary, out: Path) -> str:

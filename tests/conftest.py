@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the real data in ../shared when present, torch thread settings."""
+"""Shared fixtures: paths to the real data in ../shared when present, torch thread settings, a trained run."""
 from pathlib import Path
 
 import pytest
@@ -34,3 +34,17 @@ def torch_all_threads(torch_one_thread):
     torch.set_num_threads(torch_one_thread)
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny planted cache, its metadata, and a fitted four-task run on it (test_heads_predict, _embed, _sweep,
+    _cli use it and copy it before changing it: one fit for the whole suite)."""
+    from test_heads_predict import TINY_FIT, planted
+
+    from omniart.pipeline import FitConfig, fit
+
+    folder = tmp_path_factory.mktemp("trained")
+    cache, metadata = planted(folder)
+    fit(FitConfig.from_options(cache=str(cache), metadata=str(metadata), out=str(folder / "run"), **TINY_FIT))
+    return cache, metadata, folder / "run"

@@ -59,3 +59,44 @@ def test_audit_ranks_planted_catalogue_errors_first_and_lists_conflicting_duplic
     assert ((conflicts["key"] == keys[0]) & (conflicts["other_key"] == keys[1]) & (conflicts["task"] == "year")).any()
     info = json.loads((out / "config.json").read_text())
     assert info["audit"]["folds"] == 3 and info["audited_values"] == len(table) and info["tasks"] == ["artist", "year"]
+
+
+def test_a_killed_audit_resumes_at_the_fold_it_was_training(tmp_path, monkeypatch):
+    from omniart.heads import audit as heads_audit
+    from omniart.pipeline.audit import AuditConfig, run_audit
+
+    cache, metadata = write_planted(tmp_path, planted(n=300, seed=5))
+    real_fit, trained = heads_audit._fit_fold, []
+
+    def counted(*args, **kwargs):
+        if len(trained) == 2 and kill:
+            raise KeyboardInterrupt  # killed while training the third fold
+        trained.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(heads_audit, "_fit_fold", counted)
+
+    def audit(out, **options):
+        return run_audit(AuditConfig.from_options(cache=str(cache), metadata=str(metadata), format="csv",
+                                                  out=str(tmp_path / out), tasks="artist,year", folds=3,
+                                                  device="cpu", progress=False, **options))
+
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        audit("audit")
+    assert not (tmp_path / "audit").exists() and len(list((tmp_path / ".audit.folds").glob("fold-*.npz"))) == 2
+    kill, trained[:] = False, []
+    resumed = audit("audit")
+    assert len(trained) == 1 and resumed.resumed == 2 and "(2 folds resumed)" in resumed.summary()
+    assert not (tmp_path / ".audit.folds").exists()  # published: the folds kept for a resume are gone
+    trained[:] = []
+    whole = audit("whole")
+    assert len(trained) == 3 and whole.resumed == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "audit" / "audit.csv"),
+                                  pd.read_csv(tmp_path / "whole" / "audit.csv"))
+    # folds left by an audit of other settings are not reused
+    kill, trained[:] = True, []
+    with pytest.raises(KeyboardInterrupt):
+        audit("other")
+    kill, trained[:] = False, []
+    assert audit("other", seed=7).resumed == 0 and len(trained) == 3

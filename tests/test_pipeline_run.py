@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from omniart.pipeline.cli import main as omni_heads
-from omniart.pipeline.cli import run as run_command
-from omniart.pipeline.end_to_end import RunConfig, run_pipeline
+from omniart.pipeline.cli import report as report_command
+from omniart.pipeline.end_to_end import ReportConfig, build_report
 
 SECTIONS = ("## Timings", "## Data set", "## Metrics", "## Learning curves", "## Artist confusion", "## Gallery")
 TINY_FIT = dict(shared_size=32, epochs=8, batch_size=8, min_artist_samples=2, min_class_samples=2,
@@ -41,14 +41,14 @@ def collection(tmp_path_factory):
 
 
 def _config(collection, out, **options):
-    return RunConfig.create(collection / "images", collection / "meta.csv", "csv", out,
+    return ReportConfig.create(collection / "images", collection / "meta.csv", "csv", out,
                             extract=dict(backbone="tiny", workers=0, progress=False), fit=TINY_FIT, **options)
 
 
 @pytest.fixture(scope="module")
 def first_run(collection, tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "out"
-    return out, run_pipeline(_config(collection, out, gallery=3))
+    return out, build_report(_config(collection, out, gallery=3))
 
 
 def test_run_writes_cache_run_metrics_and_report(first_run):
@@ -62,7 +62,7 @@ def test_run_writes_cache_run_metrics_and_report(first_run):
     assert summary.metrics["test"] == metrics["test"]
     assert set(summary.timings) == {"extract", "fit + evaluate", "predict", "report"}
 
-    saved = json.loads((out / "run-config.json").read_text())
+    saved = json.loads((out / "report-config.json").read_text())
     assert saved["extract"]["backbone"] == "tiny" and saved["fit"]["heads"]["shared_size"] == 32
     assert saved["fit"]["cache"] == saved["extract"]["out"] == str(out / "cache")
     import torch
@@ -98,7 +98,7 @@ def test_gallery_shows_true_and_predicted_labels(first_run):
 
 def test_rerun_skips_extraction_and_rewrites_the_report(collection, first_run):
     out, _ = first_run
-    summary = run_pipeline(_config(collection, out, gallery=2))
+    summary = build_report(_config(collection, out, gallery=2))
     assert (summary.extracted, summary.skipped) == (0, 18)
     assert "| extract |" in summary.report.read_text() and "0 extracted, 0 failed, 18 skipped" in str(summary)
     assert len(list((out / "gallery").glob("*.jpg"))) >= 2
@@ -112,7 +112,7 @@ def test_rerun_with_another_backbone_is_refused(collection, first_run):
     config = _config(collection, out)
     config.extract.backbone = "efficientnet_lite0"
     with pytest.raises(OmniError, match="has backbone 'tiny' but these features have backbone 'efficientnet_lite0'"):
-        run_pipeline(config)
+        build_report(config)
 
 
 def test_an_output_folder_inside_the_images_folder_is_never_listed(collection, tmp_path):
@@ -130,25 +130,25 @@ def test_an_output_folder_inside_the_images_folder_is_never_listed(collection, t
     out = images / "out"
 
     def config():
-        return RunConfig.create(images, meta, "csv", out, extract=dict(backbone="tiny", workers=0, progress=False),
+        return ReportConfig.create(images, meta, "csv", out, extract=dict(backbone="tiny", workers=0, progress=False),
                                 fit=TINY_FIT, gallery=20)
 
-    first = run_pipeline(config())
+    first = build_report(config())
     assert first.extracted == 20 and len(list((out / "gallery").glob("*.jpg"))) == len(first.gallery)
     assert max(len(path.name) for path in (out / "gallery").iterdir()) < 64
-    again = run_pipeline(config())
+    again = build_report(config())
     assert (again.extracted, again.skipped, again.failed) == (0, 20, 0)
 
 
 def test_cli_runs_end_to_end(collection, tmp_path):
     out = tmp_path / "cli"
-    result = CliRunner().invoke(run_command, [
+    result = CliRunner().invoke(report_command, [
         str(collection / "images"), "--metadata", str(collection / "meta.csv"), "--format", "csv", "--out", str(out),
         "--backbone", "tiny", "--workers", "0", "--shared-size", "16", "--epochs", "3", "--min-artist-samples", "2",
         "--min-class-samples", "2", "--keep-all-samples", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "18 extracted" in result.output and (out / "report.md").is_file()
-    assert json.loads((out / "run-config.json").read_text())["fit"]["heads"]["epochs"] == 3
+    assert json.loads((out / "report-config.json").read_text())["fit"]["heads"]["epochs"] == 3
 
 
 @pytest.mark.parametrize("wrong, expected", [
@@ -158,7 +158,7 @@ def test_cli_runs_end_to_end(collection, tmp_path):
 def test_cli_wrong_path_is_one_clear_line(collection, tmp_path, wrong, expected):
     paths = {"images": str(collection / "images"), "metadata": str(collection / "meta.csv")}
     paths[wrong] = str(tmp_path / "missing")
-    result = CliRunner().invoke(omni_heads, ["run", paths["images"], "--metadata", paths["metadata"], "--format",
+    result = CliRunner().invoke(omni_heads, ["report", paths["images"], "--metadata", paths["metadata"], "--format",
                                              "csv", "--out", str(tmp_path / "out"), "--backbone", "tiny", "--quiet"])
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
@@ -166,8 +166,27 @@ def test_cli_wrong_path_is_one_clear_line(collection, tmp_path, wrong, expected)
     assert not (tmp_path / "out").exists(), "a wrong path leaves no output folder"
 
 
+def test_run_is_a_deprecated_name_of_report(collection, tmp_path):
+    """`omni-heads run` (before "run" meant only a fit's output folder) still works for a release, hidden, with a
+    warning; the Python names too."""
+    result = CliRunner().invoke(omni_heads, ["run", str(tmp_path / "missing"), "--metadata",
+                                             str(collection / "meta.csv"), "--format", "csv", "--out",
+                                             str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 1 and "`omni-heads run` is deprecated, use `omni-heads report`" in result.output
+    assert "does not exist" in result.output
+    listed = CliRunner().invoke(omni_heads, ["--help"]).output
+    assert re.search(r"^  report ", listed, re.M) and not re.search(r"^  run ", listed, re.M)
+    import omniart.pipeline as pipeline
+    from omniart.pipeline import end_to_end
+
+    with pytest.warns(DeprecationWarning, match="use ReportConfig"):
+        assert pipeline.RunConfig is ReportConfig
+    with pytest.warns(DeprecationWarning, match="use build_report"):
+        assert end_to_end.run_pipeline is build_report
+
+
 def test_cli_wrong_format_is_refused(collection, tmp_path):
-    result = CliRunner().invoke(run_command, [str(collection / "images"), "--metadata", str(collection / "meta.csv"),
+    result = CliRunner().invoke(report_command, [str(collection / "images"), "--metadata", str(collection / "meta.csv"),
                                               "--format", "tsv", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "'tsv' is not one of" in result.output
 
@@ -190,7 +209,7 @@ def test_demo_on_real_met_paintings(tmp_path):
     config.extract.progress = config.fit.runtime.progress = False
     # This test checks the wiring on real data, not accuracy: half the backbone passes, fewer epochs.
     config.extract.flip, config.fit.heads.epochs = False, 15
-    summary = run_pipeline(config)
+    summary = build_report(config)
     assert (summary.extracted, summary.failed) == (16, 0)
     report = summary.report.read_text()
     assert "efficientnet_lite0" in report and "| samples | 16 |" in report
