@@ -57,12 +57,12 @@ def test_evaluate_publishes_each_plot_whole(trained, tmp_path, monkeypatch):
 
 
 def test_label_options_are_real_options_of_every_command_and_checked_before_extraction(tmp_path, monkeypatch):
-    """One spelling on labels, fit, sweep and run; `run` used to extract every image and only then fail on a CSV
-    whose columns are not omniart's."""
+    """One spelling on labels, fit, sweep and report; `report` (then `run`) used to extract every image and only then
+    fail on a CSV whose columns are not omniart's."""
     from omniart.pipeline.cli import labels as labels_command
-    from omniart.pipeline.cli import run as run_command
+    from omniart.pipeline.cli import report as report_command
 
-    for command in (labels_command, omni_heads.commands["fit"], sweep, run_command):
+    for command in (labels_command, omni_heads.commands["fit"], sweep, report_command):
         names = {opt for param in command.params for opt in param.opts}
         assert {"--key-column", "--artist-column", "--type-column", "--material-column", "--year-column",
                 "--split-column", "--separator", "--language"} <= names, command.name
@@ -75,8 +75,8 @@ def test_label_options_are_real_options_of_every_command_and_checked_before_extr
 
     monkeypatch.setattr(omniart.extract, "run_extract", lambda *a, **k: pytest.fail("extracted before checking"))
     runner = CliRunner()
-    result = runner.invoke(run_command, [str(images), "--metadata", str(tmp_path / "mine.csv"), "--format", "csv",
-                                         "--out", str(tmp_path / "out"), "--key-column", "imgae"])
+    result = runner.invoke(report_command, [str(images), "--metadata", str(tmp_path / "mine.csv"), "--format", "csv",
+                                            "--out", str(tmp_path / "out"), "--key-column", "imgae"])
     assert result.exit_code == 1 and "did you mean 'image' for 'imgae'?" in result.output, result.output
     shown = runner.invoke(labels_command, [str(tmp_path / "mine.csv"), "--format", "csv", "--key-column", "image",
                                            "--artist-column", "maker", "--min-artist-samples", "3", "--json"])
