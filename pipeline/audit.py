@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from omniart.heads.config import TASKS, HeadsConfig, RuntimeConfig, check_tasks
 from omniart.heads.duplicates import DEFAULT_THRESHOLD
 from omniart.pipeline import PipelineError
 from omniart.pipeline.labels import LabelConfig
+
+if TYPE_CHECKING:  # the store _Partial fingerprints (imported for the annotation: h5py loads only when used)
+    from omniart.cache import FeatureStore
 
 __all__ = ["AuditConfig", "AuditResult", "run_audit", "AUDIT_COLUMNS", "CONFLICT_COLUMNS"]
 
@@ -126,7 +130,7 @@ class _Partial:
     a killed audit resumes at the fold it was training. Reused only by an audit of the same inputs and settings
     (a fingerprint of the cache, the labels and the config); anything else starts again."""
 
-    def __init__(self, config: AuditConfig, store, labels, targets: dict, masks: dict):
+    def __init__(self, config: AuditConfig, store: "FeatureStore", labels, targets: dict, masks: dict):
         import hashlib
         import shutil
 
