@@ -20,7 +20,7 @@ DOCS = ROOT / "docs"
 # short training. Nothing else: every other option is the README's own.
 FAST = {"omni-extract": ["--workers", "0", "--quiet"],
         "fit": ["--epochs", "5", "--no-plots"],
-        "run": ["--epochs", "3", "--workers", "0", "--quiet"]}
+        "report": ["--epochs", "3", "--workers", "0", "--quiet"]}
 
 
 def make_docs():

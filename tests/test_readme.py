@@ -64,7 +64,7 @@ def resolve(program, rest):
 def test_readme_has_commands_of_every_phase():
     commands = page_commands([README])
     subcommands = {resolve(program, rest)[0].name for _, program, rest in commands}
-    assert {"labels", "fit", "evaluate", "predict", "embed", "sweep", "neighbors", "run"} <= subcommands
+    assert {"labels", "fit", "evaluate", "predict", "embed", "sweep", "neighbors", "report"} <= subcommands
     assert sum(program == "omni-extract" for _, program, _ in commands) >= 4
 
 
