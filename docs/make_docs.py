@@ -118,11 +118,17 @@ def collection_section(name, report, collection):
     return lines + [""]
 
 
+def _counts(counts) -> str:
+    """{'train': 57767, 'val': 8244} -> 'train 57,767, val 8,244' (as given where not a dict)."""
+    return ", ".join(f"{key} {value:,}" for key, value in counts.items()) if isinstance(counts, dict) else str(counts)
+
+
 def planted_section(name, report, run):
     rows = run["test"]
     columns = [column for column in ("multi_task", "single_task", "linear_heads", "probe") if column in rows]
     lines = [f"### K = {run['min_artist_samples']}, `{run['generator']}` features", "",
-             f"From `benchmarks/results/{name}`; {run.get('samples')} samples, classes {run.get('classes')}, shared "
+             f"From `benchmarks/results/{name}`; {_counts(run.get('samples'))} rows, classes "
+             f"{_counts(run.get('classes'))}, shared "
              f"size {run.get('shared_size')}, {run.get('epochs')} epochs, {run.get('precision')}, "
              f"{run.get('fit_seeds', 1)} seed(s); machine: {_machine(report)}.", "",
              "| task | metric | " + " | ".join(columns) + " |", "| --- | --- |" + " --- |" * len(columns)]
