@@ -172,8 +172,9 @@ def _one_fit_seconds(features: np.ndarray, labels, tasks, sizes: dict) -> float:
     """Seconds of one default MultiTaskHeads fit (L2 choice and calibration included) on the labels' train split,
     its validation split held out, as `omni-heads fit` trains."""
     from omniart.heads import HeadsConfig, MultiTaskHeads, RuntimeConfig
+    from omniart.pipeline.fitting import task_targets
 
-    targets = {"artist": labels.artist, "type": labels.types, "material": labels.materials, "year": labels.year}
+    targets = task_targets(labels, tasks)
     split = np.asarray(labels.split)
 
     def part(name):

@@ -27,14 +27,13 @@ OTHER_BENCHMARKS = (
 )
 DUPLICATES = "duplicates.json"  # bench_duplicates.py quality: the near-duplicate threshold, per backbone
 AUDIT = "audit.json"  # bench_audit.py: planted catalogue errors found by omni-heads audit and by the baseline
+AUDIT_METRICS = (("precision_at_k", "precision at k"), ("recall_top_10pct", "recall in the top 10 %"),
+                 ("average_precision", "average precision"))
+SHOWN_THRESHOLDS = (0.75, 0.79, 0.84, 0.9, 0.95)
 
 
 def _is_audit(name: str) -> bool:  # audit.json, audit_planted100.json, ...
     return name.startswith("audit") and name.endswith(".json")
-
-AUDIT_METRICS = (("precision_at_k", "precision at k"), ("recall_top_10pct", "recall in the top 10 %"),
-                 ("average_precision", "average precision"))
-SHOWN_THRESHOLDS = (0.75, 0.79, 0.84, 0.9, 0.95)
 
 
 # -- docs/commands.md ---------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 never saw it (k-fold over the whole collection); audit.csv ranks the records by how surprising their recorded value
 is, conflicts.csv lists near-duplicate images whose records disagree."""
 import dataclasses
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,9 +133,6 @@ class _Partial:
     (a fingerprint of the cache, the labels and the config); anything else starts again."""
 
     def __init__(self, config: AuditConfig, store: "FeatureStore", labels, targets: dict, masks: dict):
-        import hashlib
-        import shutil
-
         out = Path(config.out)
         self.folder = out.parent / f".{out.name}.folds"
         settings = {**dataclasses.asdict(config), "out": None, "progress": None, "runtime": None}
@@ -173,8 +172,6 @@ class _Partial:
         return FoldResult(scores, None if np.isnan(half) else float(half), float(seconds))
 
     def remove(self) -> None:
-        import shutil
-
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -63,7 +63,7 @@ class ReportConfig:
 
 @dataclass
 class ReportSummary:
-    """What the report's job did: per-phase seconds, the extraction counts, the evaluated metrics and where things are."""
+    """What the job did: per-phase seconds, the extraction counts, the evaluated metrics and where things are."""
 
     report: Path
     extracted: int
@@ -117,8 +117,8 @@ def build_report(config: ReportConfig) -> ReportSummary:
                                         labels=config.fit.labels, progress=config.extract.progress)).out / "index.html"
         timings["site"] = time.perf_counter() - started
     summary = ReportSummary(report=Path(config.out) / "report.md", extracted=extracted.extracted,
-                         failed=extracted.failed, skipped=extracted.skipped, metrics=fitted.metrics, timings=timings,
-                         gallery=gallery, site=site)
+                            failed=extracted.failed, skipped=extracted.skipped, metrics=fitted.metrics,
+                            timings=timings, gallery=gallery, site=site)
     started = time.perf_counter()
     write_report(summary, run, config)
     summary.timings["report"] = time.perf_counter() - started

@@ -53,16 +53,18 @@ def write_atlases(keys, items: dict, out: Path, cell: int = 64, workers: int = 2
             canvases[index] = np.full((height, per_side * cell, 3), 200, np.uint8)
         return canvases[index]
 
+    def publish(index):
+        Image.fromarray(canvas(index)).save(out / files[index], quality=85)
+        del canvases[index]
+
     def done(key):  # one image of its atlas decoded or failed: the atlas is written when none is left
         index = position[key] // per_atlas
         waiting[index] -= 1
         if not waiting[index]:
-            Image.fromarray(canvas(index)).save(out / files[index], quality=85)
-            del canvases[index]
+            publish(index)
 
     for index in np.flatnonzero(waiting == 0):  # atlases of keys without an image at all: grey
-        Image.fromarray(canvas(index)).save(out / files[index], quality=85)
-        del canvases[index]
+        publish(index)
     loader = make_loader(found, {"resize": cell, "crop": cell}, 64, workers, 178_956_970, pin_memory=False,
                          timeout=600, yield_cpu=False)
     with tqdm(total=len(found), unit="img", desc="thumbnails", disable=not progress) as bar:
