@@ -105,7 +105,9 @@ def run_audit(config: AuditConfig) -> AuditResult:
                              columns=list(CONFLICT_COLUMNS))
     info = {"audit": dataclasses.asdict(config), "tasks": list(tasks), "dropped_tasks": dropped,
             "records": int(len(labels.keys)), "audited_values": int(len(audit)), "conflicts": int(len(conflicts)),
-            "train_seconds": held.seconds, "cache_attrs": store.attrs, "software": software_versions()}
+            "train_seconds": held.seconds, "fold_models": {"epochs": list(held.epochs), "weight_decay": held.weight_decay,
+                                                           "selection": held.selection},
+            "cache_attrs": store.attrs, "software": software_versions()}
 
     def build(folder: Path) -> None:
         audit.to_csv(folder / "audit.csv", index=False)
@@ -127,6 +129,9 @@ def _out_of_fold(X, targets: dict, masks: dict, config: AuditConfig, n_classes: 
                            progress=lambda done, total: bar.update(1), done=partial.done, on_fold=partial.save)
 
 
+_FOLD_FORMAT = 2  # 2: each fold file holds its model's L2 coefficients (the first fold's choice serves the others)
+
+
 class _Partial:
     """The finished folds of an audit, kept beside its --out (`.NAME.folds/`) until the audit is published, so that
     a killed audit resumes at the fold it was training. Reused only by an audit of the same inputs and settings
@@ -136,7 +141,7 @@ class _Partial:
         out = Path(config.out)
         self.folder = out.parent / f".{out.name}.folds"
         settings = {**dataclasses.asdict(config), "out": None, "progress": None, "runtime": None}
-        digest = hashlib.sha256(json.dumps([settings, store.attrs], sort_keys=True, default=str).encode())
+        digest = hashlib.sha256(json.dumps([_FOLD_FORMAT, settings, store.attrs], sort_keys=True, default=str).encode())
         digest.update("\0".join(map(str, labels.keys)).encode("utf-8", "surrogateescape"))
         for task in sorted(targets):
             digest.update(np.ascontiguousarray(targets[task]).tobytes() + np.ascontiguousarray(masks[task]).tobytes())
@@ -155,6 +160,8 @@ class _Partial:
 
         arrays = {f"score_{task}": value for task, value in result.scores.items()}
         arrays["meta"] = np.array([np.nan if result.half_width is None else result.half_width, result.seconds])
+        arrays["model"] = np.array(json.dumps({"weight_decay": result.weight_decay, "selection": result.selection,
+                                               "epochs": result.epochs}))
 
         def write(path):
             with open(path, "wb") as handle:  # a file object: np.savez would add .npz to a temporary name
@@ -169,7 +176,8 @@ class _Partial:
         with np.load(path) as saved:
             half, seconds = saved["meta"]
             scores = {name[len("score_"):]: saved[name] for name in saved.files if name.startswith("score_")}
-        return FoldResult(scores, None if np.isnan(half) else float(half), float(seconds))
+            model = json.loads(str(saved["model"]))
+        return FoldResult(scores, None if np.isnan(half) else float(half), float(seconds), **model)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -99,3 +99,38 @@ def test_a_killed_audit_resumes_at_the_fold_it_was_training(tmp_path, monkeypatc
     assert len(trained) == 3 and whole.resumed == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "audit" / "audit.csv"),
                                   pd.read_csv(tmp_path / "whole" / "audit.csv"))
+
+
+def test_the_first_fold_chooses_the_l2_coefficient_and_every_fold_trains_half_a_fits_epochs(monkeypatch):
+    import math
+
+    from omniart.heads import HeadsConfig, RuntimeConfig
+    from omniart.heads import audit as heads_audit
+    from omniart.heads.config import auto_batch_size, auto_epochs
+
+    data = planted(n=300, seed=6)
+    real_fit, given = heads_audit._fit_fold, []
+
+    def spy(X, targets, masks, train, held, config, *rest):
+        given.append(config.weight_decay)
+        return real_fit(X, targets, masks, train, held, config, *rest)
+
+    monkeypatch.setattr(heads_audit, "_fit_fold", spy)
+    targets = {"artist": data["artist"], "year": data["year"].astype(np.float64)}
+    masks = {task: np.ones(300, bool) for task in targets}
+    result = heads_audit.out_of_fold(data["x"], targets, masks, 3, HeadsConfig(shared_size=16),
+                                     RuntimeConfig(device="cpu", progress=False))
+    # one choice among the candidates, by the first fold; the other folds train with it
+    assert given[0] is None and given[1] == given[2] == result.weight_decay
+    assert result.selection["chosen"] == result.weight_decay and len(result.selection["candidates"]) == 4
+    for index, epochs in enumerate(result.epochs):  # half (rounded up) of a fit's automatic epochs on its rows
+        rows = int((result.fold != index).sum())
+        assert epochs == math.ceil(auto_epochs(HeadsConfig(), math.ceil(rows / auto_batch_size(rows))) / 2) > 1
+    # explicit settings mean what they say: no choice made, the given epochs
+    assert heads_audit.fold_epochs(HeadsConfig(epochs=7), 1000) == 7
+    given[:] = []
+    fixed = heads_audit.out_of_fold(data["x"], targets, masks, 2, HeadsConfig(shared_size=16, weight_decay=0.01,
+                                                                              epochs=3),
+                                    RuntimeConfig(device="cpu", progress=False))
+    assert given == [0.01, 0.01] and fixed.selection is None and fixed.epochs == (3, 3)
+    assert fixed.weight_decay == {"artist": 0.01, "year": 0.01}
