@@ -60,6 +60,8 @@ def test_audit_ranks_planted_catalogue_errors_first_and_lists_conflicting_duplic
     assert ((conflicts["key"] == keys[0]) & (conflicts["other_key"] == keys[1]) & (conflicts["task"] == "year")).any()
     info = json.loads((out / "config.json").read_text())
     assert info["audit"]["folds"] == 3 and info["audited_values"] == len(table) and info["tasks"] == ["artist", "year"]
+    models = info["fold_models"]  # the first fold's L2 choice, used by every fold
+    assert models["selection"]["chosen"] == models["weight_decay"] and len(models["epochs"]) == 3
 
 
 def test_a_killed_audit_resumes_at_the_fold_it_was_training(tmp_path, monkeypatch):
