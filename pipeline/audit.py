@@ -40,6 +40,9 @@ class AuditConfig:
     # near-duplicate images (cosine similarity at least this, or the same vector) whose records disagree are
     # conflicts; the default is `omni-heads duplicates`'s
     duplicate_threshold: float = DEFAULT_THRESHOLD
+    # the year predicted from the image and the record's other recorded values (heads.audit.year_in_context), as a
+    # maker's dates and a medium's period check a recorded year; False: from the image alone
+    year_context: bool = True
     # every artist with two records (one to learn from while the other is held out), classes with five
     labels: LabelConfig = field(default_factory=lambda: LabelConfig(min_artist_samples=2, min_class_samples=5))
     heads: HeadsConfig = field(default_factory=HeadsConfig)
@@ -75,6 +78,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
 
     from omniart.cache import FeatureStore
     from omniart.core.environment import software_versions
+    from omniart.heads.audit import year_in_context
     from omniart.pipeline.fitting import class_counts, task_targets, trainable_tasks
     from omniart.pipeline.labels import build_labels
     from omniart.pipeline.run_dir import check_run_out, publish_run
@@ -99,6 +103,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
     masks = {task: np.asarray(labels.masks[task]) for task in tasks}
     partial = _Partial(config, store, labels, targets, masks)
     held = _out_of_fold(X, targets, masks, config, class_counts(labels), partial)
+    if config.year_context:
+        held = year_in_context(held, targets, masks, config.heads.interval)
     audit = pd.DataFrame(_audit_rows(labels, tasks, held, targets, masks), columns=list(AUDIT_COLUMNS))
     audit = audit.sort_values(["score", "key", "task"], ascending=[False, True, True], kind="stable")
     conflicts = pd.DataFrame(_conflicts(X, labels, tasks, targets, masks, config.duplicate_threshold),
@@ -140,7 +146,8 @@ class _Partial:
     def __init__(self, config: AuditConfig, store: "FeatureStore", labels, targets: dict, masks: dict):
         out = Path(config.out)
         self.folder = out.parent / f".{out.name}.folds"
-        settings = {**dataclasses.asdict(config), "out": None, "progress": None, "runtime": None}
+        # the year's context is applied after the folds: not a reason to train them again
+        settings = {**dataclasses.asdict(config), "out": None, "progress": None, "runtime": None, "year_context": None}
         digest = hashlib.sha256(json.dumps([_FOLD_FORMAT, settings, store.attrs], sort_keys=True, default=str).encode())
         digest.update("\0".join(map(str, labels.keys)).encode("utf-8", "surrogateescape"))
         for task in sorted(targets):

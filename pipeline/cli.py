@@ -232,10 +232,13 @@ def sweep(cache_dir, metadata, metadata_format, grid, out, sequential, num_parts
 @click.option("--duplicate-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Near-duplicate images (cosine similarity) whose records disagree are listed in conflicts.csv "
                    f"[default: {AuditConfig.duplicate_threshold}].")
+@click.option("--year-context/--no-year-context", default=AuditConfig.year_context, show_default=True,
+              help="Predict the year from the image and the record's other recorded values (artist, types, "
+                   "materials), not from the image alone.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [default: the GPU when present].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @cli_errors
-def audit(cache, metadata, label_format, out, folds, quiet, **options):
+def audit(cache, metadata, label_format, out, folds, year_context, quiet, **options):
     """Find the catalogue records that look wrong: every labelled record of CACHE's collection is predicted by a
     model that never saw it (k-fold), and audit.csv ranks the recorded values by surprise, most surprising first."""
     from omniart.pipeline.audit import run_audit
@@ -243,7 +246,7 @@ def audit(cache, metadata, label_format, out, folds, quiet, **options):
     given = chosen(options, ("tasks", "seed", "min_artist_samples", "min_class_samples", "duplicate_threshold",
                              "device"))
     config = AuditConfig.from_options(cache=cache, metadata=metadata, format=label_format, out=out, folds=folds,
-                                      progress=not quiet, **given_labels(options), **given)
+                                      year_context=year_context, progress=not quiet, **given_labels(options), **given)
     click.echo(run_audit(config).summary())
 
 

@@ -136,3 +136,29 @@ def test_the_first_fold_chooses_the_l2_coefficient_and_every_fold_trains_half_a_
                                     RuntimeConfig(device="cpu", progress=False))
     assert given == [0.01, 0.01] and fixed.selection is None and fixed.epochs == (3, 3)
     assert fixed.weight_decay == {"artist": 0.01, "year": 0.01}
+
+
+def test_the_year_is_audited_against_the_records_other_fields():
+    from omniart.heads.audit import OutOfFold, year_in_context
+
+    rng = np.random.default_rng(0)
+    rows = 400
+    material = rng.integers(0, 4, rows)  # each medium of its own century: the catalogue dates a record well
+    years = 1400.0 + 100 * material + rng.normal(0, 10, rows)
+    wrong = rng.choice(rows, 20, replace=False)
+    recorded = years.copy()
+    recorded[wrong] += rng.choice([-1, 1], 20) * 200
+    image = years + rng.normal(0, 120, rows)  # the photograph dates it poorly
+    held = OutOfFold(fold_of(rows, 5, 0), {"year": image.astype(np.float32)}, np.full(rows, 150.0),
+                     np.abs(recorded - image), 1.0)
+    targets = {"year": recorded, "material": np.eye(4, dtype=np.uint8)[material]}
+    masks = {"year": np.ones(rows, bool), "material": np.ones(rows, bool)}
+    context = year_in_context(held, targets, masks, coverage=0.8)
+    found = np.argsort(-context.residuals)[:20]
+    assert len(np.intersect1d(found, wrong)) >= 18 > len(np.intersect1d(np.argsort(-held.residuals)[:20], wrong))
+    clean = np.setdiff1d(np.arange(rows), wrong)
+    assert np.abs(context.scores["year"][clean] - years[clean]).mean() < 40  # the medium's century, not the image's guess
+    inside = (context.residuals <= context.half_width)[clean].mean()
+    assert 0.75 <= inside <= 0.98 and np.all(context.half_width < 150)
+    # nothing else recorded: the image's year stands
+    assert year_in_context(held, {"year": recorded}, {"year": masks["year"]}) is held
