@@ -2,6 +2,9 @@
 write (scikit-learn's cross_val_predict of LogisticRegression / RidgeCV on standardised features, ranked by the
 recorded value's probability or residual), on the same folds.
 
+omniart's side is what `omni-heads audit` ranks by default (the year in the context of the record's other recorded
+values, heads.audit.year_in_context); `omniart_image_year` is its year from the image alone (--no-year-context).
+
 Errors planted in the labels of real or realistic collections (5 % of the records that have each label, by
 default): a maker swapped for another maker's, a year moved by 150 to 300 years, one type or material replaced by
 another class. Both rankings use heads.audit.surprise (the recorded value's probability; for the year the
@@ -119,13 +122,15 @@ def found(task: str, scores: dict, targets: dict, masks: dict, planted: np.ndarr
 def audit_collection(name: str, features: np.ndarray, labels, repeats: int, folds: int, rate: float,
                      time_fit: bool = False) -> dict:
     from omniart.heads import HeadsConfig, RuntimeConfig
-    from omniart.heads.audit import out_of_fold
+    from omniart.heads.audit import out_of_fold, year_in_context
     from omniart.heads.data import fold_of
 
     tasks = trainable(labels)
     sizes = {"artist": len(labels.artist_names), "type": labels.types.shape[1], "material": labels.materials.shape[1]}
     results = {side: {task: {"precision_at_k": [], "recall_top_10pct": [], "average_precision": []} for task in tasks}
                for side in ("omniart", "baseline")}
+    if "year" in tasks and len(tasks) > 1:  # the audit's year from the image alone (--no-year-context), for the record
+        results["omniart_image_year"] = {"year": {"precision_at_k": [], "recall_top_10pct": [], "average_precision": []}}
     seconds = {"omniart": 0.0, "baseline": 0.0}
     planted_counts = {}
     for repeat in range(repeats):
@@ -136,8 +141,9 @@ def audit_collection(name: str, features: np.ndarray, labels, repeats: int, fold
         planted_counts = {task: int(len(rows)) for task, rows in planted.items() if task in tasks}
         config = HeadsConfig(seed=repeat)
         started = time.perf_counter()
-        ours = out_of_fold(features, targets, masks, folds, config, RuntimeConfig(device="cpu", progress=False),
-                           n_classes={task: size for task, size in sizes.items() if task in tasks})
+        image = out_of_fold(features, targets, masks, folds, config, RuntimeConfig(device="cpu", progress=False),
+                            n_classes={task: size for task, size in sizes.items() if task in tasks})
+        ours = year_in_context(image, targets, masks, config.interval)  # what `omni-heads audit` ranks by default
         seconds["omniart"] += time.perf_counter() - started
         started = time.perf_counter()
         theirs, residuals = baseline_out_of_fold(features.astype(np.float32), targets, masks,
@@ -145,11 +151,14 @@ def audit_collection(name: str, features: np.ndarray, labels, repeats: int, fold
         seconds["baseline"] += time.perf_counter() - started
         for task in tasks:
             for side, scores, half, resid in (("omniart", ours.scores, ours.half_width, ours.residuals),
-                                              ("baseline", theirs, None, residuals)):
+                                              ("baseline", theirs, None, residuals),
+                                              ("omniart_image_year", image.scores, image.half_width, image.residuals)):
+                if task not in results[side]:
+                    continue
                 for metric, value in found(task, scores, targets, masks, planted[task], half, resid).items():
                     results[side][task][metric].append(value)
         print(json.dumps({"collection": name, "repeat": repeat, **{
-            side: {task: round(results[side][task]["average_precision"][-1], 3) for task in tasks}
+            side: {task: round(values["average_precision"][-1], 3) for task, values in results[side].items()}
             for side in results}}), file=sys.stderr, flush=True)
     if time_fit:  # the speed goal: the audit's folds against one default fit of the same records (its own split)
         seconds["one_default_fit"] = _one_fit_seconds(features, labels, tasks, sizes)
