@@ -226,13 +226,15 @@ def _audit_report(name: str, report: dict) -> list:
                   "| error | " + " | ".join(f"{title}: omniart / baseline" for _, title in AUDIT_METRICS) + " |",
                   "| --- |" + " --- |" * len(AUDIT_METRICS)]
         for task in entry["tasks"]:
+            theirs = entry["results"]["baseline"].get(task)  # absent: a run with --skip-baseline
             cells = [f"{_figure(entry['results']['omniart'][task][metric])} / "
-                     f"{_figure(entry['results']['baseline'][task][metric])}" for metric, _ in AUDIT_METRICS]
+                     f"{_figure(theirs[metric]) if theirs else 'not run'}" for metric, _ in AUDIT_METRICS]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         image_year = entry["results"].get("omniart_image_year", {}).get("year")
         if image_year:  # the audit's default dates a record in the context of its other fields; this is without
             lines.append("| year from the image alone (`--no-year-context`) | " + " | ".join(
-                f"{_figure(image_year[metric])} / {_figure(entry['results']['baseline']['year'][metric])}"
+                f"{_figure(image_year[metric])} / "
+                f"{_figure(entry['results']['baseline']['year'][metric]) if 'year' in entry['results']['baseline'] else 'not run'}"
                 for metric, _ in AUDIT_METRICS) + " |")
         goals = ", ".join(f"{goal}: {'met' if value else 'not met'}" for goal, value in _flat(entry["goals"]))
         seconds = entry["seconds"]
