@@ -163,8 +163,8 @@ def audit_collection(name: str, features: np.ndarray, labels, repeats: int, fold
                 for metric, value in found(task, scores, targets, masks, planted[task], half, resid).items():
                     results[side][task][metric].append(value)
         print(json.dumps({"collection": name, "repeat": repeat, **{
-            side: {task: round(values["average_precision"][-1], 3) for task, values in results[side].items()}
-            for side in results}}), file=sys.stderr, flush=True)
+            side: {task: round(values["average_precision"][-1], 3) for task, values in results[side].items()
+                   if values["average_precision"]} for side in results}}), file=sys.stderr, flush=True)
     if time_fit:  # the speed goal: the audit's folds against one default fit of the same records (its own split)
         seconds["one_default_fit"] = _one_fit_seconds(features, labels, tasks, sizes)
     summary = {side: {task: {metric: _mean_se(values) for metric, values in metrics.items()}
