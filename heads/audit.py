@@ -83,15 +83,11 @@ def year_in_context(held: OutOfFold, targets: dict, masks: dict, coverage: float
 
     A catalogue's fields check each other: a maker's dates, a medium's period (tempera on panel, oil on canvas)
     often say more about a record's year than its photograph does, and an error is a record at odds with them. Per
-    fold, a ridge regression (RidgeCV on standardised inputs, its alpha by its own leave-one-out error) learns the
+    fold, a ridge regression (standardised inputs, its alpha by leave-one-out error, as RidgeCV) learns the
     recorded year from the other folds' rows: their out-of-fold image year, their recorded artist (one column an
     artist), types and materials; it predicts the fold's rows. The interval's half-width is the split-conformal
     one (`coverage`) of the other folds' residuals. Without another audited task, or with fewer than two labelled
     years in a fold's training rows, `held` is returned unchanged."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from omniart.heads.calibration import conformal_half_width
 
     others = [task for task in targets if task != "year"]
@@ -115,9 +111,8 @@ def year_in_context(held: OutOfFold, targets: dict, masks: dict, coverage: float
         train = labelled & (held.fold != index)
         if train.sum() < 2:
             return held
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 15)))
         where = held.fold == index
-        predicted[where] = model.fit(inputs[train], years[train]).predict(inputs[where])
+        predicted[where] = _ridge(inputs[train], years[train])(inputs[where])
     residuals = np.where(labelled, np.abs(years - predicted), np.nan)
     half_width = np.full(rows, np.nan)
     for index in folds:
@@ -126,6 +121,33 @@ def year_in_context(held: OutOfFold, targets: dict, masks: dict, coverage: float
         half_width[held.fold == index] = np.nan if width is None else width
     return dataclasses.replace(held, scores={**held.scores, "year": predicted.astype(held.scores["year"].dtype)},
                                half_width=half_width, residuals=residuals)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, alphas=np.logspace(-2, 5, 15), block: int = 16384):
+    """Ridge regression of y on standardised x, the alpha of least leave-one-out error (scikit-learn's RidgeCV): a
+    function predicting new rows. In closed form from the eigenvectors of the inputs' Gram matrix (columns x
+    columns): each row's leave-one-out residual is its residual / (1 - its leverage), read for every alpha in one
+    pass over the rows, in blocks; RidgeCV's own was ten times slower at 52,000 records."""
+    mean, scale = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64)
+    scale[scale == 0] = 1.0
+    centre = float(np.mean(y))
+    gram, moment = np.zeros((x.shape[1],) * 2), np.zeros(x.shape[1])
+    for start in range(0, len(x), block):
+        z = (x[start:start + block] - mean) / scale
+        gram += z.T @ z
+        moment += z.T @ (y[start:start + block] - centre)
+    eigen, vectors = np.linalg.eigh(gram)
+    eigen = np.maximum(eigen, 0.0)
+    shrink = 1.0 / (eigen[None, :] + np.asarray(alphas, np.float64)[:, None])  # (alphas, columns)
+    weights = (vectors.T @ moment) * shrink  # each alpha's coefficients in the eigenbasis
+    errors = np.zeros(len(alphas))
+    for start in range(0, len(x), block):
+        q = ((x[start:start + block] - mean) / scale) @ vectors
+        fitted, leverage = q @ weights.T, (q ** 2) @ shrink.T + 1.0 / len(x)  # (rows, alphas); the intercept's 1/n
+        residual = (y[start:start + block, None] - centre - fitted) / np.maximum(1.0 - leverage, 1e-9)
+        errors += np.sum(residual ** 2, axis=0)
+    coef = vectors @ weights[int(np.argmin(errors))]
+    return lambda new: ((new - mean) / scale) @ coef + centre
 
 
 def fold_epochs(config, train_rows: int) -> int:
