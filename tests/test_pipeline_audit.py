@@ -130,6 +130,9 @@ def test_the_first_fold_chooses_the_l2_coefficient_and_every_fold_trains_half_a_
         assert epochs == math.ceil(auto_epochs(HeadsConfig(), math.ceil(rows / auto_batch_size(rows))) / 2) > 1
     # explicit settings mean what they say: no choice made, the given epochs
     assert heads_audit.fold_epochs(HeadsConfig(epochs=7), 1000) == 7
+    # the shared layer: a fit's automatic width up to 128 units (512 at 40,000 rows), or the explicit one
+    assert heads_audit.fold_width(HeadsConfig(), 40000) == 128 and heads_audit.fold_width(HeadsConfig(), 300) == 64
+    assert heads_audit.fold_width(HeadsConfig(shared_size=1024), 40000) == 1024
     given[:] = []
     fixed = heads_audit.out_of_fold(data["x"], targets, masks, 2, HeadsConfig(shared_size=16, weight_decay=0.01,
                                                                               epochs=3),
