@@ -130,6 +130,9 @@ def test_the_first_fold_chooses_the_l2_coefficient_and_every_fold_trains_half_a_
         assert epochs == math.ceil(auto_epochs(HeadsConfig(), math.ceil(rows / auto_batch_size(rows))) / 2) > 1
     # explicit settings mean what they say: no choice made, the given epochs
     assert heads_audit.fold_epochs(HeadsConfig(epochs=7), 1000) == 7
+    # the shared layer: a fit's automatic width up to 128 units (512 at 40,000 rows), or the explicit one
+    assert heads_audit.fold_width(HeadsConfig(), 40000) == 128 and heads_audit.fold_width(HeadsConfig(), 300) == 64
+    assert heads_audit.fold_width(HeadsConfig(shared_size=1024), 40000) == 1024
     given[:] = []
     fixed = heads_audit.out_of_fold(data["x"], targets, masks, 2, HeadsConfig(shared_size=16, weight_decay=0.01,
                                                                               epochs=3),
@@ -162,3 +165,20 @@ def test_the_year_is_audited_against_the_records_other_fields():
     assert 0.75 <= inside <= 0.98 and np.all(context.half_width < 150)
     # nothing else recorded: the image's year stands
     assert year_in_context(held, {"year": recorded}, {"year": masks["year"]}) is held
+
+
+def test_the_years_ridge_is_scikit_learns_ridgecv_in_closed_form():
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from omniart.heads.audit import _ridge
+
+    rng = np.random.default_rng(2)
+    for rows, columns in ((139, 42), (80, 120)):  # more rows than inputs, and fewer
+        x = rng.normal(size=(rows + 50, columns))
+        x[:, :5] = x[:, :5] > 1  # one-hot-like columns beside dense ones
+        y = 1600 + x[:, :8] @ rng.normal(0, 30, 8) + rng.normal(0, 50, rows + 50)
+        ours = _ridge(x[:rows], y[:rows], block=32)(x[rows:])  # several blocks
+        theirs = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 15))).fit(x[:rows], y[:rows])
+        np.testing.assert_allclose(ours, theirs.predict(x[rows:]), rtol=0, atol=1e-6)
