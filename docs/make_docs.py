@@ -240,8 +240,10 @@ def _audit_report(name: str, report: dict) -> list:
         seconds = entry["seconds"]
         fit = (f", one default fit of the same records {seconds['one_default_fit']} (an audit's repeat costs "
                f"{seconds['audit_per_repeat_over_one_fit']} fits)") if "one_default_fit" in seconds else ""
-        lines += ["", f"Seconds: omniart {seconds['omniart']}, baseline {seconds['baseline']}{fit}. "
-                  f"Goals: {goals}.", ""]
+        reused = " (the baseline's figures and seconds from an earlier run: the same planted errors and folds)" \
+            if entry.get("baseline_from") else ""
+        lines += ["", f"Seconds: omniart {seconds['omniart']}, baseline {seconds['baseline']}{fit}{reused}. "
+                  f"Goals: {goals or 'none checked'}.", ""]
     return lines
 
 
