@@ -255,3 +255,23 @@ def test_each_task_chooses_its_own_l2_strength():
     for task in ("artist", "year"):  # the choice is each task's own best score
         scores = model.selection_["scores"][task]
         assert scores[candidates.index(chosen[task])] == max(scores)
+
+
+def test_label_scaling_reaches_each_labels_optimum_as_scipy_does():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 3, (500, 12))
+    truth = np.linspace(-1, 1.5, 12)  # the first labels anti-correlated: their slopes end at the bound
+    y = (rng.random((500, 12)) < 1 / (1 + np.exp(-(z * truth - 1)))).astype(float)
+    y[:, 5] = 0  # no positives held out
+    ours = fit_label_scaling(z, y)
+    positives = y.sum(0)
+    soft = np.where(y > 0.5, (positives + 1) / (positives + 2), 1 / (500 - positives + 2))
+    for k in range(12):
+        def loss(params, k=k):
+            s = z[:, k] * params[0] + params[1]
+            return np.mean(np.logaddexp(0, s) - soft[:, k] * s)
+        reference = minimize(loss, [1.0, 0.0], method="L-BFGS-B", bounds=[(1e-3, None), (None, None)])
+        assert loss([ours["slope"][k], ours["bias"][k]]) <= reference.fun + 1e-9, k
+    assert min(ours["slope"]) == pytest.approx(1e-3) and min(ours["slope"][-4:]) > 0.3
