@@ -225,17 +225,12 @@ def _audit_report(name: str, report: dict) -> list:
                   + ", ".join(f"{task} {count}" for task, count in entry["planted"].items()), "",
                   "| error | " + " | ".join(f"{title}: omniart / baseline" for _, title in AUDIT_METRICS) + " |",
                   "| --- |" + " --- |" * len(AUDIT_METRICS)]
+        baseline = entry["results"]["baseline"]  # a task absent: a run with --skip-baseline
         for task in entry["tasks"]:
-            theirs = entry["results"]["baseline"].get(task)  # absent: a run with --skip-baseline
-            cells = [f"{_figure(entry['results']['omniart'][task][metric])} / "
-                     f"{_figure(theirs[metric]) if theirs else 'not run'}" for metric, _ in AUDIT_METRICS]
-            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+            lines.append(_audit_row(task, entry["results"]["omniart"][task], baseline.get(task)))
         image_year = entry["results"].get("omniart_image_year", {}).get("year")
         if image_year:  # the audit's default dates a record in the context of its other fields; this is without
-            lines.append("| year from the image alone (`--no-year-context`) | " + " | ".join(
-                f"{_figure(image_year[metric])} / "
-                f"{_figure(entry['results']['baseline']['year'][metric]) if 'year' in entry['results']['baseline'] else 'not run'}"
-                for metric, _ in AUDIT_METRICS) + " |")
+            lines.append(_audit_row("year from the image alone (`--no-year-context`)", image_year, baseline.get("year")))
         goals = ", ".join(f"{goal}: {'met' if value else 'not met'}" for goal, value in _flat(entry["goals"]))
         seconds = entry["seconds"]
         fit = (f", one default fit of the same records {seconds['one_default_fit']} (an audit's repeat costs "
@@ -245,6 +240,12 @@ def _audit_report(name: str, report: dict) -> list:
         lines += ["", f"Seconds: omniart {seconds['omniart']}, baseline {seconds['baseline']}{fit}{reused}. "
                   f"Goals: {goals or 'none checked'}.", ""]
     return lines
+
+
+def _audit_row(label: str, ours: dict, theirs) -> str:
+    """One kind of error's table row: each metric as omniart / baseline ('not run' without the baseline)."""
+    return f"| {label} | " + " | ".join(f"{_figure(ours[metric])} / {_figure(theirs[metric]) if theirs else 'not run'}"
+                                        for metric, _ in AUDIT_METRICS) + " |"
 
 
 def duplicates_section(report) -> list:

@@ -46,21 +46,20 @@ def out_of_fold(X, targets: dict, masks: dict, folds: int = 5, config=None, runt
     rows = len(X)
     fold = fold_of(rows, folds, config.seed)
     scores, half_width, seconds, epochs = None, np.full(rows, np.nan), 0.0, []
-    chosen, decay, selection = config.weight_decay, None, None
-    if chosen is None and done:  # the choice of the first fold an interrupted audit finished
-        chosen = done[min(done)].weight_decay
+    decay, selection = None, None  # the first fold's coefficients, and its choice where it chose
+    if done:  # an interrupted audit's first finished fold
+        decay, selection = done[min(done)].weight_decay, done[min(done)].selection
     for index in range(folds):
         held = np.flatnonzero(fold == index)
         result = (done or {}).get(index)
         if result is None:
-            given = config if chosen is None else dataclasses.replace(config, weight_decay=chosen)
+            given = config if config.weight_decay is not None or decay is None else \
+                dataclasses.replace(config, weight_decay=decay)
             result = _fit_fold(X, targets, masks, np.flatnonzero(fold != index), held, given, runtime, n_classes)
             if on_fold is not None:
                 on_fold(index, result)
-        if decay is None:  # the first fold's coefficients, and its choice where it chose
+        if decay is None:
             decay, selection = result.weight_decay, result.selection
-        if chosen is None:
-            chosen = result.weight_decay
         seconds += result.seconds
         epochs.append(result.epochs)
         if scores is None:
@@ -128,7 +127,7 @@ def _ridge(x: np.ndarray, y: np.ndarray, alphas=np.logspace(-2, 5, 15), block: i
     """Ridge regression of y on standardised x, the alpha of least leave-one-out error (scikit-learn's RidgeCV): a
     function predicting new rows. In closed form from the eigenvectors of the inputs' Gram matrix (columns x
     columns): each row's leave-one-out residual is its residual / (1 - its leverage), read for every alpha in one
-    pass over the rows, in blocks; RidgeCV's own was ten times slower at 52,000 records."""
+    pass over the rows, in blocks; RidgeCV's own passes make it several times slower at a museum's size."""
     mean, scale = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64)
     scale[scale == 0] = 1.0
     centre = float(np.mean(y))
@@ -157,8 +156,8 @@ FOLD_WIDTH = 128  # the fold models' largest automatic shared layer
 def fold_width(config, train_rows: int) -> int:
     """A fold model's shared layer: the explicit --shared-size, else a fit's automatic width up to FOLD_WIDTH.
 
-    The fit's width serves its predictions; the audit's ranking of the planted errors (bench_audit's 52,245
-    records) was the same with a quarter of the default 512 units, at three quarters of the fold's time."""
+    The fit's width serves its predictions; the audit's ranking of bench_audit's planted errors was the same with a
+    quarter of the default width, in less time."""
     from omniart.heads.config import auto_shared_size
 
     if config.shared_size is not None:

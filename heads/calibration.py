@@ -110,8 +110,8 @@ def fit_label_scaling(logits, targets) -> dict:
         g_a, g_b = (residual * z).sum(0), residual.sum(0)
         h_aa, h_ab, h_bb = (weight * z * z).sum(0) + 1e-12, (weight * z).sum(0), weight.sum(0) + 1e-12
         det = h_aa * h_bb - h_ab ** 2
-        step_a = np.where(det > 1e-18, (h_bb * g_a - h_ab * g_b) / np.maximum(det, 1e-18), 0.0)
-        step_b = np.where(det > 1e-18, (h_aa * g_b - h_ab * g_a) / np.maximum(det, 1e-18), g_b / h_bb)
+        step_a = (h_bb * g_a - h_ab * g_b) / np.maximum(det, 1e-18)
+        step_b = (h_aa * g_b - h_ab * g_a) / np.maximum(det, 1e-18)
         # at the bound and pushed below it (or a singular label): the bias alone, the slope where it is
         bound = ((slope <= _MIN_SLOPE) & (step_a > 0)) | (det <= 1e-18)
         step_a, step_b = np.where(bound, 0.0, step_a), np.where(bound, g_b / h_bb, step_b)
@@ -125,8 +125,8 @@ def fit_label_scaling(logits, targets) -> dict:
             scale = np.where(worse, scale / 2, scale)
         accept = value <= current + 1e-12
         slope, bias = np.where(accept, trial_a, slope), np.where(accept, trial_b, bias)
-        moved = np.max(np.abs(current - np.where(accept, value, current)))
-        current = np.where(accept, value, current)
+        updated = np.where(accept, value, current)
+        moved, current = np.max(np.abs(current - updated)), updated
         if moved < 1e-12:
             break
     return {"slope": slope.tolist(), "bias": bias.tolist()}
