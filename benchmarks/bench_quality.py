@@ -231,6 +231,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", default=None, help="where the generated caches go (default: a temp dir)")
     parser.add_argument("--collections", default="rijks100,met,planted300,planted-sparse",
                         help="small and real collections to compare with LogisticRegressionCV / RidgeCV ('' for none)")
+    parser.add_argument("--collections-dim", type=int, default=1024,
+                        help="feature dimension of the planted collections (planted300, planted-sparse)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the collections' k-fold")
     parser.add_argument("--folds", type=int, default=5, help="folds of the collections' k-fold")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality.json"),
@@ -257,7 +259,8 @@ def main(argv=None) -> dict:
         sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling module, however this file was loaded
         from small_collections import run as run_collections
 
-        report["collections"] = run_collections(args.collections.split(","), args.repeats, args.folds, args.workdir)
+        report["collections"] = run_collections(args.collections.split(","), args.repeats, args.folds, args.workdir,
+                                              args.collections_dim)
     print(json.dumps(report, indent=2))
     if args.results:
         from omniart.core.files import publish_file

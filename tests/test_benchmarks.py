@@ -60,12 +60,13 @@ def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_pat
     results = tmp_path_factory.mktemp("results") / "quality.json"
     report = run_bench_here(capsys, "bench_quality.py", "--splits", "1100", "--generators", "additive,nonlinear", "--dim", "32",
                        "--shared-size", "16", "--epochs", "1", "--fit-seeds", "2", "--device", "cpu", "--precision", "bf16",
-                            "--workdir", str(tmp_path), "--collections", "planted300", "--repeats", "1", "--folds", "2",
+                            "--workdir", str(tmp_path), "--collections", "planted300", "--collections-dim", "64", "--repeats", "1",
+                            "--folds", "2",
                             "--results", str(results))
     assert json.loads(results.read_text()) == json.loads(json.dumps(report))
     # the small collections: the default fit against LogisticRegressionCV / RidgeCV, k-fold means and errors
     (small,) = report["collections"]
-    assert small["collection"] == "planted300" and small["rows"] == 300 and small["folds"] == 2
+    assert small["collection"] == "planted300" and small["rows"] == 300 and small["folds"] == 2 and small["dim"] == 64
     assert set(small["tasks"]) == {"artist", "type", "material", "year"}
     for method in ("omniart", "baseline"):
         assert small["test"][method]["artist"]["n"] == 2 and 0 < small["test"][method]["type"]["mean"] <= 1
