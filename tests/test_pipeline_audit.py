@@ -167,6 +167,33 @@ def test_the_year_is_audited_against_the_records_other_fields():
     assert year_in_context(held, {"year": recorded}, {"year": masks["year"]}) is held
 
 
+def test_the_year_interval_is_as_wide_as_records_like_it_are_uncertain():
+    from omniart.heads.audit import OutOfFold, surprise, year_in_context
+
+    rng = np.random.default_rng(1)
+    rows = 600
+    material = rng.integers(0, 2, rows)  # medium 0: dated to a decade; medium 1: to a century and a half
+    years = 1600.0 + rng.normal(0, np.where(material == 0, 10, 150))
+    wrong = rng.choice(np.flatnonzero(material == 0), 15, replace=False)
+    recorded = years.copy()
+    recorded[wrong] += rng.choice([-1, 1], 15) * 150  # glaring among the well-dated medium's records
+    image = np.full(rows, 1600.0, np.float32)  # the photograph says nothing
+    held = OutOfFold(fold_of(rows, 5, 0), {"year": image}, np.full(rows, 200.0), np.abs(recorded - image), 1.0)
+    targets = {"year": recorded, "material": np.eye(2, dtype=np.uint8)[material]}
+    masks = {"year": np.ones(rows, bool), "material": np.ones(rows, bool)}
+    context = year_in_context(held, targets, masks, coverage=0.8)
+    clean = np.setdiff1d(np.arange(rows), wrong)
+    inside = (context.residuals <= context.half_width)[clean]
+    assert 0.75 <= inside.mean() <= 0.9  # the coverage is marginal (over all records), not per medium
+    assert all(0.6 <= inside[material[clean] == medium].mean() for medium in (0, 1))
+    assert np.median(context.half_width[material == 1]) > 2 * np.median(context.half_width[material == 0])
+    found = surprise("year", context.scores["year"], recorded, masks["year"], context.half_width, context.residuals)
+    top = found["rows"][np.argsort(-found["score"], kind="stable")][:15]
+    assert len(np.intersect1d(top, wrong)) >= 8  # one interval for all ranks the loose medium's records first
+    one_width = surprise("year", context.scores["year"], recorded, masks["year"], None, context.residuals)
+    assert len(np.intersect1d(one_width["rows"][np.argsort(-one_width["score"], kind="stable")][:15], wrong)) <= 3
+
+
 def test_the_years_ridge_is_scikit_learns_ridgecv_in_closed_form():
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
