@@ -216,6 +216,7 @@ def test_the_artist_starts_at_the_discriminant_only_with_enough_rows_an_artist()
 
     assert artist_init(HeadsConfig(), 2.0) == "zero" and artist_init(HeadsConfig(), 48.0) == "lda"
     assert artist_init(HeadsConfig(), 12.0) == "zero"  # ~12 rows an artist: the zero start was better
+    assert artist_init(HeadsConfig(), 19.0) == "lda"  # bench_quality's K = 10 (median 19): the discriminant was
     assert artist_init(HeadsConfig(artist_init="lda"), 2.0) == "lda" and artist_init(HeadsConfig(shared_size=0)) == "lda"
     rng = np.random.default_rng(5)
     for per_artist, anchored in ((2, False), (20, True)):
