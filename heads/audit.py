@@ -16,7 +16,7 @@ class OutOfFold:
 
     fold: np.ndarray  # (N,) the fold each row was held out in
     scores: dict  # task -> artist (N, A) / type, material (N, K) probabilities, year (N,) in years
-    half_width: Optional[np.ndarray]  # (N,) the year interval's half-width of the row's fold model (nan: none)
+    half_width: Optional[np.ndarray]  # (N,) each row's year half-width: its fold model's, or year_in_context's (nan: none)
     residuals: Optional[np.ndarray]  # (N,) |year - prediction| of the labelled years, nan elsewhere
     seconds: float  # training time of the fold models together
     weight_decay: Optional[dict] = None  # task -> the L2 coefficient every fold model trained with
