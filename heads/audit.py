@@ -138,13 +138,11 @@ SPREAD_SHRINK = 0.5
 
 def _spread(inputs: np.ndarray, residuals: np.ndarray, labelled: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """Each row's expected residual in years, learnt per fold from the other folds' out-of-fold residuals (a ridge
-    regression of their log on the record's inputs, SPREAD_SHRINK of the way back to their mean log); nan where a
-    fold has no labelled training row."""
+    regression of their log on the record's inputs, SPREAD_SHRINK of the way back to their mean log). Every fold
+    has labelled training rows (year_in_context returns earlier otherwise)."""
     spread = np.full(len(fold), np.nan)
     for index in np.unique(fold):
         train = labelled & (fold != index)
-        if not train.any():
-            continue
         floor = max(SPREAD_FLOOR * float(np.median(residuals[train])), 1e-6)
         target = np.log(residuals[train] + floor)
         local = _ridge(inputs[train], target)(inputs[fold == index])
@@ -271,12 +269,12 @@ def surprise(task: str, predicted: np.ndarray, recorded: np.ndarray, labelled: n
     if task == "year":
         residual = residuals[rows]
         width = 2.0 * (half_width[rows] if half_width is not None else np.full(len(rows), np.nan))
-        widths = bool(len(rows)) and bool(np.all(np.isfinite(width) & (width > 0)))
-        measure = residual / width if widths else residual
+        valid = np.isfinite(width) & (width > 0)
+        measure = residual / width if len(rows) and valid.all() else residual
         ordered = np.sort(measure)
         larger = len(ordered) - np.searchsorted(ordered, measure, side="left")  # itself included
         probability = larger / len(ordered)  # (1 + #others at least as large) / (1 + #others)
-        outside = np.where(np.isfinite(width) & (width > 0), np.maximum(0.0, residual - width / 2) / width, np.nan)
+        outside = np.where(valid, np.maximum(0.0, residual - width / 2) / width, np.nan)
         return {"rows": rows, "probability": probability, "score": _surprisal(probability), "outside": outside}
     state = np.where(np.asarray(recorded[rows]) > 0, predicted[rows], 1.0 - predicted[rows])  # the recorded states
     label = state.argmin(axis=1)
