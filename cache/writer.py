@@ -3,6 +3,7 @@ import os
 import re
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -22,6 +23,9 @@ CHUNK_ROWS = 1024
 STORAGE_DTYPES = ("float16", "float32")
 WORKER_TAG = re.compile(r"[A-Za-z0-9_.-]+")
 LOCK_PREFIX = ".lock-"  # + worker tag: the file a live writer holds its OS lock on
+# held for the moment a writer claims its tag and checks the others' (a '+' is in no worker tag): two writers that
+# start together would otherwise each see the other's fresh claim and both refuse
+START_LOCK = f"{LOCK_PREFIX}+start"
 PARTITION_TAG = re.compile(r"^\d+-of-(?P<count>\d+)$")  # omni-extract's tags, e.g. 00001-of-00004
 
 
@@ -53,9 +57,14 @@ class ShardWriter:
         self.attrs = _shard_attrs(attrs, self.feature_dim)
         self.paths = []
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self._lock()  # before touching this tag's temporary files: they may be another live writer's
+        with _start_lock(self.cache_dir):  # claim and check as one step (START_LOCK)
+            self._lock()  # before touching this tag's temporary files: they may be another live writer's
+            try:
+                check_partition(self.cache_dir, self.worker_tag)
+            except BaseException:
+                self._unlock()
+                raise
         try:
-            check_partition(self.cache_dir, self.worker_tag)
             for stale in self.cache_dir.glob(f".features-{self.worker_tag}-*.tmp"):
                 stale.unlink(missing_ok=True)
             self._seen = self._check_existing(known_keys)
@@ -233,7 +242,7 @@ def check_partition(cache_dir, worker_tag: str) -> None:
     others = {tag for tag in published if partition_count(tag) != mine}
     for lock in cache_dir.glob(f"{LOCK_PREFIX}*"):
         tag = lock.name[len(LOCK_PREFIX):]
-        if tag != worker_tag and tag not in published and partition_count(tag) != mine and _held(lock):
+        if WORKER_TAG.fullmatch(tag) and tag != worker_tag and tag not in published and partition_count(tag) != mine and _held(lock):
             others.add(tag)
     if others:
         theirs = partition_count(min(others))
@@ -247,6 +256,16 @@ def _scheme(count: int, fix: bool = False) -> str:
     if count == 1:
         return "no --num-parts / --part-index (one worker)" if fix else "one worker over all keys"
     return f"--num-parts {count} and --part-index 0..{count - 1}" if fix else f"--num-parts {count}"
+
+
+@contextmanager
+def _start_lock(cache_dir: Path):
+    """Hold the cache's START_LOCK (waiting for it: others hold it for milliseconds)."""
+    import fcntl
+
+    with open(cache_dir / START_LOCK, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def _held(lock: Path) -> bool:

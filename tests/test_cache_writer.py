@@ -107,6 +107,49 @@ def test_a_second_writer_on_a_busy_worker_tag_refuses_and_kill_9_leaves_no_stale
     assert sorted(FeatureStore(tmp_path).keys) == sorted(keys)
 
 
+def test_two_writers_of_two_schemes_starting_together_let_exactly_one_in(tmp_path, monkeypatch):
+    """Both writers claim their tag before either looks at the other's: each used to see the other's claim and both
+    refused. Claim and check are one step under the cache's start lock, so the first in wins."""
+    import threading
+
+    claimed, checked = threading.Barrier(2, timeout=1.0), threading.Barrier(2, timeout=1.0)
+    claim, check = ShardWriter._lock, cache_writer.check_partition
+
+    def meet(barrier):  # with the start lock held the other writer never arrives: this times out and goes on
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+
+    def claim_then_meet(self):
+        claim(self)
+        meet(claimed)
+
+    def check_then_meet(*args):
+        try:
+            check(*args)
+        finally:
+            meet(checked)  # neither lets go of its claim before both have looked
+
+    monkeypatch.setattr(ShardWriter, "_lock", claim_then_meet)
+    monkeypatch.setattr(cache_writer, "check_partition", check_then_meet)
+    outcomes = {}
+
+    def start(tag):
+        try:
+            outcomes[tag] = ShardWriter(tmp_path, tag, ATTRS, DIM, with_flip=False)  # open till both have started
+        except CacheError as error:
+            outcomes[tag] = str(error)
+
+    threads = [threading.Thread(target=start, args=(tag,)) for tag in ("00000-of-00001", "00000-of-00002")]
+    [thread.start() for thread in threads]
+    [thread.join(10) for thread in threads]
+    started = [outcome for outcome in outcomes.values() if isinstance(outcome, ShardWriter)]
+    [writer.close() for writer in started]
+    assert len(outcomes) == 2 and len(started) == 1, outcomes
+    assert "one cache takes one partition scheme" in next(o for o in outcomes.values() if isinstance(o, str))
+
+
 def test_writers_of_two_partition_schemes_are_refused_before_they_write(tmp_path):
     """A plain run and a --num-parts 2 run on one cache split the keys differently: both used to write, leaving
     keys stored twice (every reader then refuses the cache). One cache takes one partition scheme."""
