@@ -74,12 +74,12 @@ def commands_page():
 
 
 # -- docs/benchmarks.md -------------------------------------------------------------------------------------
-def _figure(stat, digits=3):
+def _figure(stat, digits=3, signed=False):
     if stat is None:
         return "-"
     mean = stat["mean"] if isinstance(stat, dict) else stat
     fmt = f"{{:.{1 if abs(mean) >= 10 else digits}f}}"
-    text = fmt.format(mean)
+    text = (fmt.replace("{:", "{:+") if signed else fmt).format(mean)
     if isinstance(stat, dict) and stat.get("se") is not None:
         text += " ± " + fmt.format(stat["se"])
     return text
@@ -107,6 +107,11 @@ def collection_section(name, report, collection):
     lines.append("")
     if collection.get("year_interval_coverage"):
         lines.append(f"- year interval coverage (nominal 0.8): {_figure(collection['year_interval_coverage'])}")
+    for part, label in (("test", "test figure"), ("ece", "ECE")):
+        differences = collection.get("paired_difference", {}).get(part)
+        if differences:
+            lines.append(f"- {label}, omniart minus the baseline on the same folds: " + ", ".join(
+                f"{task} {_figure(value, signed=True)}" for task, value in differences.items()))
     if collection.get("seconds"):
         seconds = collection["seconds"]
         lines.append(f"- seconds, all folds: omniart {seconds.get('omniart')}, baseline {seconds.get('baseline')}")

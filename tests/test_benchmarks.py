@@ -71,6 +71,13 @@ def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_pat
     for method in ("omniart", "baseline"):
         assert small["test"][method]["artist"]["n"] == 2 and 0 < small["test"][method]["type"]["mean"] <= 1
     assert 0 <= small["ece"]["omniart"]["type"]["mean"] <= 1 and 0 <= small["year_interval_coverage"]["mean"] <= 1
+    # omniart minus the baseline fold by fold: its mean is the difference of the means (every fold has both)
+    for part, key in (("test", "test"), ("ece", "ece")):
+        for task, difference in small["paired_difference"][part].items():
+            assert difference["n"] == 2 and difference["se"] is not None
+            expected = small[key]["omniart"][task]["mean"] - small[key]["baseline"][task]["mean"]
+            assert abs(difference["mean"] - expected) <= 2e-4, (part, task)
+    assert set(small["paired_difference"]["test"]) == set(small["tasks"])
     assert set(small["goals"]) == {"every_task_at_least_baseline", "ece_at_most_max_005_baseline",
                                    "year_coverage_within_5_points"}
     assert [(run["min_artist_samples"], run["generator"]) for run in report["runs"]] == [(1100, "additive"), (1100, "nonlinear")]
