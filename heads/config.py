@@ -172,7 +172,8 @@ class RuntimeConfig:
 
 # (field, lower test, upper test, the rule in words): finite numbers in the ranges where training can work
 _RANGES = (("lr", lambda v: v > 0, lambda v: v <= 1, "a finite number in (0, 1], e.g. 1e-3"),
-           ("weight_decay", lambda v: v >= 0, lambda v: v <= 10, "a finite number in [0, 10], e.g. 1e-4"),
+           # up to the automatic choice's largest (L2_CANDIDATES / rows, one row), which a run's saved config may hold
+           ("weight_decay", lambda v: v >= 0, lambda v: v <= max(L2_CANDIDATES), "a finite number in [0, 512], e.g. 1e-4"),
            ("dropout", lambda v: v >= 0, lambda v: v < 1, "in [0, 1)"),
            ("interval", lambda v: v > 0, lambda v: v < 1, "a coverage in (0, 1), e.g. 0.8"),
            ("warmup", lambda v: v >= 0, lambda v: v < 1, "in [0, 1)"),

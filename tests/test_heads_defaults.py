@@ -31,6 +31,19 @@ def test_default_rules_scale_with_the_data():
     assert loss_scales(("year",), year_std=80.0, year_scale=0.1) == {"year": 0.1}  # the paper's manual s_period
 
 
+def test_every_automatic_l2_choice_is_a_valid_explicit_one():
+    """An audit hands the first fold's choice to the other folds as an explicit weight_decay, and a run's saved
+    config holds it: 512 / 50 rows = 10.24 was refused as out of range on a 100-image collection in 2 folds."""
+    from omniart.heads.config import HeadsConfig, l2_candidates
+
+    for rows in (1, 50, 80, 36587):
+        for value in l2_candidates(HeadsConfig(), rows):
+            HeadsConfig(weight_decay=value).check()
+            HeadsConfig(weight_decay={"artist": value, "year": value}).check()
+    with pytest.raises(HeadsError, match=r"weight_decay 513.0 of task artist is out of range: .*\[0, 512\]"):
+        HeadsConfig(weight_decay={"artist": 513.0}).check()
+
+
 def test_the_shared_layer_carries_every_tasks_l2_prior():
     """n tasks: the shared layer's L2 coefficient is the sum of the heads' (the sum of the single-task objectives
     with the layer tied); one task: the same coefficient everywhere; each head's rows (the linear path's too) carry
