@@ -170,6 +170,10 @@ def audit_collection(name: str, features: np.ndarray, labels, repeats: int, fold
     summary = {side: {task: {metric: _mean_se(values) for metric, values in metrics.items()}
                       for task, metrics in per_task.items() if metrics["average_precision"]}
                for side, per_task in results.items()}
+    # the repeats share their planted errors and folds: the per-repeat difference's standard error is the noise
+    paired = {task: _mean_se(np.subtract(results["omniart"][task]["average_precision"],
+                                         results["baseline"][task]["average_precision"]))
+              for task in tasks if baseline and repeats > 1 and results["baseline"][task]["average_precision"]}
     goals = {"better_than_baseline": _better_than_baseline(summary, tasks)} if baseline else {}
     if name == "met" and "year" in tasks:
         goals["half_the_year_errors_in_the_top_10pct"] = summary["omniart"]["year"]["recall_top_10pct"]["mean"] >= 0.5
@@ -178,6 +182,7 @@ def audit_collection(name: str, features: np.ndarray, labels, repeats: int, fold
         goals["audit_at_most_2x_one_fit"] = seconds["audit_per_repeat_over_one_fit"] <= 2.0
     return {"collection": name, "records": int(len(features)), "dim": int(features.shape[1]), "tasks": list(tasks),
             "planted": planted_counts, "rate": rate, "repeats": repeats, "folds": folds, "results": summary,
+            **({"paired_difference": {"average_precision": paired}} if paired else {}),
             "seconds": {side: round(value, 1) for side, value in seconds.items()}, "goals": goals}
 
 
@@ -285,6 +290,7 @@ def main(argv=None) -> dict:
               "settings": vars(args), "collections": reports}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
     return result
 
 

@@ -236,6 +236,11 @@ def _audit_report(name: str, report: dict) -> list:
         image_year = entry["results"].get("omniart_image_year", {}).get("year")
         if image_year:  # the audit's default dates a record in the context of its other fields; this is without
             lines.append(_audit_row("year from the image alone (`--no-year-context`)", image_year, baseline.get("year")))
+        paired = entry.get("paired_difference", {}).get("average_precision")
+        if paired:
+            lines += ["", "Average precision, omniart minus the baseline on the same planted errors and folds (mean "
+                      "± standard error over the repeats): " + ", ".join(f"{task} {_figure(value, signed=True)}"
+                                                                        for task, value in paired.items()) + "."]
         goals = ", ".join(f"{goal}: {'met' if value else 'not met'}" for goal, value in _flat(entry["goals"]))
         seconds = entry["seconds"]
         fit = (f", one default fit of the same records {seconds['one_default_fit']} (an audit's repeat costs "

@@ -104,3 +104,25 @@ def test_bench_quality_reports_fits_and_probes_side_by_side(rijks14_dir, tmp_pat
 def test_bench_duplicates_finds_the_planted_copies_like_numpy(capsys):
     report = run_bench_here(capsys, "bench_duplicates.py", "--rows", "3000", "--dim", "64", "--copies", "20")
     assert report["found"] == report["baseline_found"] == 20 and report["seconds"] > 0
+
+
+def test_bench_audit_ranks_planted_errors_against_the_baseline_with_paired_noise(rijks14_dir, tmp_path, capsys):
+    results = tmp_path / "audit.json"
+    report = run_bench_here(capsys, "bench_audit.py", "--collections", "rijks100", "--repeats", "2", "--folds", "2",
+                            "--workdir", str(tmp_path), "--results", str(results))
+    assert json.loads(results.read_text()) == json.loads(json.dumps(report))
+    (entry,) = report["collections"]
+    assert entry["collection"] == "rijks100" and entry["records"] == 100 and entry["repeats"] == 2
+    assert entry["planted"] == {"artist": 1, "type": 4, "year": 5}  # 5 % of each task's records
+    for side in ("omniart", "baseline"):
+        for task in entry["tasks"]:
+            figures = entry["results"][side][task]
+            assert figures["average_precision"]["n"] == 2 and 0 < figures["average_precision"]["mean"] <= 1
+            assert 0 <= figures["recall_top_10pct"]["mean"] <= 1
+    # the repeats share their planted errors and folds: omniart minus the baseline, repeat by repeat
+    for task, difference in entry["paired_difference"]["average_precision"].items():
+        expected = (entry["results"]["omniart"][task]["average_precision"]["mean"]
+                    - entry["results"]["baseline"][task]["average_precision"]["mean"])
+        assert difference["n"] == 2 and abs(difference["mean"] - expected) <= 2e-4, task
+    assert set(entry["goals"]["better_than_baseline"]) == {"artist (maker swapped)", "type (type replaced)",
+                                                            "year (year moved)"}
