@@ -107,7 +107,7 @@ def collection_section(name, report, collection):
     lines.append("")
     if collection.get("year_interval_coverage"):
         lines.append(f"- year interval coverage (nominal 0.8): {_figure(collection['year_interval_coverage'])}")
-    for part, label in (("test", "test figure"), ("ece", "ECE")):
+    for part, label in (("test", "test figure (the year's MAE: below zero is better)"), ("ece", "ECE")):
         differences = collection.get("paired_difference", {}).get(part)
         if differences:
             lines.append(f"- {label}, omniart minus the baseline on the same folds: " + ", ".join(
