@@ -57,14 +57,10 @@ class ShardWriter:
         self.attrs = _shard_attrs(attrs, self.feature_dim)
         self.paths = []
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with _start_lock(self.cache_dir):  # claim and check as one step (START_LOCK)
-            self._lock()  # before touching this tag's temporary files: they may be another live writer's
-            try:
-                check_partition(self.cache_dir, self.worker_tag)
-            except BaseException:
-                self._unlock()
-                raise
         try:
+            with _start_lock(self.cache_dir):  # claim and check as one step (START_LOCK)
+                self._lock()  # before touching this tag's temporary files: they may be another live writer's
+                check_partition(self.cache_dir, self.worker_tag)
             for stale in self.cache_dir.glob(f".features-{self.worker_tag}-*.tmp"):
                 stale.unlink(missing_ok=True)
             self._seen = self._check_existing(known_keys)
@@ -242,7 +238,8 @@ def check_partition(cache_dir, worker_tag: str) -> None:
     others = {tag for tag in published if partition_count(tag) != mine}
     for lock in cache_dir.glob(f"{LOCK_PREFIX}*"):
         tag = lock.name[len(LOCK_PREFIX):]
-        if WORKER_TAG.fullmatch(tag) and tag != worker_tag and tag not in published and partition_count(tag) != mine and _held(lock):
+        other = WORKER_TAG.fullmatch(tag) and tag != worker_tag and tag not in published  # not START_LOCK, not me
+        if other and partition_count(tag) != mine and _held(lock):
             others.add(tag)
     if others:
         theirs = partition_count(min(others))

@@ -78,8 +78,9 @@ def _figure(stat, digits=3, signed=False):
     if stat is None:
         return "-"
     mean = stat["mean"] if isinstance(stat, dict) else stat
-    fmt = f"{{:.{1 if abs(mean) >= 10 else digits}f}}"
-    text = (fmt.replace("{:", "{:+") if signed else fmt).format(mean)
+    decimals = 1 if abs(mean) >= 10 else digits
+    fmt = f"{{:.{decimals}f}}"
+    text = (f"{{:+.{decimals}f}}" if signed else fmt).format(mean)
     if isinstance(stat, dict) and stat.get("se") is not None:
         text += " ± " + fmt.format(stat["se"])
     return text
