@@ -26,12 +26,14 @@ _STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
 _MIN_EPOCHS, _MIN_STEPS = 10, 1000
 # auto_shared_size: rows per shared unit, within these widths
 _ROWS_PER_UNIT, _MIN_WIDTH, _MAX_WIDTH = 8, 64, 512
-# balanced_year_weight: w_year = min(1, sqrt(_YEAR_WEIGHT_WIDTH / H)). The year is one output reading H shared
-# units: the wider the layer, the more noise its regression fits there (the likelihood losses' gradients fade as
-# their rows are fitted; the year's stays +-1 per sample beyond its Huber threshold). On bench_quality.py (K = 10,
-# both generators, H = 512 to 6,144) a weight falling with the width kept the year at the ridge's and the
-# year-only fit's error, where one fixed weight was too high for the wide layers or too low for the narrow.
-_YEAR_WEIGHT_WIDTH = 256
+# balanced_year_weight: w_year = min(_YEAR_WEIGHT_MAX, _YEAR_WEIGHT_WIDTH / H). The year is one output reading H
+# shared units: the wider the layer, the more noise its regression fits there (the likelihood losses' gradients
+# fade as their rows are fitted; the year's stays +-1 per sample beyond its Huber threshold), so its weight falls
+# with the width (bench_quality.py, K = 10, H = 2,048 and 6,144: about 0.2 at 6,144 kept the year at the ridge's
+# error). In the narrow default layer the other tasks' pull wins: a thousand artists of ten rows each keep the
+# shared units busy, and a year weight under 1 left the year behind its year-only fit where 2 matched it, the
+# other tasks unchanged (bench_quality.py, K = 10 non-linear, H = 512)
+_YEAR_WEIGHT_WIDTH, _YEAR_WEIGHT_MAX = 1024, 2.0
 ARTIST_INITS = ("lda", "zero")  # HeadsConfig.artist_init's choices
 # artist_init: the median labelled training rows an artist the discriminant start needs, between two measured
 # settings: benchmarks/small_collections.py planted-sparse (median 12 rows an artist in 1,024-d: the zero start
@@ -309,10 +311,13 @@ def auto_batch_size(train_rows: int) -> int:
 
 
 def balanced_year_weight(shared_size: int) -> float:
-    """The `balanced` rule's year weight: min(1, sqrt(256 / H)), H the shared layer's width (0.71 at 512, 0.5 at
-    1,024, 0.2 at 6,144; 1 without a shared layer, where no task's noise reaches another)."""
+    """The `balanced` rule's year weight: min(2, 1024 / H), H the shared layer's width (2 up to H = 512, 1 at 1,024,
+    0.17 at 6,144); 1 without a shared layer, where no task's gradient reaches another and a weight would only
+    rescale the year's L2 coefficient."""
     shared_size = int(shared_size)
-    return 1.0 if shared_size <= _YEAR_WEIGHT_WIDTH else math.sqrt(_YEAR_WEIGHT_WIDTH / shared_size)
+    if shared_size <= 0:
+        return 1.0
+    return min(_YEAR_WEIGHT_MAX, _YEAR_WEIGHT_WIDTH / shared_size)
 
 
 def parse_task_weights(spec, tasks, shared_size: int) -> object:
