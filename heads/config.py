@@ -26,14 +26,16 @@ _STEPS_PER_EPOCH, _MIN_BATCH, _MAX_BATCH = 128, 16, 1024
 _MIN_EPOCHS, _MIN_STEPS = 10, 1000
 # auto_shared_size: rows per shared unit, within these widths
 _ROWS_PER_UNIT, _MIN_WIDTH, _MAX_WIDTH = 8, 64, 512
-# balanced_year_weight: w_year = min(_YEAR_WEIGHT_MAX, _YEAR_WEIGHT_WIDTH / H). The year is one output reading H
-# shared units: the wider the layer, the more noise its regression fits there (the likelihood losses' gradients
-# fade as their rows are fitted; the year's stays +-1 per sample beyond its Huber threshold), so its weight falls
-# with the width (bench_quality.py, K = 10, H = 2,048 and 6,144: about 0.2 at 6,144 kept the year at the ridge's
-# error). In the narrow default layer the other tasks' pull wins: a thousand artists of ten rows each keep the
-# shared units busy, and a year weight under 1 left the year behind its year-only fit where 2 matched it, the
-# other tasks unchanged (bench_quality.py, K = 10 non-linear, H = 512)
-_YEAR_WEIGHT_WIDTH, _YEAR_WEIGHT_MAX = 1024, 2.0
+# balanced_year_weight: w_year = min(max(1, H / _YEAR_WEIGHT_LOW), _YEAR_WEIGHT_HIGH / H), three measured regimes.
+# Wide layers (above 512): the year is one output reading H shared units, and the wider the layer the more noise
+# its regression fits there (the likelihood losses' gradients fade as their rows are fitted; the year's stays +-1
+# per sample beyond its Huber threshold), so its weight falls with the width (bench_quality.py, K = 10, H = 2,048
+# and 6,144: about 0.2 at 6,144 kept the year at the ridge's error). At 512, the default from ~3,000 training rows,
+# the other tasks' pull wins: a thousand artists of a few rows each keep the shared units busy, and a weight
+# under 1 left the year behind its year-only fit where 2 matched it, the other tasks unchanged (bench_quality.py,
+# K = 10 and K = 100, non-linear). Narrow layers (256 and below, a few hundred images): 2 made the year slightly
+# worse than 1 on the real collections (benchmarks/small_collections.py, rijks100 and met)
+_YEAR_WEIGHT_LOW, _YEAR_WEIGHT_HIGH = 256, 1024
 ARTIST_INITS = ("lda", "zero")  # HeadsConfig.artist_init's choices
 # artist_init: the median labelled training rows an artist the discriminant start needs, between two measured
 # settings: benchmarks/small_collections.py planted-sparse (median 12 rows an artist in 1,024-d: the zero start
@@ -311,13 +313,13 @@ def auto_batch_size(train_rows: int) -> int:
 
 
 def balanced_year_weight(shared_size: int) -> float:
-    """The `balanced` rule's year weight: min(2, 1024 / H), H the shared layer's width (2 up to H = 512, 1 at 1,024,
-    0.17 at 6,144); 1 without a shared layer, where no task's gradient reaches another and a weight would only
-    rescale the year's L2 coefficient."""
+    """The `balanced` rule's year weight: min(max(1, H / 256), 1024 / H), H the shared layer's width: 1 up to
+    H = 256, 2 at 512, 1 at 1,024, 0.17 at 6,144; 1 without a shared layer, where no task's gradient reaches
+    another and a weight would only rescale the year's L2 coefficient."""
     shared_size = int(shared_size)
     if shared_size <= 0:
         return 1.0
-    return min(_YEAR_WEIGHT_MAX, _YEAR_WEIGHT_WIDTH / shared_size)
+    return min(max(1.0, shared_size / _YEAR_WEIGHT_LOW), _YEAR_WEIGHT_HIGH / shared_size)
 
 
 def parse_task_weights(spec, tasks, shared_size: int) -> object:

@@ -36,8 +36,8 @@ FIT_OPTIONS = {
     "year_scale": ("s_year on the year loss in years (the paper: 0.1).", float),
     "year_huber": ("The year loss: squared below this many standard deviations of the training years, absolute "
                    "error above (Huber); 0: the paper's MAE.", float),
-    "task_weights": ("balanced (1 for artist, type and material; the year min(2, 1024 / shared size): 2 up to "
-                     "512, 1 at 1024, 0.17 at 6144), equal (all 1), auto (from validation loss ratios), uncertainty, or "
+    "task_weights": ("balanced (1 for artist, type and material; the year min(max(1, shared size / 256), 1024 / "
+                     "shared size): 1 up to 256, 2 at 512, 1 at 1024, 0.17 at 6144), equal (all 1), auto (from validation loss ratios), uncertainty, or "
                      "artist=1,type=0.5,...", str),
     "artist_init": ("lda: the artist's linear weights on the features start at the training split's shrinkage LDA, "
                     "their L2 prior centred there; zero: at zero, like the other heads.", click.Choice(ARTIST_INITS)),

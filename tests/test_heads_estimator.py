@@ -48,8 +48,8 @@ def test_fit_on_arrays_predicts_scores_and_beats_the_constant_prediction(fitted)
     assert estimator.tasks_ == ("artist", "type", "material", "year") and estimator.n_features_in_ == D
     # 700 rows in batches of 16 make 44 steps an epoch: the automatic length runs 1,000 steps, ceil(1000 / 44) epochs
     assert len(estimator.history_) == estimator.epochs_run_ == 23 and estimator.best_epoch_ == 23 and estimator.batch_size_ == 16
-    # balanced: the year weighs min(2, 1024 / H), 2 at this H = 256
-    assert estimator.task_weights_ == {"artist": 1.0, "type": 1.0, "material": 1.0, "year": 2.0}
+    # balanced: the year weighs min(max(1, H / 256), 1024 / H), 1 at this H = 256
+    assert estimator.task_weights_ == {"artist": 1.0, "type": 1.0, "material": 1.0, "year": 1.0}
     np.testing.assert_allclose(estimator.input_mean_, data["x"][SPLIT["train"]].mean(0), rtol=1e-4, atol=1e-6)
     assert estimator.get_params()["shared_size"] == 256 and repr(estimator) == \
         "MultiTaskHeads(shared_size=256, device='cpu', progress=False)"

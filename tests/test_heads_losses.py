@@ -113,11 +113,13 @@ def test_auto_task_weights_rule():
 def test_parse_task_weights():
     tasks = ("artist", "type", "year")
     assert parse_task_weights("auto", tasks, 6144) == "auto"
-    # balanced: the year weighs min(2, 1024 / H), 2 at the default widths, falling beyond 512
+    # balanced: the year weighs min(max(1, H / 256), 1024 / H): 1 in narrow layers, 2 at 512, falling beyond
     assert parse_task_weights("balanced", tasks, 1024) == {"artist": 1.0, "type": 1.0, "year": 1.0}
     assert parse_task_weights("balanced", tasks, 6144)["year"] == pytest.approx(1 / 6, abs=1e-6)
     assert parse_task_weights("balanced", tasks, 2048)["year"] == 0.5
-    assert parse_task_weights("balanced", tasks, 512)["year"] == parse_task_weights("balanced", tasks, 64)["year"] == 2.0
+    assert parse_task_weights("balanced", tasks, 512)["year"] == 2.0
+    assert parse_task_weights("balanced", tasks, 384)["year"] == 1.5
+    assert parse_task_weights("balanced", tasks, 64)["year"] == parse_task_weights("balanced", tasks, 256)["year"] == 1.0
     # without a shared layer no task's gradient reaches another: the year keeps weight 1
     assert parse_task_weights("balanced", tasks, 0)["year"] == 1.0
     assert parse_task_weights("balanced", ("artist",), 1024) == {"artist": 1.0}  # a fit without the year
