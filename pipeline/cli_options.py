@@ -37,8 +37,8 @@ FIT_OPTIONS = {
     "year_huber": ("The year loss: squared below this many standard deviations of the training years, absolute "
                    "error above (Huber); 0: the paper's MAE.", float),
     "task_weights": ("balanced (1 for artist, type and material; the year min(max(1, shared size / 256), 1024 / "
-                     "shared size): 1 up to 256, 2 at 512, 1 at 1024, 0.17 at 6144), equal (all 1), auto (from validation loss ratios), uncertainty, or "
-                     "artist=1,type=0.5,...", str),
+                     "shared size): 1 up to 256, 2 at 512, 1 at 1024, 0.17 at 6144), equal (all 1), auto (from "
+                     "validation loss ratios), uncertainty, or artist=1,type=0.5,...", str),
     "artist_init": ("lda: the artist's linear weights on the features start at the training split's shrinkage LDA, "
                     "their L2 prior centred there; zero: at zero, like the other heads.", click.Choice(ARTIST_INITS)),
     "precision": ("bf16: training and inference under bf16 autocast (faster on GPUs and CPUs with bf16 units, "
